@@ -1,0 +1,634 @@
+//! The compile step: a pure function from the declared routes (and the backends they may
+//! reference) to a [`RouteTable`] and one [`Verdict`] per route. Standalone mode, the
+//! controller and `wsgate check` all call [`compile`], so a route's verdict is the same
+//! everywhere. No I/O, no clocks, no Kubernetes client.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use jiff::Timestamp;
+
+use crate::api::{PathMatchType, Rejection, WebSocketRoute};
+use crate::policy::OriginPolicy;
+use crate::route::{OriginRejection, PathRule, Route, RouteKey, RouteTable, Target, Upstream};
+
+/// Condition types (DESIGN §4).
+pub mod condition {
+    /// The spec is valid and the route owns its host and path.
+    pub const ACCEPTED: &str = "Accepted";
+    /// The upstream (and any Secret) exists and has ready endpoints.
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    /// The route is in the data plane's active snapshot.
+    pub const PROGRAMMED: &str = "Programmed";
+    /// All of the above.
+    pub const READY: &str = "Ready";
+}
+
+/// Condition reasons (DESIGN §4). Each is also a metric label and an Event reason.
+pub mod reason {
+    /// Accepted=True.
+    pub const ACCEPTED: &str = "Accepted";
+    /// The spec is invalid.
+    pub const INVALID: &str = "Invalid";
+    /// Another route owns the same host and path.
+    pub const CONFLICTED: &str = "Conflicted";
+    /// ResolvedRefs=True.
+    pub const RESOLVED_REFS: &str = "ResolvedRefs";
+    /// The referenced Service (or mapping) does not exist.
+    pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
+    /// The referenced Service exists but has no ready endpoint.
+    pub const NO_READY_ENDPOINTS: &str = "NoReadyEndpoints";
+    /// Programmed=True.
+    pub const PROGRAMMED: &str = "Programmed";
+    /// The route is not in the active snapshot.
+    pub const NOT_PROGRAMMED: &str = "NotProgrammed";
+    /// Ready=True.
+    pub const READY: &str = "Ready";
+}
+
+/// The most hostnames a route may claim (DESIGN §3).
+const MAX_HOSTNAMES: usize = 16;
+
+/// One condition as compile decides it; timestamps are added where status is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConditionState {
+    /// One of [`condition`].
+    pub type_: &'static str,
+    /// True or False.
+    pub status: bool,
+    /// One of [`reason`].
+    pub reason: &'static str,
+    /// What a person can act on.
+    pub message: String,
+}
+
+/// The outcome of compiling one route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The route's identity.
+    pub key: RouteKey,
+    /// `metadata.generation` of the compiled object, if it has one.
+    pub generation: Option<i64>,
+    /// Accepted, ResolvedRefs, Programmed and Ready, in that order.
+    pub conditions: Vec<ConditionState>,
+    /// Things that do not stop the route but deserve a warning (`*` origins).
+    pub warnings: Vec<String>,
+}
+
+impl Verdict {
+    /// The condition of this type.
+    pub fn condition(&self, type_: &str) -> Option<&ConditionState> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+
+    /// Whether the route is Accepted.
+    pub fn accepted(&self) -> bool {
+        self.condition(condition::ACCEPTED)
+            .is_some_and(|c| c.status)
+    }
+}
+
+/// Why a referenced backend cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendProblem {
+    /// No such Service (or no standalone mapping for it).
+    NotFound,
+    /// The Service exists but has no ready endpoint.
+    NoReadyEndpoints,
+}
+
+/// The backends routes may reference by `service`, resolved to addresses: from
+/// `--service` mappings in standalone mode, from Services and EndpointSlices in a cluster.
+#[derive(Debug, Clone, Default)]
+pub struct Backends {
+    /// Per (namespace, name): per service port (`None`: any port), the ready addresses.
+    services: HashMap<(String, String), HashMap<Option<u16>, Vec<Target>>>,
+    /// Appended to a BackendNotFound message: how to fix it in this mode.
+    not_found_hint: String,
+}
+
+impl Backends {
+    /// Backends for standalone mode, where a missing one is fixed with `--service`.
+    pub fn standalone() -> Backends {
+        Backends {
+            services: HashMap::new(),
+            not_found_hint: "standalone mode resolves services only through `--service NAME.NAMESPACE=HOST:PORT`".to_owned(),
+        }
+    }
+
+    /// Declares the ready addresses of Service `namespace/name` on `port` (`None`: on every
+    /// port). An empty list means the Service exists with no ready endpoint.
+    pub fn insert(&mut self, namespace: &str, name: &str, port: Option<u16>, targets: Vec<Target>) {
+        self.services
+            .entry((namespace.to_owned(), name.to_owned()))
+            .or_default()
+            .insert(port, targets);
+    }
+
+    fn resolve(&self, namespace: &str, name: &str, port: u16) -> Result<&[Target], BackendProblem> {
+        let ports = self
+            .services
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .ok_or(BackendProblem::NotFound)?;
+        match ports.get(&Some(port)).or_else(|| ports.get(&None)) {
+            None => Err(BackendProblem::NotFound),
+            Some(t) if t.is_empty() => Err(BackendProblem::NoReadyEndpoints),
+            Some(t) => Ok(t),
+        }
+    }
+}
+
+/// The result of [`compile`].
+#[derive(Debug, Clone, Default)]
+pub struct Compiled {
+    /// The accepted routes, ready for lookup.
+    pub table: RouteTable,
+    /// One verdict per input route, in input order.
+    pub verdicts: Vec<Verdict>,
+}
+
+/// Compiles routes into a route table and a verdict for each route.
+///
+/// Invalid routes are left out of the table and never affect the others. Two valid routes
+/// that claim the same hostname and path (same type and value) conflict: the one with the
+/// older `creationTimestamp` wins, then namespace/name order; the loser is not served at all.
+pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
+    let mut checked: Vec<Checked> = routes.iter().map(|r| check_route(r, backends)).collect();
+
+    // Conflict resolution in age order, so the verdict does not depend on input order.
+    let mut order: Vec<usize> = (0..checked.len()).collect();
+    order.sort_by(|&a, &b| age_order(&routes[a], &routes[b]));
+    let mut claimed: HashMap<(String, PathRule), RouteKey> = HashMap::new();
+    let mut seen_keys: HashSet<RouteKey> = HashSet::new();
+    let mut table = RouteTable::default();
+    for i in order {
+        let c = &mut checked[i];
+        let key = c.key.clone();
+        if !seen_keys.insert(key.clone()) {
+            c.conflict = Some(format!(
+                "route {key} is declared more than once; the oldest declaration is served"
+            ));
+            continue;
+        }
+        let Some(valid) = c.valid.take() else {
+            continue;
+        };
+        let clash = valid.hostnames.iter().find_map(|h| {
+            claimed
+                .get(&(h.clone(), valid.path.clone()))
+                .map(|w| (h, w))
+        });
+        if let Some((host, winner)) = clash {
+            c.conflict = Some(format!(
+                "hostname {host} with path {} is already served by route {winner}, which is older; change the hostname or path, or delete one of them",
+                valid.path
+            ));
+            continue;
+        }
+        for h in &valid.hostnames {
+            claimed.insert((h.clone(), valid.path.clone()), key.clone());
+        }
+        c.programmed = true;
+        table.insert(&valid.hostnames, &valid.path, valid.route);
+    }
+
+    let verdicts = checked.into_iter().map(Checked::into_verdict).collect();
+    Compiled { table, verdicts }
+}
+
+/// Older first; a route without a creation timestamp counts as newest.
+fn age_order(a: &WebSocketRoute, b: &WebSocketRoute) -> std::cmp::Ordering {
+    let ts = |r: &WebSocketRoute| -> Option<Timestamp> {
+        r.metadata.creation_timestamp.as_ref().map(|t| t.0)
+    };
+    let (ta, tb) = (ts(a), ts(b));
+    let by_time = match (ta, tb) {
+        (Some(x), Some(y)) => x.cmp(&y),
+        (Some(_), None) => std::cmp::Ordering::Less,
+        (None, Some(_)) => std::cmp::Ordering::Greater,
+        (None, None) => std::cmp::Ordering::Equal,
+    };
+    by_time.then_with(|| key_of(a).cmp(&key_of(b)))
+}
+
+/// The key of a route; a route without a namespace is in `default`, as kubectl would put it.
+pub fn key_of(route: &WebSocketRoute) -> RouteKey {
+    RouteKey {
+        namespace: route
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".to_owned()),
+        name: route.metadata.name.clone().unwrap_or_default(),
+    }
+}
+
+/// A route after validation, before conflict resolution.
+struct Checked {
+    key: RouteKey,
+    generation: Option<i64>,
+    /// Set when the spec is valid.
+    valid: Option<ValidRoute>,
+    problems: Vec<String>,
+    refs: Result<(), (&'static str, String)>,
+    warnings: Vec<String>,
+    conflict: Option<String>,
+    programmed: bool,
+    summary: String,
+}
+
+struct ValidRoute {
+    hostnames: Vec<String>,
+    path: PathRule,
+    route: Route,
+}
+
+impl Checked {
+    fn into_verdict(self) -> Verdict {
+        let accepted = match (&self.conflict, self.problems.is_empty()) {
+            (_, false) => cond(
+                condition::ACCEPTED,
+                false,
+                reason::INVALID,
+                self.problems.join("; "),
+            ),
+            (Some(msg), true) => cond(condition::ACCEPTED, false, reason::CONFLICTED, msg.clone()),
+            (None, true) => {
+                let mut msg = format!("route serves {}", self.summary);
+                for w in &self.warnings {
+                    msg.push_str("; warning: ");
+                    msg.push_str(w);
+                }
+                cond(condition::ACCEPTED, true, reason::ACCEPTED, msg)
+            }
+        };
+        let resolved = match &self.refs {
+            Ok(()) => cond(
+                condition::RESOLVED_REFS,
+                true,
+                reason::RESOLVED_REFS,
+                "upstream resolved".to_owned(),
+            ),
+            Err((r, msg)) => cond(condition::RESOLVED_REFS, false, r, msg.clone()),
+        };
+        let programmed = if self.programmed {
+            cond(
+                condition::PROGRAMMED,
+                true,
+                reason::PROGRAMMED,
+                "route is in the active snapshot".to_owned(),
+            )
+        } else {
+            cond(
+                condition::PROGRAMMED,
+                false,
+                reason::NOT_PROGRAMMED,
+                "route is not accepted, so it is not served".to_owned(),
+            )
+        };
+        let ready = match [&accepted, &resolved, &programmed]
+            .into_iter()
+            .find(|c| !c.status)
+        {
+            Some(failing) => cond(
+                condition::READY,
+                false,
+                failing.reason,
+                failing.message.clone(),
+            ),
+            None => cond(
+                condition::READY,
+                true,
+                reason::READY,
+                "route is accepted, resolved and programmed".to_owned(),
+            ),
+        };
+        Verdict {
+            key: self.key,
+            generation: self.generation,
+            conditions: vec![accepted, resolved, programmed, ready],
+            warnings: self.warnings,
+        }
+    }
+}
+
+fn cond(
+    type_: &'static str,
+    status: bool,
+    reason: &'static str,
+    message: String,
+) -> ConditionState {
+    ConditionState {
+        type_,
+        status,
+        reason,
+        message,
+    }
+}
+
+/// Validates one route on its own and builds its compiled form.
+fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
+    let key = key_of(route);
+    let spec = &route.spec;
+    let mut problems = Vec::new();
+    let mut warnings = Vec::new();
+
+    if key.name.is_empty() {
+        problems.push("metadata.name is missing: give the route a name".to_owned());
+    }
+
+    let hostnames = check_hostnames(&spec.hostnames, &mut problems);
+
+    let path = match check_path(spec.path.match_type, &spec.path.value) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+
+    let origins = match OriginPolicy::new(
+        &spec.origins.allow,
+        spec.origins.allow_null,
+        spec.origins.allow_missing,
+    ) {
+        Ok(policy) => {
+            if policy.allows_any_origin() {
+                warnings.push(
+                    "origin `*` admits every web page, which disables the cross-site WebSocket protection; list the origins instead".to_owned(),
+                );
+            }
+            Some(policy)
+        }
+        Err(e) => {
+            problems.push(e.to_string());
+            None
+        }
+    };
+
+    if let Some(list) = &spec.subprotocols {
+        for p in list {
+            if p.is_empty() || !p.bytes().all(is_token_byte) {
+                problems.push(format!(
+                    "subprotocol `{p}` is not an HTTP token: use letters, digits and !#$%&'*+-.^_`|~"
+                ));
+            }
+        }
+    }
+
+    let (upstream, refs) = check_upstream(route, &key, backends, &mut problems);
+
+    let summary = match (&path, hostnames.is_empty()) {
+        (Some(p), false) => format!("{} {p}", hostnames.join(", ")),
+        _ => String::new(),
+    };
+    let valid = match (problems.is_empty(), path, origins, upstream) {
+        (true, Some(path), Some(origins), Some(upstream)) => Some(ValidRoute {
+            hostnames,
+            path,
+            route: Route {
+                key: key.clone(),
+                origins,
+                rejection: match spec.origins.rejection {
+                    Rejection::Forbidden => OriginRejection::Forbidden,
+                    Rejection::Close => OriginRejection::Close,
+                },
+                upstream,
+                subprotocols: spec.subprotocols.clone(),
+                revoke_on_policy_change: spec.revoke_on_policy_change,
+            },
+        }),
+        _ => None,
+    };
+
+    Checked {
+        key,
+        generation: route.metadata.generation,
+        valid,
+        problems,
+        refs,
+        warnings,
+        conflict: None,
+        programmed: false,
+        summary,
+    }
+}
+
+fn check_hostnames(hostnames: &[String], problems: &mut Vec<String>) -> Vec<String> {
+    if hostnames.is_empty() {
+        problems.push(
+            "hostnames is empty: name at least one hostname, e.g. `chat.example.com`".to_owned(),
+        );
+    }
+    if hostnames.len() > MAX_HOSTNAMES {
+        problems.push(format!(
+            "hostnames has {} entries; at most {MAX_HOSTNAMES} are allowed: split the route",
+            hostnames.len()
+        ));
+    }
+    let mut seen = HashSet::new();
+    for h in hostnames {
+        if let Err(e) = check_hostname(h) {
+            problems.push(e);
+        } else if !seen.insert(h.as_str()) {
+            problems.push(format!("hostname {h} is listed twice"));
+        }
+    }
+    hostnames.to_vec()
+}
+
+/// A hostname is a lowercase DNS name, or `*.` followed by one (at least two labels).
+fn check_hostname(h: &str) -> Result<(), String> {
+    let (wild, name) = match h.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, h),
+    };
+    if name.contains('*') {
+        return Err(format!(
+            "hostname `{h}`: `*` may only be the whole leftmost label, as in `*.example.com`"
+        ));
+    }
+    if !name.is_ascii() {
+        let hint = idna::domain_to_ascii(name)
+            .map(|a| format!(": write `{}{a}`", if wild { "*." } else { "" }))
+            .unwrap_or_default();
+        return Err(format!("hostname `{h}` must be ASCII (punycode){hint}"));
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(format!(
+            "hostname `{h}` must be lowercase: write `{}`",
+            h.to_ascii_lowercase()
+        ));
+    }
+    let labels: Vec<&str> = name.split('.').collect();
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if name.len() > 253 || !labels.iter().all(label_ok) {
+        return Err(format!(
+            "hostname `{h}` is not a DNS name: use labels of letters, digits and `-` separated by dots"
+        ));
+    }
+    if wild && labels.len() < 2 {
+        return Err(format!(
+            "hostname `{h}`: a wildcard needs at least two labels after `*.`, as in `*.example.com`"
+        ));
+    }
+    Ok(())
+}
+
+fn check_path(kind: PathMatchType, value: &str) -> Result<PathRule, String> {
+    if !value.starts_with('/') {
+        return Err(format!("path `{value}` must start with `/`"));
+    }
+    if value.contains(['?', '#']) || value.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err(format!(
+            "path `{value}` must be a plain path without query, fragment, spaces or control characters"
+        ));
+    }
+    Ok(match kind {
+        PathMatchType::Exact => PathRule::Exact(value.to_owned()),
+        PathMatchType::PathPrefix => PathRule::prefix(value),
+    })
+}
+
+/// Validates the upstream and resolves it. Returns the compiled upstream (when the spec is
+/// well-formed) and the ResolvedRefs outcome.
+fn check_upstream(
+    route: &WebSocketRoute,
+    key: &RouteKey,
+    backends: &Backends,
+    problems: &mut Vec<String>,
+) -> (Option<Upstream>, Result<(), (&'static str, String)>) {
+    let up = &route.spec.upstream;
+    match (&up.service, &up.url) {
+        (Some(_), Some(_)) | (None, None) => {
+            let msg = "upstream must name exactly one of `service` or `url`".to_owned();
+            problems.push(msg.clone());
+            (None, Err((reason::BACKEND_NOT_FOUND, msg)))
+        }
+        (None, Some(url)) => match parse_url(url) {
+            Ok(upstream) => (Some(upstream), Ok(())),
+            Err(e) => {
+                problems.push(e.to_string());
+                (None, Err((reason::BACKEND_NOT_FOUND, e.to_string())))
+            }
+        },
+        (Some(svc), None) => {
+            let port = match u16::try_from(svc.port) {
+                Ok(p) if p != 0 => p,
+                _ => {
+                    let msg = format!("upstream.service.port {} is outside 1..65535", svc.port);
+                    problems.push(msg.clone());
+                    return (None, Err((reason::BACKEND_NOT_FOUND, msg)));
+                }
+            };
+            let service = format!("Service {}/{} port {port}", key.namespace, svc.name);
+            match backends.resolve(&key.namespace, &svc.name, port) {
+                Ok(targets) => (
+                    Some(Upstream {
+                        targets: targets.to_vec(),
+                        path: None,
+                    }),
+                    Ok(()),
+                ),
+                // The route still owns its host and path; handshakes get 502 until it resolves.
+                Err(BackendProblem::NotFound) => (
+                    Some(Upstream {
+                        targets: vec![],
+                        path: None,
+                    }),
+                    Err((
+                        reason::BACKEND_NOT_FOUND,
+                        format!("{service} not found; {}", backends.not_found_hint),
+                    )),
+                ),
+                Err(BackendProblem::NoReadyEndpoints) => (
+                    Some(Upstream {
+                        targets: vec![],
+                        path: None,
+                    }),
+                    Err((
+                        reason::NO_READY_ENDPOINTS,
+                        format!("{service} has no ready endpoints"),
+                    )),
+                ),
+            }
+        }
+    }
+}
+
+/// Why an upstream `url` is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidUrl {
+    /// Not a URL at all.
+    #[error("upstream url `{0}` is not a URL: write e.g. `ws://10.0.0.5:8080/socket`")]
+    Malformed(String),
+    /// A scheme other than ws.
+    #[error(
+        "upstream url `{0}` must start with `ws://` (`wss://` upstreams arrive with TLS support)"
+    )]
+    Scheme(String),
+    /// A query string, which would be ambiguous with the request's.
+    #[error("upstream url `{0}` must not have a query: the request's query is forwarded")]
+    Query(String),
+}
+
+/// Parses a `ws://host[:port][/path]` upstream URL.
+pub fn parse_url(url: &str) -> Result<Upstream, InvalidUrl> {
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|_| InvalidUrl::Malformed(url.to_owned()))?;
+    if uri.scheme_str().map(str::to_ascii_lowercase).as_deref() != Some("ws") {
+        return Err(InvalidUrl::Scheme(url.to_owned()));
+    }
+    let Some(authority) = uri.authority() else {
+        return Err(InvalidUrl::Malformed(url.to_owned()));
+    };
+    if authority.as_str().contains('@') || authority.host().is_empty() {
+        return Err(InvalidUrl::Malformed(url.to_owned()));
+    }
+    if uri.query().is_some() {
+        return Err(InvalidUrl::Query(url.to_owned()));
+    }
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    // Only a path written in the URL replaces the request path; `ws://h:1` has none.
+    let after_authority = &url[url.find("://").map_or(0, |i| i + 3) + authority.as_str().len()..];
+    let path = (!after_authority.is_empty()).then(|| uri.path().to_owned());
+    Ok(Upstream {
+        targets: vec![Target {
+            host,
+            port: authority.port_u16().unwrap_or(80),
+        }],
+        path,
+    })
+}
+
+/// RFC 9110 §5.6.2 token characters.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+impl fmt::Display for ConditionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}={} ({}): {}",
+            self.type_,
+            if self.status { "True" } else { "False" },
+            self.reason,
+            self.message
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,243 @@
+use super::*;
+use crate::policy::RequestOrigin;
+
+/// A route from YAML: `metadata` and `spec` bodies, indented by the caller.
+fn route(yaml: &str) -> WebSocketRoute {
+    let text = format!("apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\n{yaml}");
+    serde_saphyr::from_str(&text).expect("test route parses")
+}
+
+fn simple(name: &str, created: &str, host: &str, path: &str) -> WebSocketRoute {
+    route(&format!(
+        "metadata: {{name: {name}, namespace: apps, creationTimestamp: \"{created}\", generation: 2}}\nspec:\n  hostnames: [\"{host}\"]\n  path: {{type: PathPrefix, value: \"{path}\"}}\n  origins: {{allow: [\"https://app.example.com\"]}}\n  upstream: {{url: \"ws://127.0.0.1:9000\"}}\n"
+    ))
+}
+
+fn cond<'a>(v: &'a Verdict, type_: &str) -> &'a ConditionState {
+    v.condition(type_).expect("condition present")
+}
+
+fn one(r: WebSocketRoute) -> Verdict {
+    let mut c = compile(&[r], &Backends::standalone());
+    c.verdicts.remove(0)
+}
+
+#[test]
+fn valid_route_is_accepted_resolved_programmed_and_ready() {
+    let c = compile(
+        &[simple(
+            "chat",
+            "2026-01-01T00:00:00Z",
+            "chat.example.com",
+            "/ws",
+        )],
+        &Backends::standalone(),
+    );
+    let v = &c.verdicts[0];
+    for t in [
+        condition::ACCEPTED,
+        condition::RESOLVED_REFS,
+        condition::PROGRAMMED,
+        condition::READY,
+    ] {
+        assert!(cond(v, t).status, "{t}: {}", cond(v, t));
+    }
+    assert_eq!(cond(v, condition::READY).reason, reason::READY);
+    assert_eq!(v.generation, Some(2));
+    let r = c.table.lookup("chat.example.com", "/ws/x").expect("routed");
+    assert_eq!(r.key.name, "chat");
+    assert!(r.origins.allows(&RequestOrigin::from_header_values([
+        b"https://app.example.com".as_slice()
+    ])));
+}
+
+#[test]
+fn invalid_origin_pattern_is_invalid_with_the_pattern_in_the_message() {
+    let v = one(route(
+        "metadata: {name: bad}\nspec:\n  hostnames: [a.example.com]\n  origins: {allow: [\"https://*\"]}\n  upstream: {url: \"ws://127.0.0.1:9\"}\n",
+    ));
+    let a = cond(&v, condition::ACCEPTED);
+    assert!(!a.status);
+    assert_eq!(a.reason, reason::INVALID);
+    assert!(a.message.contains("https://*"), "{}", a.message);
+    let p = cond(&v, condition::PROGRAMMED);
+    assert_eq!((p.status, p.reason), (false, reason::NOT_PROGRAMMED));
+    let ready = cond(&v, condition::READY);
+    assert_eq!((ready.status, ready.reason), (false, reason::INVALID));
+}
+
+#[test]
+fn invalid_route_never_disturbs_a_valid_one() {
+    let bad = route(
+        "metadata: {name: bad}\nspec:\n  hostnames: [\"*.com\"]\n  upstream: {url: \"http://x\"}\n",
+    );
+    let good = simple("good", "2026-01-01T00:00:00Z", "a.example.com", "/");
+    let c = compile(&[bad, good], &Backends::standalone());
+    assert!(!c.verdicts[0].accepted());
+    assert!(c.verdicts[1].accepted());
+    assert_eq!(c.table.len(), 1);
+}
+
+#[test]
+fn every_problem_is_listed_in_one_message() {
+    let v = one(route(
+        "metadata: {name: bad}\nspec:\n  hostnames: [\"Chat.Example.com\", \"*.com\"]\n  path: {type: Exact, value: \"ws\"}\n  subprotocols: [\"a b\"]\n  upstream: {url: \"http://x\"}\n",
+    ));
+    let m = &cond(&v, condition::ACCEPTED).message;
+    for needle in [
+        "lowercase",
+        "two labels",
+        "must start with `/`",
+        "subprotocol",
+        "ws://",
+    ] {
+        assert!(m.contains(needle), "missing {needle:?} in {m}");
+    }
+}
+
+#[test]
+fn unicode_hostname_is_refused_with_its_punycode() {
+    let v = one(route(
+        "metadata: {name: u}\nspec:\n  hostnames: [\"bücher.example\"]\n  upstream: {url: \"ws://127.0.0.1:9\"}\n",
+    ));
+    let m = &cond(&v, condition::ACCEPTED).message;
+    assert!(m.contains("xn--bcher-kva.example"), "{m}");
+}
+
+#[test]
+fn both_or_neither_upstream_is_invalid() {
+    let v = one(route(
+        "metadata: {name: both}\nspec:\n  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9\", service: {name: s, port: 80}}\n",
+    ));
+    assert_eq!(cond(&v, condition::ACCEPTED).reason, reason::INVALID);
+    assert!(
+        cond(&v, condition::ACCEPTED)
+            .message
+            .contains("exactly one")
+    );
+}
+
+#[test]
+fn older_route_wins_a_conflict_and_the_loser_names_it() {
+    let old = simple("old", "2026-01-01T00:00:00Z", "chat.example.com", "/ws");
+    let new = simple("new", "2026-02-01T00:00:00Z", "chat.example.com", "/ws/");
+    // Input order must not matter.
+    let c = compile(&[new, old], &Backends::standalone());
+    let (new_v, old_v) = (&c.verdicts[0], &c.verdicts[1]);
+    assert!(old_v.accepted());
+    let a = cond(new_v, condition::ACCEPTED);
+    assert_eq!((a.status, a.reason), (false, reason::CONFLICTED));
+    assert!(a.message.contains("apps/old"), "{}", a.message);
+    assert_eq!(cond(new_v, condition::READY).reason, reason::CONFLICTED);
+    assert_eq!(
+        c.table
+            .lookup("chat.example.com", "/ws")
+            .map(|r| r.key.name.as_str()),
+        Some("old")
+    );
+}
+
+#[test]
+fn same_age_conflict_is_decided_by_namespace_then_name() {
+    let b = simple("b", "2026-01-01T00:00:00Z", "chat.example.com", "/");
+    let a = simple("a", "2026-01-01T00:00:00Z", "chat.example.com", "/");
+    let c = compile(&[b, a], &Backends::standalone());
+    assert!(!c.verdicts[0].accepted());
+    assert!(c.verdicts[1].accepted());
+}
+
+#[test]
+fn different_path_type_or_value_is_no_conflict() {
+    let prefix = simple("p", "2026-01-01T00:00:00Z", "chat.example.com", "/ws");
+    let other = simple("o", "2026-01-02T00:00:00Z", "chat.example.com", "/other");
+    let c = compile(&[prefix, other], &Backends::standalone());
+    assert!(c.verdicts.iter().all(Verdict::accepted));
+}
+
+#[test]
+fn unmapped_service_is_backend_not_found_but_still_owns_its_path() {
+    let r = route(
+        "metadata: {name: svc, namespace: apps}\nspec:\n  hostnames: [a.example.com]\n  upstream: {service: {name: chat, port: 8080}}\n",
+    );
+    let c = compile(std::slice::from_ref(&r), &Backends::standalone());
+    let v = &c.verdicts[0];
+    assert!(v.accepted());
+    let refs = cond(v, condition::RESOLVED_REFS);
+    assert_eq!(
+        (refs.status, refs.reason),
+        (false, reason::BACKEND_NOT_FOUND)
+    );
+    assert!(refs.message.contains("--service"), "{}", refs.message);
+    assert_eq!(cond(v, condition::READY).reason, reason::BACKEND_NOT_FOUND);
+    let routed = c.table.lookup("a.example.com", "/").expect("still routed");
+    assert!(routed.upstream.targets.is_empty());
+
+    let mut backends = Backends::standalone();
+    backends.insert(
+        "apps",
+        "chat",
+        None,
+        vec![Target {
+            host: "127.0.0.1".into(),
+            port: 9000,
+        }],
+    );
+    let c = compile(&[r], &backends);
+    assert!(cond(&c.verdicts[0], condition::READY).status);
+}
+
+#[test]
+fn service_without_ready_endpoints_is_no_ready_endpoints() {
+    let r = route(
+        "metadata: {name: svc, namespace: apps}\nspec:\n  hostnames: [a.example.com]\n  upstream: {service: {name: chat, port: 8080}}\n",
+    );
+    let mut backends = Backends::standalone();
+    backends.insert("apps", "chat", Some(8080), vec![]);
+    let v = &compile(&[r], &backends).verdicts[0];
+    let refs = cond(v, condition::RESOLVED_REFS);
+    assert_eq!(
+        (refs.status, refs.reason),
+        (false, reason::NO_READY_ENDPOINTS)
+    );
+}
+
+#[test]
+fn star_origin_is_accepted_with_a_warning() {
+    let v = one(route(
+        "metadata: {name: open}\nspec:\n  hostnames: [a.example.com]\n  origins: {allow: [\"*\"]}\n  upstream: {url: \"ws://127.0.0.1:9\"}\n",
+    ));
+    assert!(v.accepted());
+    assert_eq!(v.warnings.len(), 1);
+    assert!(cond(&v, condition::ACCEPTED).message.contains("disables"));
+}
+
+#[test]
+fn duplicate_declaration_of_one_route_is_conflicted() {
+    let a = simple("same", "2026-01-01T00:00:00Z", "a.example.com", "/");
+    let b = simple("same", "2026-01-02T00:00:00Z", "b.example.com", "/");
+    let c = compile(&[a, b], &Backends::standalone());
+    assert!(c.verdicts[0].accepted());
+    assert_eq!(
+        cond(&c.verdicts[1], condition::ACCEPTED).reason,
+        reason::CONFLICTED
+    );
+}
+
+#[test]
+fn url_path_and_default_port() {
+    let u = parse_url("ws://backend.internal/socket").expect("valid");
+    assert_eq!(u.targets[0].to_string(), "backend.internal:80");
+    assert_eq!(u.path.as_deref(), Some("/socket"));
+    let u = parse_url("ws://[::1]:9000").expect("valid");
+    assert_eq!(u.targets[0].to_string(), "[::1]:9000");
+    assert_eq!(u.path, None);
+    assert!(matches!(parse_url("wss://a:1"), Err(InvalidUrl::Scheme(_))));
+    assert!(matches!(
+        parse_url("ws://a:1/x?y=1"),
+        Err(InvalidUrl::Query(_))
+    ));
+    assert!(matches!(
+        parse_url("ws://u@a:1/"),
+        Err(InvalidUrl::Malformed(_))
+    ));
+}

@@ -1,0 +1,186 @@
+//! Command-line flags and their environment-variable twins, parsed once into typed values.
+//! The only place that reads the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::proxy::ProxyConfig;
+use crate::proxy::upstream::UpstreamTimeouts;
+use crate::route::Target;
+
+/// wsgate: a WebSocket gateway that enforces which web origins may connect to which backend.
+#[derive(Debug, Parser)]
+#[command(name = "wsgate", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `wsgate=debug`.
+    #[arg(long, env = "WSGATE_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands (DESIGN §2).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve routes from YAML files, with no cluster; reload when they change.
+    Standalone(StandaloneArgs),
+    /// Validate route files offline and print each route's conditions.
+    Check(CheckArgs),
+    /// Print the WebSocketRoute CustomResourceDefinition.
+    Crd,
+}
+
+/// Flags of `wsgate standalone`.
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    /// A WebSocketRoute YAML file, or a directory of `*.yaml`/`*.yml` files.
+    #[arg(long, env = "WSGATE_ROUTES")]
+    pub routes: PathBuf,
+    /// Resolve a `service` upstream: `NAME.NAMESPACE=HOST:PORT` (repeatable; any port of
+    /// the service maps to HOST:PORT). In the environment, separate entries with commas.
+    #[arg(long = "service", env = "WSGATE_SERVICES", value_delimiter = ',', value_parser = parse_service)]
+    pub services: Vec<ServiceMapping>,
+    /// Listener options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Flags of every command that serves traffic.
+#[derive(Debug, Args, Clone)]
+pub struct ServeArgs {
+    /// Plain WebSocket listener address.
+    #[arg(long, env = "WSGATE_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Admin listener address (`/healthz`, `/readyz`, `/metrics`, `/routes`).
+    #[arg(long, env = "WSGATE_ADMIN", default_value = "127.0.0.1:9090")]
+    pub admin: SocketAddr,
+    /// Seconds between SIGTERM (readyz turns 503) and closing the listener, so load
+    /// balancers notice.
+    #[arg(long, env = "WSGATE_SHUTDOWN_DELAY", default_value = "2", value_parser = parse_seconds)]
+    pub shutdown_delay: Duration,
+    /// Seconds to wait for connections to close after sending them Close 1012.
+    #[arg(long, env = "WSGATE_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_seconds)]
+    pub shutdown_grace: Duration,
+    /// Seconds to wait for a TCP connection to an upstream.
+    #[arg(long, env = "WSGATE_UPSTREAM_CONNECT_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub upstream_connect_timeout: Duration,
+    /// Seconds to wait for an upstream's handshake response once connected.
+    #[arg(long, env = "WSGATE_UPSTREAM_RESPONSE_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub upstream_response_timeout: Duration,
+    /// Seconds a client may take to send its request head.
+    #[arg(long, env = "WSGATE_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
+    pub handshake_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// The data-plane tunables these flags describe.
+    pub fn proxy_config(&self) -> ProxyConfig {
+        ProxyConfig {
+            upstream: UpstreamTimeouts {
+                connect: self.upstream_connect_timeout,
+                response: self.upstream_response_timeout,
+            },
+            header_read_timeout: self.handshake_timeout,
+            ..ProxyConfig::default()
+        }
+    }
+}
+
+/// Flags of `wsgate check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Route files or directories.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// A `--service NAME.NAMESPACE=HOST:PORT` mapping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceMapping {
+    /// The Service's name.
+    pub name: String,
+    /// The Service's namespace.
+    pub namespace: String,
+    /// Where to connect instead.
+    pub target: Target,
+}
+
+fn parse_service(s: &str) -> Result<ServiceMapping, String> {
+    let hint = "write NAME.NAMESPACE=HOST:PORT, e.g. chat-backend.apps=127.0.0.1:9000";
+    let (svc, addr) = s.split_once('=').ok_or_else(|| format!("`{s}`: {hint}"))?;
+    let (name, namespace) = svc
+        .split_once('.')
+        .filter(|(n, ns)| !n.is_empty() && !ns.is_empty())
+        .ok_or_else(|| format!("`{svc}` needs a namespace: {hint}"))?;
+    let (host, port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("`{addr}` needs a port: {hint}"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("`{port}` is not a port in 1..65535: {hint}"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(format!("`{addr}` has no host: {hint}"));
+    }
+    Ok(ServiceMapping {
+        name: name.to_owned(),
+        namespace: namespace.to_owned(),
+        target: Target {
+            host: host.to_owned(),
+            port,
+        },
+    })
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    s.parse::<f64>()
+        .ok()
+        .and_then(|v| Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("`{s}` is not a number of seconds, e.g. 2 or 0.5"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_mapping_parses_name_namespace_host_and_port() {
+        let m = parse_service("chat.apps=127.0.0.1:9000").expect("parses");
+        assert_eq!((m.name.as_str(), m.namespace.as_str()), ("chat", "apps"));
+        assert_eq!(m.target.to_string(), "127.0.0.1:9000");
+        let v6 = parse_service("chat.apps=[::1]:9000").expect("parses");
+        assert_eq!(v6.target.host, "::1");
+    }
+
+    #[test]
+    fn bad_service_mappings_say_what_to_write() {
+        for bad in [
+            "chat",
+            "chat=1.2.3.4:5",
+            "chat.apps=1.2.3.4",
+            "chat.apps=1.2.3.4:0",
+        ] {
+            let err = parse_service(bad).expect_err(bad);
+            assert!(err.contains("NAME.NAMESPACE=HOST:PORT"), "{err}");
+        }
+    }
+
+    #[test]
+    fn seconds_accept_fractions_and_refuse_words() {
+        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
+        assert!(parse_seconds("soon").is_err());
+        assert!(parse_seconds("-1").is_err());
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

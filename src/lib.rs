@@ -1,0 +1,32 @@
+//! wsgate: a WebSocket gateway that decides which web origins may open a WebSocket to
+//! which backend, and enforces it at the edge, before the upgrade.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! WebSocketRoute objects ──┐                      ┌─> conditions (status, `wsgate check`)
+//! (files or API server)    ├─> compile (pure fn) ─┤
+//! Service mappings ────────┘                      └─> RouteTable ─> Snapshot ─(swap)─> proxy
+//! ```
+//!
+//! - [`api`] holds the resource types; [`policy`] the origin rules; [`compile`] turns
+//!   resources into a [`route::RouteTable`] and per-route [`compile::Verdict`]s.
+//! - [`snapshot`] is what the data plane reads: an immutable table swapped whole.
+//! - [`source`] is where resources come from (files in standalone mode).
+//! - [`proxy`] is the data plane: listener, handshake policy, upstream, frame relay.
+//! - [`admin`] serves health, readiness, metrics and the active snapshot.
+
+pub mod admin;
+pub mod api;
+pub mod check;
+pub mod compile;
+pub mod config;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod snapshot;
+pub mod source;
+pub mod standalone;
+pub mod status;

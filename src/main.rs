@@ -1,0 +1,61 @@
+//! The `wsgate` binary: parse flags, start logging, run the chosen command until a signal.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use wsgate::config::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+        eprintln!(
+            "wsgate: --log `{}` is not a valid filter ({e}); using `info`",
+            cli.log
+        );
+        EnvFilter::new("info")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    match cli.command {
+        Command::Crd => {
+            print!("{}", wsgate::api::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::Check(args) => {
+            let mut out = std::io::stdout().lock();
+            let mut diag = std::io::stderr().lock();
+            match wsgate::check::run(&args.paths, &mut out, &mut diag) {
+                Ok(wsgate::check::Outcome::AllAccepted) => ExitCode::SUCCESS,
+                Ok(wsgate::check::Outcome::Problems) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("wsgate check: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Command::Standalone(args) => match run_standalone(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wsgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn run_standalone(args: wsgate::config::StandaloneArgs) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(wsgate::standalone::run(args))?;
+    Ok(())
+}

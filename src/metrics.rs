@@ -1,0 +1,169 @@
+//! The Prometheus metric families wsgate exports on `/metrics`, and the one registry that
+//! holds them. Counting only; no HTTP here.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Labels of a handshake outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `namespace/name` of the selected route, empty when no route matched.
+    pub route: String,
+    /// `accepted`, `rejected` or `failed` (upstream trouble).
+    pub result: &'static str,
+    /// The rejection reason, or `ok`.
+    pub reason: &'static str,
+}
+
+/// Labels of per-route gauges.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// `namespace/name`.
+    pub route: String,
+}
+
+/// Labels of relay traffic counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabels {
+    /// `client_to_upstream` or `upstream_to_client`.
+    pub direction: &'static str,
+}
+
+/// Labels of how relayed connections ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndLabels {
+    /// Who or what ended the connection.
+    pub ended_by: &'static str,
+}
+
+/// Every metric family, registered once.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    /// Handshakes by route, result and reason.
+    pub handshakes: Family<HandshakeLabels, Counter>,
+    /// Relayed connections open now, by route.
+    pub active_connections: Family<RouteLabels, Gauge>,
+    /// Relayed bytes by direction.
+    pub bytes: Family<DirectionLabels, Counter>,
+    /// Relayed WebSocket frames by direction.
+    pub frames: Family<DirectionLabels, Counter>,
+    /// Finished relays by how they ended.
+    pub connections_ended: Family<EndLabels, Counter>,
+    /// Version of the active snapshot (increments on every applied change).
+    pub snapshot_version: Gauge,
+    /// Routes in the active snapshot.
+    pub snapshot_routes: Gauge,
+    /// Route sources that failed to load (files that do not parse).
+    pub source_errors: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every family.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("wsgate");
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            handshakes: Family::default(),
+            active_connections: Family::default(),
+            bytes: Family::default(),
+            frames: Family::default(),
+            connections_ended: Family::default(),
+            snapshot_version: Gauge::default(),
+            snapshot_routes: Gauge::default(),
+            source_errors: Gauge::default(),
+        };
+        registry.register(
+            "handshakes",
+            "WebSocket handshakes by route, result and reason",
+            m.handshakes.clone(),
+        );
+        registry.register(
+            "active_connections",
+            "Relayed WebSocket connections open now, by route",
+            m.active_connections.clone(),
+        );
+        registry.register(
+            "relayed_bytes",
+            "Bytes relayed, by direction",
+            m.bytes.clone(),
+        );
+        registry.register(
+            "relayed_frames",
+            "WebSocket frames relayed, by direction",
+            m.frames.clone(),
+        );
+        registry.register(
+            "connections_ended",
+            "Relayed connections that ended, by what ended them",
+            m.connections_ended.clone(),
+        );
+        registry.register(
+            "snapshot_version",
+            "Version of the active route snapshot",
+            m.snapshot_version.clone(),
+        );
+        registry.register(
+            "snapshot_routes",
+            "Routes in the active snapshot",
+            m.snapshot_routes.clone(),
+        );
+        registry.register(
+            "source_errors",
+            "Route sources (files) that currently fail to load",
+            m.source_errors.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            ..m
+        }
+    }
+
+    /// Renders every family in the OpenMetrics text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Counts one handshake outcome.
+    pub fn handshake(&self, route: Option<&str>, result: &'static str, reason: &'static str) {
+        self.handshakes
+            .get_or_create(&HandshakeLabels {
+                route: route.unwrap_or_default().to_owned(),
+                result,
+                reason,
+            })
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handshake_counts_appear_in_the_text_output() {
+        let m = Metrics::new();
+        m.handshake(Some("apps/chat"), "rejected", "origin_not_allowed");
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"wsgate_handshakes_total{route="apps/chat",result="rejected",reason="origin_not_allowed"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}

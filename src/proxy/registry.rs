@@ -1,0 +1,154 @@
+//! The live relayed connections, so that a new snapshot can revoke the ones it no longer
+//! admits (1008 / 1001) and shutdown can close them all (1012). Knows routes and origins;
+//! does not touch sockets: it only signals each connection's [`ConnControl`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
+
+use super::relay::ConnControl;
+use crate::policy::RequestOrigin;
+use crate::route::{Route, RouteTable};
+
+/// RFC 6455 §7.4.1: the endpoint is going away (here: its route was removed).
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// RFC 6455 §7.4.1: policy violation (here: the origin is no longer allowed).
+pub const CLOSE_POLICY: u16 = 1008;
+/// IANA WebSocket close code registry: service restart.
+pub const CLOSE_RESTART: u16 = 1012;
+
+struct Entry {
+    route: Arc<Route>,
+    origin: RequestOrigin,
+    control: Arc<ConnControl>,
+}
+
+/// The set of live relayed connections.
+#[derive(Default)]
+pub struct Registry {
+    entries: Mutex<HashMap<u64, Entry>>,
+    next_id: AtomicU64,
+    draining: AtomicBool,
+    emptied: Notify,
+}
+
+/// Removes its connection from the registry when dropped.
+pub struct Registration {
+    registry: Arc<Registry>,
+    id: u64,
+    control: Arc<ConnControl>,
+}
+
+impl Registration {
+    /// The control handle the relay watches.
+    pub fn control(&self) -> &ConnControl {
+        &self.control
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut entries = self.registry.lock();
+        entries.remove(&self.id);
+        if entries.is_empty() {
+            self.registry.emptied.notify_waiters();
+        }
+    }
+}
+
+/// How many connections a revocation pass closed, by code.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Revoked {
+    /// Closed with 1008: the origin is no longer allowed.
+    pub policy: usize,
+    /// Closed with 1001: the route is gone.
+    pub gone: usize,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<u64, Entry>> {
+        // A panic while holding this lock leaves the map consistent (single inserts and
+        // removes), so a poisoned lock is still safe to use.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a connection admitted by `route` with `origin`. While draining, the new
+    /// connection is told to close with 1012 at once.
+    pub fn register(self: &Arc<Self>, route: Arc<Route>, origin: RequestOrigin) -> Registration {
+        let control = Arc::new(ConnControl::new());
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock().insert(
+            id,
+            Entry {
+                route,
+                origin,
+                control: control.clone(),
+            },
+        );
+        if self.draining.load(Ordering::Acquire) {
+            control.close(CLOSE_RESTART, "service restart");
+        }
+        Registration {
+            registry: self.clone(),
+            id,
+            control,
+        }
+    }
+
+    /// Closes the connections `table` no longer admits, for routes that ask for it
+    /// (`revokeOnPolicyChange`): 1001 when the route is gone (deleted, invalid or
+    /// conflicted), 1008 when the route no longer allows the connection's origin.
+    pub fn revoke(&self, table: &RouteTable) -> Revoked {
+        let mut revoked = Revoked::default();
+        for entry in self.lock().values() {
+            if !entry.route.revoke_on_policy_change {
+                continue;
+            }
+            match table.get(&entry.route.key) {
+                None => {
+                    entry.control.close(CLOSE_GOING_AWAY, "route removed");
+                    revoked.gone += 1;
+                }
+                Some(route) if !route.origins.allows(&entry.origin) => {
+                    entry.control.close(CLOSE_POLICY, "origin not allowed");
+                    revoked.policy += 1;
+                }
+                Some(_) => {}
+            }
+        }
+        revoked
+    }
+
+    /// Tells every connection, and every one registered from now on, to close with 1012.
+    pub fn close_all(&self) -> usize {
+        self.draining.store(true, Ordering::Release);
+        let entries = self.lock();
+        for entry in entries.values() {
+            entry.control.close(CLOSE_RESTART, "service restart");
+        }
+        entries.len()
+    }
+
+    /// How many connections are live.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no connection is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves once no connection is live.
+    pub async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! The immutable route table the data plane reads: lookup by host and path, and the compiled
+//! per-route policy. No API types, no Kubernetes, no I/O.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use crate::policy::OriginPolicy;
+
+/// Identifies a route across snapshots: its namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteKey {
+    /// The route's namespace.
+    pub namespace: String,
+    /// The route's name.
+    pub name: String,
+}
+
+impl fmt::Display for RouteKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How a request path is matched.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PathRule {
+    /// The whole path equals the value.
+    Exact(String),
+    /// The path equals the value or continues it with `/` (segment-aware); the value is
+    /// stored without a trailing slash, except the root `/`.
+    Prefix(String),
+}
+
+impl PathRule {
+    /// Builds a prefix rule, dropping a trailing slash so `/ws/` and `/ws` claim the same paths.
+    pub fn prefix(value: &str) -> PathRule {
+        let trimmed = value.trim_end_matches('/');
+        PathRule::Prefix(if trimmed.is_empty() {
+            "/".to_owned()
+        } else {
+            trimmed.to_owned()
+        })
+    }
+
+    /// Whether `path` (without query) is selected by this rule.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            PathRule::Exact(value) => path == value,
+            PathRule::Prefix(value) if value == "/" => true,
+            PathRule::Prefix(value) => match path.strip_prefix(value.as_str()) {
+                Some(rest) => rest.is_empty() || rest.starts_with('/'),
+                None => false,
+            },
+        }
+    }
+}
+
+impl fmt::Display for PathRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathRule::Exact(v) => write!(f, "Exact {v}"),
+            PathRule::Prefix(v) => write!(f, "PathPrefix {v}"),
+        }
+    }
+}
+
+/// What happens to a handshake whose origin is denied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginRejection {
+    /// Answer 403 before the upgrade.
+    Forbidden,
+    /// Complete the upgrade, then close at once with 1008.
+    Close,
+}
+
+/// One address the upstream can be reached at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Where accepted handshakes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// Addresses to connect to; one is picked per connection. Empty means the backend is
+    /// unresolved (the route still owns its host and path, and handshakes get 502).
+    pub targets: Vec<Target>,
+    /// A path that replaces the request path (the request's query is kept).
+    pub path: Option<String>,
+}
+
+/// A compiled route: everything the handshake and relay need, nothing from the API.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The route's identity.
+    pub key: RouteKey,
+    /// Which origins may connect.
+    pub origins: OriginPolicy,
+    /// What a denied origin gets.
+    pub rejection: OriginRejection,
+    /// Where accepted handshakes go.
+    pub upstream: Upstream,
+    /// The allowed subprotocols; `None` forwards the client's offer unfiltered.
+    pub subprotocols: Option<Vec<String>>,
+    /// Whether live connections are closed when a new snapshot no longer admits them.
+    pub revoke_on_policy_change: bool,
+}
+
+/// The routes of one hostname key, ordered for lookup.
+#[derive(Debug, Default, Clone)]
+struct HostRoutes {
+    exact: HashMap<String, Arc<Route>>,
+    /// Longest prefix first.
+    prefixes: Vec<(PathRule, Arc<Route>)>,
+}
+
+impl HostRoutes {
+    fn find(&self, path: &str) -> Option<&Arc<Route>> {
+        if let Some(route) = self.exact.get(path) {
+            return Some(route);
+        }
+        self.prefixes
+            .iter()
+            .find(|(rule, _)| rule.matches(path))
+            .map(|(_, route)| route)
+    }
+}
+
+/// An immutable table of accepted routes, looked up by host and path.
+#[derive(Debug, Default, Clone)]
+pub struct RouteTable {
+    exact_hosts: HashMap<String, HostRoutes>,
+    /// Keyed by the suffix after `*.`.
+    wildcard_hosts: HashMap<String, HostRoutes>,
+    by_key: HashMap<RouteKey, Arc<Route>>,
+}
+
+impl RouteTable {
+    /// Adds `route` under each hostname for `path`. The caller (compile) has already
+    /// resolved conflicts, so a later insert for the same host and path replaces nothing.
+    pub fn insert(&mut self, hostnames: &[String], path: &PathRule, route: Route) {
+        let route = Arc::new(route);
+        for hostname in hostnames {
+            let entry = match hostname.strip_prefix("*.") {
+                Some(suffix) => self.wildcard_hosts.entry(suffix.to_owned()).or_default(),
+                None => self.exact_hosts.entry(hostname.clone()).or_default(),
+            };
+            match path {
+                PathRule::Exact(value) => {
+                    entry
+                        .exact
+                        .entry(value.clone())
+                        .or_insert_with(|| route.clone());
+                }
+                PathRule::Prefix(_) => {
+                    entry.prefixes.push((path.clone(), route.clone()));
+                    // Longest prefix first; ties are impossible after conflict resolution.
+                    entry
+                        .prefixes
+                        .sort_by_key(|(rule, _)| std::cmp::Reverse(prefix_len(rule)));
+                }
+            }
+        }
+        self.by_key.insert(route.key.clone(), route);
+    }
+
+    /// Selects the route for a request: exact hostname before wildcard (the longest
+    /// wildcard suffix first), then an `Exact` path before the longest `PathPrefix`.
+    /// `host` must already be lowercase and without a port.
+    pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
+        if let Some(route) = self.exact_hosts.get(host).and_then(|h| h.find(path)) {
+            return Some(route);
+        }
+        // `*.example.com` covers one or more labels, so try every proper suffix of the host.
+        let mut rest = host;
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(route) = self.wildcard_hosts.get(suffix).and_then(|h| h.find(path)) {
+                return Some(route);
+            }
+            rest = suffix;
+        }
+        None
+    }
+
+    /// The route with this key, if it is in the table.
+    pub fn get(&self, key: &RouteKey) -> Option<&Arc<Route>> {
+        self.by_key.get(key)
+    }
+
+    /// All routes in the table.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.by_key.values()
+    }
+
+    /// How many routes the table holds.
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    /// Whether the table holds no route.
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
+}
+
+fn prefix_len(rule: &PathRule) -> usize {
+    match rule {
+        PathRule::Exact(v) | PathRule::Prefix(v) => v.len(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str) -> Route {
+        Route {
+            key: RouteKey {
+                namespace: "default".into(),
+                name: name.into(),
+            },
+            origins: OriginPolicy::new::<&str>(&[], false, false).expect("empty policy"),
+            rejection: OriginRejection::Forbidden,
+            upstream: Upstream {
+                targets: vec![],
+                path: None,
+            },
+            subprotocols: None,
+            revoke_on_policy_change: true,
+        }
+    }
+
+    fn name_of(table: &RouteTable, host: &str, path: &str) -> Option<String> {
+        table.lookup(host, path).map(|r| r.key.name.clone())
+    }
+
+    #[test]
+    fn prefix_is_segment_aware() {
+        let rule = PathRule::prefix("/ws");
+        assert!(rule.matches("/ws"));
+        assert!(rule.matches("/ws/x"));
+        assert!(!rule.matches("/wsx"));
+        assert!(!rule.matches("/"));
+        assert!(PathRule::prefix("/ws/").matches("/ws"));
+        assert!(PathRule::prefix("/").matches("/anything"));
+    }
+
+    #[test]
+    fn exact_path_wins_over_prefix_and_longest_prefix_wins() {
+        let mut t = RouteTable::default();
+        let hosts = vec!["a.example.com".to_owned()];
+        t.insert(&hosts, &PathRule::prefix("/"), route("root"));
+        t.insert(&hosts, &PathRule::prefix("/ws"), route("ws"));
+        t.insert(&hosts, &PathRule::Exact("/ws/admin".into()), route("admin"));
+        assert_eq!(
+            name_of(&t, "a.example.com", "/ws/admin").as_deref(),
+            Some("admin")
+        );
+        assert_eq!(name_of(&t, "a.example.com", "/ws/x").as_deref(), Some("ws"));
+        assert_eq!(
+            name_of(&t, "a.example.com", "/other").as_deref(),
+            Some("root")
+        );
+    }
+
+    #[test]
+    fn exact_host_wins_over_wildcard_and_wildcard_covers_several_labels() {
+        let mut t = RouteTable::default();
+        t.insert(
+            &["*.example.com".to_owned()],
+            &PathRule::prefix("/"),
+            route("wild"),
+        );
+        t.insert(
+            &["a.example.com".to_owned()],
+            &PathRule::prefix("/"),
+            route("exact"),
+        );
+        assert_eq!(name_of(&t, "a.example.com", "/").as_deref(), Some("exact"));
+        assert_eq!(name_of(&t, "b.example.com", "/").as_deref(), Some("wild"));
+        assert_eq!(name_of(&t, "x.b.example.com", "/").as_deref(), Some("wild"));
+        assert_eq!(name_of(&t, "example.com", "/"), None);
+        assert_eq!(name_of(&t, "evilexample.com", "/"), None);
+    }
+
+    #[test]
+    fn exact_host_without_matching_path_falls_back_to_wildcard() {
+        let mut t = RouteTable::default();
+        t.insert(
+            &["*.example.com".to_owned()],
+            &PathRule::prefix("/"),
+            route("wild"),
+        );
+        t.insert(
+            &["a.example.com".to_owned()],
+            &PathRule::prefix("/ws"),
+            route("exact"),
+        );
+        assert_eq!(
+            name_of(&t, "a.example.com", "/chat").as_deref(),
+            Some("wild")
+        );
+    }
+
+    #[test]
+    fn longer_wildcard_suffix_wins() {
+        let mut t = RouteTable::default();
+        t.insert(
+            &["*.example.com".to_owned()],
+            &PathRule::prefix("/"),
+            route("outer"),
+        );
+        t.insert(
+            &["*.eu.example.com".to_owned()],
+            &PathRule::prefix("/"),
+            route("inner"),
+        );
+        assert_eq!(
+            name_of(&t, "a.eu.example.com", "/").as_deref(),
+            Some("inner")
+        );
+        assert_eq!(name_of(&t, "eu.example.com", "/").as_deref(), Some("outer"));
+    }
+}

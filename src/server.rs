@@ -1,0 +1,135 @@
+//! The serving lifecycle shared by every mode: bind the proxy and admin listeners, run them,
+//! and shut down gracefully (readyz 503, delay, stop accepting, Close 1012, drain or grace).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::proxy::Gateway;
+
+/// A listener that could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr} for the {what}: {source}; pick a free address with {flag}")]
+pub struct BindError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// `proxy` or `admin endpoints`.
+    pub what: &'static str,
+    /// The flag that sets it.
+    pub flag: &'static str,
+    /// The I/O error.
+    pub source: std::io::Error,
+}
+
+/// Running listeners.
+pub struct Server {
+    gateway: Arc<Gateway>,
+    /// The bound proxy address (useful with port 0).
+    pub proxy_addr: SocketAddr,
+    /// The bound admin address.
+    pub admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+async fn bind(
+    addr: SocketAddr,
+    what: &'static str,
+    flag: &'static str,
+) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| BindError {
+        addr,
+        what,
+        flag,
+        source,
+    })
+}
+
+impl Server {
+    /// Binds both listeners and starts serving.
+    pub async fn start(
+        listen: SocketAddr,
+        admin: SocketAddr,
+        gateway: Arc<Gateway>,
+    ) -> Result<Server, BindError> {
+        let proxy = bind(listen, "proxy", "--listen").await?;
+        let admin = bind(admin, "admin endpoints", "--admin").await?;
+        let proxy_addr = proxy.local_addr().map_err(|source| BindError {
+            addr: listen,
+            what: "proxy",
+            flag: "--listen",
+            source,
+        })?;
+        let admin_addr = admin.local_addr().map_err(|source| BindError {
+            addr: listen,
+            what: "admin endpoints",
+            flag: "--admin",
+            source,
+        })?;
+        tracing::info!(address = %proxy_addr, "proxy listening");
+        tracing::info!(address = %admin_addr, "admin listening");
+        let (stop, stop_rx) = watch::channel(false);
+        let tasks = vec![
+            tokio::spawn(crate::proxy::serve(proxy, gateway.clone(), stop_rx.clone())),
+            tokio::spawn(crate::admin::serve(admin, gateway.clone(), stop_rx)),
+        ];
+        Ok(Server {
+            gateway,
+            proxy_addr,
+            admin_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// DESIGN §7: readyz turns 503 at once; after `delay` the listener stops accepting and
+    /// every connection gets Close 1012; returns once they are gone or `grace` ends.
+    pub async fn shutdown(self, delay: Duration, grace: Duration) {
+        self.gateway.start_draining();
+        tracing::info!(
+            delay_seconds = delay.as_secs_f64(),
+            "shutting down: readyz now answers 503"
+        );
+        tokio::time::sleep(delay).await;
+        // Stops both accept loops; HTTP connections finish their current request.
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(grace, self.gateway.drain()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!(
+                remaining = self.gateway.live_connections(),
+                grace_seconds = grace.as_secs_f64(),
+                "shutdown grace ended with connections still open"
+            ),
+        }
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

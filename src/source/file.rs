@@ -1,0 +1,310 @@
+//! Routes from YAML files (standalone mode and `wsgate check`): a file or a directory of
+//! `*.yaml`/`*.yml` files, each with one or more WebSocketRoute documents. A file that stops
+//! parsing keeps the routes it last declared; its problem is reported with path and line.
+//! Reads files; compiles nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::core::TypeMeta;
+
+use crate::api::WebSocketRoute;
+use crate::compile::key_of;
+use crate::route::RouteKey;
+use crate::snapshot::SourceProblem;
+
+const API_VERSION: &str = "wsgate.dev/v1alpha1";
+const KIND: &str = "WebSocketRoute";
+
+/// Why the route path itself cannot be read (as opposed to one file's content).
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The path does not exist or cannot be read.
+    #[error(
+        "cannot read routes from {path}: {source}; pass an existing file or directory to --routes"
+    )]
+    Unreadable {
+        /// The path given.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// A route and the file that declares it.
+#[derive(Debug, Clone)]
+pub struct FileRoute {
+    /// The declaring file.
+    pub path: PathBuf,
+    /// The route as declared (with a creation timestamp filled in when it had none).
+    pub route: WebSocketRoute,
+}
+
+#[derive(Debug, Default)]
+struct FileState {
+    /// What the file declared the last time it parsed.
+    routes: Vec<WebSocketRoute>,
+    problem: Option<SourceProblem>,
+}
+
+/// The routes declared under one path, as of the last [`FileSource::reload`].
+#[derive(Debug)]
+pub struct FileSource {
+    root: PathBuf,
+    files: BTreeMap<PathBuf, FileState>,
+    /// When each route was first seen, standing in for `creationTimestamp` so that an
+    /// older route keeps winning a conflict when a newer file claims the same host and path.
+    first_seen: HashMap<RouteKey, Timestamp>,
+}
+
+impl FileSource {
+    /// A source for `root` (a file or a directory); nothing is read until `reload`.
+    pub fn new(root: impl Into<PathBuf>) -> FileSource {
+        FileSource {
+            root: root.into(),
+            files: BTreeMap::new(),
+            first_seen: HashMap::new(),
+        }
+    }
+
+    /// The path this source reads.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Re-reads every file. Files that fail to parse keep their last good routes; files
+    /// that are gone drop theirs.
+    pub fn reload(&mut self, now: Timestamp) -> Result<(), SourceError> {
+        let paths = list_files(&self.root)?;
+        self.files.retain(|p, _| paths.contains(p));
+        for path in paths {
+            let state = self.files.entry(path.clone()).or_default();
+            let parsed = std::fs::read_to_string(&path)
+                .map_err(|e| SourceProblem {
+                    source: path.display().to_string(),
+                    line: None,
+                    message: format!("cannot read file: {e}"),
+                })
+                .and_then(|text| parse_routes(&path, &text));
+            match parsed {
+                // Writers truncate a file before filling it: an empty read is far more
+                // often a write in progress than a request to drop every route in it.
+                Ok(routes) if routes.is_empty() && !state.routes.is_empty() => {
+                    state.problem = Some(SourceProblem {
+                        source: path.display().to_string(),
+                        line: None,
+                        message: format!(
+                            "file declares no routes now; the {} it declared before keep serving: delete the file to remove them",
+                            state.routes.len()
+                        ),
+                    });
+                }
+                Ok(routes) => {
+                    state.routes = routes;
+                    state.problem = None;
+                }
+                Err(problem) => state.problem = Some(problem),
+            }
+        }
+        let present: HashSet<RouteKey> = self
+            .files
+            .values()
+            .flat_map(|s| s.routes.iter().map(key_of))
+            .collect();
+        // A route deleted and declared again counts as new.
+        self.first_seen.retain(|k, _| present.contains(k));
+        for key in present {
+            self.first_seen.entry(key).or_insert(now);
+        }
+        Ok(())
+    }
+
+    /// Every route currently declared, in file order.
+    pub fn routes(&self) -> Vec<FileRoute> {
+        self.files
+            .iter()
+            .flat_map(|(path, state)| {
+                state.routes.iter().map(|route| {
+                    let mut route = route.clone();
+                    if route.metadata.creation_timestamp.is_none() {
+                        route.metadata.creation_timestamp =
+                            self.first_seen.get(&key_of(&route)).map(|t| Time(*t));
+                    }
+                    FileRoute {
+                        path: path.clone(),
+                        route,
+                    }
+                })
+            })
+            .collect()
+    }
+
+    /// The files that currently fail to parse.
+    pub fn problems(&self) -> Vec<SourceProblem> {
+        self.files
+            .values()
+            .filter_map(|s| s.problem.clone())
+            .collect()
+    }
+}
+
+/// The files under `root`: `root` itself if it is a file, else its `*.yaml` and `*.yml`
+/// files (not hidden ones, not subdirectories), sorted.
+fn list_files(root: &Path) -> Result<Vec<PathBuf>, SourceError> {
+    let unreadable = |source| SourceError::Unreadable {
+        path: root.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(root).map_err(unreadable)?;
+    if meta.is_file() {
+        return Ok(vec![root.to_owned()]);
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(unreadable)? {
+        let path = entry.map_err(unreadable)?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if yaml && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Parses a multi-document YAML file of WebSocketRoutes.
+pub fn parse_routes(path: &Path, text: &str) -> Result<Vec<WebSocketRoute>, SourceProblem> {
+    let problem = |line, message| SourceProblem {
+        source: path.display().to_string(),
+        line,
+        message,
+    };
+    let parse_error = |e: serde_saphyr::Error| {
+        problem(
+            e.location().map(|l| l.line()),
+            e.without_snippet().to_string(),
+        )
+    };
+    // The resource type ignores apiVersion and kind when deserializing, so read them first:
+    // a document of another kind gets this message rather than a confusing field error.
+    let types: Vec<TypeMeta> = serde_saphyr::from_multiple(text).map_err(parse_error)?;
+    for (i, t) in types.iter().enumerate() {
+        if t.api_version != API_VERSION || t.kind != KIND {
+            return Err(problem(
+                None,
+                format!(
+                    "document {} is `apiVersion: {}` `kind: {}`; wsgate reads only `apiVersion: {API_VERSION}` `kind: {KIND}`",
+                    i + 1,
+                    t.api_version,
+                    t.kind
+                ),
+            ));
+        }
+    }
+    serde_saphyr::from_multiple(text).map_err(parse_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: NAME}\nspec:\n  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9\"}\n";
+
+    fn route(name: &str) -> String {
+        ROUTE.replace("NAME", name)
+    }
+
+    fn names(source: &FileSource) -> Vec<String> {
+        source
+            .routes()
+            .iter()
+            .map(|r| r.route.metadata.name.clone().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn multi_document_files_yield_every_route() {
+        let text = format!("{}---\n{}", route("a"), route("b"));
+        let routes = parse_routes(Path::new("x.yaml"), &text).expect("parses");
+        assert_eq!(routes.len(), 2);
+    }
+
+    #[test]
+    fn parse_error_names_the_line() {
+        let text = format!(
+            "{}---\napiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {{name: b}}\nspec:\n  hostnames: [\n",
+            route("a")
+        );
+        let problem = parse_routes(Path::new("x.yaml"), &text).expect_err("fails");
+        assert_eq!(problem.source, "x.yaml");
+        assert!(problem.line.is_some(), "{problem:?}");
+    }
+
+    #[test]
+    fn other_kinds_are_refused_with_a_hint() {
+        let text = route("a").replace("kind: WebSocketRoute", "kind: Service");
+        let problem = parse_routes(Path::new("x.yaml"), &text).expect_err("fails");
+        assert!(
+            problem.message.contains("reads only"),
+            "{}",
+            problem.message
+        );
+    }
+
+    #[test]
+    fn directory_reads_yaml_files_only_and_a_broken_file_keeps_its_last_routes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.yaml"), route("a")).expect("write");
+        std::fs::write(dir.path().join("b.yml"), route("b")).expect("write");
+        std::fs::write(dir.path().join(".hidden.yaml"), route("h")).expect("write");
+        std::fs::write(dir.path().join("notes.txt"), route("t")).expect("write");
+        std::fs::create_dir(dir.path().join("sub")).expect("mkdir");
+        std::fs::write(dir.path().join("sub/c.yaml"), route("c")).expect("write");
+
+        let mut source = FileSource::new(dir.path());
+        source.reload(Timestamp::now()).expect("reload");
+        assert_eq!(names(&source), ["a", "b"]);
+        assert!(source.problems().is_empty());
+
+        std::fs::write(dir.path().join("a.yaml"), "spec: [").expect("write");
+        source.reload(Timestamp::now()).expect("reload");
+        assert_eq!(names(&source), ["a", "b"], "last good routes keep serving");
+        assert_eq!(source.problems().len(), 1);
+
+        std::fs::write(dir.path().join("a.yaml"), "").expect("truncate");
+        source.reload(Timestamp::now()).expect("reload");
+        assert_eq!(
+            names(&source),
+            ["a", "b"],
+            "an emptied file keeps its routes"
+        );
+        assert!(source.problems()[0].message.contains("delete the file"));
+
+        std::fs::remove_file(dir.path().join("a.yaml")).expect("rm");
+        source.reload(Timestamp::now()).expect("reload");
+        assert_eq!(names(&source), ["b"]);
+        assert!(source.problems().is_empty());
+    }
+
+    #[test]
+    fn first_seen_time_stands_in_for_creation_timestamp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("a.yaml"), route("a")).expect("write");
+        let mut source = FileSource::new(dir.path());
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().expect("ts");
+        source.reload(t0).expect("reload");
+        let t1: Timestamp = "2026-01-02T00:00:00Z".parse().expect("ts");
+        source.reload(t1).expect("reload");
+        let created = source.routes()[0].route.metadata.creation_timestamp.clone();
+        assert_eq!(created.map(|t| t.0), Some(t0));
+    }
+
+    #[test]
+    fn missing_path_is_an_error_with_a_hint() {
+        let mut source = FileSource::new("/nonexistent/wsgate-routes");
+        let err = source.reload(Timestamp::now()).expect_err("fails");
+        assert!(err.to_string().contains("--routes"), "{err}");
+    }
+}

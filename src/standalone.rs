@@ -1,0 +1,211 @@
+//! Standalone mode: routes from files, no cluster. Loads, compiles and publishes snapshots,
+//! and reloads when the files change; a file that stops parsing keeps serving what it last
+//! declared.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::mpsc;
+
+use crate::compile::{Backends, Verdict, compile};
+use crate::config::{ServiceMapping, StandaloneArgs};
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::route::RouteKey;
+use crate::server::{BindError, Server, termination};
+use crate::snapshot::Snapshot;
+use crate::source::file::{FileSource, SourceError};
+
+/// How long to wait for more file events before reloading: editors write in bursts.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Why standalone mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    /// The routes path cannot be read.
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A listener cannot be opened.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// The file watcher cannot start.
+    #[error("cannot watch {path} for changes: {source}")]
+    Watch {
+        /// The watched path.
+        path: PathBuf,
+        /// The watcher's error.
+        source: notify::Error,
+    },
+}
+
+/// Builds the backends standalone mode knows: only the `--service` mappings.
+pub fn backends(mappings: &[ServiceMapping]) -> Backends {
+    let mut backends = Backends::standalone();
+    for m in mappings {
+        backends.insert(&m.namespace, &m.name, None, vec![m.target.clone()]);
+    }
+    backends
+}
+
+/// Loads routes from files and publishes compiled snapshots to a gateway.
+pub struct FileRoutes {
+    source: FileSource,
+    backends: Backends,
+    gateway: Arc<Gateway>,
+    version: u64,
+    /// What the last published snapshot was built from, to skip no-op reloads.
+    fingerprint: String,
+    last_verdicts: HashMap<RouteKey, Verdict>,
+}
+
+impl FileRoutes {
+    /// Reads `path` once; fails if the path itself cannot be read.
+    pub fn load(
+        path: PathBuf,
+        backends: Backends,
+        gateway: Arc<Gateway>,
+    ) -> Result<FileRoutes, SourceError> {
+        let mut routes = FileRoutes {
+            source: FileSource::new(path),
+            backends,
+            gateway,
+            version: 0,
+            fingerprint: String::new(),
+            last_verdicts: HashMap::new(),
+        };
+        routes.source.reload(Timestamp::now())?;
+        routes.publish();
+        Ok(routes)
+    }
+
+    /// Re-reads the files and publishes a new snapshot if anything changed.
+    pub fn reload(&mut self) {
+        match self.source.reload(Timestamp::now()) {
+            Ok(()) => self.publish(),
+            Err(e) => tracing::error!(error = %e, "reload failed; the last snapshot keeps serving"),
+        }
+    }
+
+    fn publish(&mut self) {
+        let declared = self.source.routes();
+        let problems = self.source.problems();
+        let routes: Vec<_> = declared.into_iter().map(|r| r.route).collect();
+        let fingerprint = serde_json::to_string(&(&routes, &problems)).unwrap_or_default();
+        if self.version > 0 && fingerprint == self.fingerprint {
+            return;
+        }
+        self.fingerprint = fingerprint;
+        for p in &problems {
+            tracing::warn!(
+                file = %p.source,
+                line = p.line,
+                error = %p.message,
+                "route file does not parse; the routes it last declared keep serving"
+            );
+        }
+        let compiled = compile(&routes, &self.backends);
+        self.log_changes(&compiled.verdicts);
+        self.version += 1;
+        let snapshot = Snapshot::new(self.version, compiled, problems);
+        tracing::info!(
+            version = snapshot.version,
+            routes = snapshot.table.len(),
+            "snapshot applied"
+        );
+        self.gateway.publish(snapshot);
+    }
+
+    fn log_changes(&mut self, verdicts: &[Verdict]) {
+        let mut next = HashMap::new();
+        for v in verdicts {
+            if self.last_verdicts.get(&v.key) != Some(v) {
+                for c in v.conditions.iter().filter(|c| c.type_ == "Ready") {
+                    if c.status {
+                        tracing::info!(route = %v.key, "route ready");
+                    } else {
+                        tracing::warn!(route = %v.key, reason = c.reason, message = %c.message, "route not ready");
+                    }
+                }
+                for w in &v.warnings {
+                    tracing::warn!(route = %v.key, "{w}");
+                }
+            }
+            next.insert(v.key.clone(), v.clone());
+        }
+        for gone in self.last_verdicts.keys().filter(|k| !next.contains_key(*k)) {
+            tracing::info!(route = %gone, "route removed");
+        }
+        self.last_verdicts = next;
+    }
+}
+
+/// Watches `path` (a file or a directory) and sends a message on every change. The watcher
+/// stops when the returned value is dropped.
+fn watch(
+    path: &Path,
+    tx: mpsc::UnboundedSender<()>,
+) -> Result<notify::RecommendedWatcher, StandaloneError> {
+    let watch_err = |source| StandaloneError::Watch {
+        path: path.to_owned(),
+        source,
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(watch_err)?;
+    // Editors replace a file by renaming a new one over it, which ends a watch on the file
+    // itself; watching its directory survives that.
+    let dir = if path.is_dir() {
+        path.to_owned()
+    } else {
+        path.parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned()
+    };
+    watcher
+        .watch(&dir, RecursiveMode::NonRecursive)
+        .map_err(watch_err)?;
+    Ok(watcher)
+}
+
+/// Runs standalone mode until SIGTERM/SIGINT, then shuts down gracefully.
+pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
+    let gateway = Gateway::new(args.serve.proxy_config(), Metrics::new());
+    let mut routes = FileRoutes::load(
+        args.routes.clone(),
+        backends(&args.services),
+        gateway.clone(),
+    )?;
+    let server = Server::start(args.serve.listen, args.serve.admin, gateway).await?;
+
+    let (tx, mut changes) = mpsc::unbounded_channel();
+    let _watcher = watch(&args.routes, tx)?;
+    tracing::info!(path = %args.routes.display(), "watching route files");
+    // Catch an edit made between the first load and the start of the watch.
+    routes.reload();
+
+    let stop = termination();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(()) = changes.recv() => {
+                // Let a burst of events settle, then reload once.
+                tokio::time::sleep(DEBOUNCE).await;
+                while changes.try_recv().is_ok() {}
+                routes.reload();
+            }
+        }
+    }
+    server
+        .shutdown(args.serve.shutdown_delay, args.serve.shutdown_grace)
+        .await;
+    Ok(())
+}

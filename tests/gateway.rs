@@ -1,0 +1,643 @@
+//! The gateway through real sockets: the `wsgate standalone` binary between real WebSocket
+//! clients and a real upstream, one test per behaviour of DESIGN §5–§7.
+
+mod support;
+
+use futures_util::{SinkExt, StreamExt};
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+
+const HOST: &str = "chat.example.test";
+const APP: &str = "https://app.example.test";
+
+async fn chat_gate(up: &Upstream, origins: &str, extra: &[&str]) -> Gate {
+    Gate::start(
+        &[("chat.yaml", route("chat", HOST, "/ws", origins, &up.url()))],
+        extra,
+    )
+    .await
+}
+
+fn app_only() -> &'static str {
+    "{allow: [\"https://app.example.test\", \"https://*.apps.example.test\"]}"
+}
+
+#[tokio::test]
+async fn allowed_origin_relays_messages_both_ways_with_forwarding_headers() {
+    let mut up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    let (mut ws, resp) = connect(gate.proxy, HOST, "/ws/room?id=7", Some(APP), &[])
+        .await
+        .expect("allowed");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hello")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("ok"),
+        Message::text("hello")
+    );
+    let big = vec![7u8; 300_000];
+    ws.send(Message::binary(big.clone()))
+        .await
+        .expect("send big");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("ok"),
+        Message::binary(big)
+    );
+
+    let seen = up.seen.recv().await.expect("upstream saw the handshake");
+    assert_eq!(seen.path, "/ws/room?id=7");
+    let h = &seen.headers;
+    assert_eq!(h["origin"], APP);
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert!(
+        h["x-forwarded-host"]
+            .to_str()
+            .expect("ascii")
+            .starts_with(HOST)
+    );
+
+    ws.close(None).await.expect("close");
+}
+
+#[tokio::test]
+async fn wildcard_origin_admits_subdomains_only() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    assert!(
+        connect(
+            gate.proxy,
+            HOST,
+            "/ws",
+            Some("https://a.b.apps.example.test"),
+            &[]
+        )
+        .await
+        .is_ok()
+    );
+    for evil in [
+        "https://apps.example.test",
+        "https://evilapps.example.test",
+        "https://apps.example.test.evil.com",
+        "http://a.apps.example.test",
+    ] {
+        assert_eq!(
+            connect(gate.proxy, HOST, "/ws", Some(evil), &[])
+                .await
+                .err(),
+            Some(403),
+            "{evil}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn denied_origin_is_403_with_plain_text_and_never_reaches_the_upstream() {
+    let mut up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    let raw = raw_request(
+        gate.proxy,
+        &upgrade_request(
+            HOST,
+            "/ws",
+            "Origin: https://evil.example\r\nX-Secret: swordfish\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(raw.status, 403);
+    assert_eq!(raw.body, "origin not allowed\n");
+    assert!(!raw.head.contains("swordfish") && !raw.body.contains("evil"));
+    // Missing, null, invalid and doubled origins are denied too.
+    for extra in [
+        "",
+        "Origin: null\r\n",
+        "Origin: https://app.example.test/\r\n",
+        "Origin: https://app.example.test\r\nOrigin: https://app.example.test\r\n",
+        "Origin: https://app.example.test, https://evil.example\r\n",
+    ] {
+        let raw = raw_request(gate.proxy, &upgrade_request(HOST, "/ws", extra)).await;
+        assert_eq!(raw.status, 403, "{extra:?}");
+    }
+    assert!(up.seen.try_recv().is_err(), "the upstream was contacted");
+    let (_, metrics) = gate.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(r#"wsgate_handshakes_total{route="default/chat",result="rejected",reason="origin_not_allowed"} 6"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn null_and_missing_origins_need_their_flags() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, "{allow: [], allowNull: true, allowMissing: true}", &[]).await;
+    assert!(connect(gate.proxy, HOST, "/ws", None, &[]).await.is_ok());
+    assert!(
+        connect(gate.proxy, HOST, "/ws", Some("null"), &[])
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(403)
+    );
+}
+
+#[tokio::test]
+async fn rejection_close_upgrades_then_closes_with_1008() {
+    let mut up = Upstream::start().await;
+    let origins = "{allow: [\"https://app.example.test\"], rejection: Close}";
+    let gate = chat_gate(&up, origins, &[]).await;
+    let (mut ws, resp) = connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
+        .await
+        .expect("upgraded");
+    assert_eq!(resp.status(), 101);
+    assert_eq!(
+        close_code(&mut ws).await,
+        (1008, "origin not allowed".to_owned())
+    );
+    assert!(up.seen.try_recv().is_err(), "the upstream was contacted");
+}
+
+#[tokio::test]
+async fn unknown_host_or_path_is_404() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    for (host, path) in [("other.example.test", "/ws"), (HOST, "/wsx"), (HOST, "/")] {
+        let raw = raw_request(
+            gate.proxy,
+            &upgrade_request(host, path, "Origin: https://app.example.test\r\n"),
+        )
+        .await;
+        assert_eq!(raw.status, 404, "{host}{path}");
+    }
+    // Host matching ignores case and port.
+    let raw = raw_request(
+        gate.proxy,
+        &upgrade_request(
+            "CHAT.Example.TEST:8080",
+            "/ws",
+            "Origin: https://app.example.test\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(raw.status, 101);
+}
+
+#[tokio::test]
+async fn malformed_handshakes_get_their_status_codes() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    let plain = raw_request(
+        gate.proxy,
+        &format!("GET /ws HTTP/1.1\r\nHost: {HOST}\r\n\r\n"),
+    )
+    .await;
+    assert_eq!(plain.status, 426);
+    assert!(
+        plain.head.to_lowercase().contains("upgrade: websocket"),
+        "{}",
+        plain.head
+    );
+
+    let v8 = upgrade_request(HOST, "/ws", "").replace("Version: 13", "Version: 8");
+    let raw = raw_request(gate.proxy, &v8).await;
+    assert_eq!(raw.status, 426);
+    assert!(
+        raw.head
+            .to_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{}",
+        raw.head
+    );
+
+    let bad_key = upgrade_request(HOST, "/ws", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+    assert_eq!(raw_request(gate.proxy, &bad_key).await.status, 400);
+
+    let garbage = raw_request(gate.proxy, "\x16\x03\x01 not http at all\r\n\r\n").await;
+    assert_eq!(garbage.status, 400);
+    // Still serving.
+    assert!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn subprotocol_offer_is_filtered_to_the_allowlist() {
+    let mut up = Upstream::start().await;
+    let yaml =
+        route("chat", HOST, "/ws", app_only(), &up.url()) + "  subprotocols: [\"chat.v2\"]\n";
+    let gate = Gate::start(&[("chat.yaml", yaml)], &[]).await;
+    let (_ws, resp) = connect(
+        gate.proxy,
+        HOST,
+        "/ws",
+        Some(APP),
+        &[("sec-websocket-protocol", "admin, chat.v2")],
+    )
+    .await
+    .expect("allowed");
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "chat.v2");
+    let seen = up.seen.recv().await.expect("seen");
+    assert_eq!(seen.headers["sec-websocket-protocol"], "chat.v2");
+    let refused = connect(
+        gate.proxy,
+        HOST,
+        "/ws",
+        Some(APP),
+        &[("sec-websocket-protocol", "admin")],
+    )
+    .await;
+    assert_eq!(refused.err(), Some(403));
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(403)
+    );
+}
+
+#[tokio::test]
+async fn url_path_replaces_the_request_path_and_keeps_the_query() {
+    let mut up = Upstream::start().await;
+    let upstream = format!("{{url: \"ws://{}/socket\"}}", up.addr);
+    let gate = Gate::start(
+        &[(
+            "chat.yaml",
+            route("chat", HOST, "/ws", app_only(), &upstream),
+        )],
+        &[],
+    )
+    .await;
+    connect(gate.proxy, HOST, "/ws/x?token=1", Some(APP), &[])
+        .await
+        .expect("allowed");
+    assert_eq!(up.seen.recv().await.expect("seen").path, "/socket?token=1");
+}
+
+#[tokio::test]
+async fn upstream_refusal_is_passed_through_with_its_body() {
+    let up = Upstream::start().await;
+    let gate = Gate::start(
+        &[(
+            "chat.yaml",
+            route("chat", HOST, "/refuse", app_only(), &up.url()),
+        )],
+        &[],
+    )
+    .await;
+    let raw = raw_request(
+        gate.proxy,
+        &upgrade_request(HOST, "/refuse", "Origin: https://app.example.test\r\n"),
+    )
+    .await;
+    assert_eq!(raw.status, 401);
+    // The upstream sent no length, so the body arrives chunked.
+    assert!(raw.body.contains("go away"), "{}", raw.body);
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_and_silent_upstream_is_504() {
+    // A port nobody listens on: bind, learn the port, close.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr");
+    // A listener that accepts and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let files = [
+        (
+            "a.yaml",
+            route(
+                "down",
+                "down.example.test",
+                "/",
+                app_only(),
+                &format!("{{url: \"ws://{closed}\"}}"),
+            ),
+        ),
+        (
+            "b.yaml",
+            route(
+                "slow",
+                "slow.example.test",
+                "/",
+                app_only(),
+                &format!("{{url: \"ws://{silent_addr}\"}}"),
+            ),
+        ),
+        (
+            "c.yaml",
+            route(
+                "svc",
+                "svc.example.test",
+                "/",
+                app_only(),
+                "{service: {name: missing, port: 80}}",
+            ),
+        ),
+    ];
+    let gate = Gate::start(&files, &["--upstream-response-timeout", "0.3"]).await;
+    let origin = "Origin: https://app.example.test\r\n";
+    let down = raw_request(
+        gate.proxy,
+        &upgrade_request("down.example.test", "/", origin),
+    )
+    .await;
+    assert_eq!(
+        (down.status, down.body.as_str()),
+        (502, "upstream unreachable\n")
+    );
+    let slow = raw_request(
+        gate.proxy,
+        &upgrade_request("slow.example.test", "/", origin),
+    )
+    .await;
+    assert_eq!(
+        (slow.status, slow.body.as_str()),
+        (504, "upstream timed out\n")
+    );
+    let svc = raw_request(
+        gate.proxy,
+        &upgrade_request("svc.example.test", "/", origin),
+    )
+    .await;
+    assert_eq!(
+        (svc.status, svc.body.as_str()),
+        (502, "no upstream available\n")
+    );
+}
+
+#[tokio::test]
+async fn service_mapping_resolves_a_service_upstream() {
+    let up = Upstream::start().await;
+    let yaml = route(
+        "svc",
+        HOST,
+        "/",
+        app_only(),
+        "{service: {name: chat, port: 80}}",
+    );
+    let mapping = format!("chat.default={}", up.addr);
+    let gate = Gate::start(&[("svc.yaml", yaml)], &["--service", &mapping]).await;
+    let (mut ws, _) = connect(gate.proxy, HOST, "/", Some(APP), &[])
+        .await
+        .expect("allowed");
+    ws.send(Message::text("hi")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("ok"),
+        Message::text("hi")
+    );
+}
+
+#[tokio::test]
+async fn edited_file_applies_to_the_next_handshake() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    let other = "https://other.example.test";
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(other), &[])
+            .await
+            .err(),
+        Some(403)
+    );
+    gate.write_and_wait(
+        "chat.yaml",
+        &route(
+            "chat",
+            HOST,
+            "/ws",
+            "{allow: [\"https://other.example.test\"]}",
+            &up.url(),
+        ),
+    )
+    .await;
+    assert!(
+        connect(gate.proxy, HOST, "/ws", Some(other), &[])
+            .await
+            .is_ok()
+    );
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(403)
+    );
+}
+
+#[tokio::test]
+async fn broken_file_keeps_its_last_routes_serving_and_is_reported_with_its_line() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    let (mut live, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    gate.write_and_wait("chat.yaml", "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: chat}\nspec:\n  hostnames: [\n").await;
+    let (_, routes) = gate.admin_get("/routes").await;
+    let v: serde_json::Value = serde_json::from_str(&routes).expect("json");
+    let problem = &v["problems"][0];
+    assert!(
+        problem["source"]
+            .as_str()
+            .expect("source")
+            .ends_with("chat.yaml"),
+        "{routes}"
+    );
+    assert!(problem["line"].as_u64().is_some(), "{routes}");
+    assert!(gate.log().contains("does not parse"));
+    // The last good declaration keeps serving, old and new connections alike.
+    live.send(Message::text("still here")).await.expect("send");
+    assert_eq!(
+        live.next().await.expect("reply").expect("ok"),
+        Message::text("still here")
+    );
+    assert!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn removing_an_origin_closes_its_live_connections_with_1008() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    let (mut revoked, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    let (mut kept, _) = connect(
+        gate.proxy,
+        HOST,
+        "/ws",
+        Some("https://x.apps.example.test"),
+        &[],
+    )
+    .await
+    .expect("allowed");
+    gate.write_and_wait(
+        "chat.yaml",
+        &route(
+            "chat",
+            HOST,
+            "/ws",
+            "{allow: [\"https://*.apps.example.test\"]}",
+            &up.url(),
+        ),
+    )
+    .await;
+    assert_eq!(
+        close_code(&mut revoked).await,
+        (1008, "origin not allowed".to_owned())
+    );
+    kept.send(Message::text("ok")).await.expect("send");
+    assert_eq!(
+        kept.next().await.expect("reply").expect("ok"),
+        Message::text("ok")
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_route_closes_its_connections_with_1001() {
+    let up = Upstream::start().await;
+    let files = [
+        (
+            "chat.yaml",
+            route("chat", HOST, "/ws", app_only(), &up.url()),
+        ),
+        (
+            "keep.yaml",
+            route("keep", "keep.example.test", "/", app_only(), &up.url()),
+        ),
+    ];
+    let gate = Gate::start(&files, &[]).await;
+    let (mut gone, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    let before = gate.version().await;
+    std::fs::remove_file(gate.routes_dir.join("chat.yaml")).expect("rm");
+    gate.wait_for(
+        || async { gate.version().await > before },
+        "snapshot after delete",
+    )
+    .await;
+    assert_eq!(close_code(&mut gone).await.0, 1001);
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(404)
+    );
+}
+
+#[tokio::test]
+async fn revoke_on_policy_change_false_keeps_live_connections() {
+    let up = Upstream::start().await;
+    let yaml =
+        route("chat", HOST, "/ws", app_only(), &up.url()) + "  revokeOnPolicyChange: false\n";
+    let gate = Gate::start(&[("chat.yaml", yaml)], &[]).await;
+    let (mut live, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    let stricter =
+        route("chat", HOST, "/ws", "{allow: []}", &up.url()) + "  revokeOnPolicyChange: false\n";
+    gate.write_and_wait("chat.yaml", &stricter).await;
+    live.send(Message::text("ok")).await.expect("send");
+    assert_eq!(
+        live.next().await.expect("reply").expect("ok"),
+        Message::text("ok")
+    );
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(403)
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_connections_with_1012_and_exits() {
+    let up = Upstream::start().await;
+    let mut gate = chat_gate(&up, app_only(), &[]).await;
+    let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &gate.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    assert_eq!(close_code(&mut ws).await.0, 1012);
+    drop(ws);
+    assert_eq!(gate.wait_exit().await, Some(0));
+    assert!(gate.log().contains("closing live connections with 1012"));
+}
+
+#[tokio::test]
+async fn admin_endpoints_report_health_readiness_metrics_and_routes() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    assert_eq!(gate.admin_get("/healthz").await.0, 200);
+    assert_eq!(gate.admin_get("/readyz").await.0, 200);
+    let (_ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    gate.wait_for(
+        || async {
+            gate.admin_get("/metrics")
+                .await
+                .1
+                .contains(r#"wsgate_active_connections{route="default/chat"} 1"#)
+        },
+        "active connection gauge",
+    )
+    .await;
+    let (_, metrics) = gate.admin_get("/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"wsgate_handshakes_total{route="default/chat",result="accepted",reason="ok"} 1"#
+        ),
+        "{metrics}"
+    );
+    let (status, routes) = gate.admin_get("/routes").await;
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&routes).expect("json");
+    let r = &v["routes"][0];
+    assert_eq!(r["name"], "chat");
+    assert_eq!(r["programmed"], true);
+    let ready = r["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .expect("Ready");
+    assert_eq!(ready["status"], "True");
+}
+
+#[tokio::test]
+async fn readyz_turns_503_when_shutdown_starts_while_connections_keep_serving() {
+    let up = Upstream::start().await;
+    let mut gate = chat_gate(&up, app_only(), &["--shutdown-delay", "3"]).await;
+    let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    std::process::Command::new("kill")
+        .args(["-TERM", &gate.pid().to_string()])
+        .status()
+        .expect("kill");
+    gate.wait_for(
+        || async { gate.admin_get("/readyz").await.0 == 503 },
+        "readyz 503",
+    )
+    .await;
+    ws.send(Message::text("during delay")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("ok"),
+        Message::text("during delay")
+    );
+    assert_eq!(close_code(&mut ws).await.0, 1012);
+    drop(ws);
+    assert_eq!(gate.wait_exit().await, Some(0));
+}

@@ -1,0 +1,402 @@
+//! Shared harness for tests that run the real `wsgate` binary on ephemeral loopback ports,
+//! with real upstreams and real WebSocket clients.
+
+#![allow(dead_code, unreachable_pub, missing_docs)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Response};
+use tokio_tungstenite::tungstenite::http::{HeaderMap, StatusCode};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any wait in these tests may take before it is a failure (generous: CI is noisy).
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running `wsgate` process.
+pub struct Gate {
+    child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+    log: Arc<Mutex<String>>,
+    _dir: Option<tempfile::TempDir>,
+    pub routes_dir: PathBuf,
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_wsgate")
+}
+
+impl Gate {
+    /// Starts `wsgate standalone` on a temp directory holding `files` (name, content).
+    pub async fn start(files: &[(&str, String)], extra: &[&str]) -> Gate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, content) in files {
+            std::fs::write(dir.path().join(name), content).expect("write route file");
+        }
+        let path = dir.path().to_owned();
+        let mut gate = Gate::start_on(&path, extra).await;
+        gate._dir = Some(dir);
+        gate
+    }
+
+    /// Starts `wsgate standalone --routes path`.
+    pub async fn start_on(path: &Path, extra: &[&str]) -> Gate {
+        let mut child = Command::new(bin())
+            .args(["standalone", "--routes"])
+            .arg(path)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--log",
+                "info,wsgate=debug",
+            ])
+            .args(if extra.contains(&"--shutdown-delay") {
+                &[][..]
+            } else {
+                &["--shutdown-delay", "0"][..]
+            })
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn wsgate");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    let _ = tx.send(line.clone());
+                    log.lock().expect("log").push_str(&(line + "\n"));
+                }
+            });
+        }
+        let (mut proxy, mut admin) = (None, None);
+        let found = tokio::time::timeout(PATIENCE, async {
+            while proxy.is_none() || admin.is_none() {
+                let Some(line) = rx.recv().await else { break };
+                let addr = || -> Option<SocketAddr> {
+                    line.split("address=")
+                        .nth(1)?
+                        .split_whitespace()
+                        .next()?
+                        .parse()
+                        .ok()
+                };
+                if line.contains("proxy listening") {
+                    proxy = addr();
+                } else if line.contains("admin listening") {
+                    admin = addr();
+                }
+            }
+        })
+        .await;
+        let (Ok(()), Some(proxy), Some(admin)) = (found, proxy, admin) else {
+            let _ = child.kill();
+            panic!("wsgate did not start: {}", log.lock().expect("log"));
+        };
+        let gate = Gate {
+            child,
+            proxy,
+            admin,
+            log,
+            _dir: None,
+            routes_dir: path.to_owned(),
+        };
+        gate.wait_for(
+            || async { gate.admin_get("/readyz").await.0 == 200 },
+            "readyz",
+        )
+        .await;
+        gate
+    }
+
+    /// Everything the process logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().expect("log").clone()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub async fn wait_exit(&mut self) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "wsgate did not exit"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// GET on the admin listener: (status, body).
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let raw = raw_request(
+            self.admin,
+            &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        (raw.status, raw.body)
+    }
+
+    /// The snapshot version reported by `/routes`.
+    pub async fn version(&self) -> u64 {
+        let (_, body) = self.admin_get("/routes").await;
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["version"].as_u64().unwrap_or(0)
+    }
+
+    /// Writes a route file and waits until a newer snapshot is active.
+    pub async fn write_and_wait(&self, name: &str, content: &str) {
+        let before = self.version().await;
+        std::fs::write(self.routes_dir.join(name), content).expect("write");
+        self.wait_for(
+            || async { self.version().await > before },
+            "snapshot after write",
+        )
+        .await;
+    }
+
+    /// Polls `check` until it holds, or fails after [`PATIENCE`].
+    pub async fn wait_for<F, Fut>(&self, check: F, what: &str)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while !check().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A route YAML document.
+pub fn route(name: &str, host: &str, path: &str, origins: &str, upstream: &str) -> String {
+    format!(
+        "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {{name: {name}}}\nspec:\n  hostnames: [\"{host}\"]\n  path: {{type: PathPrefix, value: \"{path}\"}}\n  origins: {origins}\n  upstream: {upstream}\n"
+    )
+}
+
+/// What an upstream saw of one handshake.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+/// A WebSocket echo upstream that records every handshake it receives. Requests for
+/// `/refuse` get `401` with a body instead of an upgrade.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub seen: mpsc::UnboundedReceiver<Seen>,
+}
+
+impl Upstream {
+    pub async fn start() -> Upstream {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, seen) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
+                    let callback = |req: &Request, mut resp: Response| {
+                        let _ = tx.send(Seen {
+                            path: req.uri().to_string(),
+                            headers: req.headers().clone(),
+                        });
+                        if req.uri().path() == "/refuse" {
+                            let mut err = ErrorResponse::new(Some("go away".into()));
+                            *err.status_mut() = StatusCode::UNAUTHORIZED;
+                            return Err(err);
+                        }
+                        if let Some(p) = req.headers().get("sec-websocket-protocol") {
+                            let first = p
+                                .to_str()
+                                .unwrap_or("")
+                                .split(',')
+                                .next()
+                                .unwrap_or("")
+                                .trim()
+                                .to_owned();
+                            resp.headers_mut()
+                                .insert("sec-websocket-protocol", first.parse().expect("value"));
+                        }
+                        Ok(resp)
+                    };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, callback).await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        if msg.is_close() {
+                            break;
+                        }
+                        if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        Upstream { addr, seen }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{{url: \"ws://{}\"}}", self.addr)
+    }
+}
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Opens a WebSocket through the gateway to `host` + `path`, with optional Origin and
+/// extra headers. Returns the client or the HTTP status of the refusal.
+pub async fn connect(
+    gate: SocketAddr,
+    host: &str,
+    path: &str,
+    origin: Option<&str>,
+    extra: &[(&str, &str)],
+) -> Result<
+    (
+        Client,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    u16,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{host}:{}{path}", gate.port())
+        .into_client_request()
+        .expect("request");
+    if let Some(o) = origin {
+        req.headers_mut()
+            .insert("origin", o.parse().expect("origin"));
+    }
+    for (k, v) in extra {
+        let name = tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(k.as_bytes())
+            .expect("name");
+        req.headers_mut().insert(name, v.parse().expect("value"));
+    }
+    let tcp = TcpStream::connect(gate).await.expect("connect gateway");
+    match tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(tcp)).await {
+        Ok(pair) => Ok(pair),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("handshake failed unexpectedly: {e}"),
+    }
+}
+
+/// Reads messages until a Close frame; returns its code and reason.
+pub async fn close_code(client: &mut Client) -> (u16, String) {
+    let wait = async {
+        while let Some(msg) = client.next().await {
+            match msg {
+                Ok(Message::Close(Some(frame))) => {
+                    return (u16::from(frame.code), frame.reason.to_string());
+                }
+                Ok(Message::Close(None)) => return (1005, String::new()),
+                Ok(_) => continue,
+                Err(e) => panic!("connection failed before a Close frame: {e}"),
+            }
+        }
+        panic!("connection ended without a Close frame");
+    };
+    tokio::time::timeout(PATIENCE, wait)
+        .await
+        .expect("close within patience")
+}
+
+/// A raw HTTP exchange.
+pub struct Raw {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends `request` verbatim and reads the response until the server closes (or the
+/// head and a short body arrived).
+pub async fn raw_request(addr: SocketAddr, request: &str) -> Raw {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if head.starts_with("http/1.1 101") || len.is_some_and(|n| buf.len() >= end + 4 + n)
+                {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("response within patience");
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Raw {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// A valid WebSocket upgrade request head for raw tests, with extra header lines.
+pub fn upgrade_request(host: &str, path: &str, extra: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{extra}\r\n"
+    )
+}
