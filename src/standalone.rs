@@ -32,6 +32,9 @@ pub enum StandaloneError {
     /// A listener cannot be opened.
     #[error(transparent)]
     Bind(#[from] BindError),
+    /// The signal handlers cannot be installed.
+    #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
+    Signals(std::io::Error),
     /// The file watcher cannot start.
     #[error("cannot watch {path} for changes: {source}")]
     Watch {
@@ -177,6 +180,7 @@ fn watch(
 
 /// Runs standalone mode until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
+    let stop = termination().map_err(StandaloneError::Signals)?;
     let gateway = Gateway::new(args.serve.proxy_config(), Metrics::new());
     let mut routes = FileRoutes::load(
         args.routes.clone(),
@@ -191,7 +195,6 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     // Catch an edit made between the first load and the start of the watch.
     routes.reload();
 
-    let stop = termination();
     tokio::pin!(stop);
     loop {
         tokio::select! {
