@@ -401,23 +401,14 @@ async fn admit(
 }
 
 fn record_relay(metrics: &Metrics, stats: &relay::RelayStats) {
-    let dir = |direction| DirectionLabels { direction };
-    metrics
-        .bytes
-        .get_or_create(&dir("client_to_upstream"))
-        .inc_by(stats.client_to_upstream.bytes);
-    metrics
-        .bytes
-        .get_or_create(&dir("upstream_to_client"))
-        .inc_by(stats.upstream_to_client.bytes);
-    metrics
-        .frames
-        .get_or_create(&dir("client_to_upstream"))
-        .inc_by(stats.client_to_upstream.frames);
-    metrics
-        .frames
-        .get_or_create(&dir("upstream_to_client"))
-        .inc_by(stats.upstream_to_client.frames);
+    for (direction, traffic) in [
+        ("client_to_upstream", stats.client_to_upstream),
+        ("upstream_to_client", stats.upstream_to_client),
+    ] {
+        let labels = DirectionLabels { direction };
+        metrics.bytes.get_or_create(&labels).inc_by(traffic.bytes);
+        metrics.frames.get_or_create(&labels).inc_by(traffic.frames);
+    }
     metrics
         .connections_ended
         .get_or_create(&EndLabels {

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::compile::{Backends, Verdict, compile};
+use crate::compile::{Backends, Verdict, compile, condition};
 use crate::config::{ServiceMapping, StandaloneArgs};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
@@ -126,7 +126,7 @@ impl FileRoutes {
         let mut next = HashMap::new();
         for v in verdicts {
             if self.last_verdicts.get(&v.key) != Some(v) {
-                for c in v.conditions.iter().filter(|c| c.type_ == "Ready") {
+                for c in v.conditions.iter().filter(|c| c.type_ == condition::READY) {
                     if c.status {
                         tracing::info!(route = %v.key, "route ready");
                     } else {
