@@ -282,7 +282,8 @@ fn reject(
     r.response::<Full<Bytes>>().map(Either::Left)
 }
 
-/// The Host header (or the request target's authority), lowercase, without the port.
+/// The Host header (or the request target's authority), lowercase, without the port or a
+/// trailing dot.
 fn request_host(req: &Request<Incoming>) -> String {
     let raw = req
         .headers()
@@ -296,7 +297,8 @@ fn request_host(req: &Request<Incoming>) -> String {
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
-    host.to_ascii_lowercase()
+    // `chat.example.com.` (fully qualified) names the same host.
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
 /// Steps 2–6 of the handshake for a request that selected `route`.

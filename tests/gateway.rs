@@ -171,11 +171,11 @@ async fn unknown_host_or_path_is_404() {
         .await;
         assert_eq!(raw.status, 404, "{host}{path}");
     }
-    // Host matching ignores case and port.
+    // Host matching ignores case, port and a trailing dot.
     let raw = raw_request(
         gate.proxy,
         &upgrade_request(
-            "CHAT.Example.TEST:8080",
+            "CHAT.Example.TEST.:8080",
             "/ws",
             "Origin: https://app.example.test\r\n",
         ),
