@@ -5,6 +5,7 @@ mod support;
 
 use futures_util::{SinkExt, StreamExt};
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 const HOST: &str = "chat.example.test";
@@ -564,6 +565,16 @@ async fn sigterm_closes_connections_with_1012_and_exits() {
     let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
         .await
         .expect("allowed");
+    // An idle keep-alive HTTP connection must not hold shutdown up for the 30 s grace.
+    let mut idle = tokio::net::TcpStream::connect(gate.proxy)
+        .await
+        .expect("connect");
+    idle.write_all(format!("GET /nothing HTTP/1.1\r\nHost: {HOST}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    idle.read_exact(&mut head).await.expect("response");
+    assert_eq!(&head, b"HTTP/1.1 404");
     let status = std::process::Command::new("kill")
         .args(["-TERM", &gate.pid().to_string()])
         .status()
@@ -573,6 +584,11 @@ async fn sigterm_closes_connections_with_1012_and_exits() {
     drop(ws);
     assert_eq!(gate.wait_exit().await, Some(0));
     assert!(gate.log().contains("closing live connections with 1012"));
+    assert!(
+        gate.log().contains("all connections closed"),
+        "{}",
+        gate.log()
+    );
 }
 
 #[tokio::test]
