@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -203,7 +204,79 @@ pub fn parse_routes(path: &Path, text: &str) -> Result<Vec<WebSocketRoute>, Sour
             ));
         }
     }
+    // Like `kubectl apply` (strict field validation), a field the resource does not have is
+    // an error: a misspelt `path` or `allowMissing` must not silently fall back to a default.
+    let documents: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(parse_error)?;
+    for document in &documents {
+        let mut unknown = Vec::new();
+        unknown_fields(document, &SCHEMA, "", &mut unknown);
+        if let Some((field, known)) = unknown.into_iter().next() {
+            let key = field.rsplit('.').next().unwrap_or(&field);
+            let line = text
+                .lines()
+                .position(|l| l.contains(&format!("{key}:")))
+                .map(|i| i as u64 + 1);
+            return Err(problem(
+                line,
+                format!(
+                    "unknown field `{field}`; the fields here are: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
     serde_saphyr::from_multiple(text).map_err(parse_error)
+}
+
+/// The CRD's structural schema, walked to find fields a document has that it does not.
+static SCHEMA: LazyLock<serde_json::Value> = LazyLock::new(|| {
+    crate::api::crd()
+        .spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| serde_json::to_value(&s.open_api_v3_schema).ok())
+        .unwrap_or_default()
+});
+
+/// Collects the dotted paths of fields in `value` that `schema` does not declare, with the
+/// fields it does declare at that level. `apiVersion`, `kind` and `metadata` are the API
+/// machinery's, not the schema's.
+fn unknown_fields(
+    value: &serde_json::Value,
+    schema: &serde_json::Value,
+    path: &str,
+    out: &mut Vec<(String, Vec<String>)>,
+) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+                return;
+            };
+            for (key, child) in map {
+                let here = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                match props.get(key) {
+                    Some(child_schema) => unknown_fields(child, child_schema, &here, out),
+                    None if path.is_empty()
+                        && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") => {}
+                    None => out.push((here, props.keys().cloned().collect())),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            if let Some(item_schema) = schema.get("items") {
+                for (i, item) in items.iter().enumerate() {
+                    unknown_fields(item, item_schema, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -240,6 +313,29 @@ mod tests {
         let problem = parse_routes(Path::new("x.yaml"), &text).expect_err("fails");
         assert_eq!(problem.source, "x.yaml");
         assert!(problem.line.is_some(), "{problem:?}");
+    }
+
+    #[test]
+    fn misspelt_fields_are_refused_with_the_line_and_the_known_fields() {
+        let text = route("a").replace("  upstream:", "  pth: {value: /ws}\n  upstream:");
+        let problem = parse_routes(Path::new("x.yaml"), &text).expect_err("fails");
+        assert_eq!(problem.line, Some(6), "{problem:?}");
+        assert!(
+            problem.message.contains("unknown field `spec.pth`"),
+            "{}",
+            problem.message
+        );
+        assert!(problem.message.contains("path"), "{}", problem.message);
+        let nested = route("a").replace(
+            "  upstream:",
+            "  origins: {allowMisisng: true}\n  upstream:",
+        );
+        let problem = parse_routes(Path::new("x.yaml"), &nested).expect_err("fails");
+        assert!(
+            problem.message.contains("`spec.origins.allowMisisng`"),
+            "{}",
+            problem.message
+        );
     }
 
     #[test]
