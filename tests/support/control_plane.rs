@@ -1,0 +1,287 @@
+//! A real etcd + kube-apiserver on loopback for tests: binaries from
+//! `hack/control-plane/build` (built from Go modules, cached by pins), serving certificates
+//! and service-account keys made with openssl in a temp dir, an admin identity by static
+//! token, RBAC authorization, the CRD from `crds/` installed. Torn down on drop, also when a
+//! test panics. No mocks.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+/// A running control plane; every process is killed on drop.
+pub struct ControlPlane {
+    etcd: Child,
+    apiserver: Child,
+    dir: tempfile::TempDir,
+    /// A kubeconfig file for the admin identity.
+    pub kubeconfig: PathBuf,
+    /// The directory holding kube-apiserver, kubectl and etcd.
+    pub bin: PathBuf,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        for child in [&mut self.apiserver, &mut self.etcd] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds (or finds in the cache) the control-plane binaries.
+fn binaries() -> PathBuf {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/hack/control-plane/build");
+    let out = Command::new("bash")
+        .arg(script)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run hack/control-plane/build");
+    assert!(
+        out.status.success(),
+        "hack/control-plane/build failed (it needs Go 1.26+); see its output above"
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// Certificates and keys: a CA, a serving cert for 127.0.0.1, service-account keys.
+fn pki(dir: &Path) {
+    let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=wsgate-test-ca",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "serving.key",
+        "-out",
+        "serving.csr",
+        "-subj",
+        "/CN=kube-apiserver",
+    ]);
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .expect("san");
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "serving.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "serving.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    openssl(&["genrsa", "-out", "sa.key", "2048"]);
+    openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
+    std::fs::write(
+        dir.join("tokens.csv"),
+        "admin-token,admin,admin-uid,\"system:masters\"\n",
+    )
+    .expect("tokens");
+}
+
+fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !ready() {
+        assert!(
+            start.elapsed() < deadline,
+            "{what} not ready after {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn curl_ok(args: &[&str]) -> bool {
+    Command::new("curl")
+        .args(["-sf", "--max-time", "2"])
+        .args(args)
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver on free loopback ports and waits for `/readyz`.
+    pub fn start() -> ControlPlane {
+        let bin = binaries();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().to_owned();
+        pki(&d);
+        let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log = |name: &str| std::fs::File::create(d.join(name)).expect("log file");
+        let etcd = Command::new(bin.join("etcd"))
+            .args(["--name", "default", "--data-dir"])
+            .arg(d.join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &etcd_url,
+                "--advertise-client-urls",
+                &etcd_url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+            ])
+            .args(["--initial-cluster", &format!("default={peer_url}")])
+            .args(["--unsafe-no-fsync", "--log-level", "warn"])
+            .stdout(log("etcd.log"))
+            .stderr(log("etcd.err"))
+            .spawn()
+            .expect("start etcd");
+        // From here on, Drop kills what started, even if a wait below panics.
+        let mut plane = ControlPlane {
+            etcd,
+            // Replaced below; `true` exits at once and is a harmless child to kill.
+            apiserver: Command::new("true").spawn().expect("spawn true"),
+            kubeconfig: d.join("kubeconfig"),
+            bin: bin.clone(),
+            dir,
+        };
+        wait_until("etcd", Duration::from_secs(30), || {
+            curl_ok(&[&format!("{etcd_url}/health")])
+        });
+
+        let pki = |f: &str| d.join(f).display().to_string();
+        plane.apiserver = Command::new(bin.join("kube-apiserver"))
+            .arg(format!("--etcd-servers={etcd_url}"))
+            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+            // The default reconciler refuses a loopback advertise address.
+            .arg("--endpoint-reconciler-type=none")
+            .arg(format!("--secure-port={api_port}"))
+            .arg(format!("--tls-cert-file={}", pki("serving.crt")))
+            .arg(format!("--tls-private-key-file={}", pki("serving.key")))
+            .arg(format!("--client-ca-file={}", pki("ca.crt")))
+            .arg(format!("--token-auth-file={}", pki("tokens.csv")))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!(
+                "--service-account-issuer=https://127.0.0.1:{api_port}"
+            ))
+            .arg(format!("--service-account-key-file={}", pki("sa.pub")))
+            .arg(format!(
+                "--service-account-signing-key-file={}",
+                pki("sa.key")
+            ))
+            .args([
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--disable-admission-plugins=ServiceAccount",
+            ])
+            .args(["--profiling=false", "--v=1"])
+            .stdout(log("apiserver.log"))
+            .stderr(log("apiserver.err"))
+            .spawn()
+            .expect("start kube-apiserver");
+        let server = format!("https://127.0.0.1:{api_port}");
+        let ca = pki("ca.crt");
+        wait_until("kube-apiserver", Duration::from_secs(60), || {
+            curl_ok(&[
+                "--cacert",
+                &ca,
+                "-H",
+                "Authorization: Bearer admin-token",
+                &format!("{server}/readyz"),
+            ])
+        });
+        std::fs::write(
+            &plane.kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: test, cluster: {{server: \"{server}\", certificate-authority: \"{ca}\"}}}}]\nusers: [{{name: admin, user: {{token: admin-token}}}}]\ncontexts: [{{name: test, context: {{cluster: test, user: admin}}}}]\ncurrent-context: test\n"
+            ),
+        )
+        .expect("kubeconfig");
+        plane
+    }
+
+    /// A client for the admin identity.
+    pub async fn client(&self) -> Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .expect("config");
+        Client::try_from(config).expect("client")
+    }
+
+    /// Installs the CRD from `crds/` and waits until it is served.
+    pub async fn install_crd(&self, client: &Client) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/crds/websocketroutes.wsgate.dev.yaml"
+        );
+        let text = std::fs::read_to_string(path).expect("crds/ file");
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&text).expect("CRD parses");
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        api.create(&PostParams::default(), &crd)
+            .await
+            .expect("create CRD");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = api
+                .get("websocketroutes.wsgate.dev")
+                .await
+                .expect("get CRD");
+            let established = got
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True");
+            if established {
+                return;
+            }
+            assert!(Instant::now() < deadline, "CRD not established");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
