@@ -116,6 +116,15 @@ impl Backends {
         }
     }
 
+    /// Backends for the controller. It does not resolve Services through EndpointSlices
+    /// yet, so a `service` upstream is BackendNotFound with a message that says so.
+    pub fn cluster() -> Backends {
+        Backends {
+            services: HashMap::new(),
+            not_found_hint: "this wsgate version does not resolve Services in a cluster yet: use a `url` upstream".to_owned(),
+        }
+    }
+
     /// Declares the ready addresses of Service `namespace/name` on `port` (`None`: on every
     /// port). An empty list means the Service exists with no ready endpoint.
     pub fn insert(&mut self, namespace: &str, name: &str, port: Option<u16>, targets: Vec<Target>) {

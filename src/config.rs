@@ -28,6 +28,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve routes from YAML files, with no cluster; reload when they change.
     Standalone(StandaloneArgs),
+    /// Watch WebSocketRoutes in a cluster (KUBECONFIG or in-cluster), serve them, write
+    /// their status.
+    Controller(ControllerArgs),
     /// Validate route files offline and print each route's conditions.
     Check(CheckArgs),
     /// Print the WebSocketRoute CustomResourceDefinition.
@@ -44,6 +47,17 @@ pub struct StandaloneArgs {
     /// the service maps to HOST:PORT). In the environment, separate entries with commas.
     #[arg(long = "service", env = "WSGATE_SERVICES", value_delimiter = ',', value_parser = parse_service)]
     pub services: Vec<ServiceMapping>,
+    /// Listener options.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+/// Flags of `wsgate controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WSGATE_NAMESPACE")]
+    pub namespace: Option<String>,
     /// Listener options.
     #[command(flatten)]
     pub serve: ServeArgs,

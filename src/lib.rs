@@ -21,6 +21,7 @@ pub mod api;
 pub mod check;
 pub mod compile;
 pub mod config;
+pub mod controller;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

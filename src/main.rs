@@ -41,7 +41,14 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Standalone(args) => match run_standalone(args) {
+        Command::Controller(args) => match block_on(wsgate::controller::run(args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wsgate: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Standalone(args) => match block_on(wsgate::standalone::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("wsgate: {e:#}");
@@ -51,11 +58,15 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_standalone(args: wsgate::config::StandaloneArgs) -> anyhow::Result<()> {
+/// Runs `future` on a multi-threaded runtime.
+fn block_on<E>(future: impl std::future::Future<Output = Result<(), E>>) -> anyhow::Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(wsgate::standalone::run(args))?;
+    runtime.block_on(future)?;
     Ok(())
 }

@@ -2,3 +2,4 @@
 //! WebSocketRoute objects (and problems) for the compile step.
 
 pub mod file;
+pub mod kube;

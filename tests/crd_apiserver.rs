@@ -2,8 +2,7 @@
 //! loopback): it installs, valid routes are stored with their defaults filled in, and
 //! invalid ones are refused at create time with the messages the CRD's rules carry.
 
-#[path = "support/control_plane.rs"]
-mod control_plane;
+mod support;
 
 use kube::Api;
 use kube::api::PostParams;
@@ -18,7 +17,7 @@ fn route(name: &str, spec: &str) -> WebSocketRoute {
 
 #[tokio::test]
 async fn crd_installs_stores_defaults_and_refuses_invalid_routes_with_its_messages() {
-    let plane = control_plane::ControlPlane::start();
+    let plane = support::control_plane::ControlPlane::start();
     let client = plane.client().await;
     plane.install_crd(&client).await;
     let routes: Api<WebSocketRoute> = Api::namespaced(client, "default");

@@ -20,6 +20,8 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Response}
 use tokio_tungstenite::tungstenite::http::{HeaderMap, StatusCode};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod control_plane;
+
 /// How long any wait in these tests may take before it is a failure (generous: CI is noisy).
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -59,9 +61,19 @@ impl Gate {
 
     /// Starts `wsgate standalone --routes path`.
     pub async fn start_on(path: &Path, extra: &[&str]) -> Gate {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["standalone".into(), "--routes".into(), path.into()];
+        args.extend(extra.iter().map(Into::into));
+        let mut gate = Gate::launch(&args, &[]).await;
+        gate.routes_dir = path.to_owned();
+        gate
+    }
+
+    /// Starts `wsgate ARGS` on ephemeral loopback ports with `env` set, and waits for
+    /// `/readyz`.
+    pub async fn launch(args: &[std::ffi::OsString], env: &[(&str, &std::ffi::OsStr)]) -> Gate {
         let mut child = Command::new(bin())
-            .args(["standalone", "--routes"])
-            .arg(path)
+            .args(args)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -70,12 +82,12 @@ impl Gate {
                 "--log",
                 "info,wsgate=debug",
             ])
-            .args(if extra.contains(&"--shutdown-delay") {
+            .args(if args.iter().any(|a| a == "--shutdown-delay") {
                 &[][..]
             } else {
                 &["--shutdown-delay", "0"][..]
             })
-            .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -122,7 +134,7 @@ impl Gate {
             admin,
             log,
             _dir: None,
-            routes_dir: path.to_owned(),
+            routes_dir: PathBuf::new(),
         };
         gate.wait_for(
             || async { gate.admin_get("/readyz").await.0 == 200 },

@@ -1,0 +1,116 @@
+//! `wsgate controller` against a real kube-apiserver: a route created through the API is
+//! served at once, its status conditions are written, and a deleted route stops serving.
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use support::control_plane::ControlPlane;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+use wsgate::api::WebSocketRoute;
+
+const HOST: &str = "chat.example.test";
+const APP: &str = "https://app.example.test";
+
+fn route(name: &str, upstream: &str) -> WebSocketRoute {
+    let yaml = support::route(
+        name,
+        HOST,
+        "/ws",
+        "{allow: [\"https://app.example.test\"]}",
+        upstream,
+    );
+    serde_saphyr::from_str(&yaml).expect("route parses")
+}
+
+/// Polls the route until its Ready condition has `status`.
+async fn wait_ready(api: &Api<WebSocketRoute>, name: &str, status: &str) -> WebSocketRoute {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let r = api.get(name).await.expect("get route");
+        let ready = r
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.clone());
+        if ready.as_deref() == Some(status) {
+            return r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name} never became Ready={status}: {:?}",
+            r.status
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn routes_from_the_api_server_are_served_and_get_status() {
+    let plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let up = Upstream::start().await;
+    let gate = Gate::launch(
+        &["controller".into()],
+        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
+    )
+    .await;
+
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    api.create(&PostParams::default(), &route("chat", &up.url()))
+        .await
+        .expect("create route");
+    let created = wait_ready(&api, "chat", "True").await;
+    let status = created.status.expect("status");
+    assert_eq!(status.observed_generation, created.metadata.generation);
+    let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    assert_eq!(types, ["Accepted", "ResolvedRefs", "Programmed", "Ready"]);
+
+    let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    ws.send(Message::text("through the cluster"))
+        .await
+        .expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("ok"),
+        Message::text("through the cluster")
+    );
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
+            .await
+            .err(),
+        Some(403)
+    );
+
+    // A conflicting newer route is refused in its status and changes nothing.
+    api.create(&PostParams::default(), &route("copy", &up.url()))
+        .await
+        .expect("create copy");
+    let copy = wait_ready(&api, "copy", "False").await;
+    let accepted = copy
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "Accepted")
+        .expect("Accepted");
+    assert_eq!(accepted.reason, "Conflicted");
+    assert!(
+        accepted.message.contains("default/chat"),
+        "{}",
+        accepted.message
+    );
+
+    api.delete("chat", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert_eq!(close_code(&mut ws).await.0, 1001);
+    // The copy takes over once the older route is gone.
+    wait_ready(&api, "copy", "True").await;
+}
