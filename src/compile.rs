@@ -7,6 +7,8 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::api::{PathMatchType, Rejection, WebSocketRoute};
 use crate::policy::OriginPolicy;
@@ -116,13 +118,41 @@ impl Backends {
         }
     }
 
-    /// Backends for the controller. It does not resolve Services through EndpointSlices
-    /// yet, so a `service` upstream is BackendNotFound with a message that says so.
-    pub fn cluster() -> Backends {
-        Backends {
+    /// Backends in a cluster: each Service port resolved to the ready endpoints of the
+    /// Service's EndpointSlices (label `kubernetes.io/service-name`), matched by port name
+    /// as kube-proxy does. A Service with no ready endpoint maps to an empty list.
+    pub fn from_cluster(services: &[Service], slices: &[EndpointSlice]) -> Backends {
+        let mut backends = Backends {
             services: HashMap::new(),
-            not_found_hint: "this wsgate version does not resolve Services in a cluster yet: use a `url` upstream".to_owned(),
+            not_found_hint: "create the Service in the route's namespace, or fix the name or port"
+                .to_owned(),
+        };
+        for svc in services {
+            let (Some(namespace), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name)
+            else {
+                continue;
+            };
+            let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
+            for port in ports.into_iter().flatten() {
+                let Ok(number) = u16::try_from(port.port) else {
+                    continue;
+                };
+                let targets = slices
+                    .iter()
+                    .filter(|s| {
+                        s.metadata.namespace.as_ref() == Some(namespace)
+                            && s.metadata
+                                .labels
+                                .as_ref()
+                                .and_then(|l| l.get("kubernetes.io/service-name"))
+                                == Some(name)
+                    })
+                    .flat_map(|slice| ready_targets(slice, port.name.as_deref()))
+                    .collect();
+                backends.insert(namespace, name, Some(number), targets);
+            }
         }
+        backends
     }
 
     /// Declares the ready addresses of Service `namespace/name` on `port` (`None`: on every
@@ -145,6 +175,31 @@ impl Backends {
             Some(t) => Ok(t),
         }
     }
+}
+
+/// The ready addresses of one EndpointSlice for the Service port named `port_name`.
+fn ready_targets(slice: &EndpointSlice, port_name: Option<&str>) -> Vec<Target> {
+    let port = slice
+        .ports
+        .iter()
+        .flatten()
+        .find(|p| p.name.as_deref().unwrap_or("") == port_name.unwrap_or(""))
+        .and_then(|p| p.port)
+        .and_then(|p| u16::try_from(p).ok());
+    let Some(port) = port else {
+        return Vec::new();
+    };
+    slice
+        .endpoints
+        .iter()
+        // An endpoint with unknown readiness counts as ready (EndpointSlice API semantics).
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+        .flat_map(|e| e.addresses.iter())
+        .map(|address| Target {
+            host: address.clone(),
+            port,
+        })
+        .collect()
 }
 
 /// The result of [`compile`].

@@ -114,3 +114,95 @@ async fn routes_from_the_api_server_are_served_and_get_status() {
     // The copy takes over once the older route is gone.
     wait_ready(&api, "copy", "True").await;
 }
+
+#[tokio::test]
+async fn service_upstreams_resolve_through_endpoint_slices() {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+    let plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let gate = Gate::launch(
+        &["controller".into()],
+        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
+    )
+    .await;
+
+    // No controller-manager runs here, so the test writes the EndpointSlice itself. The API
+    // server refuses loopback addresses in slices, so the endpoint is a documentation
+    // address (RFC 5737) that nothing ever connects to: the test checks resolution, and the
+    // connect path itself is covered through `--service` in tests/gateway.rs.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let service: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "chat"},
+        "spec": {"ports": [{"name": "ws", "port": 80, "targetPort": 9000}]}
+    }))
+    .expect("service");
+    services
+        .create(&PostParams::default(), &service)
+        .await
+        .expect("create service");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let slice = |ready: bool| -> EndpointSlice {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "chat-1", "labels": {"kubernetes.io/service-name": "chat"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["192.0.2.10"], "conditions": {"ready": ready}}],
+            "ports": [{"name": "ws", "port": 9000}]
+        }))
+        .expect("slice")
+    };
+    slices
+        .create(&PostParams::default(), &slice(true))
+        .await
+        .expect("create slice");
+
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    api.create(
+        &PostParams::default(),
+        &route("chat", "{service: {name: chat, port: 80}}"),
+    )
+    .await
+    .expect("create route");
+    wait_ready(&api, "chat", "True").await;
+    let (_, routes) = gate.admin_get("/routes").await;
+    let v: serde_json::Value = serde_json::from_str(&routes).expect("json");
+    assert_eq!(
+        v["routes"][0]["upstream"],
+        serde_json::json!(["192.0.2.10:9000"]),
+        "{routes}"
+    );
+
+    // The only endpoint stops being ready: the route says so, and handshakes get 502
+    // without any connection attempt.
+    let mut not_ready = slice(false);
+    not_ready.metadata.resource_version = slices
+        .get("chat-1")
+        .await
+        .expect("get")
+        .metadata
+        .resource_version;
+    slices
+        .replace("chat-1", &PostParams::default(), &not_ready)
+        .await
+        .expect("replace slice");
+    let r = wait_ready(&api, "chat", "False").await;
+    let refs = r
+        .status
+        .expect("status")
+        .conditions
+        .into_iter()
+        .find(|c| c.type_ == "ResolvedRefs")
+        .expect("ResolvedRefs");
+    assert_eq!(refs.reason, "NoReadyEndpoints");
+    let raw = raw_request(
+        gate.proxy,
+        &upgrade_request(HOST, "/ws", "Origin: https://app.example.test\r\n"),
+    )
+    .await;
+    assert_eq!(
+        (raw.status, raw.body.as_str()),
+        (502, "no upstream available\n")
+    );
+}

@@ -241,3 +241,93 @@ fn url_path_and_default_port() {
         Err(InvalidUrl::Malformed(_))
     ));
 }
+
+fn service(
+    ns: &str,
+    name: &str,
+    port: i32,
+    port_name: Option<&str>,
+) -> k8s_openapi::api::core::v1::Service {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": ns, "name": name},
+        "spec": {"ports": [{"port": port, "name": port_name}]}
+    }))
+    .expect("service")
+}
+
+fn slice(
+    ns: &str,
+    svc: &str,
+    port: i32,
+    port_name: Option<&str>,
+    endpoints: &[(&str, Option<bool>)],
+) -> k8s_openapi::api::discovery::v1::EndpointSlice {
+    let endpoints: Vec<_> = endpoints
+        .iter()
+        .map(|(ip, ready)| serde_json::json!({"addresses": [ip], "conditions": {"ready": ready}}))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"namespace": ns, "name": format!("{svc}-x"), "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "endpoints": endpoints,
+        "ports": [{"port": port, "name": port_name}]
+    }))
+    .expect("slice")
+}
+
+#[test]
+fn cluster_backends_resolve_service_ports_to_ready_endpoints_by_port_name() {
+    let backends = Backends::from_cluster(
+        &[
+            service("apps", "chat", 80, Some("ws")),
+            service("apps", "idle", 80, None),
+        ],
+        &[
+            slice(
+                "apps",
+                "chat",
+                9000,
+                Some("ws"),
+                &[
+                    ("10.0.0.1", Some(true)),
+                    ("10.0.0.2", Some(false)),
+                    ("10.0.0.3", None),
+                ],
+            ),
+            slice(
+                "apps",
+                "chat",
+                9999,
+                Some("other"),
+                &[("10.0.0.9", Some(true))],
+            ),
+            slice(
+                "other",
+                "chat",
+                9000,
+                Some("ws"),
+                &[("10.9.9.9", Some(true))],
+            ),
+            slice("apps", "idle", 9000, None, &[("10.0.0.4", Some(false))]),
+        ],
+    );
+    let targets: Vec<String> = backends
+        .resolve("apps", "chat", 80)
+        .expect("resolved")
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(targets, ["10.0.0.1:9000", "10.0.0.3:9000"]);
+    assert_eq!(
+        backends.resolve("apps", "chat", 81),
+        Err(BackendProblem::NotFound)
+    );
+    assert_eq!(
+        backends.resolve("apps", "idle", 80),
+        Err(BackendProblem::NoReadyEndpoints)
+    );
+    assert_eq!(
+        backends.resolve("apps", "missing", 80),
+        Err(BackendProblem::NotFound)
+    );
+}

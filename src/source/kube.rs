@@ -1,11 +1,14 @@
-//! Routes from the Kubernetes API server: a reflector over `WebSocketRoute` objects feeds the
-//! same pure compile step as standalone mode; each change publishes a new snapshot and writes
+//! Routes from the Kubernetes API server: reflectors over `WebSocketRoute`, `Service` and
+//! `EndpointSlice` objects feed the same pure compile step as standalone mode; each change publishes a new snapshot and writes
 //! the routes' status conditions with server-side apply, only when they change.
 
 use std::sync::Arc;
 
 use futures_util::StreamExt;
 use jiff::Timestamp;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
@@ -30,10 +33,10 @@ pub enum KubeSourceError {
     NoCrd(kube::Error),
 }
 
-/// Watches routes in `namespace` (all namespaces when `None`).
+/// Watches routes, Services and EndpointSlices in `namespace` (all namespaces when `None`).
 pub struct KubeRoutes {
     client: Client,
-    api: Api<WebSocketRoute>,
+    namespace: Option<String>,
     gateway: Arc<Gateway>,
 }
 
@@ -44,53 +47,86 @@ impl KubeRoutes {
         namespace: Option<&str>,
         gateway: Arc<Gateway>,
     ) -> Result<KubeRoutes, KubeSourceError> {
-        let api: Api<WebSocketRoute> = match namespace {
-            Some(ns) => Api::namespaced(client.clone(), ns),
-            None => Api::all(client.clone()),
+        let routes = KubeRoutes {
+            client,
+            namespace: namespace.map(str::to_owned),
+            gateway,
         };
-        api.list(&ListParams::default().limit(1))
+        routes
+            .api::<WebSocketRoute>()
+            .list(&ListParams::default().limit(1))
             .await
             .map_err(KubeSourceError::NoCrd)?;
-        Ok(KubeRoutes {
-            client,
-            api,
-            gateway,
-        })
+        Ok(routes)
     }
 
-    /// Runs until the watch stream ends: the first snapshot is published once the initial
-    /// list is complete, then one per change. Watch errors are retried with backoff; the
-    /// last snapshot keeps serving meanwhile.
-    pub async fn run(self) {
-        let (store, writer) = reflector::store();
-        let stream = reflector::reflector(
-            writer,
-            watcher::watcher(self.api.clone(), watcher::Config::default()).default_backoff(),
-        );
-        futures_util::pin_mut!(stream);
-        let mut listed = false;
-        let mut version = 0;
-        while let Some(event) = stream.next().await {
-            match event {
-                Ok(Event::InitDone) => listed = true,
-                Ok(Event::Init | Event::InitApply(_)) => continue,
-                Ok(Event::Apply(_) | Event::Delete(_)) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "watching WebSocketRoutes failed; retrying, the last snapshot keeps serving");
-                    continue;
-                }
-            }
-            if !listed {
-                continue;
-            }
-            version += 1;
-            self.apply(&store, version).await;
+    fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+    {
+        match &self.namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
         }
     }
 
-    async fn apply(&self, store: &Store<WebSocketRoute>, version: u64) {
-        let routes: Vec<WebSocketRoute> = store.state().iter().map(|r| (**r).clone()).collect();
-        let compiled = compile(&routes, &Backends::cluster());
+    /// Runs until the watch streams end: the first snapshot is published once every initial
+    /// list is complete, then one per change. Watch errors are retried with backoff; the
+    /// last snapshot keeps serving meanwhile.
+    pub async fn run(self) {
+        let config = watcher::Config::default();
+        let (routes, routes_writer) = reflector::store();
+        let (services, services_writer) = reflector::store();
+        let (slices, slices_writer) = reflector::store();
+        let route_events = reflector::reflector(
+            routes_writer,
+            watcher::watcher(self.api::<WebSocketRoute>(), config.clone()).default_backoff(),
+        )
+        .map(|e| (0, e.map(|e| classify(&e))));
+        let service_events = reflector::reflector(
+            services_writer,
+            watcher::watcher(self.api::<Service>(), config.clone()).default_backoff(),
+        )
+        .map(|e| (1, e.map(|e| classify(&e))));
+        let slice_events = reflector::reflector(
+            slices_writer,
+            watcher::watcher(self.api::<EndpointSlice>(), config).default_backoff(),
+        )
+        .map(|e| (2, e.map(|e| classify(&e))));
+        let events = futures_util::stream::select(
+            futures_util::stream::select(route_events, service_events),
+            slice_events,
+        );
+        futures_util::pin_mut!(events);
+        // Which of routes, Services and EndpointSlices have finished their initial list.
+        let mut listed = [false; 3];
+        let mut version = 0;
+        // Each event arrives as (which watch, what it means); the objects are in the stores.
+        while let Some((i, outcome)) = events.next().await {
+            match outcome {
+                Ok(Some(true)) => listed[i] = true,
+                Ok(Some(false)) => {}
+                Ok(None) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "watch failed; retrying, the last snapshot keeps serving");
+                    continue;
+                }
+            }
+            if listed.iter().all(|l| *l) {
+                version += 1;
+                self.apply(
+                    &routes,
+                    &Backends::from_cluster(&owned(&services), &owned(&slices)),
+                    version,
+                )
+                .await;
+            }
+        }
+    }
+
+    async fn apply(&self, store: &Store<WebSocketRoute>, backends: &Backends, version: u64) {
+        let routes = owned(store);
+        let compiled = compile(&routes, backends);
         let verdicts = compiled.verdicts.clone();
         self.gateway
             .publish(Snapshot::new(version, compiled, Vec::new()));
@@ -140,4 +176,21 @@ impl KubeRoutes {
             .await
             .map(|_| ())
     }
+}
+
+/// `Some(true)` when an initial list completed, `Some(false)` for a change to apply, `None`
+/// for events inside an initial list.
+fn classify<K>(event: &Event<K>) -> Option<bool> {
+    match event {
+        Event::InitDone => Some(true),
+        Event::Init | Event::InitApply(_) => None,
+        Event::Apply(_) | Event::Delete(_) => Some(false),
+    }
+}
+
+fn owned<K: Clone + kube::runtime::reflector::Lookup>(store: &Store<K>) -> Vec<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store.state().iter().map(|k| (**k).clone()).collect()
 }
