@@ -206,3 +206,52 @@ async fn service_upstreams_resolve_through_endpoint_slices() {
         (502, "no upstream available\n")
     );
 }
+
+#[tokio::test]
+async fn the_last_snapshot_keeps_serving_when_the_api_server_goes_away() {
+    let mut plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let up = Upstream::start().await;
+    let gate = Gate::launch(
+        &["controller".into()],
+        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
+    )
+    .await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    api.create(&PostParams::default(), &route("chat", &up.url()))
+        .await
+        .expect("create route");
+    wait_ready(&api, "chat", "True").await;
+    let (mut live, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+
+    plane.stop_apiserver();
+    gate.wait_for(
+        || async { gate.log().contains("watch failed") },
+        "the controller to notice",
+    )
+    .await;
+
+    live.send(Message::text("still here")).await.expect("send");
+    assert_eq!(
+        live.next().await.expect("reply").expect("ok"),
+        Message::text("still here")
+    );
+    let (mut fresh, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("new handshakes too");
+    fresh.send(Message::text("new")).await.expect("send");
+    assert_eq!(
+        fresh.next().await.expect("reply").expect("ok"),
+        Message::text("new")
+    );
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(gate.admin_get("/readyz").await.0, 200);
+}

@@ -244,6 +244,12 @@ impl ControlPlane {
         plane
     }
 
+    /// Kills kube-apiserver (etcd keeps running), as when the control plane goes away.
+    pub fn stop_apiserver(&mut self) {
+        let _ = self.apiserver.kill();
+        let _ = self.apiserver.wait();
+    }
+
     /// A client for the admin identity.
     pub async fn client(&self) -> Client {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
