@@ -150,8 +150,8 @@ impl<'a> RouteView<'a> {
             programmed: route.is_some(),
             origins: route.map(|r| OriginsView {
                 allow: r.origins.patterns().collect(),
-                allow_null: r.origins.allows(&crate::policy::RequestOrigin::Null),
-                allow_missing: r.origins.allows(&crate::policy::RequestOrigin::Missing),
+                allow_null: r.origins.allows_null(),
+                allow_missing: r.origins.allows_missing(),
             }),
             upstream: route.map(|r| r.upstream.targets.iter().map(ToString::to_string).collect()),
             conditions: verdict

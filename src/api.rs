@@ -1,11 +1,12 @@
-//! The `WebSocketRoute` custom resource (`wsgate.dev/v1alpha1`): spec and status types with
-//! their schema, defaults and CEL validation rules, and the rendered CRD. Data only; no I/O.
+//! Owns the `WebSocketRoute` custom resource (`wsgate.dev/v1alpha1`): its spec and status types,
+//! their defaults, schema and CEL validation rules, and the rendered CRD. Data only; no I/O.
 //!
-//! The doc comments on these types become the schema descriptions `kubectl explain` shows.
+//! The `///` comments on these types become the schema descriptions `kubectl explain` shows,
+//! so they are written for the people who write routes.
 
-// The KubeSchema derive declares `pub` copies of these structs inside its generated fns.
+// The KubeSchema derive declares `pub` shadow copies of these structs inside generated fns.
 #![allow(unreachable_pub)]
-// Repeated `printcolumn(type_ = ...)` entries are distinct columns, not duplicates.
+// Repeated `printcolumn(type_ = ...)` entries are distinct columns, not duplicate attributes.
 #![allow(clippy::duplicated_attributes)]
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -14,17 +15,32 @@ use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// One DNS label: lowercase letters, digits and inner hyphens.
-const LABEL: &str = "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?";
+// Regular expressions shared by the CEL rules below. They are spliced into CEL raw strings
+// (`r'...'`), so they are written exactly as the regex engine (RE2 in the API server) reads
+// them, and must not contain `'`.
 
-/// Declares which web origins may open a WebSocket to which upstream, for a set of
-/// hostnames and a path.
+/// One lowercase DNS label (RFC 1123).
+const DNS_LABEL: &str = "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?";
+
+/// One label of an origin pattern's host: anything but separators, delimiters and controls,
+/// so Unicode labels (turned into punycode later) pass.
+const ORIGIN_LABEL: &str = r"[^\x00-\x20\x7f*/?#@:.,%\\\[\]]+";
+
+/// A port number 1..=65535 without leading zeros.
+const PORT: &str =
+    "(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[1-9][0-9]{0,3})";
+
+/// A URI scheme (RFC 3986 §3.1).
+const SCHEME: &str = "[A-Za-z][A-Za-z0-9+.-]*";
+
+/// Declares which web origins may open a WebSocket to which upstream, for a set of hostnames and a path.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "wsgate.dev",
     version = "v1alpha1",
     kind = "WebSocketRoute",
-    doc = "A WebSocketRoute declares which web origins may open a WebSocket to which upstream, per hostname and path.",
+    plural = "websocketroutes",
+    doc = "A WebSocketRoute declares which web origins may open a WebSocket to which upstream, for a set of hostnames and a path.",
     namespaced,
     shortname = "wsr",
     status = "WebSocketRouteStatus",
@@ -35,7 +51,7 @@ const LABEL: &str = "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?";
     printcolumn(
         name = "Ready",
         type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
     printcolumn(
         name = "Age",
@@ -45,42 +61,43 @@ const LABEL: &str = "[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct WebSocketRouteSpec {
-    /// Hostnames this route serves (1 to 16): exact, like `chat.example.com`, or a wildcard
-    /// `*.example.com` covering one or more labels in front of at least two.
+    /// Hostnames this route serves, 1 to 16, each listed once: an exact lowercase DNS name like `chat.example.com`, or a wildcard like `*.example.com`, where `*` is the whole leftmost label, stands for one or more labels, and is followed by at least two labels. Write internationalized names in punycode (`xn--...`).
     #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 253)))]
     #[x_kube(
-        validation = Rule::new(format!("self.all(h, h.matches('^(\\\\*\\\\.)?{LABEL}(\\\\.{LABEL})*$'))"))
-            .message("hostnames must be lowercase DNS names like `chat.example.com`, or `*.example.com` with `*` as the whole leftmost label"),
-        validation = Rule::new("self.all(h, !h.startsWith('*.') || h.matches('^\\\\*\\\\.[^.]+\\\\.[^.]+'))")
-            .message("a wildcard hostname needs at least two labels after `*.`, like `*.example.com`"),
+        validation = Rule::new(format!(r"self.all(h, h.matches(r'^(\*\.)?{DNS_LABEL}(\.{DNS_LABEL})*$'))"))
+            .message("each hostname must be a lowercase DNS name like `chat.example.com`, or a wildcard like `*.example.com` with `*` only as the whole leftmost label; write internationalized names in punycode (`xn--...`)"),
+        validation = Rule::new(r"self.all(h, !h.startsWith('*.') || h.matches(r'^\*\.[^.]+\.[^.]+'))")
+            .message("a wildcard hostname needs at least two labels after `*.`: write `*.example.com`, not `*.com`"),
         validation = Rule::new("self.all(h, self.exists_one(x, x == h))")
-            .message("hostnames must not repeat")
+            .message("hostnames must be unique: list each hostname once")
     )]
     pub hostnames: Vec<String>,
 
-    /// Which request paths this route serves; default: every path (`PathPrefix` `/`).
+    /// Which request paths this route serves. Default: every path (`PathPrefix` `/`).
     #[serde(default)]
     pub path: PathMatch,
 
-    /// Which web origins may connect.
+    /// Which web origins may open a WebSocket. Default: no browser origin (`allow: []`), denied with 403.
     #[serde(default)]
     pub origins: OriginsSpec,
 
-    /// Where accepted connections go: exactly one of `service` or `url`.
+    /// Where admitted connections go: exactly one of `service` or `url`.
     pub upstream: UpstreamSpec,
 
-    /// Optional subprotocol allowlist: the client's `Sec-WebSocket-Protocol` offer is
-    /// filtered to these before forwarding; a handshake left with none gets 403.
+    /// Subprotocols a client may negotiate (`Sec-WebSocket-Protocol`), as HTTP tokens like `chat.v2`. The client's offer is narrowed to this list before it reaches the upstream. Omit it to pass every offer through unfiltered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 32), inner(length(min = 1, max = 64)))]
+    #[schemars(
+        with = "Vec<String>",
+        length(max = 32),
+        inner(length(min = 1, max = 128))
+    )]
     #[x_kube(
-        validation = Rule::new("self.all(p, p.matches('^[!#$%&\\'*+.^_`|~0-9A-Za-z-]+$'))")
-            .message("subprotocols must be HTTP tokens (letters, digits and !#$%&'*+-.^_`|~), like `chat.v2`")
+        validation = Rule::new(r#"self.all(p, p.matches(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))"#)
+            .message("each subprotocol must be an HTTP token (letters, digits and !#$%&'*+-.^_`|~, no spaces, commas or slashes), like `chat.v2`")
     )]
     pub subprotocols: Option<Vec<String>>,
 
-    /// Close live connections that a policy change no longer admits: 1008 when their
-    /// origin is no longer allowed, 1001 when the route is deleted. Default true.
+    /// Close live connections that a changed route no longer admits (their origin is no longer allowed, or the route is gone). Default: true.
     #[serde(default = "default_true")]
     pub revoke_on_policy_change: bool,
 }
@@ -89,20 +106,21 @@ fn default_true() -> bool {
     true
 }
 
-/// How the request path is matched.
+/// Which request paths a route serves.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct PathMatch {
-    /// `Exact`: the whole path; `PathPrefix`: the path and everything under it, by segment
-    /// (`/ws` matches `/ws` and `/ws/x`, not `/wsx`).
+    /// How `value` is compared with the request path: `Exact` (the whole path) or `PathPrefix` (the path and everything below it, segment by segment: `/ws` matches `/ws` and `/ws/chat`, not `/wsx`). Default: `PathPrefix`.
     #[serde(rename = "type", default)]
     pub match_type: PathMatchType,
-    /// The path, starting with `/`.
+
+    /// The path, starting with `/`, like `/ws`; no query or fragment. Default: `/`.
     #[serde(default = "default_path")]
     #[schemars(length(min = 1, max = 1024))]
     #[x_kube(
-        validation = Rule::new("self.startsWith('/')").message("path value must start with `/`, like `/ws`"),
-        validation = Rule::new("!self.contains('?') && !self.contains('#')")
-            .message("path value is a path only: drop the query or fragment")
+        validation = Rule::new("self.startsWith('/')")
+            .message("path value must start with `/`: write `/ws`, not `ws`"),
+        validation = Rule::new(r"!self.matches(r'[?#\s\x00-\x1f\x7f]')")
+            .message("path value must be a plain path: drop the query (`?...`) or fragment (`#...`) and percent-encode spaces, like `/chat%20room`")
     )]
     pub value: String,
 }
@@ -112,6 +130,7 @@ fn default_path() -> String {
 }
 
 impl Default for PathMatch {
+    /// Every path: `PathPrefix` `/`.
     fn default() -> Self {
         PathMatch {
             match_type: PathMatchType::PathPrefix,
@@ -120,96 +139,108 @@ impl Default for PathMatch {
     }
 }
 
-/// The kinds of path match.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How a path value is compared with the request path.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum PathMatchType {
-    /// The whole path equals the value.
+    /// The request path equals the value.
     Exact,
-    /// The path equals the value or continues it with `/`.
+    /// The request path equals the value or continues it with `/`.
     #[default]
     PathPrefix,
 }
 
-/// The origin policy.
+/// The origin policy: which `Origin` headers may open a WebSocket, and what the others get.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct OriginsSpec {
-    /// Allowed origins: exact (`https://app.example.com`), wildcard subdomain
-    /// (`https://*.example.com`), any port (`http://localhost:*`), or `*` for every origin
-    /// (which disables the protection). Empty: no browser origin may connect.
+    /// Allowed origin patterns, up to 64: an exact origin (`https://app.example.com`), any subdomain (`https://*.example.com`), any port (`http://localhost:*`), or `*` alone for every origin (which turns the protection off). Each is `scheme://host[:port]` with no path and no trailing slash; Unicode hostnames are allowed. Default: empty, so no browser origin may connect.
     #[serde(default)]
     #[schemars(length(max = 64), inner(length(min = 1, max = 300)))]
     #[x_kube(
-        validation = Rule::new("self.all(o, o != 'null')")
-            .message("`null` is not a pattern: set `allowNull: true` instead"),
-        validation = Rule::new("self.all(o, o == '*' || o.matches('^[A-Za-z][A-Za-z0-9+.-]*://(\\\\*\\\\.)?[^*/?#@:\\\\s]+(:([0-9]{1,5}|\\\\*))?$') || o.matches('^[A-Za-z][A-Za-z0-9+.-]*://\\\\[[0-9A-Fa-f:.]+\\\\](:([0-9]{1,5}|\\\\*))?$'))")
-            .message("origins are `scheme://host[:port]` with no path or trailing slash, like `https://app.example.com`, `https://*.example.com` or `http://localhost:*`, or `*` alone"),
-        validation = Rule::new("self.all(o, !o.contains('://*.') || o.matches('://\\\\*\\\\.[^.:]+\\\\.[^.:]+'))")
-            .message("a wildcard origin needs a domain of at least two labels after `*.`, like `https://*.example.com`")
+        validation = Rule::new("!self.exists(o, o == 'null')")
+            .message("`null` is not an origin pattern: remove it from `allow` and set `allowNull: true` instead")
+            .reason(Reason::FieldValueForbidden),
+        validation = Rule::new(format!(
+            r"self.all(o, o == '*' || o.matches(r'^{SCHEME}://((\*\.)?{ORIGIN_LABEL}(\.{ORIGIN_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(:({PORT}|\*))?$'))"
+        ))
+            .message("each origin pattern must be `scheme://host[:port]` with no path or trailing slash, like `https://app.example.com`, `https://*.example.com` or `http://localhost:*` (port 1-65535 or `*`), or `*` alone"),
+        validation = Rule::new(r"self.all(o, !o.contains('://*.') || o.matches(r'://\*\.[^.:]+\.[^.:]+'))")
+            .message("a wildcard origin needs at least two labels after `*.`: write `https://*.example.com`, not `https://*.com`")
     )]
     pub allow: Vec<String>,
-    /// Admit the literal origin `null` (sandboxed iframes, `file://` pages).
+
+    /// Admit the opaque origin `null` (sandboxed iframes, `file://` pages, some redirects). Default: false.
     #[serde(default)]
     pub allow_null: bool,
-    /// Admit handshakes without an `Origin` header (non-browser clients such as mobile
-    /// apps, which can also send any origin they like: authenticate them).
+
+    /// Admit handshakes without an `Origin` header: non-browser clients such as mobile apps and services, which can also claim any origin, so authenticate them. Default: false.
     #[serde(default)]
     pub allow_missing: bool,
-    /// What a denied origin gets: `Forbidden` (403 before the upgrade) or `Close` (the
-    /// upgrade completes, then Close 1008 at once).
+
+    /// What a handshake from a denied origin gets: `Forbidden` (HTTP 403, no upgrade) or `Close` (the upgrade completes, then the connection is closed with code 1008, which browsers report to scripts). Default: `Forbidden`.
     #[serde(default)]
     pub rejection: Rejection,
 }
 
-/// How a denied origin is turned away.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How a handshake from a denied origin is turned away.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Rejection {
-    /// 403 before the upgrade.
+    /// HTTP 403 before the upgrade.
     #[default]
     Forbidden,
-    /// Upgrade, then Close 1008 `origin not allowed` at once.
+    /// Complete the upgrade, then close at once with code 1008 (policy violation).
     Close,
 }
 
-/// Where accepted connections go: exactly one of `service` or `url`.
+/// Where admitted connections go: exactly one of `service` or `url`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[x_kube(
     validation = Rule::new("has(self.service) != has(self.url)")
-        .message("upstream must name exactly one of `service` or `url`")
+        .message("upstream must name exactly one of `service` or `url`: write `service: {name: chat-backend, port: 8080}` or `url: ws://10.0.0.5:8080`")
 )]
 pub struct UpstreamSpec {
-    /// A Service in the route's namespace.
+    /// A Service in the route's namespace, by name and port number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "ServiceRef")]
     pub service: Option<ServiceRef>,
-    /// A WebSocket URL, `ws://host:port[/path]`; a path replaces the request path.
+
+    /// A WebSocket URL, `ws://host[:port][/path]` or `wss://...`, like `ws://10.0.0.5:8080/socket`. A path here replaces the request's path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 6, max = 2048))]
+    #[schemars(with = "String", length(min = 6, max = 2048))]
     #[x_kube(
-        validation = Rule::new("self.matches('^wss?://[^/?#@]+(/[^?#]*)?$')")
-            .message("url must be `ws://host:port[/path]` (or `wss://`), without query or userinfo")
+        validation = Rule::new(format!(
+            r"self.matches(r'^wss?://(\[[0-9A-Fa-f:.]+\]|[^/?#@\s\[\]:]+)(:{PORT})?(/[^?#\s]*)?$')"
+        ))
+            .message("url must be `ws://host:port[/path]` or `wss://host:port[/path]`, without userinfo, query or fragment, like `ws://10.0.0.5:8080/socket`")
     )]
     pub url: Option<String>,
 }
 
 /// A Service port in the route's namespace.
-#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct ServiceRef {
-    /// The Service's name.
+    /// The Service's name, like `chat-backend`.
     #[schemars(length(min = 1, max = 63))]
+    #[x_kube(
+        validation = Rule::new("self.matches(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')")
+            .message("service name must be a Service's name: lowercase letters, digits and `-`, starting with a letter, like `chat-backend`")
+    )]
     pub name: String,
-    /// The Service port.
+
+    /// The Service port number (`spec.ports[].port`, not the target port), 1 to 65535.
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
 }
 
-/// What wsgate observed about the route.
+/// What wsgate last observed about the route.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct WebSocketRouteStatus {
-    /// The `metadata.generation` the conditions describe.
+    /// The `metadata.generation` these conditions describe.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Accepted`, `ResolvedRefs`, `Programmed` and `Ready`.
+
+    /// The route's conditions, one per `type`; `Ready` says whether it is serving.
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -220,9 +251,10 @@ pub fn crd() -> CustomResourceDefinition {
     WebSocketRoute::crd()
 }
 
-/// The CRD as YAML, as `wsgate crd` prints it and `crds/` holds it.
+/// The CRD as YAML, headed by a comment line, as `wsgate crd` prints it and `crds/` holds it.
 pub fn crd_yaml() -> String {
-    // Rendering a derived CRD cannot fail; an empty body would fail the drift test.
+    // Serializing a derived CRD (plain strings, maps and numbers) cannot fail; an empty body
+    // would be caught by the test that compares the file in `crds/`.
     let body = serde_saphyr::to_string(&crd()).unwrap_or_default();
     format!("# Generated by `wsgate crd`; do not edit.\n{body}")
 }
@@ -230,43 +262,185 @@ pub fn crd_yaml() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::core::cel::{Validator, WarningKind, compile_schema, estimate_rule_cost};
+    use serde_json::{Value, json};
 
-    #[test]
-    fn minimal_route_gets_every_default() {
-        let r: WebSocketRoute = serde_saphyr::from_str(
-            "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: a}\nspec:\n  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9000\"}\n",
-        )
-        .expect("parses");
-        assert_eq!(r.spec.path, PathMatch::default());
-        assert_eq!(r.spec.path.value, "/");
-        assert_eq!(r.spec.origins, OriginsSpec::default());
-        assert!(r.spec.origins.allow.is_empty());
-        assert_eq!(r.spec.origins.rejection, Rejection::Forbidden);
-        assert!(r.spec.revoke_on_policy_change);
-        assert_eq!(r.spec.subprotocols, None);
+    /// The example in the module's design note, every field written out.
+    const FULL: &str = r#"apiVersion: wsgate.dev/v1alpha1
+kind: WebSocketRoute
+metadata: {name: chat, namespace: apps}
+spec:
+  hostnames: ["chat.example.com"]
+  path: {type: PathPrefix, value: /ws}
+  origins:
+    allow: ["https://app.example.com", "https://*.example.com", "http://localhost:*"]
+    allowNull: false
+    allowMissing: false
+    rejection: Forbidden
+  upstream:
+    service: {name: chat-backend, port: 8080}
+  subprotocols: ["chat.v2"]
+  revokeOnPolicyChange: true
+status:
+  observedGeneration: 4
+  conditions:
+  - type: Ready
+    status: "True"
+    reason: Programmed
+    message: serving
+    lastTransitionTime: "2025-01-02T03:04:05Z"
+    observedGeneration: 4
+"#;
+
+    const MINIMAL: &str = "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: m}\nspec: {hostnames: [a.example.com], upstream: {url: \"ws://127.0.0.1:9000\"}}\n";
+
+    fn from_yaml(yaml: &str) -> WebSocketRoute {
+        serde_saphyr::from_str(yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"))
     }
 
-    #[test]
-    fn full_route_round_trips() {
-        let yaml = "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: chat, namespace: apps}\nspec:\n  hostnames: [chat.example.com]\n  path: {type: Exact, value: /ws}\n  origins: {allow: [\"https://app.example.com\"], allowNull: true, allowMissing: true, rejection: Close}\n  upstream: {service: {name: chat-backend, port: 8080}}\n  subprotocols: [chat.v2]\n  revokeOnPolicyChange: false\n";
-        let r: WebSocketRoute = serde_saphyr::from_str(yaml).expect("parses");
-        assert_eq!(r.spec.path.match_type, PathMatchType::Exact);
-        assert!(r.spec.origins.allow_null && r.spec.origins.allow_missing);
-        assert_eq!(r.spec.origins.rejection, Rejection::Close);
-        assert_eq!(r.spec.upstream.service.as_ref().map(|s| s.port), Some(8080));
-        assert!(!r.spec.revoke_on_policy_change);
-        let json = serde_json::to_value(&r).expect("serializes");
-        assert_eq!(json["apiVersion"], "wsgate.dev/v1alpha1");
-        assert_eq!(json["spec"]["path"]["type"], "Exact");
-        let back: WebSocketRoute = serde_json::from_value(json).expect("round trip");
-        assert_eq!(back, r);
-    }
-
-    #[test]
-    fn crd_has_columns_short_name_status_and_rules() {
+    fn schema() -> Value {
         let crd = crd();
+        let schema = crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .expect("openAPIV3Schema");
+        serde_json::to_value(schema).expect("schema as JSON")
+    }
+
+    #[test]
+    fn full_example_round_trips() {
+        let route = from_yaml(FULL);
+        let spec = &route.spec;
+        assert_eq!(spec.hostnames, ["chat.example.com"]);
+        assert_eq!(
+            spec.path,
+            PathMatch {
+                match_type: PathMatchType::PathPrefix,
+                value: "/ws".into()
+            }
+        );
+        assert_eq!(spec.origins.allow.len(), 3);
+        assert_eq!(spec.origins.allow[2], "http://localhost:*");
+        assert!(!spec.origins.allow_null && !spec.origins.allow_missing);
+        assert_eq!(spec.origins.rejection, Rejection::Forbidden);
+        assert_eq!(
+            spec.upstream.service,
+            Some(ServiceRef {
+                name: "chat-backend".into(),
+                port: 8080
+            })
+        );
+        assert_eq!(spec.upstream.url, None);
+        assert_eq!(
+            spec.subprotocols.as_deref(),
+            Some(&["chat.v2".to_owned()][..])
+        );
+        assert!(spec.revoke_on_policy_change);
+        let status = route.status.as_ref().expect("status");
+        assert_eq!(status.observed_generation, Some(4));
+        assert_eq!(status.conditions[0].type_, "Ready");
+
+        // JSON (what the API server stores) and YAML (what people write) both round-trip.
+        let json = serde_json::to_value(&route).expect("to JSON");
+        assert_eq!(
+            json["spec"]["path"],
+            json!({"type": "PathPrefix", "value": "/ws"})
+        );
+        assert_eq!(json["spec"]["origins"]["allowNull"], false);
+        assert_eq!(json["spec"]["revokeOnPolicyChange"], true);
+        assert_eq!(json["status"]["observedGeneration"], 4);
+        assert_eq!(
+            serde_json::from_value::<WebSocketRoute>(json).expect("from JSON"),
+            route
+        );
+        let yaml = serde_saphyr::to_string(&route).expect("to YAML");
+        assert_eq!(from_yaml(&yaml), route);
+    }
+
+    #[test]
+    fn minimal_spec_gets_every_default() {
+        let route = from_yaml(MINIMAL);
+        let spec = &route.spec;
+        assert_eq!(spec.path, PathMatch::default());
+        assert_eq!(spec.path.match_type, PathMatchType::PathPrefix);
+        assert_eq!(spec.path.value, "/");
+        assert_eq!(spec.origins, OriginsSpec::default());
+        assert!(spec.origins.allow.is_empty());
+        assert!(!spec.origins.allow_null && !spec.origins.allow_missing);
+        assert_eq!(spec.origins.rejection, Rejection::Forbidden);
+        assert_eq!(spec.upstream.url.as_deref(), Some("ws://127.0.0.1:9000"));
+        assert_eq!(spec.upstream.service, None);
+        assert_eq!(spec.subprotocols, None);
+        assert!(spec.revoke_on_policy_change);
+        assert_eq!(route.status, None);
+
+        // Omitted optionals stay omitted on the way out.
+        let json = serde_json::to_value(&route).expect("to JSON");
+        assert!(json["spec"]["upstream"].get("service").is_none());
+        assert!(json["spec"].get("subprotocols").is_none());
+        assert!(json.get("status").is_none());
+    }
+
+    #[test]
+    fn partial_objects_get_their_remaining_defaults() {
+        let route = from_yaml(
+            "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: p}\nspec:\n  hostnames: [a.example.com]\n  path: {type: Exact}\n  origins: {allow: [\"https://a.example.com\"], rejection: Close}\n  upstream: {service: {name: s, port: 80}}\n  revokeOnPolicyChange: false\n",
+        );
+        assert_eq!(route.spec.path.match_type, PathMatchType::Exact);
+        assert_eq!(route.spec.path.value, "/");
+        assert_eq!(route.spec.origins.rejection, Rejection::Close);
+        assert!(!route.spec.origins.allow_null);
+        assert!(!route.spec.revoke_on_policy_change);
+        let route = from_yaml(
+            "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: p}\nspec:\n  hostnames: [a.example.com]\n  path: {value: /ws}\n  upstream: {url: \"wss://b:1\"}\n",
+        );
+        assert_eq!(route.spec.path.match_type, PathMatchType::PathPrefix);
+        assert_eq!(route.spec.path.value, "/ws");
+    }
+
+    #[test]
+    fn schema_defaults_match_serde_defaults() {
+        // What the API server fills in from the schema equals what serde fills in.
+        let raw: Value = serde_saphyr::from_str(MINIMAL).expect("YAML");
+        let defaulted = kube::core::cel::apply_defaults(&schema(), &raw);
+        let expected = serde_json::to_value(from_yaml(MINIMAL)).expect("to JSON");
+        assert_eq!(defaulted["spec"], expected["spec"]);
+        let s = schema();
+        let spec = &s["properties"]["spec"]["properties"];
+        assert_eq!(
+            spec["path"]["default"],
+            json!({"type": "PathPrefix", "value": "/"})
+        );
+        assert_eq!(spec["path"]["properties"]["value"]["default"], "/");
+        assert_eq!(spec["path"]["properties"]["type"]["default"], "PathPrefix");
+        assert_eq!(
+            spec["origins"]["properties"]["rejection"]["default"],
+            "Forbidden"
+        );
+        assert_eq!(spec["origins"]["properties"]["allow"]["default"], json!([]));
+        assert_eq!(spec["revokeOnPolicyChange"]["default"], true);
+        assert_eq!(
+            s["properties"]["spec"]["required"],
+            json!(["hostnames", "upstream"])
+        );
+    }
+
+    #[test]
+    fn crd_has_names_columns_status_and_rules() {
+        let crd = crd();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("websocketroutes.wsgate.dev")
+        );
+        assert_eq!(crd.spec.group, "wsgate.dev");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.kind, "WebSocketRoute");
+        assert_eq!(crd.spec.names.plural, "websocketroutes");
         assert_eq!(crd.spec.names.short_names, Some(vec!["wsr".to_owned()]));
         let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(version.served && version.storage);
         assert!(
             version
                 .subresources
@@ -274,22 +448,231 @@ mod tests {
                 .and_then(|s| s.status.as_ref())
                 .is_some()
         );
-        let columns: Vec<&str> = version
+        let columns: Vec<(&str, &str, &str)> = version
             .additional_printer_columns
             .iter()
             .flatten()
-            .map(|c| c.name.as_str())
+            .map(|c| (c.name.as_str(), c.type_.as_str(), c.json_path.as_str()))
             .collect();
-        assert_eq!(columns, ["Hosts", "Path", "Origins", "Ready", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                ("Hosts", "string", ".spec.hostnames"),
+                ("Path", "string", ".spec.path.value"),
+                ("Origins", "string", ".spec.origins.allow"),
+                (
+                    "Ready",
+                    "string",
+                    r#".status.conditions[?(@.type=="Ready")].status"#
+                ),
+                ("Age", "date", ".metadata.creationTimestamp"),
+            ]
+        );
+
+        let s = schema();
+        let conditions = &s["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map");
+        assert_eq!(conditions["x-kubernetes-list-map-keys"], json!(["type"]));
+        let spec = &s["properties"]["spec"]["properties"];
+        assert_eq!(spec["hostnames"]["maxItems"], 16);
+        assert_eq!(spec["hostnames"]["minItems"], 1);
+        assert_eq!(spec["hostnames"]["items"]["maxLength"], 253);
+        assert_eq!(spec["origins"]["properties"]["allow"]["maxItems"], 64);
+        assert_eq!(
+            spec["upstream"]["properties"]["service"]["properties"]["port"]["maximum"],
+            65535.0
+        );
+        assert_eq!(
+            spec["upstream"]["properties"]["service"]["properties"]["port"]["minimum"],
+            1.0
+        );
+        assert_eq!(
+            spec["path"]["properties"]["type"]["enum"],
+            json!(["Exact", "PathPrefix"])
+        );
+        assert_eq!(
+            spec["origins"]["properties"]["rejection"]["enum"],
+            json!(["Forbidden", "Close"])
+        );
+
         let yaml = crd_yaml();
+        assert!(yaml.starts_with("# Generated by `wsgate crd`; do not edit.\n"));
         for needle in [
-            "x-kubernetes-validations",
-            "has(self.service) != has(self.url)",
-            "set `allowNull: true` instead",
+            "\n    shortNames:\n    - wsr\n",
+            "\n    subresources:\n      status: {}\n",
             "x-kubernetes-list-type: map",
-            "maxItems: 16",
+            "x-kubernetes-validations:",
         ] {
             assert!(yaml.contains(needle), "missing {needle:?} in\n{yaml}");
+        }
+        // Long rules and messages are folded in the YAML: look for them in the JSON.
+        let json = serde_json::to_string(&crd).expect("CRD as JSON");
+        for needle in [
+            "has(self.service) != has(self.url)",
+            "exactly one of `service` or `url`",
+            "self.all(h, self.exists_one(x, x == h))",
+            "set `allowNull: true` instead",
+            "at least two labels after `*.`",
+            "url must be `ws://host:port[/path]`",
+            "no path or trailing slash",
+            "path value must start with `/`",
+            "HTTP token",
+        ] {
+            assert!(json.contains(needle), "missing {needle:?} in\n{json}");
+        }
+        // `kubectl explain` rewraps descriptions itself: hard line breaks would show.
+        fn one_line(node: &Value, at: &str) {
+            if let Some(d) = node["description"].as_str() {
+                assert!(
+                    !d.contains('\n'),
+                    "{at}: description has a line break: {d:?}"
+                );
+            }
+            for (k, v) in node["properties"].as_object().into_iter().flatten() {
+                one_line(v, &format!("{at}.{k}"));
+            }
+        }
+        one_line(&s["properties"]["spec"], "spec");
+
+        // The file parses back into the same CRD.
+        let back: CustomResourceDefinition = serde_saphyr::from_str(&yaml).expect("CRD YAML");
+        assert_eq!(back, crd);
+    }
+
+    /// Every `x-kubernetes-validations` rule in the schema, with the path of its node.
+    fn rules(node: &Value, at: &str, out: &mut Vec<(String, String)>) {
+        if let Some(list) = node["x-kubernetes-validations"].as_array() {
+            for r in list {
+                out.push((at.to_owned(), r["rule"].as_str().expect("rule").to_owned()));
+                assert!(r["message"].is_string(), "{at}: rule without message: {r}");
+            }
+        }
+        if let Some(props) = node["properties"].as_object() {
+            for (k, v) in props {
+                rules(v, &format!("{at}.{k}"), out);
+            }
+        }
+        if node["items"].is_object() {
+            rules(&node["items"], &format!("{at}[]"), out);
+        }
+    }
+
+    #[test]
+    fn every_rule_compiles_and_stays_within_the_cost_budget() {
+        let s = schema();
+        let compiled = compile_schema(&s);
+        let mut all = Vec::new();
+        rules(&s, "", &mut all);
+        assert_eq!(all.len(), 12, "{all:#?}");
+        fn errors(c: &kube::core::cel::CompiledSchema, out: &mut Vec<String>) {
+            out.extend(c.compilation_errors().iter().map(|e| format!("{e:?}")));
+            c.properties.values().for_each(|p| errors(p, out));
+            if let Some(i) = &c.items {
+                errors(i, out);
+            }
+        }
+        let mut errs = Vec::new();
+        errors(&compiled, &mut errs);
+        assert!(errs.is_empty(), "{errs:#?}");
+        // The estimate needs the node each rule sits on.
+        for (at, rule) in &all {
+            let mut node = &compiled;
+            for key in at.split('.').filter(|k| !k.is_empty()) {
+                node = &node.properties[key];
+            }
+            let warnings = estimate_rule_cost(rule, node);
+            assert!(
+                !warnings.iter().any(|w| matches!(
+                    w.kind,
+                    WarningKind::CostExceeded | WarningKind::MissingBounds
+                )),
+                "{at}: {rule}: {warnings:?}"
+            );
+        }
+    }
+
+    /// Runs the CRD's CEL rules on a raw spec (schema defaults applied first, as the API
+    /// server does), returning the failure messages.
+    fn cel(spec: &str) -> Vec<String> {
+        let yaml = format!(
+            "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {{name: r, namespace: ns}}\nspec:\n{spec}"
+        );
+        let raw: Value = serde_saphyr::from_str(&yaml).unwrap_or_else(|e| panic!("{yaml}\n{e}"));
+        match Validator::new().validate(&schema(), &raw, None) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const UP: &str = "  upstream: {url: \"ws://127.0.0.1:9000\"}\n";
+
+    #[test]
+    fn rules_admit_valid_routes() {
+        for spec in [
+            format!("  hostnames: [a.example.com]\n{UP}"),
+            format!("  hostnames: [chat.example.com, \"*.example.com\", \"*.a.b.example.com\", localhost, x-1.y9.io]\n{UP}"),
+            format!("  hostnames: [a.example.com]\n  path: {{type: Exact, value: /ws}}\n{UP}"),
+            format!("  hostnames: [a.example.com]\n  path: {{value: \"/a/b%20c;x=1\"}}\n{UP}"),
+            format!(
+                "  hostnames: [a.example.com]\n  origins: {{allow: [\"https://app.example.com\", \"https://*.example.com\", \"http://localhost:*\", \"https://*.example.com:*\", \"http://localhost:8080\", \"HTTPS://App.Example.com\", \"chrome-extension://abcdef\", \"http://[::1]:8080\", \"http://127.0.0.1:65535\", \"https://*.bücher.example\", \"https://例え.テスト\", \"https://a_b.example.com\", \"https://example.com.\", \"*\"], allowNull: true, allowMissing: true, rejection: Close}}\n{UP}"
+            ),
+            format!("  hostnames: [a.example.com]\n  subprotocols: [chat.v2, \"x-y_z\", \"a!#$%&'*+.^_`|~\"]\n{UP}"),
+            format!("  hostnames: [a.example.com]\n  subprotocols: []\n{UP}"),
+            "  hostnames: [a.example.com]\n  upstream: {service: {name: chat-backend, port: 8080}}\n".to_owned(),
+            "  hostnames: [a.example.com]\n  upstream: {url: \"wss://backend.internal:9000/socket\"}\n".to_owned(),
+            "  hostnames: [a.example.com]\n  upstream: {url: \"ws://[fd00::5]:80/\"}\n".to_owned(),
+            "  hostnames: [a.example.com]\n  upstream: {url: \"ws://10.0.0.5\"}\n".to_owned(),
+        ] {
+            assert_eq!(cel(&spec), Vec::<String>::new(), "refused:\n{spec}");
+        }
+    }
+
+    #[test]
+    fn rules_refuse_invalid_routes_with_their_message() {
+        for (spec, message) in [
+            (format!("  hostnames: [Chat.Example.com]\n{UP}"), "lowercase DNS name"),
+            (format!("  hostnames: [\"bücher.example\"]\n{UP}"), "punycode"),
+            (format!("  hostnames: [\"a.*.example.com\"]\n{UP}"), "whole leftmost label"),
+            (format!("  hostnames: [\"*a.example.com\"]\n{UP}"), "whole leftmost label"),
+            (format!("  hostnames: [\"*\"]\n{UP}"), "whole leftmost label"),
+            (format!("  hostnames: [\"a..example.com\"]\n{UP}"), "lowercase DNS name"),
+            (format!("  hostnames: [\"-a.example.com\"]\n{UP}"), "lowercase DNS name"),
+            (format!("  hostnames: [\"a.example.com:8080\"]\n{UP}"), "lowercase DNS name"),
+            (format!("  hostnames: [\"*.com\"]\n{UP}"), "at least two labels after `*.`"),
+            (format!("  hostnames: [a.example.com, b.example.com, a.example.com]\n{UP}"), "unique"),
+            (format!("  hostnames: [a.example.com]\n  path: {{value: ws}}\n{UP}"), "must start with `/`"),
+            (format!("  hostnames: [a.example.com]\n  path: {{value: \"/ws?x=1\"}}\n{UP}"), "drop the query"),
+            (format!("  hostnames: [a.example.com]\n  path: {{value: \"/ws#top\"}}\n{UP}"), "drop the query"),
+            (format!("  hostnames: [a.example.com]\n  path: {{value: \"/a b\"}}\n{UP}"), "percent-encode"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"null\"]}}\n{UP}"), "set `allowNull: true` instead"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"https://app.example.com/\"]}}\n{UP}"), "no path or trailing slash"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"https://app.example.com/chat\"]}}\n{UP}"), "no path or trailing slash"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"app.example.com\"]}}\n{UP}"), "scheme://host[:port]"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"https://*\"]}}\n{UP}"), "scheme://host[:port]"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"https://a.*.example.com\"]}}\n{UP}"), "scheme://host[:port]"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"https://u@a.com\"]}}\n{UP}"), "scheme://host[:port]"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"https://a.com:0\"]}}\n{UP}"), "port 1-65535"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"https://a.com:65536\"]}}\n{UP}"), "port 1-65535"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"https://a.com,https://b.com\"]}}\n{UP}"), "scheme://host[:port]"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"https://a.com?x\"]}}\n{UP}"), "scheme://host[:port]"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"https://*.com\"]}}\n{UP}"), "at least two labels after `*.`"),
+            (format!("  hostnames: [a.example.com]\n  origins: {{allow: [\"*.example.com\"]}}\n{UP}"), "scheme://host[:port]"),
+            (format!("  hostnames: [a.example.com]\n  subprotocols: [\"a b\"]\n{UP}"), "HTTP token"),
+            (format!("  hostnames: [a.example.com]\n  subprotocols: [\"a,b\"]\n{UP}"), "HTTP token"),
+            (format!("  hostnames: [a.example.com]\n  subprotocols: [\"chat/2\"]\n{UP}"), "HTTP token"),
+            ("  hostnames: [a.example.com]\n  upstream: {url: \"http://127.0.0.1:9000\"}\n".to_owned(), "url must be `ws://host:port[/path]`"),
+            ("  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9000/x?y=1\"}\n".to_owned(), "without userinfo, query or fragment"),
+            ("  hostnames: [a.example.com]\n  upstream: {url: \"ws://u:p@127.0.0.1:9000\"}\n".to_owned(), "without userinfo"),
+            ("  hostnames: [a.example.com]\n  upstream: {url: \"ws://a:99999\"}\n".to_owned(), "url must be"),
+            ("  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9000\", service: {name: s, port: 80}}\n".to_owned(), "exactly one of `service` or `url`"),
+            ("  hostnames: [a.example.com]\n  upstream: {}\n".to_owned(), "exactly one of `service` or `url`"),
+            ("  hostnames: [a.example.com]\n  upstream: {service: {name: Chat_Backend, port: 80}}\n".to_owned(), "service name must be"),
+        ] {
+            let got = cel(&spec);
+            assert!(
+                got.iter().any(|m| m.contains(message)),
+                "want {message:?} for\n{spec}got {got:#?}"
+            );
         }
     }
 }

@@ -1,54 +1,126 @@
-//! RFC 6455 §5.2 frame boundaries in a byte stream: a tiny state machine that follows frame
-//! headers and skips payloads without copying or unmasking them. No I/O, no allocation.
+//! RFC 6455 frame boundaries in one direction of a byte stream, and the Close frame encoder.
+//! Owns framing only: no I/O, no HTTP, no policy, no Kubernetes, and no allocation.
+//!
+//! [`FrameTracker`] follows frame headers (§5.2) and counts payload bytes without copying or
+//! unmasking them, so the relay can tell where one frame ends and the next begins.
 
+/// Opcode of a continuation frame (RFC 6455 §5.2, §5.4).
+pub const OPCODE_CONTINUATION: u8 = 0x0;
+/// Opcode of a text frame (RFC 6455 §5.6).
+pub const OPCODE_TEXT: u8 = 0x1;
+/// Opcode of a binary frame (RFC 6455 §5.6).
+pub const OPCODE_BINARY: u8 = 0x2;
 /// Opcode of a Close frame (RFC 6455 §5.5.1).
 pub const OPCODE_CLOSE: u8 = 0x8;
+/// Opcode of a Ping frame (RFC 6455 §5.5.2).
+pub const OPCODE_PING: u8 = 0x9;
+/// Opcode of a Pong frame (RFC 6455 §5.5.3).
+pub const OPCODE_PONG: u8 = 0xA;
 
-/// Longest frame header: 2 bytes, 8 bytes of extended length, 4 bytes of mask key.
-const MAX_HEADER: usize = 14;
+/// Longest frame header (RFC 6455 §5.2): 2 bytes, an 8-byte extended length, a 4-byte mask key.
+pub const MAX_HEADER: usize = 14;
+/// Largest payload of a control frame, and so of a Close frame (RFC 6455 §5.5).
+pub const MAX_CONTROL_PAYLOAD: usize = 125;
+/// Largest encoded Close frame: 2-byte header, 4-byte mask key, 125 payload bytes.
+pub const MAX_CLOSE_FRAME: usize = 2 + 4 + MAX_CONTROL_PAYLOAD;
 
-/// Follows frame boundaries in one direction of a WebSocket connection.
-#[derive(Debug, Default, Clone)]
-pub struct FrameTracker {
-    header: [u8; MAX_HEADER],
-    /// Header bytes collected so far (0 = between frames, or in a payload).
-    have: u8,
-    /// Payload bytes of the current frame still to come.
-    remaining: u64,
-    /// Opcode of the frame whose payload is being skipped.
-    opcode: u8,
-    /// Frames whose header has been read.
-    frames: u64,
-    /// A Close frame's header has been seen.
-    close_seen: bool,
+/// The fields of one frame header (RFC 6455 §5.2).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// FIN: this is the last fragment of a message.
+    pub fin: bool,
+    /// RSV1, RSV2, RSV3 as the low three bits (nonzero only with a negotiated extension).
+    pub rsv: u8,
+    /// The opcode (low four bits of the first byte).
+    pub opcode: u8,
+    /// The masking key, present on every client-to-server frame (§5.3).
+    pub mask: Option<[u8; 4]>,
+    /// Declared payload length in bytes.
+    pub payload_len: u64,
 }
 
-/// What [`FrameTracker::feed`] found.
+impl FrameHeader {
+    /// Whether this is a control frame (Close, Ping, Pong): opcodes with the high bit set (§5.5).
+    pub fn is_control(&self) -> bool {
+        self.opcode & 0x8 != 0
+    }
+}
+
+/// What one call of [`FrameTracker::feed`] consumed and found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fed {
     /// Bytes consumed from the input.
     pub consumed: usize,
-    /// The consumed bytes end exactly at a frame boundary.
+    /// The consumed bytes completed a frame header: [`FrameTracker::current`] describes it.
+    pub header: bool,
+    /// The consumed bytes end exactly at a frame boundary (between two frames).
     pub boundary: bool,
 }
 
+/// Follows frame boundaries in one direction of a WebSocket connection.
+///
+/// A state machine over the byte stream: header bytes collected so far (inline, at most
+/// [`MAX_HEADER`]), payload bytes still to come, and the header of the current frame.
+/// A declared length of any size is only counted, never allocated.
+#[derive(Debug, Clone, Default)]
+pub struct FrameTracker {
+    /// The header being collected.
+    header: [u8; MAX_HEADER],
+    /// Header bytes collected so far; 0 between frames and inside a payload.
+    have: u8,
+    /// Payload bytes of the current frame still to come.
+    remaining: u64,
+    /// The last header completed.
+    current: FrameHeader,
+    /// Headers completed so far.
+    frames: u64,
+    /// A Close frame's header has been seen.
+    close_seen: bool,
+    /// The first Close frame's payload is being skipped: its status code is being captured.
+    capturing: bool,
+    /// The first two payload bytes of the first Close frame, unmasked.
+    code_bytes: [u8; 2],
+    /// The status code of the first Close frame, once its two bytes are in.
+    close_code: Option<u16>,
+}
+
 impl FrameTracker {
+    /// A tracker at the start of a stream (a frame boundary).
+    pub fn new() -> FrameTracker {
+        FrameTracker::default()
+    }
+
     /// Whether the stream is between two frames.
     pub fn at_boundary(&self) -> bool {
         self.have == 0 && self.remaining == 0
     }
 
-    /// Frames whose header has been seen.
+    /// The header of the frame in progress (or of the last frame, at a boundary).
+    pub fn current(&self) -> FrameHeader {
+        self.current
+    }
+
+    /// Payload bytes of the current frame still to come.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// Frames whose header has been read.
     pub fn frames(&self) -> u64 {
         self.frames
     }
 
-    /// Whether a Close frame has been seen.
+    /// Whether a Close frame's header has been seen.
     pub fn close_seen(&self) -> bool {
         self.close_seen
     }
 
-    /// Length of the header whose first bytes are collected, once that is known.
+    /// The status code of the first Close frame seen, if it carried one (RFC 6455 §5.5.1).
+    pub fn close_code(&self) -> Option<u16> {
+        self.close_code
+    }
+
+    /// Length of the header being collected, as far as its first bytes tell.
     /// RFC 6455 §5.2: payload length 126 means a 16-bit length follows, 127 a 64-bit one;
     /// the MASK bit adds a 4-byte masking key.
     fn header_len(&self) -> usize {
@@ -64,85 +136,122 @@ impl FrameTracker {
         2 + ext + mask
     }
 
-    fn payload_len(&self) -> u64 {
-        match self.header[1] & 0x7f {
-            126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
-            127 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(&self.header[2..10]);
-                u64::from_be_bytes(b)
-            }
-            n => u64::from(n),
+    /// Decodes the complete header in `self.header` (RFC 6455 §5.2).
+    fn parse_header(&self) -> FrameHeader {
+        let h = &self.header;
+        let (payload_len, ext) = match h[1] & 0x7f {
+            // §5.2: 126 → the next 2 bytes are a 16-bit unsigned length (network order).
+            126 => (u64::from(u16::from_be_bytes([h[2], h[3]])), 2),
+            // §5.2: 127 → the next 8 bytes are a 64-bit unsigned length (network order).
+            127 => (
+                u64::from_be_bytes([h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9]]),
+                8,
+            ),
+            n => (u64::from(n), 0),
+        };
+        // §5.2: the masking key follows the length when MASK is set.
+        let mask = (h[1] & 0x80 != 0).then(|| {
+            let at = 2 + ext;
+            [h[at], h[at + 1], h[at + 2], h[at + 3]]
+        });
+        FrameHeader {
+            fin: h[0] & 0x80 != 0,
+            rsv: (h[0] >> 4) & 0x7,
+            opcode: h[0] & 0x0f,
+            mask,
+            payload_len,
         }
     }
 
-    /// Consumes `data` up to the end of the current frame (or all of it, if the frame
-    /// continues past it). Call again with the rest to walk several frames.
+    /// Consumes `data` up to the next event: the end of a header, the end of a frame, or the
+    /// end of `data`. Call again with the rest (`data[consumed..]`) to walk several frames.
     pub fn feed(&mut self, data: &[u8]) -> Fed {
+        if self.remaining > 0 {
+            // Inside a payload (§5.2 "Payload data"): skipped, neither copied nor unmasked.
+            let take = usize::try_from(self.remaining).map_or(data.len(), |r| r.min(data.len()));
+            if self.capturing {
+                self.capture_code(&data[..take]);
+            }
+            self.remaining -= take as u64;
+            return Fed {
+                consumed: take,
+                header: false,
+                boundary: self.remaining == 0,
+            };
+        }
         let mut i = 0;
         while i < data.len() {
-            if self.remaining > 0 {
-                let take = usize::try_from(self.remaining)
-                    .unwrap_or(usize::MAX)
-                    .min(data.len() - i);
-                i += take;
-                self.remaining -= take as u64;
-                return Fed {
-                    consumed: i,
-                    boundary: self.remaining == 0,
-                };
-            }
-            // Collect header bytes; the needed length grows once the second byte is in.
-            let need = self.header_len();
-            let take = (need - usize::from(self.have)).min(data.len() - i);
+            // The needed length grows once the second byte (length and MASK bit) is in.
             let have = usize::from(self.have);
+            let take = (self.header_len() - have).min(data.len() - i);
             self.header[have..have + take].copy_from_slice(&data[i..i + take]);
             self.have += take as u8;
             i += take;
             if usize::from(self.have) == self.header_len() {
-                self.opcode = self.header[0] & 0x0f;
-                self.frames += 1;
-                if self.opcode == OPCODE_CLOSE {
-                    self.close_seen = true;
-                }
-                self.remaining = self.payload_len();
+                self.current = self.parse_header();
                 self.have = 0;
-                if self.remaining == 0 {
-                    return Fed {
-                        consumed: i,
-                        boundary: true,
-                    };
+                self.remaining = self.current.payload_len;
+                self.frames += 1;
+                if self.current.opcode == OPCODE_CLOSE && !self.close_seen {
+                    self.close_seen = true;
+                    // §5.5.1: a Close payload, if any, starts with a 2-byte status code.
+                    self.capturing = self.remaining >= 2;
                 }
+                return Fed {
+                    consumed: i,
+                    header: true,
+                    boundary: self.remaining == 0,
+                };
             }
         }
         Fed {
             consumed: i,
+            header: false,
             boundary: self.at_boundary(),
+        }
+    }
+
+    /// Unmasks and keeps the first two payload bytes of the first Close frame: its status
+    /// code (RFC 6455 §5.5.1; unmasking per §5.3: byte i XOR key[i mod 4]).
+    fn capture_code(&mut self, payload: &[u8]) {
+        let offset = self.current.payload_len - self.remaining;
+        let key = self.current.mask.unwrap_or([0; 4]);
+        for (j, &b) in payload.iter().enumerate() {
+            let at = offset + j as u64;
+            if at >= 2 {
+                break;
+            }
+            let at = at as usize;
+            self.code_bytes[at] = b ^ key[at % 4];
+            if at == 1 {
+                self.close_code = Some(u16::from_be_bytes(self.code_bytes));
+                self.capturing = false;
+            }
         }
     }
 }
 
-/// The largest Close frame: 2-byte header, 4-byte mask, 125 bytes of payload.
-pub const MAX_CLOSE_FRAME: usize = 2 + 4 + 125;
-
-/// Encodes a Close frame (RFC 6455 §5.5.1: 2-byte status code, then a UTF-8 reason; at most
-/// 125 payload bytes, so a longer reason is cut at a character boundary). With `mask`, the
-/// payload is masked as frames from a client must be (§5.3).
+/// Encodes a Close frame without allocating (RFC 6455 §5.5.1): FIN and opcode 0x8, then a
+/// payload of the 2-byte status code in network order and a UTF-8 reason, at most 125 bytes
+/// in all, so a longer reason is cut at a character boundary. With `mask`, the frame is
+/// masked as frames from a client must be (§5.3). Returns the buffer and the frame's length.
 pub fn close_frame(
     code: u16,
     reason: &str,
     mask: Option<[u8; 4]>,
 ) -> ([u8; MAX_CLOSE_FRAME], usize) {
-    let mut reason_len = reason.len().min(123);
+    let mut reason_len = reason.len().min(MAX_CONTROL_PAYLOAD - 2);
     while !reason.is_char_boundary(reason_len) {
         reason_len -= 1;
     }
     let payload_len = 2 + reason_len;
     let mut frame = [0u8; MAX_CLOSE_FRAME];
-    frame[0] = 0x80 | OPCODE_CLOSE; // FIN + Close
+    // §5.2: FIN (0x80) + opcode; one byte of length (≤125 needs no extended length).
+    frame[0] = 0x80 | OPCODE_CLOSE;
     frame[1] = payload_len as u8;
     let mut at = 2;
     if let Some(key) = mask {
+        // §5.2: MASK bit, then the 4-byte masking key before the payload.
         frame[1] |= 0x80;
         frame[2..6].copy_from_slice(&key);
         at = 6;
@@ -150,6 +259,7 @@ pub fn close_frame(
     frame[at..at + 2].copy_from_slice(&code.to_be_bytes());
     frame[at + 2..at + payload_len].copy_from_slice(&reason.as_bytes()[..reason_len]);
     if let Some(key) = mask {
+        // §5.3: octet i of the payload is XORed with octet i mod 4 of the key.
         for (j, b) in frame[at..at + payload_len].iter_mut().enumerate() {
             *b ^= key[j % 4];
         }
@@ -161,10 +271,10 @@ pub fn close_frame(
 mod tests {
     use super::*;
 
-    /// Encodes a frame header for tests.
-    fn header(opcode: u8, len: u64, mask: bool) -> Vec<u8> {
-        let mut h = vec![0x80 | opcode];
-        let m = if mask { 0x80 } else { 0 };
+    /// Encodes a frame header for tests (RFC 6455 §5.2).
+    fn header(fin: bool, opcode: u8, len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut h = vec![if fin { 0x80 } else { 0 } | opcode];
+        let m = if mask.is_some() { 0x80 } else { 0 };
         match len {
             0..=125 => h.push(m | len as u8),
             126..=0xffff => {
@@ -176,92 +286,166 @@ mod tests {
                 h.extend_from_slice(&len.to_be_bytes());
             }
         }
-        if mask {
-            h.extend_from_slice(&[1, 2, 3, 4]);
+        if let Some(key) = mask {
+            h.extend_from_slice(&key);
         }
         h
     }
 
-    fn frame(opcode: u8, len: usize, mask: bool) -> Vec<u8> {
-        let mut f = header(opcode, len as u64, mask);
+    fn frame(opcode: u8, len: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut f = header(true, opcode, len as u64, mask);
         f.extend(std::iter::repeat_n(0xaa, len));
         f
     }
 
-    /// Feeds `data` in pieces of `step` bytes; returns the offsets of every boundary.
-    fn boundaries(data: &[u8], step: usize) -> Vec<usize> {
-        let mut t = FrameTracker::default();
-        let mut out = Vec::new();
+    /// Feeds `data` in pieces of `step` bytes; returns the offsets of every header end and
+    /// every boundary, and the tracker.
+    fn walk(data: &[u8], step: usize) -> (Vec<usize>, Vec<usize>, FrameTracker) {
+        let mut t = FrameTracker::new();
+        let (mut headers, mut boundaries) = (Vec::new(), Vec::new());
         let mut pos = 0;
         for chunk in data.chunks(step) {
             let mut i = 0;
             while i < chunk.len() {
                 let fed = t.feed(&chunk[i..]);
+                assert!(fed.consumed > 0, "progress at {}", pos + i);
                 i += fed.consumed;
+                if fed.header {
+                    headers.push(pos + i);
+                }
                 if fed.boundary {
-                    out.push(pos + i);
+                    boundaries.push(pos + i);
                 }
             }
             pos += chunk.len();
         }
-        out
+        (headers, boundaries, t)
     }
 
+    const KEY: [u8; 4] = [0x11, 0x22, 0x33, 0x44];
+
     #[test]
-    fn each_length_encoding_ends_at_the_right_byte() {
-        for (len, mask) in [
-            (0, false),
-            (5, true),
-            (125, false),
-            (126, true),
-            (70_000, false),
-            (65_535, true),
-        ] {
-            let f = frame(0x2, len, mask);
-            assert_eq!(
-                boundaries(&f, f.len()),
-                vec![f.len()],
-                "len {len} mask {mask}"
-            );
+    fn each_length_encoding_masked_and_unmasked() {
+        for len in [0usize, 1, 125, 126, 127, 65_535, 65_536, 70_000] {
+            for mask in [None, Some(KEY)] {
+                let f = frame(OPCODE_BINARY, len, mask);
+                let header_len = f.len() - len;
+                let expected_header = match len {
+                    0..=125 => 2,
+                    126..=65_535 => 4,
+                    _ => 10,
+                } + if mask.is_some() { 4 } else { 0 };
+                assert_eq!(header_len, expected_header);
+                let (headers, boundaries, t) = walk(&f, f.len());
+                assert_eq!(headers, vec![header_len], "len {len} mask {mask:?}");
+                assert_eq!(boundaries, vec![f.len()], "len {len} mask {mask:?}");
+                let h = t.current();
+                assert_eq!(
+                    (h.fin, h.opcode, h.mask, h.payload_len),
+                    (true, OPCODE_BINARY, mask, len as u64)
+                );
+                assert!(t.at_boundary());
+            }
         }
     }
 
     #[test]
-    fn several_frames_in_one_read_and_headers_split_at_every_byte() {
-        let mut data = frame(0x1, 3, true);
-        data.extend(frame(0x9, 0, true));
-        data.extend(frame(0x2, 300, true));
-        data.extend(frame(0x0, 70_000, true));
-        let expected = boundaries(&data, data.len());
-        assert_eq!(expected.len(), 4);
-        for step in 1..20 {
-            assert_eq!(boundaries(&data, step), expected, "step {step}");
+    fn headers_split_at_every_byte_position() {
+        // One header of each size, each split at every position of the whole stream.
+        let mut data = frame(OPCODE_TEXT, 3, Some(KEY)); // 6-byte header
+        data.extend(frame(OPCODE_PING, 0, None)); // 2-byte header
+        data.extend(frame(OPCODE_BINARY, 300, Some(KEY))); // 8-byte header
+        data.extend(frame(OPCODE_CONTINUATION, 70_000, Some(KEY))); // 14-byte header
+        data.extend(frame(OPCODE_PONG, 2, None));
+        let (headers, boundaries, _) = walk(&data, data.len());
+        assert_eq!(headers.len(), 5);
+        assert_eq!(boundaries.len(), 5);
+        for step in 1..=16 {
+            let (h, b, t) = walk(&data, step);
+            assert_eq!((&h, &b), (&headers, &boundaries), "step {step}");
+            assert_eq!(t.frames(), 5);
         }
+        // And every split into two reads.
+        for cut in 0..data.len().min(400) {
+            let mut t = FrameTracker::new();
+            let mut found = Vec::new();
+            for (base, part) in [(0, &data[..cut]), (cut, &data[cut..])] {
+                let mut i = 0;
+                while i < part.len() {
+                    let fed = t.feed(&part[i..]);
+                    i += fed.consumed;
+                    if fed.boundary {
+                        found.push(base + i);
+                    }
+                }
+            }
+            assert_eq!(found, boundaries, "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn several_frames_in_one_read() {
+        let mut data = Vec::new();
+        for i in 0..10 {
+            data.extend(frame(OPCODE_TEXT, i * 7, Some(KEY)));
+        }
+        let (headers, boundaries, t) = walk(&data, data.len());
+        assert_eq!((headers.len(), boundaries.len()), (10, 10));
+        assert_eq!(t.frames(), 10);
+        assert_eq!(*boundaries.last().unwrap_or(&0), data.len());
+    }
+
+    #[test]
+    fn fragments_keep_fin_and_opcode() {
+        let mut t = FrameTracker::new();
+        let first = header(false, OPCODE_TEXT, 0, Some(KEY));
+        assert!(t.feed(&first).header);
+        assert_eq!((t.current().fin, t.current().opcode), (false, OPCODE_TEXT));
+        let last = header(true, OPCODE_CONTINUATION, 0, Some(KEY));
+        assert!(t.feed(&last).header);
+        let h = t.current();
+        assert_eq!((h.fin, h.opcode, h.is_control()), (true, 0, false));
     }
 
     #[test]
     fn huge_declared_length_is_only_counted() {
-        let mut t = FrameTracker::default();
-        let fed = t.feed(&header(0x2, u64::MAX / 2, false));
+        let mut t = FrameTracker::new();
+        let fed = t.feed(&header(true, OPCODE_BINARY, u64::MAX, None));
+        assert_eq!(
+            fed,
+            Fed {
+                consumed: 10,
+                header: true,
+                boundary: false
+            }
+        );
+        assert_eq!(t.remaining(), u64::MAX);
+        let chunk = [0u8; 4096];
+        let fed = t.feed(&chunk);
+        assert_eq!(fed.consumed, chunk.len());
         assert!(!fed.boundary);
-        assert_eq!(t.remaining, u64::MAX / 2);
+        assert_eq!(t.remaining(), u64::MAX - 4096);
         assert!(!t.at_boundary());
     }
 
     #[test]
-    fn close_frames_are_noticed_and_counted() {
-        let mut t = FrameTracker::default();
-        let (f, n) = close_frame(1000, "bye", None);
-        let fed = t.feed(&f[..n]);
-        assert_eq!(
-            fed,
-            Fed {
-                consumed: n,
-                boundary: true
+    fn close_frames_are_noticed_with_their_code() {
+        for mask in [None, Some(KEY)] {
+            let (f, n) = close_frame(1001, "going away", mask);
+            for step in 1..=n {
+                let (_, boundaries, t) = walk(&f[..n], step);
+                assert_eq!(boundaries, vec![n]);
+                assert!(t.close_seen());
+                assert_eq!(t.close_code(), Some(1001), "step {step} mask {mask:?}");
+                assert_eq!(t.frames(), 1);
             }
-        );
+        }
+        // A Close with no payload has no code; only the first Close's code counts.
+        let mut data = frame(OPCODE_CLOSE, 0, None);
+        data.extend_from_slice(&close_frame(1000, "", None).0[..4]);
+        let (_, _, t) = walk(&data, data.len());
         assert!(t.close_seen());
-        assert_eq!(t.frames(), 1);
+        assert_eq!(t.close_code(), None);
     }
 
     #[test]
@@ -271,15 +455,18 @@ mod tests {
         assert_eq!(&f[4..n], b"origin not allowed");
         let (m, mn) = close_frame(1008, "origin not allowed", Some([1, 2, 3, 4]));
         assert_eq!(mn, n + 4);
-        assert_eq!(m[1], 0x80 | 20);
+        assert_eq!(&m[..6], &[0x88, 0x80 | 20, 1, 2, 3, 4]);
         let unmasked: Vec<u8> = m[6..mn]
             .iter()
             .enumerate()
             .map(|(j, b)| b ^ [1, 2, 3, 4][j % 4])
             .collect();
         assert_eq!(&unmasked[..], &f[2..n]);
+        // A long reason is cut at a character boundary, within 125 payload bytes.
         let long = "é".repeat(100);
-        let (_, ln) = close_frame(1000, &long, None);
-        assert!(ln <= 2 + 125);
+        let (l, ln) = close_frame(1000, &long, Some(KEY));
+        assert_eq!(usize::from(l[1] & 0x7f), ln - 6);
+        assert!(ln - 6 <= MAX_CONTROL_PAYLOAD);
+        assert_eq!(ln - 6, 2 + 122);
     }
 }
