@@ -58,9 +58,36 @@ pub struct ControllerArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "WSGATE_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Name of the Lease whose holder writes route status and Events.
+    #[arg(long, env = "WSGATE_LEASE_NAME", default_value = "wsgate")]
+    pub lease_name: String,
+    /// Namespace of that Lease (default: the client's namespace: the pod's in a cluster,
+    /// the kubeconfig context's otherwise).
+    #[arg(long, env = "WSGATE_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// Seconds a Lease holder's claim lasts unrenewed: how long status waits after a
+    /// leader dies before another replica writes it (minimum 3).
+    #[arg(long, env = "WSGATE_LEASE_DURATION", default_value = "15", value_parser = parse_seconds)]
+    pub lease_duration: Duration,
+    /// This replica's name as Lease holder and Event reporter (default: host name and
+    /// process id; set it to the pod name).
+    #[arg(long, env = "WSGATE_IDENTITY")]
+    pub identity: Option<String>,
     /// Listener options.
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+impl ControllerArgs {
+    /// `--identity`, or the host name and process id.
+    pub fn identity(&self) -> String {
+        self.identity.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "wsgate".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
 }
 
 /// Flags of every command that serves traffic.

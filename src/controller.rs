@@ -1,11 +1,24 @@
 //! Controller mode: routes from the API server (`source::kube`), served by the same proxy as
-//! standalone mode, with status written back to each route.
+//! standalone mode on every replica; the replica holding the Lease (`leader`) writes status
+//! and Events back on the routes (`report`).
+
+pub mod leader;
+pub mod report;
+
+use std::time::Duration;
+
+use tokio::sync::watch;
 
 use crate::config::ControllerArgs;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::server::{BindError, Server, termination};
 use crate::source::kube::{KubeRoutes, KubeSourceError};
+use leader::{LeaderError, Leadership, LeaseSettings};
+use report::StatusReporter;
+
+/// How long shutdown waits for the Lease to be given up.
+const RESIGN_WITHIN: Duration = Duration::from_secs(5);
 
 /// Why controller mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +29,9 @@ pub enum ControllerError {
     /// The routes cannot be listed.
     #[error(transparent)]
     Source(#[from] KubeSourceError),
+    /// The Lease cannot be used.
+    #[error(transparent)]
+    Leader(#[from] LeaderError),
     /// A listener cannot be opened.
     #[error(transparent)]
     Bind(#[from] BindError),
@@ -24,20 +40,43 @@ pub enum ControllerError {
     Signals(std::io::Error),
 }
 
-/// Runs controller mode until SIGTERM/SIGINT, then shuts down gracefully.
+/// Runs controller mode until SIGTERM/SIGINT, then gives up the Lease and shuts down
+/// gracefully.
 pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let stop = termination().map_err(ControllerError::Signals)?;
     let client = kube::Client::try_default()
         .await
         .map_err(ControllerError::Config)?;
     let gateway = Gateway::new(args.serve.proxy_config(), Metrics::new());
-    let routes = KubeRoutes::connect(client, args.namespace.as_deref(), gateway.clone()).await?;
-    let server = Server::start(args.serve.listen, args.serve.admin, gateway).await?;
-    let watch = tokio::spawn(routes.run());
+    let routes =
+        KubeRoutes::connect(client.clone(), args.namespace.as_deref(), gateway.clone()).await?;
+    let identity = args.identity();
+    let lease = LeaseSettings {
+        name: args.lease_name.clone(),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| client.default_namespace().to_owned()),
+        identity: identity.clone(),
+        duration: args.lease_duration,
+    };
+    let leadership = Leadership::campaign(client.clone(), &lease).await?;
+    tracing::info!(identity, lease = %format!("{}/{}", lease.namespace, lease.name), "competing for the status lease");
+    let server = Server::start(args.serve.listen, args.serve.admin, gateway.clone()).await?;
+
+    let (published, on_publish) = watch::channel(0);
+    let reporter = StatusReporter::new(client, routes.store(), gateway, &identity);
+    let report = tokio::spawn(reporter.run(on_publish, leadership.subscribe()));
+    let watch = tokio::spawn(routes.run(published));
     stop.await;
     watch.abort();
-    server
-        .shutdown(args.serve.shutdown_delay, args.serve.shutdown_grace)
-        .await;
+    report.abort();
+    // Both tasks must be gone before resigning: the Lease is released once nobody listens.
+    let _ = watch.await;
+    let _ = report.await;
+    tokio::join!(
+        leadership.resign(RESIGN_WITHIN),
+        server.shutdown(args.serve.shutdown_delay, args.serve.shutdown_grace),
+    );
     Ok(())
 }

@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Labels of a handshake outcome.
@@ -41,6 +42,13 @@ pub struct EndLabels {
     pub ended_by: &'static str,
 }
 
+/// Labels of status writes to the API server.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// `ok` or `error`.
+    pub result: &'static str,
+}
+
 /// Every metric family, registered once.
 #[derive(Clone)]
 pub struct Metrics {
@@ -61,6 +69,12 @@ pub struct Metrics {
     pub snapshot_routes: Gauge,
     /// Route sources that failed to load (files that do not parse).
     pub source_errors: Gauge,
+    /// Seconds from a change being seen to its snapshot serving (compile and swap).
+    pub snapshot_apply_seconds: Histogram,
+    /// 1 while this replica holds the status Lease (controller mode), else 0.
+    pub leader: Gauge,
+    /// Route status writes by result (controller mode, leader only).
+    pub status_writes: Family<WriteLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -83,6 +97,12 @@ impl Metrics {
             snapshot_version: Gauge::default(),
             snapshot_routes: Gauge::default(),
             source_errors: Gauge::default(),
+            // 50 µs .. ~1.6 s.
+            snapshot_apply_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_05, 2.0, 16),
+            ),
+            leader: Gauge::default(),
+            status_writes: Family::default(),
         };
         registry.register(
             "handshakes",
@@ -123,6 +143,21 @@ impl Metrics {
             "source_errors",
             "Route sources (files) that currently fail to load",
             m.source_errors.clone(),
+        );
+        registry.register(
+            "snapshot_apply_seconds",
+            "Seconds from a route change being seen to the new snapshot serving",
+            m.snapshot_apply_seconds.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and writes route status",
+            m.leader.clone(),
+        );
+        registry.register(
+            "status_writes",
+            "Route status writes to the API server, by result",
+            m.status_writes.clone(),
         );
         Metrics {
             registry: Arc::new(registry),

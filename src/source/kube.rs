@@ -1,27 +1,31 @@
 //! Routes from the Kubernetes API server: reflectors over `WebSocketRoute`, `Service` and
-//! `EndpointSlice` objects feed the same pure compile step as standalone mode; each change publishes a new snapshot and writes
-//! the routes' status conditions with server-side apply, only when they change.
+//! `EndpointSlice` objects feed the same pure compile step as standalone mode. Every change
+//! that can alter a verdict publishes a new snapshot; changes that cannot (a route's status,
+//! a Service no route names) are ignored. Writing status back is `controller::report`'s job.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Instant;
 
-use futures_util::StreamExt;
-use jiff::Timestamp;
+use futures_util::{FutureExt, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
+use tokio::sync::watch;
 
-use crate::api::WebSocketRoute;
-use crate::compile::{Backends, Verdict, compile, key_of};
+use crate::api::{UpstreamSpec, WebSocketRoute};
+use crate::compile::{Backends, compile, key_of};
 use crate::proxy::Gateway;
+use crate::route::RouteKey;
 use crate::snapshot::Snapshot;
 
-/// The field manager that owns the status wsgate writes.
-pub const FIELD_MANAGER: &str = "wsgate";
+/// The label that ties an EndpointSlice to its Service.
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// Why the controller cannot watch routes.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +42,27 @@ pub struct KubeRoutes {
     client: Client,
     namespace: Option<String>,
     gateway: Arc<Gateway>,
+    routes: Store<WebSocketRoute>,
+    routes_writer: reflector::store::Writer<WebSocketRoute>,
+}
+
+/// A Service's namespace and name.
+type ServiceKey = (String, String);
+
+/// A route's uid and generation: they change when it is recreated or its spec changes.
+type RouteVersion = (Option<String>, Option<i64>);
+
+/// What one watch event means for the route table.
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// The initial list of watch `0..3` is complete.
+    Listed(usize),
+    /// A route's spec (generation) changed, it appeared, or it went.
+    Route,
+    /// A Service or EndpointSlice of this Service changed.
+    Backend(ServiceKey),
+    /// Nothing a verdict depends on (a status write, a bookmark, initial-list items).
+    Nothing,
 }
 
 impl KubeRoutes {
@@ -47,17 +72,25 @@ impl KubeRoutes {
         namespace: Option<&str>,
         gateway: Arc<Gateway>,
     ) -> Result<KubeRoutes, KubeSourceError> {
-        let routes = KubeRoutes {
+        let (routes, routes_writer) = reflector::store();
+        let source = KubeRoutes {
             client,
             namespace: namespace.map(str::to_owned),
             gateway,
+            routes,
+            routes_writer,
         };
-        routes
+        source
             .api::<WebSocketRoute>()
             .list(&ListParams::default().limit(1))
             .await
             .map_err(KubeSourceError::NoCrd)?;
-        Ok(routes)
+        Ok(source)
+    }
+
+    /// The routes as last seen by the watch (status included), for the status writer.
+    pub fn store(&self) -> Store<WebSocketRoute> {
+        self.routes.clone()
     }
 
     fn api<K>(&self) -> Api<K>
@@ -71,121 +104,166 @@ impl KubeRoutes {
     }
 
     /// Runs until the watch streams end: the first snapshot is published once every initial
-    /// list is complete, then one per change. Watch errors are retried with backoff; the
-    /// last snapshot keeps serving meanwhile.
-    pub async fn run(self) {
+    /// list is complete, then one per batch of relevant changes; each publication sends its
+    /// version on `published`. Watch errors are retried with backoff; the last snapshot keeps
+    /// serving meanwhile.
+    pub async fn run(self, published: watch::Sender<u64>) {
         let config = watcher::Config::default();
-        let (routes, routes_writer) = reflector::store();
+        let (route_api, service_api, slice_api) = (
+            self.api::<WebSocketRoute>(),
+            self.api::<Service>(),
+            self.api::<EndpointSlice>(),
+        );
         let (services, services_writer) = reflector::store();
         let (slices, slices_writer) = reflector::store();
-        let route_events = reflector::reflector(
-            routes_writer,
-            watcher::watcher(self.api::<WebSocketRoute>(), config.clone()).default_backoff(),
-        )
-        .map(|e| (0, e.map(|e| classify(&e))));
-        let service_events = reflector::reflector(
+        let route_events = watched(
+            self.routes_writer,
+            watcher::watcher(route_api, config.clone()),
+            0,
+        );
+        let service_events = watched(
             services_writer,
-            watcher::watcher(self.api::<Service>(), config.clone()).default_backoff(),
-        )
-        .map(|e| (1, e.map(|e| classify(&e))));
-        let slice_events = reflector::reflector(
-            slices_writer,
-            watcher::watcher(self.api::<EndpointSlice>(), config).default_backoff(),
-        )
-        .map(|e| (2, e.map(|e| classify(&e))));
+            watcher::watcher(service_api, config.clone()),
+            1,
+        );
+        let slice_events = watched(slices_writer, watcher::watcher(slice_api, config), 2);
         let events = futures_util::stream::select(
             futures_util::stream::select(route_events, service_events),
             slice_events,
         );
         futures_util::pin_mut!(events);
-        // Which of routes, Services and EndpointSlices have finished their initial list.
         let mut listed = [false; 3];
+        let mut generations: HashMap<RouteKey, RouteVersion> = HashMap::new();
+        let mut referenced: HashSet<ServiceKey> = HashSet::new();
         let mut version = 0;
-        // Each event arrives as (which watch, what it means); the objects are in the stores.
-        while let Some((i, outcome)) = events.next().await {
-            match outcome {
-                Ok(Some(true)) => listed[i] = true,
-                Ok(Some(false)) => {}
-                Ok(None) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "watch failed; retrying, the last snapshot keeps serving");
-                    continue;
+        while let Some(first) = events.next().await {
+            let started = Instant::now();
+            // Take every event already waiting, so a burst of changes compiles once.
+            let mut batch = vec![first];
+            while let Some(Some(next)) = events.next().now_or_never() {
+                batch.push(next);
+            }
+            let mut relevant = false;
+            for change in batch {
+                match change {
+                    Change::Listed(i) => {
+                        listed[i] = true;
+                        relevant = true;
+                    }
+                    Change::Route => relevant |= routes_changed(&self.routes, &mut generations),
+                    Change::Backend(service) => relevant |= referenced.contains(&service),
+                    Change::Nothing => {}
                 }
             }
-            if listed.iter().all(|l| *l) {
-                version += 1;
-                self.apply(
-                    &routes,
-                    &Backends::from_cluster(&owned(&services), &owned(&slices)),
-                    version,
-                )
-                .await;
+            if !relevant || !listed.iter().all(|l| *l) {
+                continue;
             }
+            let routes = owned(&self.routes);
+            referenced = services_named_by(&routes);
+            let backends = Backends::from_cluster(&owned(&services), &owned(&slices));
+            version += 1;
+            self.gateway.publish(Snapshot::new(
+                version,
+                compile(&routes, &backends),
+                Vec::new(),
+            ));
+            self.gateway
+                .metrics()
+                .snapshot_apply_seconds
+                .observe(started.elapsed().as_secs_f64());
+            tracing::debug!(version, routes = routes.len(), "snapshot published");
+            published.send_replace(version);
         }
-    }
-
-    async fn apply(&self, store: &Store<WebSocketRoute>, backends: &Backends, version: u64) {
-        let routes = owned(store);
-        let compiled = compile(&routes, backends);
-        let verdicts = compiled.verdicts.clone();
-        self.gateway
-            .publish(Snapshot::new(version, compiled, Vec::new()));
-        // Status says what the data plane now serves, so it is written after the swap.
-        for (route, verdict) in routes.iter().zip(&verdicts) {
-            if let Err(e) = self.write_status(route, verdict).await {
-                tracing::warn!(route = %verdict.key, error = %e, "writing status failed");
-            }
-        }
-    }
-
-    /// Server-side applies the route's conditions on the status subresource, unless they
-    /// are what the object already shows.
-    async fn write_status(
-        &self,
-        route: &WebSocketRoute,
-        verdict: &Verdict,
-    ) -> Result<(), kube::Error> {
-        let previous = route.status.as_ref();
-        let conditions = crate::status::conditions(
-            verdict,
-            previous
-                .map(|s| s.conditions.as_slice())
-                .unwrap_or_default(),
-            Timestamp::now(),
-        );
-        if previous.is_some_and(|s| {
-            s.conditions == conditions && s.observed_generation == verdict.generation
-        }) {
-            return Ok(());
-        }
-        let key = key_of(route);
-        let patch = serde_json::json!({
-            "apiVersion": WebSocketRoute::api_version(&()),
-            "kind": WebSocketRoute::kind(&()),
-            "status": {
-                "observedGeneration": verdict.generation,
-                "conditions": conditions,
-            },
-        });
-        Api::<WebSocketRoute>::namespaced(self.client.clone(), &key.namespace)
-            .patch_status(
-                &key.name,
-                &PatchParams::apply(FIELD_MANAGER).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-            .map(|_| ())
     }
 }
 
-/// `Some(true)` when an initial list completed, `Some(false)` for a change to apply, `None`
-/// for events inside an initial list.
-fn classify<K>(event: &Event<K>) -> Option<bool> {
-    match event {
-        Event::InitDone => Some(true),
-        Event::Init | Event::InitApply(_) => None,
-        Event::Apply(_) | Event::Delete(_) => Some(false),
+/// A reflector over `events` with `managedFields` dropped (they are most of an object's
+/// size and never read), each event turned into the `Change` it means.
+fn watched<K, S>(
+    writer: reflector::store::Writer<K>,
+    events: S,
+    index: usize,
+) -> impl Stream<Item = Change>
+where
+    K: Resource<DynamicType = ()> + Clone + Watched + 'static,
+    S: Stream<Item = Result<Event<K>, watcher::Error>>,
+{
+    reflector::reflector(
+        writer,
+        events
+            .default_backoff()
+            .modify(|o: &mut K| o.meta_mut().managed_fields = None),
+    )
+    .map(move |event| match event {
+        Ok(Event::InitDone) => Change::Listed(index),
+        Ok(Event::Apply(o) | Event::Delete(o)) => o.change(),
+        Ok(Event::Init | Event::InitApply(_)) => Change::Nothing,
+        Err(e) => {
+            tracing::warn!(error = %e, "watch failed; retrying, the last snapshot keeps serving");
+            Change::Nothing
+        }
+    })
+}
+
+/// What a change to one watched object can affect.
+trait Watched {
+    fn change(&self) -> Change;
+}
+
+impl Watched for WebSocketRoute {
+    fn change(&self) -> Change {
+        Change::Route
     }
+}
+
+impl Watched for Service {
+    fn change(&self) -> Change {
+        Change::Backend((self.namespace().unwrap_or_default(), self.name_any()))
+    }
+}
+
+impl Watched for EndpointSlice {
+    fn change(&self) -> Change {
+        match self.labels().get(SERVICE_NAME_LABEL) {
+            Some(service) => {
+                Change::Backend((self.namespace().unwrap_or_default(), service.clone()))
+            }
+            None => Change::Nothing,
+        }
+    }
+}
+
+/// Whether the set of routes or any route's spec differs from `generations`, which it then
+/// records. Status writes change neither, so they do not recompile.
+fn routes_changed(
+    store: &Store<WebSocketRoute>,
+    generations: &mut HashMap<RouteKey, RouteVersion>,
+) -> bool {
+    let now: HashMap<RouteKey, RouteVersion> = store
+        .state()
+        .iter()
+        .map(|r| (key_of(r), (r.metadata.uid.clone(), r.metadata.generation)))
+        .collect();
+    let changed = now != *generations;
+    *generations = now;
+    changed
+}
+
+/// The Services that `routes` send traffic to.
+fn services_named_by(routes: &[WebSocketRoute]) -> HashSet<ServiceKey> {
+    routes
+        .iter()
+        .filter_map(|r| {
+            let UpstreamSpec {
+                service: Some(service),
+                ..
+            } = &r.spec.upstream
+            else {
+                return None;
+            };
+            Some((r.namespace().unwrap_or_default(), service.name.clone()))
+        })
+        .collect()
 }
 
 fn owned<K: Clone + kube::runtime::reflector::Lookup>(store: &Store<K>) -> Vec<K>

@@ -1,0 +1,369 @@
+//! Reports what the data plane serves back on the routes, while this replica holds the
+//! Lease: status conditions by server-side apply on the status subresource (only when they
+//! change), and Warning Events when a route is refused (`Invalid`, `Conflicted`) or admits
+//! every origin (`*`).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Client, Resource};
+use tokio::sync::watch;
+
+use crate::api::WebSocketRoute;
+use crate::compile::{Verdict, condition, reason};
+use crate::metrics::{Metrics, WriteLabels};
+use crate::proxy::Gateway;
+use crate::route::RouteKey;
+
+/// The field manager that owns the status wsgate writes.
+pub const FIELD_MANAGER: &str = "wsgate";
+/// How long one status write or Event may take before it counts as failed.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// When a write failed, how long before the next attempt (sooner if something changes).
+const RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Writes in flight at once, so a thousand routes do not queue behind one another.
+const CONCURRENT_WRITES: usize = 8;
+/// The Event reason for a route that admits every origin.
+const ANY_ORIGIN: &str = "AnyOrigin";
+
+/// Writes status and Events for the routes of the active snapshot.
+pub struct StatusReporter {
+    client: Client,
+    routes: Store<WebSocketRoute>,
+    gateway: Arc<Gateway>,
+    recorder: Recorder,
+    /// What this replica last wrote per route, so a second write in a row compares against
+    /// it even before the watch has shown the first one.
+    written: HashMap<RouteKey, Shown>,
+}
+
+/// A route's status as written.
+#[derive(Debug, Clone, PartialEq)]
+struct Shown {
+    generation: Option<i64>,
+    conditions: Vec<Condition>,
+}
+
+/// One route's pending write.
+struct Write {
+    route: Arc<WebSocketRoute>,
+    key: RouteKey,
+    shown: Shown,
+    /// False when the object already shows `shown` and only Events are due.
+    patch: bool,
+    events: Vec<Event>,
+}
+
+impl StatusReporter {
+    /// A reporter reading routes from `routes` (the watch's store) and verdicts from the
+    /// gateway's active snapshot; Events name `identity` as the reporting instance.
+    pub fn new(
+        client: Client,
+        routes: Store<WebSocketRoute>,
+        gateway: Arc<Gateway>,
+        identity: &str,
+    ) -> StatusReporter {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: FIELD_MANAGER.to_owned(),
+                instance: Some(identity.to_owned()),
+            },
+        );
+        StatusReporter {
+            client,
+            routes,
+            gateway,
+            recorder,
+            written: HashMap::new(),
+        }
+    }
+
+    /// Reports after every published snapshot and whenever leadership is gained; retries
+    /// failed writes. Runs until either channel closes.
+    pub async fn run(
+        mut self,
+        mut published: watch::Receiver<u64>,
+        mut leader: watch::Receiver<bool>,
+    ) {
+        loop {
+            let leading = *leader.borrow_and_update();
+            published.borrow_and_update();
+            self.gateway.metrics().leader.set(i64::from(leading));
+            let failed = if leading {
+                !self.report().await
+            } else {
+                // Another replica writes meanwhile; what this one wrote may be stale.
+                self.written.clear();
+                false
+            };
+            tokio::select! {
+                r = published.changed() => if r.is_err() { return },
+                r = leader.changed() => if r.is_err() { return },
+                () = tokio::time::sleep(RETRY_AFTER), if failed => {}
+            }
+        }
+    }
+
+    /// Writes every route whose shown status or Events are behind the active snapshot.
+    /// Returns whether all writes succeeded.
+    async fn report(&mut self) -> bool {
+        let Some(snapshot) = self.gateway.snapshot() else {
+            return true;
+        };
+        // Kubernetes keeps times to the second; a finer `now` would never compare equal.
+        let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default();
+        let live: HashSet<&RouteKey> = snapshot.verdicts.iter().map(|v| &v.key).collect();
+        self.written.retain(|k, _| live.contains(k));
+
+        let mut writes = Vec::new();
+        for verdict in &snapshot.verdicts {
+            let reference = ObjectRef::new(&verdict.key.name).within(&verdict.key.namespace);
+            let Some(route) = self.routes.get(&reference) else {
+                continue;
+            };
+            // Edited since this snapshot was compiled: the next snapshot reports it.
+            if route.metadata.generation != verdict.generation {
+                continue;
+            }
+            let stored = route.status.as_ref().map(|s| Shown {
+                generation: s.observed_generation,
+                conditions: s.conditions.clone(),
+            });
+            let previous = self.written.get(&verdict.key).or(stored.as_ref());
+            let shown = Shown {
+                generation: verdict.generation,
+                conditions: crate::status::conditions(
+                    verdict,
+                    previous
+                        .map(|p| p.conditions.as_slice())
+                        .unwrap_or_default(),
+                    now,
+                ),
+            };
+            let events = events_for(verdict, previous);
+            let patch = stored.as_ref() != Some(&shown);
+            if !patch && events.is_empty() {
+                self.written.insert(verdict.key.clone(), shown);
+                continue;
+            }
+            writes.push(Write {
+                route,
+                key: verdict.key.clone(),
+                shown,
+                patch,
+                events,
+            });
+        }
+
+        let metrics = self.gateway.metrics();
+        let results: Vec<(RouteKey, Shown, bool)> = futures_util::stream::iter(writes)
+            .map(|w| write(&self.client, &self.recorder, metrics, w))
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await;
+        let mut all_ok = true;
+        for (key, shown, ok) in results {
+            if ok {
+                self.written.insert(key, shown);
+            } else {
+                all_ok = false;
+            }
+        }
+        all_ok
+    }
+}
+
+/// Patches one route's status and publishes its Events; returns whether all of it worked.
+async fn write(
+    client: &Client,
+    recorder: &Recorder,
+    metrics: &Metrics,
+    w: Write,
+) -> (RouteKey, Shown, bool) {
+    let mut ok = true;
+    if w.patch {
+        let patch = serde_json::json!({
+            "apiVersion": WebSocketRoute::api_version(&()),
+            "kind": WebSocketRoute::kind(&()),
+            "status": {
+                "observedGeneration": w.shown.generation,
+                "conditions": w.shown.conditions,
+            },
+        });
+        let api = Api::<WebSocketRoute>::namespaced(client.clone(), &w.key.namespace);
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let result = tokio::time::timeout(
+            WRITE_TIMEOUT,
+            api.patch_status(&w.key.name, &params, &Patch::Apply(&patch)),
+        )
+        .await;
+        let error = match result {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(_) => Some(format!("no answer within {}s", WRITE_TIMEOUT.as_secs())),
+        };
+        metrics
+            .status_writes
+            .get_or_create(&WriteLabels {
+                result: if error.is_none() { "ok" } else { "error" },
+            })
+            .inc();
+        if let Some(error) = error {
+            tracing::warn!(route = %w.key, %error, "writing status failed; will retry");
+            ok = false;
+        }
+    }
+    // Events only once the status they describe is written, so a retry does not repeat them.
+    if ok {
+        let reference = w.route.object_ref(&());
+        for event in &w.events {
+            match tokio::time::timeout(WRITE_TIMEOUT, recorder.publish(event, &reference)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(route = %w.key, error = %e, "publishing an Event failed")
+                }
+                Err(_) => tracing::warn!(route = %w.key, "publishing an Event timed out"),
+            }
+        }
+    }
+    (w.key, w.shown, ok)
+}
+
+/// The Events a verdict calls for, given what the route showed before: a Warning when it
+/// becomes refused or is refused for a new reason, and one per `*` origin warning when its
+/// spec is new.
+fn events_for(verdict: &Verdict, previous: Option<&Shown>) -> Vec<Event> {
+    let mut events = Vec::new();
+    if let Some(accepted) = verdict.condition(condition::ACCEPTED)
+        && !accepted.status
+    {
+        let before =
+            previous.and_then(|p| p.conditions.iter().find(|c| c.type_ == condition::ACCEPTED));
+        let unchanged = before.is_some_and(|b| {
+            b.status == "False" && b.reason == accepted.reason && b.message == accepted.message
+        });
+        if !unchanged {
+            events.push(Event {
+                type_: EventType::Warning,
+                reason: accepted.reason.to_owned(),
+                note: Some(truncate(&accepted.message)),
+                action: if accepted.reason == reason::CONFLICTED {
+                    "Admit".to_owned()
+                } else {
+                    "Validate".to_owned()
+                },
+                secondary: None,
+            });
+        }
+    }
+    let new_spec = previous.is_none_or(|p| p.generation != verdict.generation);
+    if new_spec {
+        events.extend(verdict.warnings.iter().map(|w| Event {
+            type_: EventType::Warning,
+            reason: ANY_ORIGIN.to_owned(),
+            note: Some(truncate(w)),
+            action: "Validate".to_owned(),
+            secondary: None,
+        }));
+    }
+    events
+}
+
+/// An Event note is at most 1 kB.
+fn truncate(message: &str) -> String {
+    const LIMIT: usize = 1000;
+    if message.len() <= LIMIT {
+        return message.to_owned();
+    }
+    let mut end = LIMIT;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &message[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::ConditionState;
+
+    fn verdict(accepted: bool, reason: &'static str, message: &str, warnings: &[&str]) -> Verdict {
+        Verdict {
+            key: RouteKey {
+                namespace: "apps".into(),
+                name: "chat".into(),
+            },
+            generation: Some(2),
+            conditions: vec![ConditionState {
+                type_: condition::ACCEPTED,
+                status: accepted,
+                reason,
+                message: message.into(),
+            }],
+            warnings: warnings.iter().map(|w| (*w).to_owned()).collect(),
+        }
+    }
+
+    fn shown_for(v: &Verdict) -> Shown {
+        Shown {
+            generation: v.generation,
+            conditions: crate::status::conditions(v, &[], Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn a_refused_route_gets_one_warning_until_its_reason_changes() {
+        let invalid = verdict(false, reason::INVALID, "origin pattern `x` is bad", &[]);
+        let events = events_for(&invalid, None);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].type_, EventType::Warning);
+        assert_eq!(events[0].reason, "Invalid");
+        assert_eq!(events[0].note.as_deref(), Some("origin pattern `x` is bad"));
+
+        assert!(events_for(&invalid, Some(&shown_for(&invalid))).is_empty());
+
+        let conflicted = verdict(false, reason::CONFLICTED, "apps/older owns it", &[]);
+        let events = events_for(&conflicted, Some(&shown_for(&invalid)));
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, "Conflicted");
+    }
+
+    #[test]
+    fn an_accepted_route_gets_no_event() {
+        let ok = verdict(true, reason::ACCEPTED, "ok", &[]);
+        assert!(events_for(&ok, None).is_empty());
+    }
+
+    #[test]
+    fn any_origin_warns_once_per_generation() {
+        let any = verdict(
+            true,
+            reason::ACCEPTED,
+            "ok",
+            &["origin `*` admits every web page"],
+        );
+        let events = events_for(&any, None);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].reason, ANY_ORIGIN);
+        assert!(events_for(&any, Some(&shown_for(&any))).is_empty());
+        let mut older = shown_for(&any);
+        older.generation = Some(1);
+        assert_eq!(events_for(&any, Some(&older)).len(), 1);
+    }
+
+    #[test]
+    fn long_notes_are_cut_at_a_char_boundary() {
+        let long = "é".repeat(700);
+        let cut = truncate(&long);
+        assert!(cut.len() <= 1003, "{}", cut.len());
+        assert!(cut.ends_with('…'));
+    }
+}
