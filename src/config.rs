@@ -44,7 +44,8 @@ pub struct StandaloneArgs {
     #[arg(long, env = "WSGATE_ROUTES")]
     pub routes: PathBuf,
     /// Resolve a `service` upstream: `NAME.NAMESPACE=HOST:PORT` (repeatable; any port of
-    /// the service maps to HOST:PORT). In the environment, separate entries with commas.
+    /// the service maps to HOST:PORT; the same service again adds an endpoint). In the
+    /// environment, separate entries with commas.
     #[arg(long = "service", env = "WSGATE_SERVICES", value_delimiter = ',', value_parser = parse_service)]
     pub services: Vec<ServiceMapping>,
     /// Listener options.

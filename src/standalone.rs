@@ -16,6 +16,7 @@ use crate::config::{ServiceMapping, StandaloneArgs};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::route::RouteKey;
+use crate::route::Target;
 use crate::server::{BindError, Server, termination};
 use crate::snapshot::Snapshot;
 use crate::source::file::{FileSource, SourceError};
@@ -45,11 +46,22 @@ pub enum StandaloneError {
     },
 }
 
-/// Builds the backends standalone mode knows: only the `--service` mappings.
+/// Builds the backends standalone mode knows: only the `--service` mappings; a Service
+/// mapped several times has each target as an endpoint.
 pub fn backends(mappings: &[ServiceMapping]) -> Backends {
-    let mut backends = Backends::standalone();
+    let mut grouped: Vec<(&str, &str, Vec<Target>)> = Vec::new();
     for m in mappings {
-        backends.insert(&m.namespace, &m.name, None, vec![m.target.clone()]);
+        match grouped
+            .iter_mut()
+            .find(|(ns, name, _)| *ns == m.namespace && *name == m.name)
+        {
+            Some((_, _, targets)) => targets.push(m.target.clone()),
+            None => grouped.push((&m.namespace, &m.name, vec![m.target.clone()])),
+        }
+    }
+    let mut backends = Backends::standalone();
+    for (namespace, name, targets) in grouped {
+        backends.insert(namespace, name, None, targets);
     }
     backends
 }

@@ -400,6 +400,78 @@ async fn service_mapping_resolves_a_service_upstream() {
     );
 }
 
+/// A loopback address nothing listens on: connecting to it is refused at once.
+fn refusing_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+#[tokio::test]
+async fn handshakes_spread_over_endpoints_and_skip_one_that_refuses() {
+    let (mut a, mut b) = (Upstream::start().await, Upstream::start().await);
+    let yaml = route(
+        "svc",
+        HOST,
+        "/",
+        app_only(),
+        "{service: {name: chat, port: 80}}",
+    );
+    let mappings = [a.addr, refusing_addr(), b.addr].map(|addr| format!("chat.default={addr}"));
+    let gate = Gate::start(
+        &[("svc.yaml", yaml)],
+        &[
+            "--service",
+            &mappings[0],
+            "--service",
+            &mappings[1],
+            "--service",
+            &mappings[2],
+        ],
+    )
+    .await;
+    for i in 0..30 {
+        let (mut ws, _) = connect(gate.proxy, HOST, "/", Some(APP), &[])
+            .await
+            .unwrap_or_else(|code| panic!("handshake {i} refused with {code}"));
+        ws.send(Message::text("hi")).await.expect("send");
+        assert_eq!(
+            ws.next().await.expect("reply").expect("ok"),
+            Message::text("hi")
+        );
+    }
+    let (mut at_a, mut at_b) = (0, 0);
+    while a.seen.try_recv().is_ok() {
+        at_a += 1;
+    }
+    while b.seen.try_recv().is_ok() {
+        at_b += 1;
+    }
+    assert_eq!(at_a + at_b, 30);
+    assert!(at_a > 0 && at_b > 0, "a: {at_a}, b: {at_b}");
+}
+
+#[tokio::test]
+async fn every_endpoint_refusing_answers_502() {
+    let yaml = route(
+        "svc",
+        HOST,
+        "/",
+        app_only(),
+        "{service: {name: chat, port: 80}}",
+    );
+    let mappings = [refusing_addr(), refusing_addr()].map(|addr| format!("chat.default={addr}"));
+    let gate = Gate::start(
+        &[("svc.yaml", yaml)],
+        &["--service", &mappings[0], "--service", &mappings[1]],
+    )
+    .await;
+    assert_eq!(
+        connect(gate.proxy, HOST, "/", Some(APP), &[]).await.err(),
+        Some(502)
+    );
+}
+
 #[tokio::test]
 async fn edited_file_applies_to_the_next_handshake() {
     let up = Upstream::start().await;

@@ -118,12 +118,37 @@ pub fn forward_request(
     request
 }
 
-/// Picks one target at random, spreading connections over the endpoints.
-fn pick(targets: &[Target]) -> Option<&Target> {
-    match targets.len() {
-        0 => None,
-        n => targets.get(fastrand::usize(..n)),
+/// The targets in the order one handshake tries them: from a uniformly random start, then
+/// the following ones in turn, so load spreads evenly and each is tried at most once.
+fn order(targets: &[Target]) -> impl Iterator<Item = &Target> {
+    let start = match targets.len() {
+        0 => 0,
+        n => fastrand::usize(..n),
+    };
+    targets[start..].iter().chain(&targets[..start])
+}
+
+/// Connects to the first target that accepts a TCP connection. One that refuses (or is
+/// unreachable) is skipped at once; one that does not answer within the timeout ends the
+/// attempt, so a handshake never waits more than one connect timeout.
+async fn connect(targets: &[Target], timeout: Duration) -> Result<(TcpStream, &Target), Reject> {
+    let mut last = Reject::NoUpstream;
+    for target in order(targets) {
+        match tokio::time::timeout(
+            timeout,
+            TcpStream::connect((target.host.as_str(), target.port)),
+        )
+        .await
+        {
+            Ok(Ok(stream)) => return Ok((stream, target)),
+            Ok(Err(e)) => {
+                tracing::debug!(%target, error = %e, "upstream connect failed; trying the next endpoint");
+                last = Reject::UpstreamUnreachable;
+            }
+            Err(_) => return Err(Reject::UpstreamTimeout),
+        }
     }
+    Err(last)
 }
 
 /// Connects to the upstream and sends the handshake. Returns the upstream's response; on
@@ -133,17 +158,7 @@ pub async fn send(
     request: Request<Empty<Bytes>>,
     timeouts: UpstreamTimeouts,
 ) -> Result<Response<Incoming>, Reject> {
-    let target = pick(&upstream.targets).ok_or(Reject::NoUpstream)?;
-    let stream = tokio::time::timeout(
-        timeouts.connect,
-        TcpStream::connect((target.host.as_str(), target.port)),
-    )
-    .await
-    .map_err(|_| Reject::UpstreamTimeout)?
-    .map_err(|e| {
-        tracing::debug!(%target, error = %e, "upstream connect failed");
-        Reject::UpstreamUnreachable
-    })?;
+    let (stream, target) = connect(&upstream.targets, timeouts.connect).await?;
     // Small frames must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
 
@@ -199,6 +214,27 @@ mod tests {
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
         h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
         h
+    }
+
+    #[test]
+    fn every_target_is_tried_once_in_turn_from_a_random_start() {
+        let targets: Vec<Target> = (1..=4)
+            .map(|port| Target {
+                host: "10.0.0.1".into(),
+                port,
+            })
+            .collect();
+        let mut starts = std::collections::HashSet::new();
+        for _ in 0..200 {
+            let ports: Vec<u16> = order(&targets).map(|t| t.port).collect();
+            assert_eq!(ports.len(), 4);
+            let start = ports[0];
+            let expected: Vec<u16> = (0..4).map(|i| (start - 1 + i) % 4 + 1).collect();
+            assert_eq!(ports, expected);
+            starts.insert(start);
+        }
+        assert_eq!(starts.len(), 4, "every endpoint gets to be first");
+        assert_eq!(order(&[]).count(), 0);
     }
 
     #[test]

@@ -20,6 +20,9 @@ use kube::{Client, Config};
 pub struct ControlPlane {
     etcd: Child,
     apiserver: Child,
+    apiserver_args: Vec<String>,
+    /// The API server's URL.
+    pub server: String,
     dir: tempfile::TempDir,
     /// A kubeconfig file for the admin identity.
     pub kubeconfig: PathBuf,
@@ -186,6 +189,8 @@ impl ControlPlane {
             etcd,
             // Replaced below; `true` exits at once and is a harmless child to kill.
             apiserver: Command::new("true").spawn().expect("spawn true"),
+            apiserver_args: Vec::new(),
+            server: String::new(),
             kubeconfig: d.join("kubeconfig"),
             bin: bin.clone(),
             dir,
@@ -195,45 +200,29 @@ impl ControlPlane {
         });
 
         let pki = |f: &str| d.join(f).display().to_string();
-        plane.apiserver = Command::new(bin.join("kube-apiserver"))
-            .arg(format!("--etcd-servers={etcd_url}"))
-            .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
+        plane.apiserver_args = vec![
+            format!("--etcd-servers={etcd_url}"),
+            "--bind-address=127.0.0.1".into(),
+            "--advertise-address=127.0.0.1".into(),
             // The default reconciler refuses a loopback advertise address.
-            .arg("--endpoint-reconciler-type=none")
-            .arg(format!("--secure-port={api_port}"))
-            .arg(format!("--tls-cert-file={}", pki("serving.crt")))
-            .arg(format!("--tls-private-key-file={}", pki("serving.key")))
-            .arg(format!("--client-ca-file={}", pki("ca.crt")))
-            .arg(format!("--token-auth-file={}", pki("tokens.csv")))
-            .arg("--authorization-mode=RBAC")
-            .arg(format!(
-                "--service-account-issuer=https://127.0.0.1:{api_port}"
-            ))
-            .arg(format!("--service-account-key-file={}", pki("sa.pub")))
-            .arg(format!(
-                "--service-account-signing-key-file={}",
-                pki("sa.key")
-            ))
-            .args([
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--disable-admission-plugins=ServiceAccount",
-            ])
-            .args(["--profiling=false", "--v=1"])
-            .stdout(log("apiserver.log"))
-            .stderr(log("apiserver.err"))
-            .spawn()
-            .expect("start kube-apiserver");
-        let server = format!("https://127.0.0.1:{api_port}");
-        let ca = pki("ca.crt");
-        wait_until("kube-apiserver", Duration::from_secs(60), || {
-            curl_ok(&[
-                "--cacert",
-                &ca,
-                "-H",
-                "Authorization: Bearer admin-token",
-                &format!("{server}/readyz"),
-            ])
-        });
+            "--endpoint-reconciler-type=none".into(),
+            format!("--secure-port={api_port}"),
+            format!("--tls-cert-file={}", pki("serving.crt")),
+            format!("--tls-private-key-file={}", pki("serving.key")),
+            format!("--client-ca-file={}", pki("ca.crt")),
+            format!("--token-auth-file={}", pki("tokens.csv")),
+            "--authorization-mode=RBAC".into(),
+            format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+            format!("--service-account-key-file={}", pki("sa.pub")),
+            format!("--service-account-signing-key-file={}", pki("sa.key")),
+            "--service-cluster-ip-range=10.0.0.0/24".into(),
+            "--disable-admission-plugins=ServiceAccount".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        plane.server = format!("https://127.0.0.1:{api_port}");
+        plane.start_apiserver();
+        let (server, ca) = (plane.server.clone(), pki("ca.crt"));
         std::fs::write(
             &plane.kubeconfig,
             format!(
@@ -242,6 +231,35 @@ impl ControlPlane {
         )
         .expect("kubeconfig");
         plane
+    }
+
+    /// Starts kube-apiserver (again) with the same flags and port; waits for `/readyz`.
+    pub fn start_apiserver(&mut self) {
+        let d = self.dir.path();
+        let log = |name: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(d.join(name))
+                .expect("log file")
+        };
+        self.apiserver = Command::new(self.bin.join("kube-apiserver"))
+            .args(&self.apiserver_args)
+            .stdout(log("apiserver.log"))
+            .stderr(log("apiserver.err"))
+            .spawn()
+            .expect("start kube-apiserver");
+        let ca = d.join("ca.crt").display().to_string();
+        let readyz = format!("{}/readyz", self.server);
+        wait_until("kube-apiserver", Duration::from_secs(60), || {
+            curl_ok(&[
+                "--cacert",
+                &ca,
+                "-H",
+                "Authorization: Bearer admin-token",
+                &readyz,
+            ])
+        });
     }
 
     /// Kills kube-apiserver (etcd keeps running), as when the control plane goes away.
