@@ -1,13 +1,16 @@
-//! `wsgate controller` against a real kube-apiserver: a route created through the API is
-//! served at once, its status conditions are written, and a deleted route stops serving.
+//! `wsgate controller` against a real kube-apiserver and etcd: routes created, edited and
+//! deleted through the API change what the proxy serves, status and Events are written by
+//! the Lease holder only, Services resolve through EndpointSlices, and an API server outage
+//! costs nothing.
 
 mod support;
 
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use support::control_plane::ControlPlane;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
@@ -27,7 +30,8 @@ fn route(name: &str, upstream: &str) -> WebSocketRoute {
     serde_saphyr::from_str(&yaml).expect("route parses")
 }
 
-/// Polls the route until its Ready condition has `status`.
+/// Polls the route until its status describes its current generation and Ready has
+/// `status`.
 async fn wait_ready(api: &Api<WebSocketRoute>, name: &str, status: &str) -> WebSocketRoute {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
@@ -37,7 +41,9 @@ async fn wait_ready(api: &Api<WebSocketRoute>, name: &str, status: &str) -> WebS
             .as_ref()
             .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
             .map(|c| c.status.clone());
-        if ready.as_deref() == Some(status) {
+        let current =
+            r.status.as_ref().and_then(|s| s.observed_generation) == r.metadata.generation;
+        if current && ready.as_deref() == Some(status) {
             return r;
         }
         assert!(
@@ -47,6 +53,87 @@ async fn wait_ready(api: &Api<WebSocketRoute>, name: &str, status: &str) -> WebS
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The condition of `type_` on `route`.
+fn condition(route: &WebSocketRoute, type_: &str) -> Condition {
+    route
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {type_} condition: {:?}", route.status))
+}
+
+/// A controller against `plane`, with a short Lease so failover tests stay quick.
+async fn controller(plane: &ControlPlane, identity: &str) -> Gate {
+    Gate::launch(
+        &[
+            "controller".into(),
+            "--identity".into(),
+            identity.into(),
+            "--lease-duration".into(),
+            "3".into(),
+        ],
+        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
+    )
+    .await
+}
+
+/// A non-loopback IPv4 address of this machine: the API server refuses loopback addresses
+/// in EndpointSlices, and a real endpoint must be one the gateway can connect to.
+fn host_ipv4() -> String {
+    let out = std::process::Command::new("hostname")
+        .arg("-I")
+        .output()
+        .expect("run `hostname -I`");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .find(|a| a.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| !ip.is_loopback()))
+        .unwrap_or_else(|| panic!("this test needs a non-loopback IPv4 address on the machine (`hostname -I` printed none)"))
+        .to_owned()
+}
+
+/// A Service `name` with port 80 (`ws`) and one EndpointSlice per `(address, port)`.
+async fn service(client: &kube::Client, name: &str, endpoints: &[(&str, u16, bool)]) {
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let svc: Service = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"ports": [{"name": "ws", "port": 80, "targetPort": "ws"}]}
+    }))
+    .expect("service");
+    services
+        .create(&PostParams::default(), &svc)
+        .await
+        .expect("create service");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    for (i, (address, port, ready)) in endpoints.iter().enumerate() {
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": format!("{name}-{i}"), "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [address], "conditions": {"ready": ready}}],
+            "ports": [{"name": "ws", "port": port}]
+        }))
+        .expect("slice");
+        slices
+            .create(&PostParams::default(), &slice)
+            .await
+            .expect("create slice");
+    }
+}
+
+/// Sends one message on a new WebSocket and expects it back.
+async fn echo_through(gate: &Gate, origin: &str) {
+    let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(origin), &[])
+        .await
+        .unwrap_or_else(|code| panic!("refused with {code}"));
+    ws.send(Message::text("ping")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("ok"),
+        Message::text("ping")
+    );
 }
 
 #[tokio::test]
@@ -208,17 +295,282 @@ async fn service_upstreams_resolve_through_endpoint_slices() {
 }
 
 #[tokio::test]
-async fn the_last_snapshot_keeps_serving_when_the_api_server_goes_away() {
+async fn editing_the_allowlist_refuses_the_removed_origin_and_closes_its_connections_1008() {
+    let plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let up = Upstream::start().await;
+    let gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    let other = "https://other.example.test";
+    let mut chat = route("chat", &up.url());
+    chat.spec.origins.allow = vec![APP.into(), other.into()];
+    api.create(&PostParams::default(), &chat)
+        .await
+        .expect("create route");
+    wait_ready(&api, "chat", "True").await;
+    let (mut from_other, _) = connect(gate.proxy, HOST, "/ws", Some(other), &[])
+        .await
+        .expect("other is allowed");
+    let (mut from_app, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("app is allowed");
+
+    let patch = serde_json::json!({"spec": {"origins": {"allow": [APP]}}});
+    api.patch("chat", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("edit allowlist");
+    assert_eq!(close_code(&mut from_other).await.0, 1008);
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(other), &[])
+            .await
+            .err(),
+        Some(403)
+    );
+    from_app.send(Message::text("still")).await.expect("send");
+    assert_eq!(
+        from_app.next().await.expect("reply").expect("ok"),
+        Message::text("still")
+    );
+    let edited = wait_ready(&api, "chat", "True").await;
+    assert_eq!(
+        edited.status.expect("status").observed_generation,
+        edited.metadata.generation
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_route_closes_its_connections_1001_and_answers_404() {
+    let plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let up = Upstream::start().await;
+    let gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    api.create(&PostParams::default(), &route("chat", &up.url()))
+        .await
+        .expect("create route");
+    wait_ready(&api, "chat", "True").await;
+    let (mut live, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    api.delete("chat", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert_eq!(close_code(&mut live).await.0, 1001);
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(404)
+    );
+}
+
+#[tokio::test]
+async fn a_missing_service_is_backend_not_found_until_it_is_created() {
+    let plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let ip = host_ipv4();
+    let up = Upstream::start_on(&ip).await;
+    let gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
+    api.create(
+        &PostParams::default(),
+        &route("chat", "{service: {name: later, port: 80}}"),
+    )
+    .await
+    .expect("create route");
+    let waiting = wait_ready(&api, "chat", "False").await;
+    let refs = condition(&waiting, "ResolvedRefs");
+    assert_eq!(
+        (refs.status.as_str(), refs.reason.as_str()),
+        ("False", "BackendNotFound")
+    );
+    assert!(refs.message.contains("later"), "{}", refs.message);
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(502)
+    );
+
+    service(&client, "later", &[(&ip, up.addr.port(), true)]).await;
+    wait_ready(&api, "chat", "True").await;
+    echo_through(&gate, APP).await;
+}
+
+#[tokio::test]
+async fn service_handshakes_reach_ready_endpoints_and_skip_one_that_refuses() {
+    let plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let ip = host_ipv4();
+    let (mut a, mut b) = (Upstream::start_on(&ip).await, Upstream::start_on(&ip).await);
+    let refusing = std::net::TcpListener::bind((ip.as_str(), 0))
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let gate = controller(&plane, "solo").await;
+    service(
+        &client,
+        "chat",
+        &[
+            (&ip, a.addr.port(), true),
+            (&ip, refusing, true),
+            (&ip, b.addr.port(), true),
+        ],
+    )
+    .await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    api.create(
+        &PostParams::default(),
+        &route("chat", "{service: {name: chat, port: 80}}"),
+    )
+    .await
+    .expect("create route");
+    wait_ready(&api, "chat", "True").await;
+    for _ in 0..30 {
+        echo_through(&gate, APP).await;
+    }
+    let (mut at_a, mut at_b) = (0, 0);
+    while a.seen.try_recv().is_ok() {
+        at_a += 1;
+    }
+    while b.seen.try_recv().is_ok() {
+        at_b += 1;
+    }
+    assert_eq!(at_a + at_b, 30);
+    assert!(at_a > 0 && at_b > 0, "a: {at_a}, b: {at_b}");
+}
+
+#[tokio::test]
+async fn what_cel_cannot_check_is_accepted_false_invalid_with_an_event() {
+    use k8s_openapi::api::events::v1::Event;
+    let plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let up = Upstream::start().await;
+    let _gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
+    // Well-formed for the schema's rules, but not valid punycode: only compile can tell.
+    let mut bad = route("bad", &up.url());
+    bad.spec.origins.allow = vec!["https://xn--a.example.test".into()];
+    api.create(&PostParams::default(), &bad)
+        .await
+        .expect("the API server accepts it");
+    let refused = wait_ready(&api, "bad", "False").await;
+    let accepted = condition(&refused, "Accepted");
+    assert_eq!(accepted.reason, "Invalid");
+    assert!(
+        accepted.message.contains("xn--a.example.test"),
+        "{}",
+        accepted.message
+    );
+
+    let events: Api<Event> = Api::namespaced(client, "default");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let list = events.list(&Default::default()).await.expect("list events");
+        let found = list.items.iter().find(|e| {
+            e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad")
+                && e.reason.as_deref() == Some("Invalid")
+        });
+        if let Some(e) = found {
+            assert_eq!(e.type_.as_deref(), Some("Warning"));
+            assert_eq!(e.note.as_deref(), Some(accepted.message.as_str()));
+            assert_eq!(e.reporting_instance.as_deref(), Some("solo"));
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no Invalid event: {:?}",
+            list.items
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn two_controllers_serve_alike_one_writes_status_and_the_other_takes_over() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let up = Upstream::start().await;
+    let first = controller(&plane, "first").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    let holder = || async {
+        leases
+            .get_opt("wsgate")
+            .await
+            .expect("get lease")
+            .and_then(|l| l.spec?.holder_identity)
+    };
+    first
+        .wait_for(
+            || async { holder().await.as_deref() == Some("first") },
+            "first to lead",
+        )
+        .await;
+    let second = controller(&plane, "second").await;
+
+    let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &route("chat", &up.url()))
+        .await
+        .expect("create route");
+    wait_ready(&api, "chat", "True").await;
+    for gate in [&first, &second] {
+        gate.wait_for(
+            || async { gate.admin_get("/routes").await.1.contains("default") },
+            "the route to be served",
+        )
+        .await;
+        echo_through(gate, APP).await;
+        assert_eq!(
+            connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
+                .await
+                .err(),
+            Some(403)
+        );
+    }
+    let writes = r#"wsgate_status_writes_total{result="ok"}"#;
+    assert_eq!(first.metric("wsgate_leader").await, Some(1.0));
+    assert_eq!(second.metric("wsgate_leader").await, Some(0.0));
+    assert!(first.metric(writes).await.unwrap_or(0.0) >= 1.0);
+    assert_eq!(
+        second.metric(writes).await,
+        None,
+        "the follower wrote status"
+    );
+
+    // The leader stops: the other takes the Lease and writes the status of what changes next.
+    first.terminate();
+    second
+        .wait_for(
+            || async { holder().await.as_deref() == Some("second") },
+            "second to take over",
+        )
+        .await;
+    second
+        .wait_for(
+            || async { second.metric("wsgate_leader").await == Some(1.0) },
+            "second to know it leads",
+        )
+        .await;
+    let mut copy = route("copy", &up.url());
+    copy.spec.path.value = "/other".into();
+    api.create(&PostParams::default(), &copy)
+        .await
+        .expect("create copy");
+    wait_ready(&api, "copy", "True").await;
+    assert!(second.metric(writes).await.unwrap_or(0.0) >= 1.0);
+}
+
+#[tokio::test]
+async fn an_api_server_outage_drops_nothing_and_the_controller_resyncs_after() {
     let mut plane = ControlPlane::start();
     let client = plane.client().await;
     plane.install_crd(&client).await;
     let up = Upstream::start().await;
-    let gate = Gate::launch(
-        &["controller".into()],
-        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
-    )
-    .await;
-    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    let gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
     api.create(&PostParams::default(), &route("chat", &up.url()))
         .await
         .expect("create route");
@@ -233,20 +585,13 @@ async fn the_last_snapshot_keeps_serving_when_the_api_server_goes_away() {
         "the controller to notice",
     )
     .await;
-
+    // Live and new connections are served from the last snapshot, origins still enforced.
     live.send(Message::text("still here")).await.expect("send");
     assert_eq!(
         live.next().await.expect("reply").expect("ok"),
         Message::text("still here")
     );
-    let (mut fresh, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
-        .await
-        .expect("new handshakes too");
-    fresh.send(Message::text("new")).await.expect("send");
-    assert_eq!(
-        fresh.next().await.expect("reply").expect("ok"),
-        Message::text("new")
-    );
+    echo_through(&gate, APP).await;
     assert_eq!(
         connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
             .await
@@ -254,4 +599,25 @@ async fn the_last_snapshot_keeps_serving_when_the_api_server_goes_away() {
         Some(403)
     );
     assert_eq!(gate.admin_get("/readyz").await.0, 200);
+
+    plane.start_apiserver();
+    // Changed before the controller's watches are back: it must catch up from a fresh list.
+    let client = plane.client().await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    let other = "https://other.example.test";
+    let patch = serde_json::json!({"spec": {"origins": {"allow": [other]}}});
+    api.patch("chat", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("edit allowlist");
+    assert_eq!(close_code(&mut live).await.0, 1008);
+    echo_through(&gate, other).await;
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(403)
+    );
+    let resynced = wait_ready(&api, "chat", "True").await;
+    assert_eq!(
+        resynced.status.expect("status").observed_generation,
+        resynced.metadata.generation
+    );
 }

@@ -144,6 +144,22 @@ impl Gate {
         gate
     }
 
+    /// Sends SIGTERM, as Kubernetes does to a pod it stops.
+    pub fn terminate(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    /// The value of one sample on `/metrics`, e.g. `wsgate_leader`, if present.
+    pub async fn metric(&self, sample: &str) -> Option<f64> {
+        let (_, text) = self.admin_get("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+    }
+
     /// Everything the process logged so far.
     pub fn log(&self) -> String {
         self.log.lock().expect("log").clone()
@@ -237,9 +253,12 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind upstream");
+        Upstream::start_on("127.0.0.1").await
+    }
+
+    /// An echo upstream on a free port of `ip`.
+    pub async fn start_on(ip: &str) -> Upstream {
+        let listener = TcpListener::bind((ip, 0)).await.expect("bind upstream");
         let addr = listener.local_addr().expect("addr");
         let (tx, seen) = mpsc::unbounded_channel();
         tokio::spawn(async move {
