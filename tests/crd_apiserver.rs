@@ -64,6 +64,41 @@ async fn crd_installs_stores_defaults_and_refuses_invalid_routes_with_its_messag
             "  hostnames: [a.example.com]\n  upstream: {url: \"http://a:1\"}\n",
             "url must be `ws://host:port[/path]`",
         ),
+        (
+            "host-case",
+            "  hostnames: [Chat.Example.com]\n  upstream: {url: \"ws://a:1\"}\n",
+            "each hostname must be a lowercase DNS name",
+        ),
+        (
+            "host-twice",
+            "  hostnames: [a.example.com, a.example.com]\n  upstream: {url: \"ws://a:1\"}\n",
+            "hostnames must be unique",
+        ),
+        (
+            "subprotocol",
+            "  hostnames: [a.example.com]\n  subprotocols: [\"chat v2\"]\n  upstream: {url: \"ws://a:1\"}\n",
+            "each subprotocol must be an HTTP token",
+        ),
+        (
+            "path-slash",
+            "  hostnames: [a.example.com]\n  path: {value: ws}\n  upstream: {url: \"ws://a:1\"}\n",
+            "path value must start with `/`",
+        ),
+        (
+            "path-query",
+            "  hostnames: [a.example.com]\n  path: {value: \"/ws?x=1\"}\n  upstream: {url: \"ws://a:1\"}\n",
+            "drop the query",
+        ),
+        (
+            "origin-wild",
+            "  hostnames: [a.example.com]\n  origins: {allow: [\"https://*.com\"]}\n  upstream: {url: \"ws://a:1\"}\n",
+            "a wildcard origin needs at least two labels",
+        ),
+        (
+            "service-name",
+            "  hostnames: [a.example.com]\n  upstream: {service: {name: Chat_Backend, port: 80}}\n",
+            "service name must be a Service's name",
+        ),
     ] {
         let err = routes
             .create(&PostParams::default(), &route(name, spec))
