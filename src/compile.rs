@@ -101,7 +101,7 @@ pub enum BackendProblem {
 
 /// The backends routes may reference by `service`, resolved to addresses: from
 /// `--service` mappings in standalone mode, from Services and EndpointSlices in a cluster.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backends {
     /// Per (namespace, name): per service port (`None`: any port), the ready addresses.
     services: HashMap<(String, String), HashMap<Option<u16>, Vec<Target>>>,
@@ -127,26 +127,36 @@ impl Backends {
             not_found_hint: "create the Service in the route's namespace, or fix the name or port"
                 .to_owned(),
         };
+        let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for slice in slices {
+            let service = slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"));
+            if let (Some(namespace), Some(service)) = (&slice.metadata.namespace, service) {
+                slices_of
+                    .entry((namespace.as_str(), service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
         for svc in services {
             let (Some(namespace), Some(name)) = (&svc.metadata.namespace, &svc.metadata.name)
             else {
                 continue;
             };
+            let own_slices = slices_of
+                .get(&(namespace.as_str(), name.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
             let ports = svc.spec.as_ref().and_then(|s| s.ports.as_ref());
             for port in ports.into_iter().flatten() {
                 let Ok(number) = u16::try_from(port.port) else {
                     continue;
                 };
-                let targets = slices
+                let targets = own_slices
                     .iter()
-                    .filter(|s| {
-                        s.metadata.namespace.as_ref() == Some(namespace)
-                            && s.metadata
-                                .labels
-                                .as_ref()
-                                .and_then(|l| l.get("kubernetes.io/service-name"))
-                                == Some(name)
-                    })
                     .flat_map(|slice| ready_targets(slice, port.name.as_deref()))
                     .collect();
                 backends.insert(namespace, name, Some(number), targets);

@@ -99,19 +99,29 @@ impl FileRoutes {
 
     /// Re-reads the files and publishes a new snapshot if anything changed.
     pub fn reload(&mut self) {
+        let started = std::time::Instant::now();
         match self.source.reload(Timestamp::now()) {
-            Ok(()) => self.publish(),
+            Ok(()) => {
+                if self.publish() {
+                    self.gateway
+                        .metrics()
+                        .snapshot_apply_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                }
+            }
             Err(e) => tracing::error!(error = %e, "reload failed; the last snapshot keeps serving"),
         }
     }
 
-    fn publish(&mut self) {
+    /// Compiles and publishes what the files declare, unless it is what already serves.
+    /// Returns whether a snapshot was published.
+    fn publish(&mut self) -> bool {
         let declared = self.source.routes();
         let problems = self.source.problems();
         let routes: Vec<_> = declared.into_iter().map(|r| r.route).collect();
         let fingerprint = serde_json::to_string(&(&routes, &problems)).unwrap_or_default();
         if self.version > 0 && fingerprint == self.fingerprint {
-            return;
+            return false;
         }
         self.fingerprint = fingerprint;
         for p in &problems {
@@ -132,6 +142,7 @@ impl FileRoutes {
             "snapshot applied"
         );
         self.gateway.publish(snapshot);
+        true
     }
 
     fn log_changes(&mut self, verdicts: &[Verdict]) {

@@ -621,3 +621,85 @@ async fn an_api_server_outage_drops_nothing_and_the_controller_resyncs_after() {
         resynced.metadata.generation
     );
 }
+
+/// The ClusterRole the README lists for the controller, optionally without EndpointSlices.
+fn cluster_role(with_slices: bool) -> k8s_openapi::api::rbac::v1::ClusterRole {
+    let mut rules = vec![
+        serde_json::json!({"apiGroups": ["wsgate.dev"], "resources": ["websocketroutes"], "verbs": ["get", "list", "watch"]}),
+        serde_json::json!({"apiGroups": ["wsgate.dev"], "resources": ["websocketroutes/status"], "verbs": ["patch"]}),
+        serde_json::json!({"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]}),
+        serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]}),
+        serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
+    ];
+    if with_slices {
+        rules.push(serde_json::json!({"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}));
+    }
+    serde_json::from_value(serde_json::json!({"metadata": {"name": "wsgate"}, "rules": rules}))
+        .expect("cluster role")
+}
+
+#[tokio::test]
+async fn readyz_waits_for_every_initial_list_and_the_documented_rbac_suffices() {
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let up = Upstream::start().await;
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    roles
+        .create(&PostParams::default(), &cluster_role(false))
+        .await
+        .expect("create role");
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "wsgate"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "wsgate"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "wsgate"}]
+    }))
+    .expect("binding");
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create binding");
+    let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
+    api.create(&PostParams::default(), &route("chat", &up.url()))
+        .await
+        .expect("create route");
+
+    // Routes and Services can be listed, EndpointSlices cannot: no snapshot, not ready.
+    let kubeconfig = plane.kubeconfig_wsgate();
+    let gate = Gate::spawn(
+        &["controller".into()],
+        &[("KUBECONFIG", kubeconfig.as_os_str())],
+    )
+    .await;
+    gate.wait_for(
+        || async { gate.log().contains("endpointslices") && gate.log().contains("forbidden") },
+        "the EndpointSlice watch to be refused",
+    )
+    .await;
+    assert_eq!(gate.admin_get("/readyz").await.0, 503);
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(503)
+    );
+
+    // Granted: the list completes, the first snapshot serves, status is written.
+    let mut role = cluster_role(true);
+    role.metadata.resource_version = roles
+        .get("wsgate")
+        .await
+        .expect("get role")
+        .metadata
+        .resource_version;
+    roles
+        .replace("wsgate", &PostParams::default(), &role)
+        .await
+        .expect("grant endpointslices");
+    gate.wait_for(
+        || async { gate.admin_get("/readyz").await.0 == 200 },
+        "readyz once every list is in",
+    )
+    .await;
+    echo_through(&gate, APP).await;
+    wait_ready(&api, "chat", "True").await;
+}

@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use futures_util::{FutureExt, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
@@ -160,7 +160,11 @@ impl KubeRoutes {
             }
             let routes = owned(&self.routes);
             referenced = services_named_by(&routes);
-            let backends = Backends::from_cluster(&owned(&services), &owned(&slices));
+            // Only what routes name goes into the compile step.
+            let named = |o: &dyn Watched| matches!(o.change(), Change::Backend(service) if referenced.contains(&service));
+            let services = owned_if(&services, |s| named(s));
+            let slices = owned_if(&slices, |s| named(s));
+            let backends = Backends::from_cluster(&services, &slices);
             version += 1;
             self.gateway.publish(Snapshot::new(
                 version,
@@ -177,8 +181,8 @@ impl KubeRoutes {
     }
 }
 
-/// A reflector over `events` with `managedFields` dropped (they are most of an object's
-/// size and never read), each event turned into the `Change` it means.
+/// A reflector over `events` that keeps only what wsgate reads of each object, each event
+/// turned into the `Change` it means.
 fn watched<K, S>(
     writer: reflector::store::Writer<K>,
     events: S,
@@ -188,37 +192,53 @@ where
     K: Resource<DynamicType = ()> + Clone + Watched + 'static,
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
-    reflector::reflector(
-        writer,
-        events
-            .default_backoff()
-            .modify(|o: &mut K| o.meta_mut().managed_fields = None),
+    reflector::reflector(writer, events.default_backoff().modify(K::trim)).map(
+        move |event| match event {
+            Ok(Event::InitDone) => Change::Listed(index),
+            Ok(Event::Apply(o) | Event::Delete(o)) => o.change(),
+            Ok(Event::Init | Event::InitApply(_)) => Change::Nothing,
+            Err(e) => {
+                tracing::warn!(error = %e, "watch failed; retrying, the last snapshot keeps serving");
+                Change::Nothing
+            }
+        },
     )
-    .map(move |event| match event {
-        Ok(Event::InitDone) => Change::Listed(index),
-        Ok(Event::Apply(o) | Event::Delete(o)) => o.change(),
-        Ok(Event::Init | Event::InitApply(_)) => Change::Nothing,
-        Err(e) => {
-            tracing::warn!(error = %e, "watch failed; retrying, the last snapshot keeps serving");
-            Change::Nothing
-        }
-    })
 }
 
-/// What a change to one watched object can affect.
+/// What wsgate needs of a watched kind.
 trait Watched {
+    /// What a change to this object can affect.
     fn change(&self) -> Change;
+    /// Drops every field the compile step and the status writer never read (managed
+    /// fields and `last-applied-configuration` are most of an object's size).
+    fn trim(&mut self);
 }
 
 impl Watched for WebSocketRoute {
     fn change(&self) -> Change {
         Change::Route
     }
+
+    fn trim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+    }
 }
 
 impl Watched for Service {
     fn change(&self) -> Change {
         Change::Backend((self.namespace().unwrap_or_default(), self.name_any()))
+    }
+
+    fn trim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        self.metadata.labels = None;
+        self.spec = self.spec.take().map(|spec| ServiceSpec {
+            ports: spec.ports,
+            ..ServiceSpec::default()
+        });
+        self.status = None;
     }
 }
 
@@ -229,6 +249,21 @@ impl Watched for EndpointSlice {
                 Change::Backend((self.namespace().unwrap_or_default(), service.clone()))
             }
             None => Change::Nothing,
+        }
+    }
+
+    fn trim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        if let Some(labels) = &mut self.metadata.labels {
+            labels.retain(|k, _| k == SERVICE_NAME_LABEL);
+        }
+        for endpoint in &mut self.endpoints {
+            *endpoint = Endpoint {
+                addresses: std::mem::take(&mut endpoint.addresses),
+                conditions: endpoint.conditions.take(),
+                ..Endpoint::default()
+            };
         }
     }
 }
@@ -270,5 +305,92 @@ fn owned<K: Clone + kube::runtime::reflector::Lookup>(store: &Store<K>) -> Vec<K
 where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
-    store.state().iter().map(|k| (**k).clone()).collect()
+    owned_if(store, |_| true)
+}
+
+/// Copies of the objects in `store` that `keep` selects.
+fn owned_if<K: Clone + kube::runtime::reflector::Lookup>(
+    store: &Store<K>,
+    keep: impl Fn(&K) -> bool,
+) -> Vec<K>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    store
+        .state()
+        .iter()
+        .filter(|k| keep(k))
+        .map(|k| (**k).clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trimmed_backends_keep_what_compile_reads() {
+        let service: Service = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "chat", "namespace": "apps", "annotations": {"a": "b"},
+                         "managedFields": [{"manager": "kubectl"}]},
+            "spec": {"ports": [{"name": "ws", "port": 80}], "selector": {"app": "chat"},
+                     "clusterIP": "10.0.0.9"},
+        }))
+        .expect("service");
+        let slice: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "chat-1", "namespace": "apps",
+                         "labels": {SERVICE_NAME_LABEL: "chat", "other": "x"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.1.0.4"], "conditions": {"ready": true},
+                           "nodeName": "n1", "zone": "z", "targetRef": {"kind": "Pod", "name": "p"}}],
+            "ports": [{"name": "ws", "port": 9000}],
+        }))
+        .expect("slice");
+        let before =
+            Backends::from_cluster(std::slice::from_ref(&service), std::slice::from_ref(&slice));
+        let (mut service, mut slice) = (service, slice);
+        service.trim();
+        slice.trim();
+        let after =
+            Backends::from_cluster(std::slice::from_ref(&service), std::slice::from_ref(&slice));
+        assert_eq!(after, before);
+        assert_ne!(
+            after,
+            Backends::from_cluster(&[], &[]),
+            "resolves something"
+        );
+        assert!(
+            service.metadata.annotations.is_none() && service.metadata.managed_fields.is_none()
+        );
+        assert_eq!(
+            service.spec.as_ref().and_then(|s| s.cluster_ip.as_ref()),
+            None
+        );
+        assert_eq!(slice.endpoints[0].node_name, None);
+        assert_eq!(slice.labels().len(), 1);
+        assert_eq!(
+            slice.change(),
+            Change::Backend(("apps".into(), "chat".into()))
+        );
+    }
+
+    #[test]
+    fn only_services_that_routes_name_are_referenced() {
+        let route = |upstream: serde_json::Value| -> WebSocketRoute {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "wsgate.dev/v1alpha1", "kind": "WebSocketRoute",
+                "metadata": {"name": "r", "namespace": "apps"},
+                "spec": {"hostnames": ["a.example.com"], "upstream": upstream},
+            }))
+            .expect("route")
+        };
+        let named = services_named_by(&[
+            route(serde_json::json!({"service": {"name": "chat", "port": 80}})),
+            route(serde_json::json!({"url": "ws://10.0.0.1:80"})),
+        ]);
+        assert_eq!(
+            named,
+            HashSet::from([("apps".to_owned(), "chat".to_owned())])
+        );
+    }
 }

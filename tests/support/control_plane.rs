@@ -128,7 +128,7 @@ fn pki(dir: &Path) {
     openssl(&["rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub"]);
     std::fs::write(
         dir.join("tokens.csv"),
-        "admin-token,admin,admin-uid,\"system:masters\"\n",
+        "admin-token,admin,admin-uid,\"system:masters\"\nwsgate-token,wsgate,wsgate-uid\n",
     )
     .expect("tokens");
 }
@@ -266,6 +266,15 @@ impl ControlPlane {
     pub fn stop_apiserver(&mut self) {
         let _ = self.apiserver.kill();
         let _ = self.apiserver.wait();
+    }
+
+    /// A kubeconfig for the user `wsgate`, who may do only what RBAC grants it.
+    pub fn kubeconfig_wsgate(&self) -> PathBuf {
+        let admin = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let path = self.dir.path().join("kubeconfig-wsgate");
+        std::fs::write(&path, admin.replace("admin-token", "wsgate-token"))
+            .expect("write kubeconfig");
+        path
     }
 
     /// A client for the admin identity.

@@ -72,6 +72,17 @@ impl Gate {
     /// Starts `wsgate ARGS` on ephemeral loopback ports with `env` set, and waits for
     /// `/readyz`.
     pub async fn launch(args: &[std::ffi::OsString], env: &[(&str, &std::ffi::OsStr)]) -> Gate {
+        let gate = Gate::spawn(args, env).await;
+        gate.wait_for(
+            || async { gate.admin_get("/readyz").await.0 == 200 },
+            "readyz",
+        )
+        .await;
+        gate
+    }
+
+    /// Starts wsgate and returns once its listeners are open, ready or not.
+    pub async fn spawn(args: &[std::ffi::OsString], env: &[(&str, &std::ffi::OsStr)]) -> Gate {
         let mut child = Command::new(bin())
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
@@ -127,20 +138,14 @@ impl Gate {
             let _ = child.kill();
             panic!("wsgate did not start: {}", log.lock().expect("log"));
         };
-        let gate = Gate {
+        Gate {
             child,
             proxy,
             admin,
             log,
             _dir: None,
             routes_dir: PathBuf::new(),
-        };
-        gate.wait_for(
-            || async { gate.admin_get("/readyz").await.0 == 200 },
-            "readyz",
-        )
-        .await;
-        gate
+        }
     }
 
     /// Sends SIGTERM, as Kubernetes does to a pod it stops.
