@@ -62,8 +62,8 @@ async fn main() {
         "reconfiguration latency: `kubectl apply` returned -> first handshake with the new policy"
     );
     println!(
-        "{:>8} {:>10} {:>10} {:>10} {:>10}",
-        "routes", "min", "median", "p90", "max"
+        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>21}",
+        "routes", "min", "median", "p90", "max", "compile+swap (mean)"
     );
     let mut in_cluster = 0;
     for total in [1, 1000] {
@@ -95,6 +95,9 @@ async fn main() {
         )
         .await;
 
+        let apply_sum = "wsgate_snapshot_apply_seconds_sum";
+        let apply_count = "wsgate_snapshot_apply_seconds_count";
+        let (sum0, count0) = (gate.metric(apply_sum).await, gate.metric(apply_count).await);
         let mut samples = Vec::with_capacity(CHANGES);
         for change in 0..=CHANGES {
             let origin = format!("https://o{total}-{change}.example.test");
@@ -130,15 +133,19 @@ async fn main() {
                 samples.push(applied.elapsed());
             }
         }
+        let (sum1, count1) = (gate.metric(apply_sum).await, gate.metric(apply_count).await);
+        let applies = count1.unwrap_or(0.0) - count0.unwrap_or(0.0);
+        let compile_ms = (sum1.unwrap_or(0.0) - sum0.unwrap_or(0.0)) * 1000.0 / applies.max(1.0);
         samples.sort();
         let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
         println!(
-            "{:>8} {:>10.1?} {:>10.1?} {:>10.1?} {:>10.1?}",
+            "{:>8} {:>10.1?} {:>10.1?} {:>10.1?} {:>10.1?} {:>19.2}ms",
             total,
             samples[0],
             at(0.5),
             at(0.9),
-            samples[samples.len() - 1]
+            samples[samples.len() - 1],
+            compile_ms
         );
     }
 }
