@@ -56,9 +56,10 @@ pub struct StandaloneArgs {
 /// Flags of `wsgate controller`.
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WSGATE_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Watch only these namespaces (repeatable, or comma-separated; default: all
+    /// namespaces). Each kind is then watched once per namespace.
+    #[arg(long = "namespace", env = "WSGATE_NAMESPACE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     /// Name of the Lease whose holder writes route status and Events.
     #[arg(long, env = "WSGATE_LEASE_NAME", default_value = "wsgate")]
     pub lease_name: String,

@@ -48,8 +48,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         .await
         .map_err(ControllerError::Config)?;
     let gateway = Gateway::new(args.serve.proxy_config(), Metrics::new());
-    let routes =
-        KubeRoutes::connect(client.clone(), args.namespace.as_deref(), gateway.clone()).await?;
+    let routes = KubeRoutes::connect(client.clone(), &args.namespaces, gateway.clone()).await?;
     let identity = args.identity();
     let lease = LeaseSettings {
         name: args.lease_name.clone(),

@@ -703,3 +703,54 @@ async fn readyz_waits_for_every_initial_list_and_the_documented_rbac_suffices() 
     echo_through(&gate, APP).await;
     wait_ready(&api, "chat", "True").await;
 }
+
+#[tokio::test]
+async fn watching_some_namespaces_serves_their_routes_and_ignores_the_rest() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let plane = ControlPlane::start();
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let up = Upstream::start().await;
+    for ns in ["red", "blue", "green"] {
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("create namespace");
+    }
+    let gate = Gate::launch(
+        &["controller".into(), "--namespace".into(), "red,blue".into()],
+        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
+    )
+    .await;
+    for (ns, path) in [("red", "/red"), ("blue", "/blue"), ("green", "/green")] {
+        let mut r = route("chat", &up.url());
+        r.spec.path.value = path.into();
+        Api::<WebSocketRoute>::namespaced(client.clone(), ns)
+            .create(&PostParams::default(), &r)
+            .await
+            .expect("create route");
+    }
+    for ns in ["red", "blue"] {
+        wait_ready(&Api::namespaced(client.clone(), ns), "chat", "True").await;
+    }
+    for path in ["/red", "/blue"] {
+        let (mut ws, _) = connect(gate.proxy, HOST, path, Some(APP), &[])
+            .await
+            .unwrap_or_else(|code| panic!("{path}: {code}"));
+        ws.send(Message::text("hi")).await.expect("send");
+        assert_eq!(
+            ws.next().await.expect("reply").expect("ok"),
+            Message::text("hi")
+        );
+    }
+    assert_eq!(
+        connect(gate.proxy, HOST, "/green", Some(APP), &[])
+            .await
+            .err(),
+        Some(404)
+    );
+    let green: Api<WebSocketRoute> = Api::namespaced(client, "green");
+    assert_eq!(green.get("chat").await.expect("get").status, None);
+}

@@ -12,7 +12,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource};
 use tokio::sync::watch;
 
@@ -21,6 +21,7 @@ use crate::compile::{Verdict, condition, reason};
 use crate::metrics::{Metrics, WriteLabels};
 use crate::proxy::Gateway;
 use crate::route::RouteKey;
+use crate::source::kube::Stores;
 
 /// The field manager that owns the status wsgate writes.
 pub const FIELD_MANAGER: &str = "wsgate";
@@ -36,7 +37,7 @@ const ANY_ORIGIN: &str = "AnyOrigin";
 /// Writes status and Events for the routes of the active snapshot.
 pub struct StatusReporter {
     client: Client,
-    routes: Store<WebSocketRoute>,
+    routes: Stores<WebSocketRoute>,
     gateway: Arc<Gateway>,
     recorder: Recorder,
     /// What this replica last wrote per route, so a second write in a row compares against
@@ -66,7 +67,7 @@ impl StatusReporter {
     /// gateway's active snapshot; Events name `identity` as the reporting instance.
     pub fn new(
         client: Client,
-        routes: Store<WebSocketRoute>,
+        routes: Stores<WebSocketRoute>,
         gateway: Arc<Gateway>,
         identity: &str,
     ) -> StatusReporter {

@@ -7,15 +7,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::api::{UpstreamSpec, WebSocketRoute};
@@ -37,13 +39,42 @@ pub enum KubeSourceError {
     NoCrd(kube::Error),
 }
 
-/// Watches routes, Services and EndpointSlices in `namespace` (all namespaces when `None`).
+/// Watches routes, Services and EndpointSlices in the given namespaces (or all).
 pub struct KubeRoutes {
-    client: Client,
-    namespace: Option<String>,
     gateway: Arc<Gateway>,
-    routes: Store<WebSocketRoute>,
-    routes_writer: reflector::store::Writer<WebSocketRoute>,
+    routes: Stores<WebSocketRoute>,
+    services: Stores<Service>,
+    slices: Stores<EndpointSlice>,
+    /// Every watch's events, merged; `Listed(i)` counts up to `watches`.
+    events: BoxStream<'static, Change>,
+    watches: usize,
+}
+
+/// One kind's objects as the watches last saw them: one store per watched namespace, since
+/// each watch replaces its whole store when it relists.
+pub struct Stores<K: reflector::Lookup<DynamicType = ()> + Clone + 'static>(Vec<Store<K>>);
+
+impl<K: reflector::Lookup<DynamicType = ()> + Clone + 'static> Clone for Stores<K> {
+    fn clone(&self) -> Self {
+        Stores(self.0.clone())
+    }
+}
+
+impl<K: reflector::Lookup<DynamicType = ()> + Clone + 'static> Stores<K> {
+    /// The object `reference` names, if a watch has it.
+    pub fn get(&self, reference: &ObjectRef<K>) -> Option<Arc<K>> {
+        self.0.iter().find_map(|s| s.get(reference))
+    }
+
+    /// Copies of the objects `keep` selects.
+    fn owned_if(&self, keep: impl Fn(&K) -> bool) -> Vec<K> {
+        self.0
+            .iter()
+            .flat_map(|s| s.state())
+            .filter(|k| keep(k))
+            .map(|k| (*k).clone())
+            .collect()
+    }
 }
 
 /// A Service's namespace and name.
@@ -66,41 +97,46 @@ enum Change {
 }
 
 impl KubeRoutes {
-    /// Checks that routes can be listed (the CRD is installed) before serving.
+    /// Checks that routes can be listed in every namespace (the CRD is installed, RBAC
+    /// allows it) and sets up the watches; `namespaces` empty means all namespaces.
     pub async fn connect(
         client: Client,
-        namespace: Option<&str>,
+        namespaces: &[String],
         gateway: Arc<Gateway>,
     ) -> Result<KubeRoutes, KubeSourceError> {
-        let (routes, routes_writer) = reflector::store();
-        let source = KubeRoutes {
-            client,
-            namespace: namespace.map(str::to_owned),
+        let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
+            vec![None]
+        } else {
+            namespaces.iter().map(|n| Some(n.as_str())).collect()
+        };
+        for scope in &scopes {
+            api::<WebSocketRoute>(&client, *scope)
+                .list(&ListParams::default().limit(1))
+                .await
+                .map_err(KubeSourceError::NoCrd)?;
+        }
+        let n = scopes.len();
+        let (routes, route_events) = watch_kind(&client, &scopes, 0);
+        let (services, service_events) = watch_kind(&client, &scopes, n);
+        let (slices, slice_events) = watch_kind(&client, &scopes, 2 * n);
+        let events = futures_util::stream::select(
+            futures_util::stream::select(route_events, service_events),
+            slice_events,
+        )
+        .boxed();
+        Ok(KubeRoutes {
             gateway,
             routes,
-            routes_writer,
-        };
-        source
-            .api::<WebSocketRoute>()
-            .list(&ListParams::default().limit(1))
-            .await
-            .map_err(KubeSourceError::NoCrd)?;
-        Ok(source)
+            services,
+            slices,
+            events,
+            watches: 3 * n,
+        })
     }
 
-    /// The routes as last seen by the watch (status included), for the status writer.
-    pub fn store(&self) -> Store<WebSocketRoute> {
+    /// The routes as last seen by the watches (status included), for the status writer.
+    pub fn store(&self) -> Stores<WebSocketRoute> {
         self.routes.clone()
-    }
-
-    fn api<K>(&self) -> Api<K>
-    where
-        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
-    {
-        match &self.namespace {
-            Some(ns) => Api::namespaced(self.client.clone(), ns),
-            None => Api::all(self.client.clone()),
-        }
     }
 
     /// Runs until the watch streams end: the first snapshot is published once every initial
@@ -108,31 +144,15 @@ impl KubeRoutes {
     /// version on `published`. Watch errors are retried with backoff; the last snapshot keeps
     /// serving meanwhile.
     pub async fn run(self, published: watch::Sender<u64>) {
-        let config = watcher::Config::default();
-        let (route_api, service_api, slice_api) = (
-            self.api::<WebSocketRoute>(),
-            self.api::<Service>(),
-            self.api::<EndpointSlice>(),
-        );
-        let (services, services_writer) = reflector::store();
-        let (slices, slices_writer) = reflector::store();
-        let route_events = watched(
-            self.routes_writer,
-            watcher::watcher(route_api, config.clone()),
-            0,
-        );
-        let service_events = watched(
-            services_writer,
-            watcher::watcher(service_api, config.clone()),
-            1,
-        );
-        let slice_events = watched(slices_writer, watcher::watcher(slice_api, config), 2);
-        let events = futures_util::stream::select(
-            futures_util::stream::select(route_events, service_events),
-            slice_events,
-        );
-        futures_util::pin_mut!(events);
-        let mut listed = [false; 3];
+        let KubeRoutes {
+            gateway,
+            routes: route_stores,
+            services,
+            slices,
+            mut events,
+            watches,
+        } = self;
+        let mut listed = vec![false; watches];
         let mut generations: HashMap<RouteKey, RouteVersion> = HashMap::new();
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
         let mut version = 0;
@@ -150,7 +170,7 @@ impl KubeRoutes {
                         listed[i] = true;
                         relevant = true;
                     }
-                    Change::Route => relevant |= routes_changed(&self.routes, &mut generations),
+                    Change::Route => relevant |= routes_changed(&route_stores, &mut generations),
                     Change::Backend(service) => relevant |= referenced.contains(&service),
                     Change::Nothing => {}
                 }
@@ -158,20 +178,21 @@ impl KubeRoutes {
             if !relevant || !listed.iter().all(|l| *l) {
                 continue;
             }
-            let routes = owned(&self.routes);
+            let routes = route_stores.owned_if(|_| true);
             referenced = services_named_by(&routes);
             // Only what routes name goes into the compile step.
             let named = |o: &dyn Watched| matches!(o.change(), Change::Backend(service) if referenced.contains(&service));
-            let services = owned_if(&services, |s| named(s));
-            let slices = owned_if(&slices, |s| named(s));
-            let backends = Backends::from_cluster(&services, &slices);
+            let backends = Backends::from_cluster(
+                &services.owned_if(|s| named(s)),
+                &slices.owned_if(|s| named(s)),
+            );
             version += 1;
-            self.gateway.publish(Snapshot::new(
+            gateway.publish(Snapshot::new(
                 version,
                 compile(&routes, &backends),
                 Vec::new(),
             ));
-            self.gateway
+            gateway
                 .metrics()
                 .snapshot_apply_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -179,6 +200,45 @@ impl KubeRoutes {
             published.send_replace(version);
         }
     }
+}
+
+/// An `Api` for one namespace, or all of them.
+fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// One watch of kind `K` per scope, each into its own store; their `Listed` indexes start
+/// at `first`.
+fn watch_kind<K>(
+    client: &Client,
+    scopes: &[Option<&str>],
+    first: usize,
+) -> (Stores<K>, impl Stream<Item = Change> + Send + 'static)
+where
+    K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + Watched
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let mut stores = Vec::new();
+    let mut streams = Vec::new();
+    for (i, scope) in scopes.iter().enumerate() {
+        let (store, writer) = reflector::store();
+        stores.push(store);
+        let events = watcher::watcher(api::<K>(client, *scope), watcher::Config::default());
+        streams.push(watched(writer, events, first + i).boxed());
+    }
+    (Stores(stores), futures_util::stream::select_all(streams))
 }
 
 /// A reflector over `events` that keeps only what wsgate reads of each object, each event
@@ -271,13 +331,14 @@ impl Watched for EndpointSlice {
 /// Whether the set of routes or any route's spec differs from `generations`, which it then
 /// records. Status writes change neither, so they do not recompile.
 fn routes_changed(
-    store: &Store<WebSocketRoute>,
+    stores: &Stores<WebSocketRoute>,
     generations: &mut HashMap<RouteKey, RouteVersion>,
 ) -> bool {
-    let now: HashMap<RouteKey, RouteVersion> = store
-        .state()
+    let now: HashMap<RouteKey, RouteVersion> = stores
+        .0
         .iter()
-        .map(|r| (key_of(r), (r.metadata.uid.clone(), r.metadata.generation)))
+        .flat_map(|s| s.state())
+        .map(|r| (key_of(&r), (r.metadata.uid.clone(), r.metadata.generation)))
         .collect();
     let changed = now != *generations;
     *generations = now;
@@ -298,29 +359,6 @@ fn services_named_by(routes: &[WebSocketRoute]) -> HashSet<ServiceKey> {
             };
             Some((r.namespace().unwrap_or_default(), service.name.clone()))
         })
-        .collect()
-}
-
-fn owned<K: Clone + kube::runtime::reflector::Lookup>(store: &Store<K>) -> Vec<K>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    owned_if(store, |_| true)
-}
-
-/// Copies of the objects in `store` that `keep` selects.
-fn owned_if<K: Clone + kube::runtime::reflector::Lookup>(
-    store: &Store<K>,
-    keep: impl Fn(&K) -> bool,
-) -> Vec<K>
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    store
-        .state()
-        .iter()
-        .filter(|k| keep(k))
-        .map(|k| (**k).clone())
         .collect()
 }
 
