@@ -40,9 +40,10 @@ pub struct StatusReporter {
     routes: Stores<WebSocketRoute>,
     gateway: Arc<Gateway>,
     recorder: Recorder,
-    /// What this replica last wrote per route, so a second write in a row compares against
+    /// What this replica last wrote per route (and for which object uid, as a route may be
+    /// deleted and recreated under its name), so a second write in a row compares against
     /// it even before the watch has shown the first one.
-    written: HashMap<RouteKey, Shown>,
+    written: HashMap<RouteKey, (Option<String>, Shown)>,
 }
 
 /// A route's status as written.
@@ -138,7 +139,13 @@ impl StatusReporter {
                 generation: s.observed_generation,
                 conditions: s.conditions.clone(),
             });
-            let previous = self.written.get(&verdict.key).or(stored.as_ref());
+            let uid = route.metadata.uid.clone();
+            let previous = self
+                .written
+                .get(&verdict.key)
+                .filter(|(written_uid, _)| *written_uid == uid)
+                .map(|(_, shown)| shown)
+                .or(stored.as_ref());
             let shown = Shown {
                 generation: verdict.generation,
                 conditions: crate::status::conditions(
@@ -152,7 +159,7 @@ impl StatusReporter {
             let events = events_for(verdict, previous);
             let patch = stored.as_ref() != Some(&shown);
             if !patch && events.is_empty() {
-                self.written.insert(verdict.key.clone(), shown);
+                self.written.insert(verdict.key.clone(), (uid, shown));
                 continue;
             }
             writes.push(Write {
@@ -165,15 +172,16 @@ impl StatusReporter {
         }
 
         let metrics = self.gateway.metrics();
-        let results: Vec<(RouteKey, Shown, bool)> = futures_util::stream::iter(writes)
+        let results: Vec<(Write, bool)> = futures_util::stream::iter(writes)
             .map(|w| write(&self.client, &self.recorder, metrics, w))
             .buffer_unordered(CONCURRENT_WRITES)
             .collect()
             .await;
         let mut all_ok = true;
-        for (key, shown, ok) in results {
+        for (w, ok) in results {
             if ok {
-                self.written.insert(key, shown);
+                self.written
+                    .insert(w.key, (w.route.metadata.uid.clone(), w.shown));
             } else {
                 all_ok = false;
             }
@@ -182,13 +190,9 @@ impl StatusReporter {
     }
 }
 
-/// Patches one route's status and publishes its Events; returns whether all of it worked.
-async fn write(
-    client: &Client,
-    recorder: &Recorder,
-    metrics: &Metrics,
-    w: Write,
-) -> (RouteKey, Shown, bool) {
+/// Patches one route's status and publishes its Events; returns the write and whether all
+/// of it worked.
+async fn write(client: &Client, recorder: &Recorder, metrics: &Metrics, w: Write) -> (Write, bool) {
     let mut ok = true;
     if w.patch {
         let patch = serde_json::json!({
@@ -235,7 +239,7 @@ async fn write(
             }
         }
     }
-    (w.key, w.shown, ok)
+    (w, ok)
 }
 
 /// The Events a verdict calls for, given what the route showed before: a Warning when it
