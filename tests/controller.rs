@@ -561,6 +561,23 @@ async fn two_controllers_serve_alike_one_writes_status_and_the_other_takes_over(
         .expect("create copy");
     wait_ready(&api, "copy", "True").await;
     assert!(second.metric(writes).await.unwrap_or(0.0) >= 1.0);
+
+    // A leader that crashes (SIGKILL, no release) is replaced once its claim runs out.
+    let third = controller(&plane, "third").await;
+    drop(second);
+    third
+        .wait_for(
+            || async { holder().await.as_deref() == Some("third") },
+            "third to take over",
+        )
+        .await;
+    let mut last = route("last", &up.url());
+    last.spec.path.value = "/last".into();
+    api.create(&PostParams::default(), &last)
+        .await
+        .expect("create last");
+    wait_ready(&api, "last", "True").await;
+    assert!(third.metric(writes).await.unwrap_or(0.0) >= 1.0);
 }
 
 #[tokio::test]
