@@ -138,9 +138,7 @@ async fn echo_through(gate: &Gate, origin: &str) {
 
 #[tokio::test]
 async fn routes_from_the_api_server_are_served_and_get_status() {
-    let plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
     let gate = Gate::launch(
         &["controller".into()],
@@ -207,9 +205,7 @@ async fn service_upstreams_resolve_through_endpoint_slices() {
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-    let plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (plane, client) = ControlPlane::with_crd().await;
     let gate = Gate::launch(
         &["controller".into()],
         &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
@@ -263,17 +259,11 @@ async fn service_upstreams_resolve_through_endpoint_slices() {
 
     // The only endpoint stops being ready: the route says so, and handshakes get 502
     // without any connection attempt.
-    let mut not_ready = slice(false);
-    not_ready.metadata.resource_version = slices
-        .get("chat-1")
-        .await
-        .expect("get")
-        .metadata
-        .resource_version;
+    let not_ready = serde_json::json!({"endpoints": slice(false).endpoints});
     slices
-        .replace("chat-1", &PostParams::default(), &not_ready)
+        .patch("chat-1", &PatchParams::default(), &Patch::Merge(&not_ready))
         .await
-        .expect("replace slice");
+        .expect("patch slice");
     let r = wait_ready(&api, "chat", "False").await;
     let refs = r
         .status
@@ -296,9 +286,7 @@ async fn service_upstreams_resolve_through_endpoint_slices() {
 
 #[tokio::test]
 async fn editing_the_allowlist_refuses_the_removed_origin_and_closes_its_connections_1008() {
-    let plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
     let gate = controller(&plane, "solo").await;
     let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
@@ -341,9 +329,7 @@ async fn editing_the_allowlist_refuses_the_removed_origin_and_closes_its_connect
 
 #[tokio::test]
 async fn deleting_a_route_closes_its_connections_1001_and_answers_404() {
-    let plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
     let gate = controller(&plane, "solo").await;
     let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
@@ -366,9 +352,7 @@ async fn deleting_a_route_closes_its_connections_1001_and_answers_404() {
 
 #[tokio::test]
 async fn a_missing_service_is_backend_not_found_until_it_is_created() {
-    let plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (plane, client) = ControlPlane::with_crd().await;
     let ip = host_ipv4();
     let up = Upstream::start_on(&ip).await;
     let gate = controller(&plane, "solo").await;
@@ -398,9 +382,7 @@ async fn a_missing_service_is_backend_not_found_until_it_is_created() {
 
 #[tokio::test]
 async fn service_handshakes_reach_ready_endpoints_and_skip_one_that_refuses() {
-    let plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (plane, client) = ControlPlane::with_crd().await;
     let ip = host_ipv4();
     let (mut a, mut b) = (Upstream::start_on(&ip).await, Upstream::start_on(&ip).await);
     let refusing = std::net::TcpListener::bind((ip.as_str(), 0))
@@ -429,13 +411,7 @@ async fn service_handshakes_reach_ready_endpoints_and_skip_one_that_refuses() {
     for _ in 0..30 {
         echo_through(&gate, APP).await;
     }
-    let (mut at_a, mut at_b) = (0, 0);
-    while a.seen.try_recv().is_ok() {
-        at_a += 1;
-    }
-    while b.seen.try_recv().is_ok() {
-        at_b += 1;
-    }
+    let (at_a, at_b) = (a.handshakes(), b.handshakes());
     assert_eq!(at_a + at_b, 30);
     assert!(at_a > 0 && at_b > 0, "a: {at_a}, b: {at_b}");
 }
@@ -443,9 +419,7 @@ async fn service_handshakes_reach_ready_endpoints_and_skip_one_that_refuses() {
 #[tokio::test]
 async fn what_cel_cannot_check_is_accepted_false_invalid_with_an_event() {
     use k8s_openapi::api::events::v1::Event;
-    let plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
     let _gate = controller(&plane, "solo").await;
     let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
@@ -490,9 +464,7 @@ async fn what_cel_cannot_check_is_accepted_false_invalid_with_an_event() {
 #[tokio::test]
 async fn two_controllers_serve_alike_one_writes_status_and_the_other_takes_over() {
     use k8s_openapi::api::coordination::v1::Lease;
-    let plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
     let first = controller(&plane, "first").await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
@@ -582,9 +554,7 @@ async fn two_controllers_serve_alike_one_writes_status_and_the_other_takes_over(
 
 #[tokio::test]
 async fn an_api_server_outage_drops_nothing_and_the_controller_resyncs_after() {
-    let mut plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (mut plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
     let gate = controller(&plane, "solo").await;
     let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
@@ -658,9 +628,7 @@ fn cluster_role(with_slices: bool) -> k8s_openapi::api::rbac::v1::ClusterRole {
 #[tokio::test]
 async fn readyz_waits_for_every_initial_list_and_the_documented_rbac_suffices() {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    let plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
     let roles: Api<ClusterRole> = Api::all(client.clone());
     roles
@@ -701,15 +669,9 @@ async fn readyz_waits_for_every_initial_list_and_the_documented_rbac_suffices() 
     );
 
     // Granted: the list completes, the first snapshot serves, status is written.
-    let mut role = cluster_role(true);
-    role.metadata.resource_version = roles
-        .get("wsgate")
-        .await
-        .expect("get role")
-        .metadata
-        .resource_version;
+    let grant = serde_json::json!({"rules": cluster_role(true).rules});
     roles
-        .replace("wsgate", &PostParams::default(), &role)
+        .patch("wsgate", &PatchParams::default(), &Patch::Merge(&grant))
         .await
         .expect("grant endpointslices");
     gate.wait_for(
@@ -724,9 +686,7 @@ async fn readyz_waits_for_every_initial_list_and_the_documented_rbac_suffices() 
 #[tokio::test]
 async fn watching_some_namespaces_serves_their_routes_and_ignores_the_rest() {
     use k8s_openapi::api::core::v1::Namespace;
-    let plane = ControlPlane::start();
-    let client = plane.client().await;
-    plane.install_crd(&client).await;
+    let (plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
     for ns in ["red", "blue", "green"] {
         let namespace: Namespace =

@@ -277,6 +277,14 @@ impl ControlPlane {
         path
     }
 
+    /// Starts a control plane with the CRD installed; returns it with an admin client.
+    pub async fn with_crd() -> (ControlPlane, Client) {
+        let plane = ControlPlane::start();
+        let client = plane.client().await;
+        plane.install_crd(&client).await;
+        (plane, client)
+    }
+
     /// A client for the admin identity.
     pub async fn client(&self) -> Client {
         let kubeconfig = Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");

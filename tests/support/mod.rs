@@ -312,6 +312,11 @@ impl Upstream {
         Upstream { addr, seen }
     }
 
+    /// How many handshakes arrived since the last call.
+    pub fn handshakes(&mut self) -> usize {
+        std::iter::from_fn(|| self.seen.try_recv().ok()).count()
+    }
+
     pub fn url(&self) -> String {
         format!("{{url: \"ws://{}\"}}", self.addr)
     }
