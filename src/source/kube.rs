@@ -158,22 +158,23 @@ impl KubeRoutes {
         let mut version = 0;
         while let Some(first) = events.next().await {
             let started = Instant::now();
-            // Take every event already waiting, so a burst of changes compiles once.
-            let mut batch = vec![first];
-            while let Some(Some(next)) = events.next().now_or_never() {
-                batch.push(next);
-            }
-            let mut relevant = false;
-            for change in batch {
+            let (mut relevant, mut route_event) = (false, false);
+            // Take every event already waiting too, so a burst of changes compiles once.
+            let mut next = Some(first);
+            while let Some(change) = next.take() {
+                next = events.next().now_or_never().flatten();
                 match change {
                     Change::Listed(i) => {
                         listed[i] = true;
                         relevant = true;
                     }
-                    Change::Route => relevant |= routes_changed(&route_stores, &mut generations),
+                    Change::Route => route_event = true,
                     Change::Backend(service) => relevant |= referenced.contains(&service),
                     Change::Nothing => {}
                 }
+            }
+            if route_event {
+                relevant |= routes_changed(&route_stores, &mut generations);
             }
             if !relevant || !listed.iter().all(|l| *l) {
                 continue;
