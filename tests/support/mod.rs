@@ -262,7 +262,14 @@ impl Upstream {
 
     /// An echo upstream on a free port of `ip`.
     pub async fn start_on(ip: &str) -> Upstream {
-        let listener = TcpListener::bind((ip, 0)).await.expect("bind upstream");
+        Upstream::start_on_addr(&format!("{ip}:0")).await
+    }
+
+    /// An echo upstream on `addr` (`host:port`).
+    pub async fn start_on_addr(addr: &str) -> Upstream {
+        let listener = TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
         let addr = listener.local_addr().expect("addr");
         let (tx, seen) = mpsc::unbounded_channel();
         tokio::spawn(async move {

@@ -1,0 +1,476 @@
+//! The user's path, end to end, against a real kube-apiserver: the Helm chart lints,
+//! renders and is accepted by the API server with every option on; `helm install`, then
+//! `wsgate controller` running as the chart's ServiceAccount (so a missing RBAC rule fails
+//! here), `kubectl apply` of an example route, `kubectl wait`, a WebSocket through the proxy,
+//! `kubectl get wsr`, `helm upgrade`, `helm uninstall`. Helm and kubectl are built from
+//! their Go modules (`hack/helm/build`, `hack/control-plane/build`).
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use futures_util::{SinkExt, StreamExt};
+use support::control_plane::ControlPlane;
+use support::{Gate, Upstream, connect};
+use tokio_tungstenite::tungstenite::Message;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/wsgate");
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const RELEASE_NS: &str = "wsgate-system";
+/// The example route's upstream (`examples/routes/chat.yaml`).
+const EXAMPLE_UPSTREAM: &str = "127.0.0.1:9001";
+
+/// The directory holding `helm` and the ServiceMonitor CRD, built on first use.
+fn helm_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(format!("{ROOT}/hack/helm/build"))
+            .output()
+            .expect("run hack/helm/build");
+        assert!(
+            out.status.success(),
+            "hack/helm/build failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    })
+}
+
+/// Runs a command, returning its output; panics with stderr when it fails.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+fn helm(kubeconfig: Option<&Path>) -> Command {
+    let mut cmd = Command::new(helm_dir().join("helm"));
+    if let Some(k) = kubeconfig {
+        cmd.arg("--kubeconfig").arg(k);
+    }
+    // Keep Helm's caches and config out of the user's home.
+    let home = std::env::temp_dir().join("wsgate-helm-home");
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"));
+    cmd
+}
+
+fn kubectl(plane: &ControlPlane, kubeconfig: &Path) -> Command {
+    let mut cmd = Command::new(plane.bin.join("kubectl"));
+    cmd.arg("--kubeconfig").arg(kubeconfig);
+    cmd
+}
+
+/// `kubectl apply` of `yaml` from standard input.
+fn apply(plane: &ControlPlane, args: &[&str], yaml: &str) -> String {
+    use std::io::Write;
+    let mut child = kubectl(plane, &plane.kubeconfig)
+        .arg("apply")
+        .args(args)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("write manifests");
+    let out = child.wait_with_output().expect("kubectl apply");
+    assert!(
+        out.status.success(),
+        "kubectl apply {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn namespace(plane: &ControlPlane, name: &str) {
+    apply(
+        plane,
+        &[],
+        &format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n"),
+    );
+}
+
+#[test]
+fn the_charts_crd_is_the_generated_crd() {
+    let chart = std::fs::read_to_string(format!("{CHART}/crds/websocketroutes.wsgate.dev.yaml"))
+        .expect("chart CRD");
+    let top = std::fs::read_to_string(format!("{ROOT}/crds/websocketroutes.wsgate.dev.yaml"))
+        .expect("crds/ file");
+    assert!(
+        chart == top,
+        "charts/wsgate/crds/ differs from crds/: run `cp crds/websocketroutes.wsgate.dev.yaml charts/wsgate/crds/`"
+    );
+}
+
+/// Every leaf of `values` (`resources` counts as one), by dotted key.
+fn leaves(prefix: &str, value: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
+    match value {
+        serde_json::Value::Object(map) if !map.is_empty() && prefix != "resources" => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.clone());
+        }
+    }
+}
+
+#[test]
+fn the_readme_lists_every_chart_value_with_its_default() {
+    let values: serde_json::Value = serde_saphyr::from_str(
+        &std::fs::read_to_string(format!("{CHART}/values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let mut expected = BTreeMap::new();
+    leaves("", &values, &mut expected);
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).expect("README");
+    let mut listed = BTreeMap::new();
+    for row in readme
+        .lines()
+        .skip_while(|l| !l.starts_with("| value | default | meaning |"))
+        .skip(2)
+        .take_while(|l| l.starts_with('|'))
+    {
+        let cells: Vec<&str> = row
+            .split(" | ")
+            .map(|c| c.trim_matches(['|', ' ', '`']))
+            .collect();
+        assert!(
+            cells.len() == 3 && !cells[2].is_empty(),
+            "README chart row without a meaning: {row}"
+        );
+        let default: serde_json::Value = serde_json::from_str(cells[1])
+            .unwrap_or_else(|e| panic!("README default of `{}` is not JSON: {e}", cells[0]));
+        listed.insert(cells[0].to_owned(), default);
+    }
+    assert_eq!(
+        listed, expected,
+        "the README's chart table must list every value of charts/wsgate/values.yaml with its default (as JSON)"
+    );
+}
+
+#[tokio::test]
+async fn the_chart_lints_renders_and_every_manifest_is_accepted_by_the_api_server() {
+    let plane = ControlPlane::start();
+    let crds = format!(
+        "{}\n---\n{}",
+        std::fs::read_to_string(format!("{CHART}/crds/websocketroutes.wsgate.dev.yaml"))
+            .expect("CRD"),
+        std::fs::read_to_string(helm_dir().join("servicemonitors.yaml"))
+            .expect("ServiceMonitor CRD"),
+    );
+    apply(&plane, &["--server-side"], &crds);
+    for ns in [RELEASE_NS, "red", "blue"] {
+        namespace(&plane, ns);
+    }
+    run_ok(kubectl(&plane, &plane.kubeconfig).args([
+        "wait",
+        "--for=condition=Established",
+        "crd/servicemonitors.monitoring.coreos.com",
+        "--timeout=30s",
+    ]));
+    let all_on = format!("{CHART}/ci/all-on-values.yaml");
+    for values in [None, Some(all_on.as_str())] {
+        let with_values = |cmd: &mut Command| {
+            if let Some(v) = values {
+                cmd.args(["-f", v]);
+            }
+        };
+        let mut lint = helm(None);
+        lint.args(["lint", "--strict", CHART]);
+        with_values(&mut lint);
+        run_ok(&mut lint);
+        let mut template = helm(None);
+        template.args(["template", "wsgate", CHART, "--namespace", RELEASE_NS]);
+        with_values(&mut template);
+        let rendered = run_ok(&mut template);
+        let accepted = apply(&plane, &["--dry-run=server"], &rendered);
+        let rendered_objects = rendered.lines().filter(|l| l.starts_with("kind: ")).count();
+        assert_eq!(
+            accepted.matches("(server dry run)").count(),
+            rendered_objects,
+            "{values:?}: {accepted}"
+        );
+        assert!(rendered_objects >= 9, "{rendered}");
+    }
+
+    // A typo in values fails with a message naming it.
+    let out = run(helm(None).args(["template", "wsgate", CHART, "--set", "replicaCont=3"]));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("'replicaCont' not allowed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The example upstream's port is fixed, so the end-to-end tests take turns.
+static EXAMPLE_PORT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Installs the chart, runs wsgate as its ServiceAccount, and walks the user's path.
+async fn walk_the_users_path(watch_namespaces: &[&str]) {
+    let _turn = EXAMPLE_PORT.lock().await;
+    let plane = ControlPlane::start();
+    let admin = plane.kubeconfig.clone();
+    // The chart puts Roles into watched namespaces, so they exist first.
+    for ns in ["demo", "other"] {
+        namespace(&plane, ns);
+    }
+    let mut install = helm(Some(&admin));
+    install.args([
+        "install",
+        "wsgate",
+        CHART,
+        "--namespace",
+        RELEASE_NS,
+        "--create-namespace",
+    ]);
+    if !watch_namespaces.is_empty() {
+        install.args([
+            "--set",
+            &format!("watchNamespaces={{{}}}", watch_namespaces.join(",")),
+        ]);
+    }
+    let notes = run_ok(&mut install);
+    assert!(
+        notes.contains("kubectl wait --for=condition=Ready"),
+        "{notes}"
+    );
+
+    // wsgate on this machine, as the chart's ServiceAccount: what RBAC lacks fails here.
+    let token = run_ok(kubectl(&plane, &admin).args([
+        "create",
+        "token",
+        "wsgate",
+        "--namespace",
+        RELEASE_NS,
+    ]));
+    let text = std::fs::read_to_string(&admin).expect("kubeconfig");
+    let as_sa = admin.with_file_name("kubeconfig-chart-sa");
+    std::fs::write(&as_sa, text.replace("admin-token", token.trim())).expect("write kubeconfig");
+    let namespaces = watch_namespaces.join(",");
+    let mut env: Vec<(&str, &std::ffi::OsStr)> = vec![
+        ("KUBECONFIG", as_sa.as_os_str()),
+        ("WSGATE_LEASE_NAMESPACE", RELEASE_NS.as_ref()),
+    ];
+    if !watch_namespaces.is_empty() {
+        env.push(("WSGATE_NAMESPACE", namespaces.as_ref()));
+    }
+    let up = Upstream::start_on_addr(EXAMPLE_UPSTREAM).await;
+    let gate = Gate::launch(&["controller".into()], &env).await;
+
+    let example = std::fs::read_to_string(format!("{ROOT}/examples/routes/chat.yaml"))
+        .expect("example route");
+    apply(&plane, &[], &example);
+    run_ok(kubectl(&plane, &admin).args([
+        "wait",
+        "--for=condition=Ready",
+        "wsr/chat",
+        "--namespace",
+        "demo",
+        "--timeout=30s",
+    ]));
+    let chat_v2 = [("Sec-WebSocket-Protocol", "chat.v2")];
+    let (mut ws, _) = connect(
+        gate.proxy,
+        "chat.localhost",
+        "/ws",
+        Some("https://app.example.com"),
+        &chat_v2,
+    )
+    .await
+    .unwrap_or_else(|code| panic!("allowed origin refused with {code}"));
+    ws.send(Message::text("hello")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("ok"),
+        Message::text("hello")
+    );
+    assert_eq!(
+        connect(
+            gate.proxy,
+            "chat.localhost",
+            "/ws",
+            Some("https://evil.example"),
+            &chat_v2
+        )
+        .await
+        .err(),
+        Some(403)
+    );
+    let table = run_ok(kubectl(&plane, &admin).args(["get", "wsr", "--namespace", "demo"]));
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "HOSTS", "PATH", "ORIGINS", "READY", "AGE"],
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("chat ") && l.contains("True")),
+        "{table}"
+    );
+    drop(up);
+
+    // A conflicting copy is refused with a Warning Event (the chart grants Events).
+    apply(
+        &plane,
+        &[],
+        &example.replace("name: chat\n", "name: chat-copy\n"),
+    );
+    let deadline = std::time::Instant::now() + support::PATIENCE;
+    loop {
+        let events = run_ok(kubectl(&plane, &admin).args([
+            "get",
+            "events.events.k8s.io",
+            "--namespace",
+            "demo",
+            "--field-selector",
+            "reason=Conflicted,type=Warning",
+            "-o",
+            "jsonpath={.items[*].regarding.name}",
+        ]));
+        if events.split_whitespace().any(|n| n == "chat-copy") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no Conflicted Event: {}",
+            gate.log()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+
+    if !watch_namespaces.is_empty() {
+        // A route elsewhere is not served and gets no status; no cluster-wide rights.
+        apply(
+            &plane,
+            &[],
+            &example
+                .replace("namespace: demo", "namespace: other")
+                .replace("value: /ws", "value: /elsewhere"),
+        );
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let status = run_ok(kubectl(&plane, &admin).args([
+            "get",
+            "wsr/chat",
+            "--namespace",
+            "other",
+            "-o",
+            "jsonpath={.status}",
+        ]));
+        assert_eq!(status, "", "a route outside watchNamespaces got status");
+        assert_eq!(
+            connect(
+                gate.proxy,
+                "chat.localhost",
+                "/elsewhere",
+                Some("https://app.example.com"),
+                &chat_v2
+            )
+            .await
+            .err(),
+            Some(404)
+        );
+        let sa = format!("system:serviceaccount:{RELEASE_NS}:wsgate");
+        let can = |args: &[&str]| {
+            let out = run(kubectl(&plane, &admin)
+                .args(["auth", "can-i", "--as", &sa])
+                .args(args));
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        assert_eq!(
+            can(&["list", "websocketroutes.wsgate.dev", "--all-namespaces"]),
+            "no"
+        );
+        assert_eq!(
+            can(&["list", "websocketroutes.wsgate.dev", "-n", "other"]),
+            "no"
+        );
+        assert_eq!(
+            can(&["list", "websocketroutes.wsgate.dev", "-n", "demo"]),
+            "yes"
+        );
+    }
+
+    // Upgrade with changed values.
+    let mut upgrade = helm(Some(&admin));
+    upgrade.args([
+        "upgrade",
+        "wsgate",
+        CHART,
+        "--namespace",
+        RELEASE_NS,
+        "--reuse-values",
+        "--set",
+        "replicaCount=3",
+    ]);
+    run_ok(&mut upgrade);
+    let replicas = run_ok(kubectl(&plane, &admin).args([
+        "get",
+        "deployment/wsgate",
+        "--namespace",
+        RELEASE_NS,
+        "-o",
+        "jsonpath={.spec.replicas}",
+    ]));
+    assert_eq!(replicas, "3");
+
+    // Uninstall leaves nothing but the CRD (Helm never deletes what `crds/` installed).
+    drop(gate);
+    run_ok(helm(Some(&admin)).args(["uninstall", "wsgate", "--namespace", RELEASE_NS]));
+    let left = run_ok(kubectl(&plane, &admin).args([
+        "get",
+        "deployments,services,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,poddisruptionbudgets,horizontalpodautoscalers,networkpolicies",
+        "--all-namespaces",
+        "-l",
+        "app.kubernetes.io/instance=wsgate",
+        "-o",
+        "name",
+    ]));
+    assert_eq!(left, "", "objects left after uninstall");
+    run_ok(kubectl(&plane, &admin).args(["get", "crd", "websocketroutes.wsgate.dev"]));
+}
+
+#[tokio::test]
+async fn helm_install_then_kubectl_routes_serve_as_the_charts_service_account() {
+    walk_the_users_path(&[]).await;
+}
+
+#[tokio::test]
+async fn with_watch_namespaces_only_those_routes_serve_and_rights_stay_there() {
+    walk_the_users_path(&["demo"]).await;
+}
