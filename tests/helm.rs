@@ -454,7 +454,7 @@ async fn walk_the_users_path(watch_namespaces: &[&str]) {
     run_ok(helm(Some(&admin)).args(["uninstall", "wsgate", "--namespace", RELEASE_NS]));
     let left = run_ok(kubectl(&plane, &admin).args([
         "get",
-        "deployments,services,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,poddisruptionbudgets,horizontalpodautoscalers,networkpolicies",
+        "deployments,services,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,poddisruptionbudgets,horizontalpodautoscalers,networkpolicies,leases",
         "--all-namespaces",
         "-l",
         "app.kubernetes.io/instance=wsgate",
