@@ -76,13 +76,11 @@ fn kubectl(plane: &ControlPlane, kubeconfig: &Path) -> Command {
     cmd
 }
 
-/// `kubectl apply` of `yaml` from standard input.
-fn apply(plane: &ControlPlane, args: &[&str], yaml: &str) -> String {
+/// Runs kubectl (as admin) with `input` on standard input.
+fn kubectl_with_input(plane: &ControlPlane, args: &[&str], input: &str) -> Output {
     use std::io::Write;
     let mut child = kubectl(plane, &plane.kubeconfig)
-        .arg("apply")
         .args(args)
-        .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -92,9 +90,14 @@ fn apply(plane: &ControlPlane, args: &[&str], yaml: &str) -> String {
         .stdin
         .take()
         .expect("stdin")
-        .write_all(yaml.as_bytes())
-        .expect("write manifests");
-    let out = child.wait_with_output().expect("kubectl apply");
+        .write_all(input.as_bytes())
+        .expect("write to kubectl");
+    child.wait_with_output().expect("kubectl")
+}
+
+/// `kubectl apply` of `yaml` from standard input; returns what it printed.
+fn apply(plane: &ControlPlane, args: &[&str], yaml: &str) -> String {
+    let out = kubectl_with_input(plane, &[&["apply", "-f", "-"], args].concat(), yaml);
     assert!(
         out.status.success(),
         "kubectl apply {args:?} failed: {}",
@@ -473,4 +476,54 @@ async fn helm_install_then_kubectl_routes_serve_as_the_charts_service_account() 
 #[tokio::test]
 async fn with_watch_namespaces_only_those_routes_serve_and_rights_stay_there() {
     walk_the_users_path(&["demo"]).await;
+}
+
+#[tokio::test]
+async fn the_pods_pass_the_restricted_pod_security_standard_and_drain_in_time() {
+    let plane = ControlPlane::start();
+    let rendered =
+        run_ok(helm(None).args(["template", "wsgate", CHART, "--namespace", RELEASE_NS]));
+    let deployment: serde_json::Value = rendered
+        .split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .find(|doc| doc["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["lifecycle"]["preStop"]["sleep"]["seconds"], 5);
+    // preStop 5 + drain delay 2 + grace 30 + 5 spare.
+    assert_eq!(pod["terminationGracePeriodSeconds"], 42);
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+
+    // The real API server's Pod Security admission judges the pod the chart would run.
+    apply(
+        &plane,
+        &[],
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: restricted\n  labels: {pod-security.kubernetes.io/enforce: restricted}\n",
+    );
+    let as_pod = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "wsgate-pod-check", "namespace": "restricted"},
+        "spec": pod,
+    });
+    let out = apply(&plane, &["--dry-run=server"], &as_pod.to_string());
+    assert!(out.contains("created (server dry run)"), "{out}");
+
+    // And it would refuse a pod that is not locked down, so the check above means something.
+    let mut loose = as_pod.clone();
+    loose["spec"]["containers"][0]["securityContext"] = serde_json::json!({});
+    let out = kubectl_with_input(
+        &plane,
+        &["create", "--dry-run=server", "-f", "-"],
+        &loose.to_string(),
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("violates PodSecurity \"restricted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
