@@ -18,6 +18,8 @@ use wsgate::api::WebSocketRoute;
 
 const HOST: &str = "chat.example.test";
 const APP: &str = "https://app.example.test";
+/// The leader's count of successful status writes.
+const STATUS_WRITES: &str = r#"wsgate_status_writes_total{result="ok"}"#;
 
 fn route(name: &str, upstream: &str) -> WebSocketRoute {
     let yaml = support::route(
@@ -124,16 +126,9 @@ async fn service(client: &kube::Client, name: &str, endpoints: &[(&str, u16, boo
     }
 }
 
-/// Sends one message on a new WebSocket and expects it back.
+/// Sends one message on a new WebSocket to the test route and expects it back.
 async fn echo_through(gate: &Gate, origin: &str) {
-    let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(origin), &[])
-        .await
-        .unwrap_or_else(|code| panic!("refused with {code}"));
-    ws.send(Message::text("ping")).await.expect("send");
-    assert_eq!(
-        ws.next().await.expect("reply").expect("ok"),
-        Message::text("ping")
-    );
+    echo(gate.proxy, HOST, "/ws", origin, &[]).await;
 }
 
 #[tokio::test]
@@ -502,12 +497,11 @@ async fn two_controllers_serve_alike_one_writes_status_and_the_other_takes_over(
             Some(403)
         );
     }
-    let writes = r#"wsgate_status_writes_total{result="ok"}"#;
     assert_eq!(first.metric("wsgate_leader").await, Some(1.0));
     assert_eq!(second.metric("wsgate_leader").await, Some(0.0));
-    assert!(first.metric(writes).await.unwrap_or(0.0) >= 1.0);
+    assert!(first.metric(STATUS_WRITES).await.unwrap_or(0.0) >= 1.0);
     assert_eq!(
-        second.metric(writes).await,
+        second.metric(STATUS_WRITES).await,
         None,
         "the follower wrote status"
     );
@@ -526,13 +520,7 @@ async fn two_controllers_serve_alike_one_writes_status_and_the_other_takes_over(
             "second to know it leads",
         )
         .await;
-    let mut copy = route("copy", &up.url());
-    copy.spec.path.value = "/other".into();
-    api.create(&PostParams::default(), &copy)
-        .await
-        .expect("create copy");
-    wait_ready(&api, "copy", "True").await;
-    assert!(second.metric(writes).await.unwrap_or(0.0) >= 1.0);
+    writes_status_of_a_new_route(&second, &api, "copy", &up).await;
 
     // A leader that crashes (SIGKILL, no release) is replaced once its claim runs out.
     let third = controller(&plane, "third").await;
@@ -543,13 +531,25 @@ async fn two_controllers_serve_alike_one_writes_status_and_the_other_takes_over(
             "third to take over",
         )
         .await;
-    let mut last = route("last", &up.url());
-    last.spec.path.value = "/last".into();
-    api.create(&PostParams::default(), &last)
+    writes_status_of_a_new_route(&third, &api, "last", &up).await;
+}
+
+/// A route created now on its own path gets Ready, written by `leader`.
+async fn writes_status_of_a_new_route(
+    leader: &Gate,
+    api: &Api<WebSocketRoute>,
+    name: &str,
+    up: &Upstream,
+) {
+    let before = leader.metric(STATUS_WRITES).await.unwrap_or(0.0);
+    let mut r = route(name, &up.url());
+    r.spec.path.value = format!("/{name}");
+    api.create(&PostParams::default(), &r)
         .await
-        .expect("create last");
-    wait_ready(&api, "last", "True").await;
-    assert!(third.metric(writes).await.unwrap_or(0.0) >= 1.0);
+        .expect("create route");
+    wait_ready(api, name, "True").await;
+    let after = leader.metric(STATUS_WRITES).await.unwrap_or(0.0);
+    assert!(after > before, "{name}: written by another replica");
 }
 
 #[tokio::test]
@@ -713,14 +713,7 @@ async fn watching_some_namespaces_serves_their_routes_and_ignores_the_rest() {
         wait_ready(&Api::namespaced(client.clone(), ns), "chat", "True").await;
     }
     for path in ["/red", "/blue"] {
-        let (mut ws, _) = connect(gate.proxy, HOST, path, Some(APP), &[])
-            .await
-            .unwrap_or_else(|code| panic!("{path}: {code}"));
-        ws.send(Message::text("hi")).await.expect("send");
-        assert_eq!(
-            ws.next().await.expect("reply").expect("ok"),
-            Message::text("hi")
-        );
+        echo(gate.proxy, HOST, path, APP, &[]).await;
     }
     assert_eq!(
         connect(gate.proxy, HOST, "/green", Some(APP), &[])

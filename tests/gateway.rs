@@ -390,14 +390,7 @@ async fn service_mapping_resolves_a_service_upstream() {
     );
     let mapping = format!("chat.default={}", up.addr);
     let gate = Gate::start(&[("svc.yaml", yaml)], &["--service", &mapping]).await;
-    let (mut ws, _) = connect(gate.proxy, HOST, "/", Some(APP), &[])
-        .await
-        .expect("allowed");
-    ws.send(Message::text("hi")).await.expect("send");
-    assert_eq!(
-        ws.next().await.expect("reply").expect("ok"),
-        Message::text("hi")
-    );
+    echo(gate.proxy, HOST, "/", APP, &[]).await;
 }
 
 /// A loopback address nothing listens on: connecting to it is refused at once.
@@ -430,15 +423,8 @@ async fn handshakes_spread_over_endpoints_and_skip_one_that_refuses() {
         ],
     )
     .await;
-    for i in 0..30 {
-        let (mut ws, _) = connect(gate.proxy, HOST, "/", Some(APP), &[])
-            .await
-            .unwrap_or_else(|code| panic!("handshake {i} refused with {code}"));
-        ws.send(Message::text("hi")).await.expect("send");
-        assert_eq!(
-            ws.next().await.expect("reply").expect("ok"),
-            Message::text("hi")
-        );
+    for _ in 0..30 {
+        echo(gate.proxy, HOST, "/", APP, &[]).await;
     }
     let (at_a, at_b) = (a.handshakes(), b.handshakes());
     assert_eq!(at_a + at_b, 30);

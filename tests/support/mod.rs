@@ -368,6 +368,19 @@ pub async fn connect(
 }
 
 /// Reads messages until a Close frame; returns its code and reason.
+/// Opens a WebSocket through the gateway, sends one text message and expects it echoed;
+/// panics with the status when the handshake is refused.
+pub async fn echo(gate: SocketAddr, host: &str, path: &str, origin: &str, extra: &[(&str, &str)]) {
+    let (mut ws, _) = connect(gate, host, path, Some(origin), extra)
+        .await
+        .unwrap_or_else(|code| panic!("{host}{path} from {origin}: refused with {code}"));
+    ws.send(Message::text("ping")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("ok"),
+        Message::text("ping")
+    );
+}
+
 pub async fn close_code(client: &mut Client) -> (u16, String) {
     let wait = async {
         while let Some(msg) = client.next().await {
