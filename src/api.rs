@@ -100,6 +100,28 @@ pub struct WebSocketRouteSpec {
     /// Close live connections that a changed route no longer admits (their origin is no longer allowed, or the route is gone). Default: true.
     #[serde(default = "default_true")]
     pub revoke_on_policy_change: bool,
+
+    /// Limits on each connection of this route. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<LimitsSpec>,
+}
+
+/// Longest `limits.idleTimeoutSeconds`: a week.
+pub const MAX_IDLE_TIMEOUT_SECONDS: u32 = 604_800;
+
+/// Limits on each connection of a route; every field is off when omitted.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct LimitsSpec {
+    /// Largest message, in bytes, counted across its continuation frames. A sender that goes over it gets Close 1009 and the other side Close 1001.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_message_bytes: Option<u64>,
+
+    /// Seconds without a data frame either way after which both sides get Close 1001 `idle timeout`. Pings and pongs do not count as data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = MAX_IDLE_TIMEOUT_SECONDS))]
+    pub idle_timeout_seconds: Option<u32>,
 }
 
 fn default_true() -> bool {

@@ -10,9 +10,11 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-use crate::api::{PathMatchType, Rejection, WebSocketRoute};
+use crate::api::{MAX_IDLE_TIMEOUT_SECONDS, PathMatchType, Rejection, WebSocketRoute};
 use crate::policy::OriginPolicy;
-use crate::route::{OriginRejection, PathRule, Route, RouteKey, RouteTable, Target, Upstream};
+use crate::route::{
+    Limits, OriginRejection, PathRule, Route, RouteKey, RouteTable, Target, Upstream,
+};
 
 /// Condition types (DESIGN §4).
 pub mod condition {
@@ -450,6 +452,21 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
         }
     }
 
+    if let Some(limits) = &spec.limits {
+        if limits.max_message_bytes == Some(0) {
+            problems
+                .push("limits.maxMessageBytes must be at least 1: omit it for no limit".to_owned());
+        }
+        if limits
+            .idle_timeout_seconds
+            .is_some_and(|s| !(1..=MAX_IDLE_TIMEOUT_SECONDS).contains(&s))
+        {
+            problems.push(format!(
+                "limits.idleTimeoutSeconds must be 1 to {MAX_IDLE_TIMEOUT_SECONDS} (a week): omit it for no idle timeout"
+            ));
+        }
+    }
+
     let (upstream, refs) = check_upstream(route, &key, backends, &mut problems);
 
     let summary = match (&path, hostnames.is_empty()) {
@@ -470,6 +487,16 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
                 upstream,
                 subprotocols: spec.subprotocols.clone(),
                 revoke_on_policy_change: spec.revoke_on_policy_change,
+                limits: spec
+                    .limits
+                    .as_ref()
+                    .map(|l| Limits {
+                        max_message_bytes: l.max_message_bytes,
+                        idle_timeout: l
+                            .idle_timeout_seconds
+                            .map(|s| std::time::Duration::from_secs(u64::from(s))),
+                    })
+                    .unwrap_or_default(),
             },
         }),
         _ => None,

@@ -363,6 +363,7 @@ async fn admit(
     gateway.metrics.handshake(Some(&key), "accepted", "ok");
     let gw = gateway.clone();
     let route_label = RouteLabels { route: key };
+    let limits = route.limits;
     tokio::spawn(async move {
         let (client_io, upstream_io) = match tokio::join!(client_upgrade, upstream_upgrade) {
             (Ok(c), Ok(u)) => (c, u),
@@ -386,6 +387,7 @@ async fn admit(
             TokioIo::new(upstream_io),
             registration.control(),
             gw.config.close_linger,
+            limits,
         )
         .await;
         active.dec();

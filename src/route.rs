@@ -118,6 +118,17 @@ pub struct Route {
     pub subprotocols: Option<Vec<String>>,
     /// Whether live connections are closed when a new snapshot no longer admits them.
     pub revoke_on_policy_change: bool,
+    /// Limits the relay enforces on each connection.
+    pub limits: Limits,
+}
+
+/// Per-connection limits the relay enforces; `None` is off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest message in bytes, across its continuation frames.
+    pub max_message_bytes: Option<u64>,
+    /// How long neither side may send a data frame.
+    pub idle_timeout: Option<std::time::Duration>,
 }
 
 /// The routes of one hostname key, ordered for lookup.
@@ -241,6 +252,7 @@ mod tests {
             },
             subprotocols: None,
             revoke_on_policy_change: true,
+            limits: Limits::default(),
         }
     }
 

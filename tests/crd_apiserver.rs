@@ -95,6 +95,16 @@ async fn crd_installs_stores_defaults_and_refuses_invalid_routes_with_its_messag
             "a wildcard origin needs at least two labels",
         ),
         (
+            "limit-zero",
+            "  hostnames: [a.example.com]\n  upstream: {url: \"ws://a:1\"}\n  limits: {maxMessageBytes: 0}\n",
+            "maxMessageBytes in body should be greater than or equal to 1",
+        ),
+        (
+            "idle-month",
+            "  hostnames: [a.example.com]\n  upstream: {url: \"ws://a:1\"}\n  limits: {idleTimeoutSeconds: 2592000}\n",
+            "idleTimeoutSeconds in body should be less than or equal to 604800",
+        ),
+        (
             "service-name",
             "  hostnames: [a.example.com]\n  upstream: {service: {name: Chat_Backend, port: 80}}\n",
             "service name must be a Service's name",

@@ -709,3 +709,59 @@ async fn readyz_turns_503_when_shutdown_starts_while_connections_keep_serving() 
     drop(ws);
     assert_eq!(gate.wait_exit().await, Some(0));
 }
+
+/// The chat route with `limits` appended to its spec.
+async fn limited_gate(up: &Upstream, limits: &str) -> Gate {
+    let yaml = route("chat", HOST, "/ws", app_only(), &up.url()) + &format!("  limits: {limits}\n");
+    Gate::start(&[("chat.yaml", yaml)], &[]).await
+}
+
+#[tokio::test]
+async fn a_message_over_max_message_bytes_closes_its_sender_with_1009() {
+    let up = Upstream::start().await;
+    let gate = limited_gate(&up, "{maxMessageBytes: 1000}").await;
+    let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    ws.send(Message::binary(vec![1u8; 1000]))
+        .await
+        .expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("ok"),
+        Message::binary(vec![1u8; 1000])
+    );
+    ws.send(Message::binary(vec![2u8; 1001]))
+        .await
+        .expect("send");
+    assert_eq!(
+        close_code(&mut ws).await,
+        (1009, "message too big".to_owned())
+    );
+    let ended = r#"wsgate_connections_ended_total{ended_by="client_message_too_big"}"#;
+    gate.wait_for(
+        || async { gate.metric(ended).await == Some(1.0) },
+        "the relay to count how it ended",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_connection_idle_past_idle_timeout_seconds_is_closed_1001() {
+    let up = Upstream::start().await;
+    let gate = limited_gate(&up, "{idleTimeoutSeconds: 1}").await;
+    let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    ws.send(Message::text("one")).await.expect("send");
+    assert_eq!(
+        ws.next().await.expect("reply").expect("ok"),
+        Message::text("one")
+    );
+    let started = std::time::Instant::now();
+    assert_eq!(close_code(&mut ws).await, (1001, "idle timeout".to_owned()));
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
 use wsgate::proxy::relay::{ConnControl, relay};
+use wsgate::route::Limits;
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
@@ -36,6 +37,7 @@ fn relaying_frames_allocates_nothing_after_warm_up() {
             gw_upstream,
             control,
             Duration::from_secs(1),
+            Limits::default(),
         ));
         let (masked, plain) = frames();
         let mut buf = vec![0u8; masked.len()];

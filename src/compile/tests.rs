@@ -331,3 +331,42 @@ fn cluster_backends_resolve_service_ports_to_ready_endpoints_by_port_name() {
         Err(BackendProblem::NotFound)
     );
 }
+
+#[test]
+fn limits_reach_the_route_and_out_of_range_limits_are_invalid() {
+    let spec = |limits: &str| {
+        route(&format!(
+            "metadata: {{name: r, namespace: apps}}\nspec:\n  hostnames: [a.example.com]\n  upstream: {{url: \"ws://127.0.0.1:9000\"}}\n  limits: {limits}\n"
+        ))
+    };
+    let compiled = compile(
+        &[spec("{maxMessageBytes: 4096, idleTimeoutSeconds: 300}")],
+        &Backends::standalone(),
+    );
+    let served = compiled.table.lookup("a.example.com", "/").expect("served");
+    assert_eq!(served.limits.max_message_bytes, Some(4096));
+    assert_eq!(
+        served.limits.idle_timeout,
+        Some(std::time::Duration::from_secs(300))
+    );
+
+    for (limits, says) in [
+        (
+            "{maxMessageBytes: 0}",
+            "limits.maxMessageBytes must be at least 1",
+        ),
+        (
+            "{idleTimeoutSeconds: 0}",
+            "limits.idleTimeoutSeconds must be 1 to 604800",
+        ),
+        (
+            "{idleTimeoutSeconds: 604801}",
+            "limits.idleTimeoutSeconds must be 1 to 604800",
+        ),
+    ] {
+        let v = one(spec(limits));
+        assert!(!v.accepted(), "{limits}");
+        let message = &cond(&v, condition::ACCEPTED).message;
+        assert!(message.contains(says), "{limits}: {message}");
+    }
+}

@@ -100,6 +100,12 @@ impl FrameTracker {
         self.current
     }
 
+    /// Header bytes collected so far of a header not yet complete (0 at a boundary and
+    /// inside a payload).
+    pub fn partial_header(&self) -> usize {
+        usize::from(self.have)
+    }
+
     /// Payload bytes of the current frame still to come.
     pub fn remaining(&self) -> u64 {
         self.remaining

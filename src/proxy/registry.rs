@@ -172,6 +172,7 @@ mod tests {
             },
             subprotocols: None,
             revoke_on_policy_change: revoke,
+            limits: Default::default(),
         }
     }
 

@@ -24,7 +24,8 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::frame::{FrameTracker, OPCODE_CLOSE, close_frame};
+use super::frame::{FrameTracker, OPCODE_CLOSE, OPCODE_CONTINUATION, close_frame};
+use crate::route::Limits;
 
 /// Size of a pooled read buffer.
 pub const BUFFER_SIZE: usize = 16 * 1024;
@@ -136,6 +137,11 @@ pub enum Ended {
     Injected(u16),
     /// A read from, or a write to, this side failed first.
     Error(Side, io::ErrorKind),
+    /// This side sent a message over the route's `maxMessageBytes`: it got Close 1009, the
+    /// other side 1001.
+    MessageTooBig(Side),
+    /// Neither side sent a data frame for the route's `idleTimeoutSeconds`: both got 1001.
+    IdleTimeout,
 }
 
 impl Ended {
@@ -150,6 +156,9 @@ impl Ended {
             Ended::Injected(_) => "gateway",
             Ended::Error(Side::Client, _) => "client_error",
             Ended::Error(Side::Upstream, _) => "upstream_error",
+            Ended::MessageTooBig(Side::Client) => "client_message_too_big",
+            Ended::MessageTooBig(Side::Upstream) => "upstream_message_too_big",
+            Ended::IdleTimeout => "idle_timeout",
         }
     }
 }
@@ -178,12 +187,44 @@ pub struct RelayStats {
     pub timed_out: bool,
 }
 
-/// A requested close, with the mask key for the frame to the upstream.
+/// A Close to write into one direction, with the mask key for a frame to the upstream.
 #[derive(Debug, Clone, Copy)]
 struct Injection {
     code: u16,
     reason: &'static str,
     mask: [u8; 4],
+}
+
+/// The gateway is closing the connection: what each side gets.
+#[derive(Debug, Clone, Copy)]
+struct Closing {
+    to_client: (u16, &'static str),
+    to_upstream: (u16, &'static str),
+    /// RFC 6455 §5.3: a fresh, unpredictable masking key for the Close to the upstream.
+    mask: [u8; 4],
+}
+
+impl Closing {
+    fn new(to_client: (u16, &'static str), to_upstream: (u16, &'static str)) -> Closing {
+        Closing {
+            to_client,
+            to_upstream,
+            mask: fastrand::u32(..).to_ne_bytes(),
+        }
+    }
+
+    /// The Close for the direction reading from `from` (it writes to the other side).
+    fn injection(&self, from: Side) -> Injection {
+        let (code, reason) = match from {
+            Side::Client => self.to_upstream,
+            Side::Upstream => self.to_client,
+        };
+        Injection {
+            code,
+            reason,
+            mask: self.mask,
+        }
+    }
 }
 
 /// Progress of the Close frame injected into one direction.
@@ -219,6 +260,17 @@ struct Half {
     cut: bool,
     /// A Close frame from the sender was forwarded.
     close_forwarded: bool,
+    /// Forwarding stopped inside a frame header (part of it went out in an earlier read):
+    /// nothing, not even a Close, can follow on the destination's stream.
+    broken: bool,
+    /// The route's largest message, if limited.
+    max_message: Option<u64>,
+    /// Bytes of the message in progress, across its continuation frames.
+    message_len: u64,
+    /// The sender went over `max_message`.
+    too_big: bool,
+    /// A data frame (not Ping, Pong or Close) began since the relay last looked.
+    data_seen: bool,
     /// Bytes were written since the destination was last flushed.
     need_flush: bool,
     /// The source ended (or failed).
@@ -258,7 +310,7 @@ fn poll_write_all<D: AsyncWrite + Unpin>(
 }
 
 impl Half {
-    fn new(from: Side) -> Half {
+    fn new(from: Side, max_message: Option<u64>) -> Half {
         Half {
             from,
             tracker: FrameTracker::new(),
@@ -266,6 +318,11 @@ impl Half {
             inject: Inject::Idle,
             cut: false,
             close_forwarded: false,
+            broken: false,
+            max_message,
+            message_len: 0,
+            too_big: false,
+            data_seen: false,
             need_flush: false,
             read_done: false,
             shut: false,
@@ -356,7 +413,7 @@ impl Half {
             if let Some(inj) = injection {
                 if self.inject == Inject::Idle && (self.cut || self.tracker.at_boundary()) {
                     self.cut = true;
-                    self.inject = if self.close_forwarded {
+                    self.inject = if self.close_forwarded || self.broken {
                         Inject::Skipped
                     } else {
                         Inject::Writing(0)
@@ -445,14 +502,37 @@ impl Half {
     /// Walks the frames in `data` (RFC 6455 §5.2) and returns how many of its bytes to
     /// forward: all of them, or with a close requested, those up to the end of the frame in
     /// progress (the rest is only tracked).
+    ///
+    /// A data frame that takes its message over the limit is not forwarded at all: the
+    /// direction is cut where its header began, and `too_big` set.
     fn track(&mut self, data: &[u8], closing: bool) -> usize {
         let mut forward = if self.cut { 0 } else { data.len() };
         let mut pos = 0;
         while pos < data.len() {
+            let start = pos;
+            let earlier = self.tracker.partial_header();
             let fed = self.tracker.feed(&data[pos..]);
             pos += fed.consumed;
-            if fed.header && !self.cut && self.tracker.current().opcode == OPCODE_CLOSE {
-                self.close_forwarded = true;
+            if fed.header {
+                let header = self.tracker.current();
+                if !header.is_control() {
+                    self.data_seen = true;
+                    // §5.4: a message is its first frame plus the continuations after it.
+                    self.message_len = if header.opcode == OPCODE_CONTINUATION {
+                        self.message_len.saturating_add(header.payload_len)
+                    } else {
+                        header.payload_len
+                    };
+                    if !self.cut && self.max_message.is_some_and(|max| self.message_len > max) {
+                        self.too_big = true;
+                        self.cut = true;
+                        self.broken = earlier > 0;
+                        forward = start;
+                    }
+                }
+                if !self.cut && header.opcode == OPCODE_CLOSE {
+                    self.close_forwarded = true;
+                }
             }
             if fed.boundary && closing && !self.cut {
                 forward = pos;
@@ -470,26 +550,41 @@ struct Relay<'a, C, U> {
     control: &'a ConnControl,
     c2u: Half,
     u2c: Half,
-    /// Set once `control` asked for a close: the mask key for the Close to the upstream.
-    close_mask: Option<[u8; 4]>,
+    /// Set once the gateway closes the connection (asked through `control`, or a limit).
+    closing: Option<Closing>,
     first: Option<Ended>,
     linger: Duration,
     /// Armed when the connection starts closing: past it, both sides are dropped.
     deadline: Option<Pin<Box<Sleep>>>,
+    /// The route's idle timeout, if any, and when a data frame last began either way.
+    idle: Option<Duration>,
+    last_data: Instant,
+    /// Fires at `last_data + idle` (moved on lazily, not per frame); allocated only when
+    /// the route has an idle timeout.
+    idle_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<'a, C, U> Relay<'a, C, U> {
-    fn new(client: C, upstream: U, control: &'a ConnControl, linger: Duration) -> Self {
+    fn new(
+        client: C,
+        upstream: U,
+        control: &'a ConnControl,
+        linger: Duration,
+        limits: Limits,
+    ) -> Self {
         Relay {
             client,
             upstream,
             control,
-            c2u: Half::new(Side::Client),
-            u2c: Half::new(Side::Upstream),
-            close_mask: None,
+            c2u: Half::new(Side::Client, limits.max_message_bytes),
+            u2c: Half::new(Side::Upstream, limits.max_message_bytes),
+            closing: None,
             first: None,
             linger,
             deadline: None,
+            idle: limits.idle_timeout,
+            last_data: Instant::now(),
+            idle_timer: None,
         }
     }
 
@@ -505,6 +600,29 @@ impl<'a, C, U> Relay<'a, C, U> {
             timed_out,
         }
     }
+
+    /// Starts the gateway's close: each side gets its Close at its next frame boundary.
+    fn close(&mut self, closing: Closing, why: Ended, cx: &mut Context<'_>) {
+        self.closing = Some(closing);
+        self.first.get_or_insert(why);
+        // The halves learn of it on the next poll.
+        cx.waker().wake_by_ref();
+    }
+
+    /// Whether the idle timeout has passed; keeps the timer aimed at the current deadline.
+    fn idle_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(idle) = self.idle else {
+            return false;
+        };
+        let due = self.last_data + idle;
+        let timer = self
+            .idle_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
+        timer.as_mut().poll(cx).is_ready()
+    }
 }
 
 impl<C, U> Future for Relay<'_, C, U>
@@ -516,26 +634,47 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<RelayStats> {
         let this = self.get_mut();
-        if this.close_mask.is_none() {
+        if this.closing.is_none() {
             this.control.waker.register(cx.waker());
-            if let Some(code) = this.control.requested() {
-                // RFC 6455 §5.3: a fresh, unpredictable masking key.
-                this.close_mask = Some(fastrand::u32(..).to_ne_bytes());
-                this.first.get_or_insert(Ended::Injected(code));
+            if let Some(request) = this.control.request() {
+                this.closing = Some(Closing::new(request, request));
+                this.first.get_or_insert(Ended::Injected(request.0));
             }
         }
-        // The request never changes once made, so it is read again rather than stored.
-        let injection = this.close_mask.and_then(|mask| {
-            let (code, reason) = this.control.request()?;
-            Some(Injection { code, reason, mask })
-        });
-
-        let c2u = this
-            .c2u
-            .poll_dir(cx, &mut this.client, &mut this.upstream, injection);
-        let u2c = this
-            .u2c
-            .poll_dir(cx, &mut this.upstream, &mut this.client, injection);
+        let closing = this.closing;
+        let c2u = this.c2u.poll_dir(
+            cx,
+            &mut this.client,
+            &mut this.upstream,
+            closing.map(|c| c.injection(Side::Client)),
+        );
+        let u2c = this.u2c.poll_dir(
+            cx,
+            &mut this.upstream,
+            &mut this.client,
+            closing.map(|c| c.injection(Side::Upstream)),
+        );
+        if this.c2u.data_seen || this.u2c.data_seen {
+            this.c2u.data_seen = false;
+            this.u2c.data_seen = false;
+            if this.idle.is_some() {
+                this.last_data = Instant::now();
+            }
+        }
+        if this.closing.is_none() {
+            const TOO_BIG: (u16, &str) = (1009, "message too big");
+            const GOING_AWAY: (u16, &str) = (1001, "going away");
+            const IDLE: (u16, &str) = (1001, "idle timeout");
+            if this.c2u.too_big {
+                let why = Ended::MessageTooBig(Side::Client);
+                this.close(Closing::new(TOO_BIG, GOING_AWAY), why, cx);
+            } else if this.u2c.too_big {
+                let why = Ended::MessageTooBig(Side::Upstream);
+                this.close(Closing::new(GOING_AWAY, TOO_BIG), why, cx);
+            } else if this.idle_expired(cx) {
+                this.close(Closing::new(IDLE, IDLE), Ended::IdleTimeout, cx);
+            }
+        }
         if this.first.is_none() {
             this.first = this.c2u.ended().or_else(|| this.u2c.ended());
         }
@@ -543,7 +682,7 @@ where
             return Poll::Ready(this.stats(false));
         }
 
-        let injecting = injection.is_some();
+        let injecting = closing.is_some();
         if this.c2u.close_complete(injecting) && this.u2c.close_complete(injecting) {
             // Both Close frames have gone by (RFC 6455 §5.5.1, §7.1.1): the WebSocket is
             // closed; shut down both write halves and end.
@@ -577,7 +716,8 @@ where
 
 /// Relays frames between `client` and `upstream` (both already upgraded) until both
 /// directions end or both Close frames have gone by; at most `close_linger` after either
-/// side sent a Close, ended its stream or failed, or `control` asked for a close.
+/// side sent a Close, ended its stream or failed, `control` asked for a close, or a limit
+/// of `limits` was reached.
 ///
 /// Used as `relay(..).await`, like an `async fn`; it returns the hand-written future itself,
 /// which is about 100 bytes smaller per connection than an `async fn` wrapping it.
@@ -586,12 +726,13 @@ pub fn relay<C, U>(
     upstream: U,
     control: &ConnControl,
     close_linger: Duration,
+    limits: Limits,
 ) -> impl Future<Output = RelayStats> + Send
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     U: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    Relay::new(client, upstream, control, close_linger)
+    Relay::new(client, upstream, control, close_linger, limits)
 }
 
 /// For a handshake already answered with 101: sends a Close frame with `code` and `reason`
@@ -659,21 +800,28 @@ mod tests {
     fn spawn_relay<S>(
         gw_client: S,
         gw_upstream: S,
+        limits: Limits,
     ) -> (Arc<ConnControl>, tokio::task::JoinHandle<RelayStats>)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let control = Arc::new(ConnControl::new());
         let c = control.clone();
-        let task = tokio::spawn(async move { relay(gw_client, gw_upstream, &c, LINGER).await });
+        let task =
+            tokio::spawn(async move { relay(gw_client, gw_upstream, &c, LINGER, limits).await });
         (control, task)
     }
 
     /// A tungstenite client and server, already upgraded, with a relay between them.
     async fn pair() -> Pair<DuplexStream> {
+        limited_pair(Limits::default()).await
+    }
+
+    /// The same, with the relay enforcing `limits`.
+    async fn limited_pair(limits: Limits) -> Pair<DuplexStream> {
         let (client_io, gw_client) = duplex(64 * 1024);
         let (gw_upstream, upstream_io) = duplex(64 * 1024);
-        let (control, relay) = spawn_relay(gw_client, gw_upstream);
+        let (control, relay) = spawn_relay(gw_client, gw_upstream, limits);
         Pair {
             client: WebSocketStream::from_raw_socket(client_io, Role::Client, None).await,
             upstream: WebSocketStream::from_raw_socket(upstream_io, Role::Server, None).await,
@@ -692,7 +840,7 @@ mod tests {
         }
         let (client_io, gw_client) = connected().await;
         let (gw_upstream, upstream_io) = connected().await;
-        let (control, relay) = spawn_relay(gw_client, gw_upstream);
+        let (control, relay) = spawn_relay(gw_client, gw_upstream, Limits::default());
         Pair {
             client: WebSocketStream::from_raw_socket(client_io, Role::Client, None).await,
             upstream: WebSocketStream::from_raw_socket(upstream_io, Role::Server, None).await,
@@ -906,6 +1054,105 @@ mod tests {
         assert_eq!(stats.ended.label(), "revoked");
     }
 
+    #[tokio::test]
+    async fn a_fragmented_message_over_the_limit_gets_its_sender_1009_and_the_other_1001() {
+        let limits = Limits {
+            max_message_bytes: Some(100),
+            idle_timeout: None,
+        };
+        let mut p = limited_pair(limits).await;
+        // Under the limit, whole and in fragments: passes.
+        p.client
+            .send(Message::binary(vec![1u8; 100]))
+            .await
+            .expect("send");
+        assert_eq!(
+            next_msg(&mut p.upstream).await,
+            Message::binary(vec![1u8; 100])
+        );
+        // 60 + 60 in two fragments: the second takes the message over 100.
+        for frame in [
+            Frame::message(vec![2u8; 60], OpCode::Data(Data::Binary), false),
+            Frame::message(vec![3u8; 60], OpCode::Data(Data::Continue), true),
+        ] {
+            p.client.send(Message::Frame(frame)).await.expect("send");
+        }
+        let (cl, up) = tokio::join!(drain(&mut p.client), async {
+            // The first fragment went on before the limit was known; then the Close, which
+            // may come between fragments (RFC 6455 §5.4), so no whole message arrives.
+            let mut frames = 0;
+            let mut close = None;
+            while let Some(Ok(m)) = p.upstream.next().await {
+                match m {
+                    Message::Close(f) => {
+                        close = f.map(|f| (u16::from(f.code), f.reason.to_string()))
+                    }
+                    Message::Frame(_) | Message::Binary(_) => frames += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            (frames, close)
+        });
+        assert_eq!(cl, Some((1009, "message too big".to_owned())));
+        assert_eq!(up, (0, Some((1001, "going away".to_owned()))));
+        let stats = p.relay.await.expect("relay");
+        assert_eq!(stats.ended, Ended::MessageTooBig(Side::Client));
+        assert_eq!(stats.ended.label(), "client_message_too_big");
+        assert!(!stats.timed_out);
+    }
+
+    #[tokio::test]
+    async fn an_upstream_message_over_the_limit_gets_the_upstream_1009() {
+        let limits = Limits {
+            max_message_bytes: Some(10),
+            idle_timeout: None,
+        };
+        let mut p = limited_pair(limits).await;
+        p.upstream
+            .send(Message::text("x".repeat(11)))
+            .await
+            .expect("send");
+        let (cl, up) = tokio::join!(drain(&mut p.client), drain(&mut p.upstream));
+        assert_eq!(cl, Some((1001, "going away".to_owned())));
+        assert_eq!(up, Some((1009, "message too big".to_owned())));
+        assert_eq!(
+            p.relay.await.expect("relay").ended,
+            Ended::MessageTooBig(Side::Upstream)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_past_the_idle_timeout_closes_both_sides_1001_but_pings_do_not_count() {
+        let limits = Limits {
+            max_message_bytes: None,
+            idle_timeout: Some(Duration::from_secs(60)),
+        };
+        let mut p = limited_pair(limits).await;
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        both_ways(&mut p).await;
+        let data_at = Instant::now();
+        // 50 s after that data, a ping (not data) passes; the timeout still runs from the data.
+        tokio::time::sleep(Duration::from_secs(50)).await;
+        p.client
+            .send(Message::Ping(vec![1u8].into()))
+            .await
+            .expect("ping");
+        assert_eq!(
+            next_msg(&mut p.upstream).await,
+            Message::Ping(vec![1u8].into())
+        );
+        let (cl, up) = tokio::join!(drain(&mut p.client), drain(&mut p.upstream));
+        assert_eq!(cl, Some((1001, "idle timeout".to_owned())));
+        assert_eq!(up, Some((1001, "idle timeout".to_owned())));
+        let closed_after = Instant::now() - data_at;
+        assert!(
+            closed_after >= Duration::from_secs(60) && closed_after < Duration::from_secs(61),
+            "{closed_after:?}"
+        );
+        let stats = p.relay.await.expect("relay");
+        assert_eq!(stats.ended, Ended::IdleTimeout);
+    }
+
     /// A masked (client) frame header with a 16-bit length (RFC 6455 §5.2).
     fn masked_header(len: u16, key: [u8; 4]) -> Vec<u8> {
         let mut h = vec![0x82, 0x80 | 126];
@@ -930,7 +1177,7 @@ mod tests {
     async fn injection_waits_for_the_frames_in_flight_then_discards() {
         let (mut client, gw_client) = duplex(256 * 1024);
         let (gw_upstream, mut upstream) = duplex(256 * 1024);
-        let (control, task) = spawn_relay(gw_client, gw_upstream);
+        let (control, task) = spawn_relay(gw_client, gw_upstream, Limits::default());
         const LEN: u16 = 60_000;
         let key = [9, 8, 7, 6];
         let (c_head, u_head) = (masked_header(LEN, key), unmasked_header(LEN));
@@ -1006,7 +1253,7 @@ mod tests {
         let control = ConnControl::new();
         control.close(1012, "service restart");
         // Nobody answers the Close: the relay gives up after the linger.
-        let stats = relay(gw_client, gw_upstream, &control, LINGER).await;
+        let stats = relay(gw_client, gw_upstream, &control, LINGER, Limits::default()).await;
         assert_eq!(
             (stats.ended, stats.timed_out),
             (Ended::Injected(1012), true)
@@ -1026,7 +1273,9 @@ mod tests {
         let (gw_upstream, mut upstream) = duplex(1024);
         let control = Arc::new(ConnControl::new());
         let c = control.clone();
-        let task = tokio::spawn(async move { relay(gw_client, gw_upstream, &c, LINGER).await });
+        let task = tokio::spawn(async move {
+            relay(gw_client, gw_upstream, &c, LINGER, Limits::default()).await
+        });
         upstream
             .write_all(&[0x82, 100, 1, 2, 3])
             .await
@@ -1050,7 +1299,7 @@ mod tests {
     async fn end_of_stream_is_passed_on_and_the_other_direction_goes_on() {
         let (mut client, gw_client) = duplex(1024);
         let (gw_upstream, mut upstream) = duplex(1024);
-        let (_control, task) = spawn_relay(gw_client, gw_upstream);
+        let (_control, task) = spawn_relay(gw_client, gw_upstream, Limits::default());
         client.shutdown().await.expect("shutdown");
         let mut rest = Vec::new();
         upstream.read_to_end(&mut rest).await.expect("eof");
@@ -1114,7 +1363,7 @@ mod tests {
         // Room for 1 KiB only towards the upstream.
         let (gw_upstream, mut upstream) = duplex(1024);
         let control = ConnControl::new();
-        let mut relay = Relay::new(gw_client, gw_upstream, &control, LINGER);
+        let mut relay = Relay::new(gw_client, gw_upstream, &control, LINGER, Limits::default());
         assert!(poll_once(&mut relay).is_pending());
         assert!(relay.c2u.held.is_none() && relay.u2c.held.is_none());
 
