@@ -104,6 +104,28 @@ pub struct WebSocketRouteSpec {
     /// Limits on each connection of this route. Default: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<LimitsSpec>,
+
+    /// Pings from the gateway to each side that goes silent, to find dead peers. Default: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat: Option<HeartbeatSpec>,
+}
+
+/// Heartbeats: a side silent for `intervalSeconds` gets a Ping from the gateway; one that does not answer it with a Pong within `timeoutSeconds` is closed, and the other side gets Close 1001 (1011 when the upstream is the one that stopped answering).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeartbeatSpec {
+    /// Seconds a side may be silent before the gateway pings it.
+    #[schemars(range(min = 1, max = 3600))]
+    pub interval_seconds: u32,
+
+    /// Seconds to wait for the Pong. Default: 10.
+    #[serde(default = "default_heartbeat_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: u32,
+}
+
+fn default_heartbeat_timeout() -> u32 {
+    10
 }
 
 /// Longest `limits.idleTimeoutSeconds`: a week.

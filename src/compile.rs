@@ -467,6 +467,16 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
         }
     }
 
+    if let Some(h) = &spec.heartbeat
+        && [h.interval_seconds, h.timeout_seconds]
+            .iter()
+            .any(|s| !(1..=3600).contains(s))
+    {
+        problems.push(
+            "heartbeat.intervalSeconds and heartbeat.timeoutSeconds must be 1 to 3600".to_owned(),
+        );
+    }
+
     let (upstream, refs) = check_upstream(route, &key, backends, &mut problems);
 
     let summary = match (&path, hostnames.is_empty()) {
@@ -487,16 +497,18 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
                 upstream,
                 subprotocols: spec.subprotocols.clone(),
                 revoke_on_policy_change: spec.revoke_on_policy_change,
-                limits: spec
-                    .limits
-                    .as_ref()
-                    .map(|l| Limits {
-                        max_message_bytes: l.max_message_bytes,
-                        idle_timeout: l
-                            .idle_timeout_seconds
-                            .map(|s| std::time::Duration::from_secs(u64::from(s))),
-                    })
-                    .unwrap_or_default(),
+                limits: Limits {
+                    max_message_bytes: spec.limits.as_ref().and_then(|l| l.max_message_bytes),
+                    idle_timeout: spec
+                        .limits
+                        .as_ref()
+                        .and_then(|l| l.idle_timeout_seconds)
+                        .map(seconds),
+                    heartbeat: spec
+                        .heartbeat
+                        .as_ref()
+                        .map(|h| (seconds(h.interval_seconds), seconds(h.timeout_seconds))),
+                },
             },
         }),
         _ => None,
@@ -733,3 +745,7 @@ impl fmt::Display for ConditionState {
 
 #[cfg(test)]
 mod tests;
+
+fn seconds(s: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(s))
+}

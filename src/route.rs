@@ -129,6 +129,8 @@ pub struct Limits {
     pub max_message_bytes: Option<u64>,
     /// How long neither side may send a data frame.
     pub idle_timeout: Option<std::time::Duration>,
+    /// Ping a side silent this long, and close it if its Pong takes longer than the second.
+    pub heartbeat: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 /// The routes of one hostname key, ordered for lookup.

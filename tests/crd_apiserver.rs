@@ -105,6 +105,11 @@ async fn crd_installs_stores_defaults_and_refuses_invalid_routes_with_its_messag
             "idleTimeoutSeconds in body should be less than or equal to 604800",
         ),
         (
+            "heartbeat-zero",
+            "  hostnames: [a.example.com]\n  upstream: {url: \"ws://a:1\"}\n  heartbeat: {intervalSeconds: 0}\n",
+            "intervalSeconds in body should be greater than or equal to 1",
+        ),
+        (
             "service-name",
             "  hostnames: [a.example.com]\n  upstream: {service: {name: Chat_Backend, port: 80}}\n",
             "service name must be a Service's name",

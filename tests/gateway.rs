@@ -765,3 +765,37 @@ async fn a_connection_idle_past_idle_timeout_seconds_is_closed_1001() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_is_found_by_the_heartbeat_and_the_client_gets_1011() {
+    // Completes the WebSocket handshake, then never reads again (a hung backend).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let hung = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let ws = tokio_tungstenite::accept_async(stream)
+            .await
+            .expect("upgrade");
+        std::future::pending::<()>().await;
+        drop(ws);
+    });
+    let yaml = route(
+        "chat",
+        HOST,
+        "/ws",
+        app_only(),
+        &format!("{{url: \"ws://{addr}\"}}"),
+    ) + "  heartbeat: {intervalSeconds: 1, timeoutSeconds: 1}\n";
+    let gate = Gate::start(&[("chat.yaml", yaml)], &[]).await;
+    let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    // The client reads (and so answers the gateway's Pings) until the gateway closes.
+    assert_eq!(
+        close_code(&mut ws).await,
+        (1011, "upstream not responding".to_owned())
+    );
+    hung.abort();
+}

@@ -333,7 +333,7 @@ fn cluster_backends_resolve_service_ports_to_ready_endpoints_by_port_name() {
 }
 
 #[test]
-fn limits_reach_the_route_and_out_of_range_limits_are_invalid() {
+fn limits_and_heartbeat_reach_the_route_and_out_of_range_values_are_invalid() {
     let spec = |limits: &str| {
         route(&format!(
             "metadata: {{name: r, namespace: apps}}\nspec:\n  hostnames: [a.example.com]\n  upstream: {{url: \"ws://127.0.0.1:9000\"}}\n  limits: {limits}\n"
@@ -348,6 +348,27 @@ fn limits_reach_the_route_and_out_of_range_limits_are_invalid() {
     assert_eq!(
         served.limits.idle_timeout,
         Some(std::time::Duration::from_secs(300))
+    );
+
+    let beating = route(
+        "metadata: {name: r, namespace: apps}\nspec:\n  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9000\"}\n  heartbeat: {intervalSeconds: 30}\n",
+    );
+    let compiled = compile(&[beating], &Backends::standalone());
+    let served = compiled.table.lookup("a.example.com", "/").expect("served");
+    assert_eq!(
+        served.limits.heartbeat,
+        Some((
+            std::time::Duration::from_secs(30),
+            std::time::Duration::from_secs(10)
+        ))
+    );
+    let v = one(route(
+        "metadata: {name: r, namespace: apps}\nspec:\n  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9000\"}\n  heartbeat: {intervalSeconds: 0}\n",
+    ));
+    assert!(
+        cond(&v, condition::ACCEPTED)
+            .message
+            .contains("heartbeat.intervalSeconds and heartbeat.timeoutSeconds must be 1 to 3600")
     );
 
     for (limits, says) in [

@@ -273,9 +273,60 @@ pub fn close_frame(
     (frame, at + payload_len)
 }
 
+/// Payload length of the gateway's own Ping frames.
+pub const PING_PAYLOAD: usize = 8;
+/// Longest encoded gateway Ping: 2-byte header, 4-byte mask key, the payload.
+pub const MAX_PING_FRAME: usize = 2 + 4 + PING_PAYLOAD;
+
+/// Encodes a Ping frame carrying `payload` (RFC 6455 §5.5.2), masked with `mask` when it goes
+/// to a server (§5.3). Returns the buffer and the frame's length.
+pub fn ping_frame(
+    payload: [u8; PING_PAYLOAD],
+    mask: Option<[u8; 4]>,
+) -> ([u8; MAX_PING_FRAME], usize) {
+    let mut frame = [0u8; MAX_PING_FRAME];
+    frame[0] = 0x80 | OPCODE_PING;
+    frame[1] = PING_PAYLOAD as u8;
+    let mut at = 2;
+    if let Some(key) = mask {
+        frame[1] |= 0x80;
+        frame[2..6].copy_from_slice(&key);
+        at = 6;
+    }
+    for (j, b) in payload.iter().enumerate() {
+        frame[at + j] = b ^ mask.map_or(0, |key| key[j % 4]);
+    }
+    (frame, at + PING_PAYLOAD)
+}
+
+/// Unmasks `payload` in place with `mask` (RFC 6455 §5.3), if it is masked.
+pub fn unmask(payload: &mut [u8], mask: Option<[u8; 4]>) {
+    if let Some(key) = mask {
+        for (j, b) in payload.iter_mut().enumerate() {
+            *b ^= key[j % 4];
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ping_frames_round_trip_masked_and_unmasked() {
+        let payload = *b"wsgt0001";
+        for mask in [None, Some([1, 2, 3, 4])] {
+            let (frame, len) = ping_frame(payload, mask);
+            let mut t = FrameTracker::new();
+            let fed = t.feed(&frame[..len]);
+            assert!(fed.header);
+            let h = t.current();
+            assert_eq!((h.opcode, h.payload_len, h.mask), (OPCODE_PING, 8, mask));
+            let mut body = frame[fed.consumed..len].to_vec();
+            unmask(&mut body, mask);
+            assert_eq!(body, payload);
+        }
+    }
 
     /// Encodes a frame header for tests (RFC 6455 §5.2).
     fn header(fin: bool, opcode: u8, len: u64, mask: Option<[u8; 4]>) -> Vec<u8> {

@@ -24,7 +24,10 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-use super::frame::{FrameTracker, OPCODE_CLOSE, OPCODE_CONTINUATION, close_frame};
+use super::frame::{
+    FrameTracker, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PONG, PING_PAYLOAD, close_frame,
+    ping_frame, unmask,
+};
 use crate::route::Limits;
 
 /// Size of a pooled read buffer.
@@ -142,6 +145,8 @@ pub enum Ended {
     MessageTooBig(Side),
     /// Neither side sent a data frame for the route's `idleTimeoutSeconds`: both got 1001.
     IdleTimeout,
+    /// This side did not answer the gateway's Ping in time (route `heartbeat`).
+    HeartbeatTimeout(Side),
 }
 
 impl Ended {
@@ -159,6 +164,8 @@ impl Ended {
             Ended::MessageTooBig(Side::Client) => "client_message_too_big",
             Ended::MessageTooBig(Side::Upstream) => "upstream_message_too_big",
             Ended::IdleTimeout => "idle_timeout",
+            Ended::HeartbeatTimeout(Side::Client) => "client_heartbeat_timeout",
+            Ended::HeartbeatTimeout(Side::Upstream) => "upstream_heartbeat_timeout",
         }
     }
 }
@@ -271,6 +278,17 @@ struct Half {
     too_big: bool,
     /// A data frame (not Ping, Pong or Close) began since the relay last looked.
     data_seen: bool,
+    /// A read returned data since the relay last looked (heartbeat: the sender is alive).
+    heard: bool,
+    /// A gateway Ping (payload, mask key) to write to the destination at the next frame
+    /// boundary, and how many of its bytes are out.
+    ping_out: Option<([u8; PING_PAYLOAD], [u8; 4])>,
+    ping_done: u8,
+    /// The payload of the gateway's unanswered Ping to the source: its Pong is taken out
+    /// of the stream, never forwarded.
+    expect_pong: Option<[u8; PING_PAYLOAD]>,
+    /// That Pong arrived since the relay last looked.
+    pong_seen: bool,
     /// Bytes were written since the destination was last flushed.
     need_flush: bool,
     /// The source ended (or failed).
@@ -323,6 +341,11 @@ impl Half {
             message_len: 0,
             too_big: false,
             data_seen: false,
+            heard: false,
+            ping_out: None,
+            ping_done: 0,
+            expect_pong: None,
+            pong_seen: false,
             need_flush: false,
             read_done: false,
             shut: false,
@@ -407,7 +430,29 @@ impl Half {
                 self.need_flush = true;
             }
 
-            // 2. A requested close goes out at the first frame boundary (never inside a
+            // 2. A gateway Ping goes out at a frame boundary, unless the connection is
+            //    closing; once begun, it is finished before anything else.
+            if let Some((payload, key)) = self.ping_out
+                && (self.ping_done > 0
+                    || (injection.is_none() && !self.cut && self.tracker.at_boundary()))
+            {
+                let mask = (self.from == Side::Client).then_some(key);
+                let (frame, len) = ping_frame(payload, mask);
+                let mut written = usize::from(self.ping_done);
+                let step = poll_write_all(cx, dst, &frame[..len], &mut written);
+                // `len` ≤ 14, so the count fits a byte.
+                self.ping_done = written as u8;
+                match step {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return self.write_failed(&e),
+                    Poll::Ready(Ok(())) => {}
+                }
+                self.ping_out = None;
+                self.ping_done = 0;
+                self.need_flush = true;
+            }
+
+            // 3. A requested close goes out at the first frame boundary (never inside a
             //    frame): RFC 6455 §5.5.1, unmasked to the client, masked to the upstream
             //    (§5.3: every client-to-server frame is masked).
             if let Some(inj) = injection {
@@ -441,7 +486,7 @@ impl Half {
                 }
             }
 
-            // 3. The source ended: pass that on by shutting down the destination's write
+            // 4. The source ended: pass that on by shutting down the destination's write
             //    half (best effort: it may be gone already).
             if self.read_done {
                 if Pin::new(&mut *dst).poll_shutdown(cx).is_pending() {
@@ -452,7 +497,7 @@ impl Half {
                 return Poll::Ready(());
             }
 
-            // 4. Read. A read that is not ready writes nothing into the buffer (AsyncRead
+            // 5. Read. A read that is not ready writes nothing into the buffer (AsyncRead
             //    contract), so the buffer goes straight back to the pool.
             let mut buf = take_buffer();
             let mut read = ReadBuf::new(&mut buf);
@@ -483,7 +528,8 @@ impl Half {
                 continue;
             }
             self.bytes += n as u64;
-            let forward = self.track(&buf[..n], injection.is_some());
+            self.heard = true;
+            let forward = self.track(&mut buf[..n], injection.is_some());
             if forward == 0 {
                 give_buffer(buf);
             } else {
@@ -504,17 +550,34 @@ impl Half {
     /// progress (the rest is only tracked).
     ///
     /// A data frame that takes its message over the limit is not forwarded at all: the
-    /// direction is cut where its header began, and `too_big` set.
-    fn track(&mut self, data: &[u8], closing: bool) -> usize {
-        let mut forward = if self.cut { 0 } else { data.len() };
+    /// direction is cut where its header began, and `too_big` set. The Pong answering the
+    /// gateway's own Ping is taken out of `data` (the bytes after it move up), so the other
+    /// side never sees it.
+    fn track(&mut self, data: &mut [u8], closing: bool) -> usize {
+        let mut len = data.len();
+        let mut cut_at = self.cut.then_some(0);
         let mut pos = 0;
-        while pos < data.len() {
+        while pos < len {
             let start = pos;
             let earlier = self.tracker.partial_header();
-            let fed = self.tracker.feed(&data[pos..]);
+            let fed = self.tracker.feed(&data[pos..len]);
             pos += fed.consumed;
             if fed.header {
                 let header = self.tracker.current();
+                if earlier == 0 && self.is_our_pong(&data[pos..len]) {
+                    let end = pos + PING_PAYLOAD;
+                    self.tracker.feed(&data[pos..end]);
+                    self.expect_pong = None;
+                    self.pong_seen = true;
+                    if cut_at.is_none() {
+                        data.copy_within(end..len, start);
+                        len -= end - start;
+                        pos = start;
+                    } else {
+                        pos = end;
+                    }
+                    continue;
+                }
                 if !header.is_control() {
                     self.data_seen = true;
                     // §5.4: a message is its first frame plus the continuations after it.
@@ -523,23 +586,45 @@ impl Half {
                     } else {
                         header.payload_len
                     };
-                    if !self.cut && self.max_message.is_some_and(|max| self.message_len > max) {
+                    if cut_at.is_none()
+                        && self.max_message.is_some_and(|max| self.message_len > max)
+                    {
                         self.too_big = true;
                         self.cut = true;
                         self.broken = earlier > 0;
-                        forward = start;
+                        cut_at = Some(start);
                     }
                 }
-                if !self.cut && header.opcode == OPCODE_CLOSE {
+                if cut_at.is_none() && header.opcode == OPCODE_CLOSE {
                     self.close_forwarded = true;
                 }
             }
-            if fed.boundary && closing && !self.cut {
-                forward = pos;
+            if fed.boundary && closing && cut_at.is_none() {
+                cut_at = Some(pos);
                 self.cut = true;
             }
         }
-        forward
+        cut_at.unwrap_or(len)
+    }
+
+    /// Whether the frame whose header was just read is the Pong to the gateway's Ping, with
+    /// its whole payload at the start of `rest`. A Pong split across reads is forwarded
+    /// (RFC 6455 §5.5.3 allows an unsolicited Pong) and the Ping counts as unanswered.
+    fn is_our_pong(&self, rest: &[u8]) -> bool {
+        let header = self.tracker.current();
+        let Some(expected) = self.expect_pong else {
+            return false;
+        };
+        if header.opcode != OPCODE_PONG
+            || header.payload_len != PING_PAYLOAD as u64
+            || rest.len() < PING_PAYLOAD
+        {
+            return false;
+        }
+        let mut payload = [0u8; PING_PAYLOAD];
+        payload.copy_from_slice(&rest[..PING_PAYLOAD]);
+        unmask(&mut payload, header.mask);
+        payload == expected
     }
 }
 
@@ -562,6 +647,46 @@ struct Relay<'a, C, U> {
     /// Fires at `last_data + idle` (moved on lazily, not per frame); allocated only when
     /// the route has an idle timeout.
     idle_timer: Option<Pin<Box<Sleep>>>,
+    /// The route's heartbeat; allocated only when it has one.
+    heartbeat: Option<Box<Heartbeat>>,
+}
+
+/// Heartbeat state of one connection.
+struct Heartbeat {
+    interval: Duration,
+    timeout: Duration,
+    /// Client, then upstream.
+    sides: [Beat; 2],
+    /// Fires at the next interval or timeout of either side.
+    timer: Pin<Box<Sleep>>,
+}
+
+/// Heartbeat state of one side.
+#[derive(Clone, Copy)]
+struct Beat {
+    /// When a read from this side last returned data.
+    last_heard: Instant,
+    /// When the unanswered Ping to it went out.
+    ping_sent: Option<Instant>,
+    /// Pings sent so far (part of each Ping's payload).
+    pings: u32,
+}
+
+impl Heartbeat {
+    fn new((interval, timeout): (Duration, Duration)) -> Heartbeat {
+        let now = Instant::now();
+        let beat = Beat {
+            last_heard: now,
+            ping_sent: None,
+            pings: 0,
+        };
+        Heartbeat {
+            interval,
+            timeout,
+            sides: [beat; 2],
+            timer: Box::pin(tokio::time::sleep_until(now + interval)),
+        }
+    }
 }
 
 impl<'a, C, U> Relay<'a, C, U> {
@@ -585,6 +710,7 @@ impl<'a, C, U> Relay<'a, C, U> {
             idle: limits.idle_timeout,
             last_data: Instant::now(),
             idle_timer: None,
+            heartbeat: limits.heartbeat.map(|h| Box::new(Heartbeat::new(h))),
         }
     }
 
@@ -607,6 +733,55 @@ impl<'a, C, U> Relay<'a, C, U> {
         self.first.get_or_insert(why);
         // The halves learn of it on the next poll.
         cx.waker().wake_by_ref();
+    }
+
+    /// Heartbeats: notes who was heard and which Pong came back, asks for a Ping to a side
+    /// silent for the interval, and returns a side whose Ping went unanswered too long.
+    fn beat(&mut self, cx: &mut Context<'_>) -> Option<Side> {
+        let hb = self.heartbeat.as_deref_mut()?;
+        let now = Instant::now();
+        let mut next: Option<Instant> = None;
+        for (i, side) in [Side::Client, Side::Upstream].into_iter().enumerate() {
+            // The half reading from this side sees its Pong; the other one writes its Ping.
+            let (reader, writer) = match side {
+                Side::Client => (&mut self.c2u, &mut self.u2c),
+                Side::Upstream => (&mut self.u2c, &mut self.c2u),
+            };
+            let beat = &mut hb.sides[i];
+            if std::mem::take(&mut reader.heard) {
+                beat.last_heard = now;
+            }
+            if std::mem::take(&mut reader.pong_seen) {
+                beat.ping_sent = None;
+            }
+            let due = match beat.ping_sent {
+                Some(sent) if now >= sent + hb.timeout => return Some(side),
+                Some(sent) => sent + hb.timeout,
+                None if now >= beat.last_heard + hb.interval => {
+                    beat.pings = beat.pings.wrapping_add(1);
+                    let mut payload = *b"wsgt\0\0\0\0";
+                    payload[4..].copy_from_slice(&beat.pings.to_be_bytes());
+                    // RFC 6455 §5.3: a fresh masking key (used only toward the upstream).
+                    writer.ping_out = Some((payload, fastrand::u32(..).to_ne_bytes()));
+                    reader.expect_pong = Some(payload);
+                    beat.ping_sent = Some(now);
+                    // The writing half sends it on the next poll.
+                    cx.waker().wake_by_ref();
+                    now + hb.timeout
+                }
+                None => beat.last_heard + hb.interval,
+            };
+            next = Some(next.map_or(due, |n| n.min(due)));
+        }
+        if let Some(due) = next {
+            if hb.timer.deadline() != due {
+                hb.timer.as_mut().reset(due);
+            }
+            if hb.timer.as_mut().poll(cx).is_ready() {
+                cx.waker().wake_by_ref();
+            }
+        }
+        None
     }
 
     /// Whether the idle timeout has passed; keeps the timer aimed at the current deadline.
@@ -673,6 +848,13 @@ where
                 this.close(Closing::new(GOING_AWAY, TOO_BIG), why, cx);
             } else if this.idle_expired(cx) {
                 this.close(Closing::new(IDLE, IDLE), Ended::IdleTimeout, cx);
+            } else if let Some(dead) = this.beat(cx) {
+                const NO_PONG: (u16, &str) = (1001, "ping timeout");
+                let closing = match dead {
+                    Side::Client => Closing::new(NO_PONG, GOING_AWAY),
+                    Side::Upstream => Closing::new((1011, "upstream not responding"), NO_PONG),
+                };
+                this.close(closing, Ended::HeartbeatTimeout(dead), cx);
             }
         }
         if this.first.is_none() {
@@ -1058,7 +1240,7 @@ mod tests {
     async fn a_fragmented_message_over_the_limit_gets_its_sender_1009_and_the_other_1001() {
         let limits = Limits {
             max_message_bytes: Some(100),
-            idle_timeout: None,
+            ..Limits::default()
         };
         let mut p = limited_pair(limits).await;
         // Under the limit, whole and in fragments: passes.
@@ -1105,7 +1287,7 @@ mod tests {
     async fn an_upstream_message_over_the_limit_gets_the_upstream_1009() {
         let limits = Limits {
             max_message_bytes: Some(10),
-            idle_timeout: None,
+            ..Limits::default()
         };
         let mut p = limited_pair(limits).await;
         p.upstream
@@ -1124,8 +1306,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn silence_past_the_idle_timeout_closes_both_sides_1001_but_pings_do_not_count() {
         let limits = Limits {
-            max_message_bytes: None,
             idle_timeout: Some(Duration::from_secs(60)),
+            ..Limits::default()
         };
         let mut p = limited_pair(limits).await;
         tokio::time::sleep(Duration::from_secs(50)).await;
@@ -1151,6 +1333,58 @@ mod tests {
         );
         let stats = p.relay.await.expect("relay");
         assert_eq!(stats.ended, Ended::IdleTimeout);
+    }
+
+    fn heartbeat(interval: u64, timeout: u64) -> Limits {
+        Limits {
+            heartbeat: Some((Duration::from_secs(interval), Duration::from_secs(timeout))),
+            ..Limits::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_sides_are_pinged_and_their_pongs_stay_with_the_gateway() {
+        let mut p = limited_pair(heartbeat(10, 5)).await;
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        for ws in [&mut p.client, &mut p.upstream] {
+            match next_msg(ws).await {
+                Message::Ping(d) => assert!(d.starts_with(b"wsgt"), "{d:?}"),
+                other => panic!("expected the gateway's Ping, got {other:?}"),
+            }
+        }
+        // Tungstenite sends its Pong before the next message; had the relay forwarded it,
+        // the other side would read a Pong here instead of the message.
+        both_ways(&mut p).await;
+        both_ways(&mut p).await;
+        drop(p.client);
+        drop(p.upstream);
+        let stats = p.relay.await.expect("relay");
+        assert_eq!(stats.ended, Ended::Client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_upstream_that_stops_answering_is_dropped_and_the_client_gets_1011() {
+        let mut p = limited_pair(heartbeat(10, 5)).await;
+        both_ways(&mut p).await;
+        let started = Instant::now();
+        // The client keeps reading (and so answers Pings); the upstream is never read again.
+        let close = drain(&mut p.client).await;
+        assert_eq!(close, Some((1011, "upstream not responding".to_owned())));
+        assert!(Instant::now() - started >= Duration::from_secs(15));
+        let stats = p.relay.await.expect("relay");
+        assert_eq!(stats.ended, Ended::HeartbeatTimeout(Side::Upstream));
+        assert_eq!(stats.ended.label(), "upstream_heartbeat_timeout");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_stops_answering_is_dropped_and_the_upstream_gets_1001() {
+        let mut p = limited_pair(heartbeat(10, 5)).await;
+        let close = drain(&mut p.upstream).await;
+        assert_eq!(close, Some((1001, "going away".to_owned())));
+        assert_eq!(
+            p.relay.await.expect("relay").ended,
+            Ended::HeartbeatTimeout(Side::Client)
+        );
     }
 
     /// A masked (client) frame header with a 16-bit length (RFC 6455 §5.2).
