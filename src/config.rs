@@ -18,9 +18,21 @@ pub struct Cli {
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `wsgate=debug`.
     #[arg(long, env = "WSGATE_LOG", default_value = "info", global = true)]
     pub log: String,
+    /// Log line format: `text`, or `json` (one object per line, for log pipelines).
+    #[arg(long, env = "WSGATE_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: LogFormat,
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable text.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands (DESIGN §2).

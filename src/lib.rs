@@ -16,6 +16,7 @@
 //! - [`proxy`] is the data plane: listener, handshake policy, upstream, frame relay.
 //! - [`admin`] serves health, readiness, metrics and the active snapshot.
 
+pub mod access;
 pub mod admin;
 pub mod api;
 pub mod check;

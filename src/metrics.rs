@@ -30,9 +30,21 @@ pub struct RouteLabels {
 
 /// Labels of relay traffic counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DirectionLabels {
+pub struct TrafficLabels {
+    /// `namespace/name`.
+    pub route: String,
     /// `client_to_upstream` or `upstream_to_client`.
     pub direction: &'static str,
+}
+
+/// Labels of WebSocket closes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// The close code: 1000-1015 as themselves (1005: a Close without a code, 1006: no
+    /// Close at all), `3xxx`, `4xxx` or `invalid`.
+    pub code: &'static str,
+    /// `client`, `upstream` or `gateway`.
+    pub initiator: &'static str,
 }
 
 /// Labels of how relayed connections ended.
@@ -57,10 +69,16 @@ pub struct Metrics {
     pub handshakes: Family<HandshakeLabels, Counter>,
     /// Relayed connections open now, by route.
     pub active_connections: Family<RouteLabels, Gauge>,
-    /// Relayed bytes by direction.
-    pub bytes: Family<DirectionLabels, Counter>,
-    /// Relayed WebSocket frames by direction.
-    pub frames: Family<DirectionLabels, Counter>,
+    /// Relayed bytes by route and direction.
+    pub bytes: Family<TrafficLabels, Counter>,
+    /// Relayed WebSocket messages by route and direction.
+    pub messages: Family<TrafficLabels, Counter>,
+    /// How long relayed connections lasted, by route.
+    pub connection_duration: Family<RouteLabels, Histogram>,
+    /// WebSocket closes by code and by who closed first.
+    pub closes: Family<CloseLabels, Counter>,
+    /// Seconds to open a TCP connection to an upstream.
+    pub upstream_connect_seconds: Histogram,
     /// Finished relays by how they ended.
     pub connections_ended: Family<EndLabels, Counter>,
     /// Version of the active snapshot (increments on every applied change).
@@ -92,7 +110,18 @@ impl Metrics {
             handshakes: Family::default(),
             active_connections: Family::default(),
             bytes: Family::default(),
-            frames: Family::default(),
+            messages: Family::default(),
+            // 1 s .. ~18 h.
+            connection_duration: Family::new_with_constructor(|| {
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    1.0, 4.0, 9,
+                ))
+            }),
+            closes: Family::default(),
+            // 100 µs .. ~3.3 s.
+            upstream_connect_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 2.0, 16),
+            ),
             connections_ended: Family::default(),
             snapshot_version: Gauge::default(),
             snapshot_routes: Gauge::default(),
@@ -116,13 +145,28 @@ impl Metrics {
         );
         registry.register(
             "relayed_bytes",
-            "Bytes relayed, by direction",
+            "Bytes relayed, by route and direction",
             m.bytes.clone(),
         );
         registry.register(
-            "relayed_frames",
-            "WebSocket frames relayed, by direction",
-            m.frames.clone(),
+            "relayed_messages",
+            "WebSocket messages relayed, by route and direction",
+            m.messages.clone(),
+        );
+        registry.register(
+            "connection_duration_seconds",
+            "How long relayed connections lasted, by route",
+            m.connection_duration.clone(),
+        );
+        registry.register(
+            "closes",
+            "WebSocket closes by close code and by who closed first",
+            m.closes.clone(),
+        );
+        registry.register(
+            "upstream_connect_seconds",
+            "Seconds to open a TCP connection to an upstream",
+            m.upstream_connect_seconds.clone(),
         );
         registry.register(
             "connections_ended",

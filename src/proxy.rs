@@ -33,12 +33,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-use crate::metrics::{DirectionLabels, EndLabels, Metrics, RouteLabels};
+use crate::access::{AccessLog, Handshake};
+use crate::metrics::{CloseLabels, EndLabels, Metrics, RouteLabels, TrafficLabels};
 use crate::policy::RequestOrigin;
 use crate::route::{OriginRejection, Route};
 use crate::snapshot::Snapshot;
 use handshake::Reject;
 use registry::{CLOSE_POLICY, Registry};
+use relay::{Ended, Side};
 use upstream::{ClientInfo, UpstreamTimeouts};
 
 /// The body of every response the proxy sends: its own text, or the upstream's body.
@@ -77,6 +79,7 @@ pub struct Gateway {
     snapshot: ArcSwapOption<Snapshot>,
     connections: Arc<Registry>,
     metrics: Metrics,
+    access: AccessLog,
     config: ProxyConfig,
     draining: AtomicBool,
     /// HTTP connections not yet upgraded (or done), for draining.
@@ -91,6 +94,7 @@ impl Gateway {
             snapshot: ArcSwapOption::empty(),
             connections: Arc::new(Registry::default()),
             metrics,
+            access: AccessLog::new(),
             config,
             draining: AtomicBool::new(false),
             http_connections: AtomicUsize::new(0),
@@ -246,19 +250,41 @@ async fn handle(
     gateway: &Arc<Gateway>,
     client: ClientInfo,
 ) -> Response<Body> {
+    // For the access log; a header value clone shares its bytes.
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let origin = origin.as_ref();
     let Some(snapshot) = gateway.snapshot() else {
-        return reject(gateway, None, Reject::NotReady, client);
+        return reject(gateway, None, Reject::NotReady, client, origin);
     };
     let host = request_host(&req);
     let Some(route) = snapshot.table.lookup(&host, req.uri().path()).cloned() else {
-        return reject(gateway, None, Reject::NoRoute, client);
+        return reject(gateway, None, Reject::NoRoute, client, origin);
     };
     // Snapshots are swapped whole; this handshake keeps the route it selected.
     drop(snapshot);
     match admit(req, gateway, &route, client).await {
         Ok(response) => response,
-        Err(r) => reject(gateway, Some(&route), r, client),
+        Err(r) => reject(gateway, Some(&route), r, client, origin),
     }
+}
+
+/// Counts a handshake's outcome and writes its access-log line.
+fn outcome(
+    gateway: &Gateway,
+    route: Option<&str>,
+    client: ClientInfo,
+    origin: Option<&HeaderValue>,
+    result: &'static str,
+    reason: &'static str,
+) {
+    gateway.metrics.handshake(route, result, reason);
+    gateway.access.handshake(Handshake {
+        route,
+        client: client.addr,
+        origin: origin.and_then(|o| o.to_str().ok()),
+        result,
+        reason,
+    });
 }
 
 fn reject(
@@ -266,11 +292,17 @@ fn reject(
     route: Option<&Route>,
     r: Reject,
     client: ClientInfo,
+    origin: Option<&HeaderValue>,
 ) -> Response<Body> {
     let name = route.map(|r| r.key.to_string());
-    gateway
-        .metrics
-        .handshake(name.as_deref(), r.result(), r.reason());
+    outcome(
+        gateway,
+        name.as_deref(),
+        client,
+        origin,
+        r.result(),
+        r.reason(),
+    );
     match r.blame() {
         handshake::Blame::Downstream => {
             tracing::debug!(client = %client.addr, route = name.as_deref().unwrap_or(""), reason = r.reason(), "handshake rejected")
@@ -340,13 +372,24 @@ async fn admit(
         subprotocols,
         client,
     );
-    let mut response = upstream::send(&route.upstream, request, gateway.config.upstream).await?;
+    let mut response = upstream::send(
+        &route.upstream,
+        request,
+        gateway.config.upstream,
+        &gateway.metrics.upstream_connect_seconds,
+    )
+    .await?;
     let key = route.key.to_string();
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The upstream refused: its status and body go back to the client.
-        gateway
-            .metrics
-            .handshake(Some(&key), "rejected", "upstream_refused");
+        outcome(
+            gateway,
+            Some(&key),
+            client,
+            req.headers().get(header::ORIGIN),
+            "rejected",
+            "upstream_refused",
+        );
         let (mut parts, body) = response.into_parts();
         upstream::strip_hop_by_hop(&mut parts.headers);
         return Ok(Response::from_parts(parts, Either::Right(body)));
@@ -360,7 +403,14 @@ async fn admit(
     let client_upgrade = hyper::upgrade::on(&mut req);
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let registration = gateway.connections.register(route.clone(), origin);
-    gateway.metrics.handshake(Some(&key), "accepted", "ok");
+    outcome(
+        gateway,
+        Some(&key),
+        client,
+        req.headers().get(header::ORIGIN),
+        "accepted",
+        "ok",
+    );
     let gw = gateway.clone();
     let route_label = RouteLabels { route: key };
     let limits = route.limits;
@@ -382,6 +432,7 @@ async fn admit(
             .get_or_create(&route_label)
             .clone();
         active.inc();
+        let started = std::time::Instant::now();
         let stats = relay::relay(
             TokioIo::new(client_io),
             TokioIo::new(upstream_io),
@@ -391,7 +442,7 @@ async fn admit(
         )
         .await;
         active.dec();
-        record_relay(&gw.metrics, &stats);
+        record_relay(&gw, &route_label.route, client, started.elapsed(), &stats);
         drop(registration);
     });
 
@@ -404,21 +455,93 @@ async fn admit(
     Ok(reply)
 }
 
-fn record_relay(metrics: &Metrics, stats: &relay::RelayStats) {
+/// Counts a finished connection (traffic, duration, how it ended and closed) and writes
+/// its access-log line.
+fn record_relay(
+    gw: &Gateway,
+    route: &str,
+    client: ClientInfo,
+    duration: std::time::Duration,
+    stats: &relay::RelayStats,
+) {
+    let metrics = &gw.metrics;
     for (direction, traffic) in [
         ("client_to_upstream", stats.client_to_upstream),
         ("upstream_to_client", stats.upstream_to_client),
     ] {
-        let labels = DirectionLabels { direction };
+        let labels = TrafficLabels {
+            route: route.to_owned(),
+            direction,
+        };
         metrics.bytes.get_or_create(&labels).inc_by(traffic.bytes);
-        metrics.frames.get_or_create(&labels).inc_by(traffic.frames);
+        metrics
+            .messages
+            .get_or_create(&labels)
+            .inc_by(traffic.messages);
     }
+    metrics
+        .connection_duration
+        .get_or_create(&RouteLabels {
+            route: route.to_owned(),
+        })
+        .observe(duration.as_secs_f64());
     metrics
         .connections_ended
         .get_or_create(&EndLabels {
             ended_by: stats.ended.label(),
         })
         .inc();
+    let (initiator, code) = close_of(stats);
+    let code = code_label(code);
+    metrics
+        .closes
+        .get_or_create(&CloseLabels { code, initiator })
+        .inc();
+    gw.access.closed(
+        route,
+        client.addr,
+        duration,
+        (
+            stats.client_to_upstream.bytes,
+            stats.upstream_to_client.bytes,
+        ),
+        code,
+        stats.ended.label(),
+    );
+}
+
+/// Who closed first, and with which code: a Close without a code counts as 1005, a
+/// connection that ended without a Close as 1006 (RFC 6455 §7.4.1).
+fn close_of(stats: &relay::RelayStats) -> (&'static str, u16) {
+    let sent = |t: relay::Traffic| match (t.close_sent, t.close_code) {
+        (true, Some(code)) => code,
+        (true, None) => 1005,
+        (false, _) => 1006,
+    };
+    match stats.ended {
+        Ended::Client => ("client", sent(stats.client_to_upstream)),
+        Ended::Upstream => ("upstream", sent(stats.upstream_to_client)),
+        Ended::Error(Side::Client, _) => ("client", 1006),
+        Ended::Error(Side::Upstream, _) => ("upstream", 1006),
+        Ended::Injected(code) => ("gateway", code),
+        Ended::MessageTooBig(_) => ("gateway", 1009),
+        Ended::IdleTimeout | Ended::HeartbeatTimeout(Side::Client) => ("gateway", 1001),
+        Ended::HeartbeatTimeout(Side::Upstream) => ("gateway", 1011),
+    }
+}
+
+/// A close code as a metric label, from a bounded set (peers choose codes freely).
+fn code_label(code: u16) -> &'static str {
+    const REGISTERED: [&str; 16] = [
+        "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",
+        "1011", "1012", "1013", "1014", "1015",
+    ];
+    match code {
+        1000..=1015 => REGISTERED[usize::from(code - 1000)],
+        3000..=3999 => "3xxx",
+        4000..=4999 => "4xxx",
+        _ => "invalid",
+    }
 }
 
 /// `rejection: Close`: complete the upgrade without contacting the upstream, then close
@@ -430,8 +553,11 @@ fn upgrade_then_close(
     accept: HeaderValue,
     client: ClientInfo,
 ) -> Response<Body> {
-    gateway.metrics.handshake(
+    outcome(
+        gateway,
         Some(&route.key.to_string()),
+        client,
+        req.headers().get(header::ORIGIN),
         "rejected",
         Reject::OriginDenied.reason(),
     );

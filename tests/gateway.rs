@@ -7,6 +7,8 @@ use futures_util::{SinkExt, StreamExt};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 const HOST: &str = "chat.example.test";
 const APP: &str = "https://app.example.test";
@@ -798,4 +800,152 @@ async fn an_upstream_that_stops_reading_is_found_by_the_heartbeat_and_the_client
         (1011, "upstream not responding".to_owned())
     );
     hung.abort();
+}
+
+#[tokio::test]
+async fn metrics_and_the_access_log_tell_a_scripted_sequence() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    // One accepted connection with two messages each way, closed by the client with 1000.
+    let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    for text in ["one", "two"] {
+        ws.send(Message::text(text)).await.expect("send");
+        assert_eq!(
+            ws.next().await.expect("reply").expect("ok"),
+            Message::text(text)
+        );
+    }
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "bye".into(),
+    }))
+    .await
+    .expect("close");
+    while ws.next().await.is_some() {}
+    // One refused origin, one unknown host.
+    let evil = "https://evil.example";
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(evil), &[])
+            .await
+            .err(),
+        Some(403)
+    );
+    assert_eq!(
+        connect(gate.proxy, "nowhere.test", "/", Some(APP), &[])
+            .await
+            .err(),
+        Some(404)
+    );
+
+    let ended = r#"wsgate_closes_total{code="1000",initiator="client"}"#;
+    gate.wait_for(
+        || async { gate.metric(ended).await == Some(1.0) },
+        "the close to be counted",
+    )
+    .await;
+    for (sample, value) in [
+        (
+            r#"wsgate_handshakes_total{route="default/chat",result="accepted",reason="ok"}"#,
+            1.0,
+        ),
+        (
+            r#"wsgate_handshakes_total{route="default/chat",result="rejected",reason="origin_not_allowed"}"#,
+            1.0,
+        ),
+        (
+            r#"wsgate_handshakes_total{route="",result="rejected",reason="no_route"}"#,
+            1.0,
+        ),
+        (
+            r#"wsgate_relayed_messages_total{route="default/chat",direction="client_to_upstream"}"#,
+            2.0,
+        ),
+        (
+            r#"wsgate_relayed_messages_total{route="default/chat",direction="upstream_to_client"}"#,
+            2.0,
+        ),
+        (
+            r#"wsgate_connection_duration_seconds_count{route="default/chat"}"#,
+            1.0,
+        ),
+        (r#"wsgate_connections_ended_total{ended_by="client"}"#, 1.0),
+        (r#"wsgate_active_connections{route="default/chat"}"#, 0.0),
+        ("wsgate_upstream_connect_seconds_count", 1.0),
+    ] {
+        assert_eq!(gate.metric(sample).await, Some(value), "{sample}");
+    }
+
+    let log = gate.log();
+    let access: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("wsgate::access"))
+        .collect();
+    let line = |what: &str| {
+        access
+            .iter()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no access line with {what}:\n{log}"))
+            .to_string()
+    };
+    let accepted = line("result=\"accepted\"");
+    assert!(
+        accepted.contains("route=\"default/chat\"")
+            && accepted.contains("origin=\"https://app.example.test\""),
+        "{accepted}"
+    );
+    let refused = line("reason=\"origin_not_allowed\"");
+    assert!(
+        refused.contains("origin=\"https://evil.example\""),
+        "{refused}"
+    );
+    let closed = line(" closed ");
+    assert!(
+        closed.contains("code=\"1000\"") && closed.contains("ended_by=\"client\""),
+        "{closed}"
+    );
+}
+
+#[tokio::test]
+async fn refused_handshake_lines_are_capped_per_second_and_json_logs_parse() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &["--log-format", "json"]).await;
+    for _ in 0..60 {
+        assert_eq!(
+            connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
+                .await
+                .err(),
+            Some(403)
+        );
+    }
+    // The report of what was left out comes with the first refused line of a later second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
+            .await
+            .err(),
+        Some(403)
+    );
+    let log = gate.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let refused = lines
+        .iter()
+        .filter(|l| {
+            l["target"] == "wsgate::access" && l["fields"]["reason"] == "origin_not_allowed"
+        })
+        .count();
+    assert!(
+        (1..=41).contains(&refused),
+        "{refused} refused lines for 61 refusals"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["left_out"].as_u64().is_some_and(|n| n > 0)),
+        "no report of left-out lines:\n{log}"
+    );
 }

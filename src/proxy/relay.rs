@@ -125,8 +125,12 @@ pub struct Traffic {
     pub bytes: u64,
     /// Frames whose header was read.
     pub frames: u64,
+    /// Whole data messages (text or binary), counted at their final frame's header.
+    pub messages: u64,
     /// Status code of the first Close frame the sending side sent, if it carried one.
     pub close_code: Option<u16>,
+    /// The sending side sent a Close frame (with a code or without).
+    pub close_sent: bool,
 }
 
 /// How a relay ended: what happened first.
@@ -274,6 +278,8 @@ struct Half {
     max_message: Option<u64>,
     /// Bytes of the message in progress, across its continuation frames.
     message_len: u64,
+    /// Messages whose final frame began.
+    messages: u64,
     /// The sender went over `max_message`.
     too_big: bool,
     /// A data frame (not Ping, Pong or Close) began since the relay last looked.
@@ -339,6 +345,7 @@ impl Half {
             broken: false,
             max_message,
             message_len: 0,
+            messages: 0,
             too_big: false,
             data_seen: false,
             heard: false,
@@ -359,7 +366,9 @@ impl Half {
         Traffic {
             bytes: self.bytes,
             frames: self.tracker.frames(),
+            messages: self.messages,
             close_code: self.tracker.close_code(),
+            close_sent: self.tracker.close_seen(),
         }
     }
 
@@ -580,6 +589,7 @@ impl Half {
                 }
                 if !header.is_control() {
                     self.data_seen = true;
+                    self.messages += u64::from(header.fin);
                     // §5.4: a message is its first frame plus the continuations after it.
                     self.message_len = if header.opcode == OPCODE_CONTINUATION {
                         self.message_len.saturating_add(header.payload_len)
@@ -1140,6 +1150,8 @@ mod tests {
         drop(p.upstream);
         let stats = p.relay.await.expect("relay");
         assert_eq!(stats.client_to_upstream.frames, 4);
+        assert_eq!(stats.client_to_upstream.messages, 1);
+        assert_eq!(stats.upstream_to_client.messages, 1);
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@ use http::{Request, Response, Uri};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::net::TcpStream;
 
 use super::handshake::Reject;
@@ -131,16 +132,24 @@ fn order(targets: &[Target]) -> impl Iterator<Item = &Target> {
 /// Connects to the first target that accepts a TCP connection. One that refuses (or is
 /// unreachable) is skipped at once; one that does not answer within the timeout ends the
 /// attempt, so a handshake never waits more than one connect timeout.
-async fn connect(targets: &[Target], timeout: Duration) -> Result<(TcpStream, &Target), Reject> {
+async fn connect<'a>(
+    targets: &'a [Target],
+    timeout: Duration,
+    latency: &Histogram,
+) -> Result<(TcpStream, &'a Target), Reject> {
     let mut last = Reject::NoUpstream;
     for target in order(targets) {
+        let started = std::time::Instant::now();
         match tokio::time::timeout(
             timeout,
             TcpStream::connect((target.host.as_str(), target.port)),
         )
         .await
         {
-            Ok(Ok(stream)) => return Ok((stream, target)),
+            Ok(Ok(stream)) => {
+                latency.observe(started.elapsed().as_secs_f64());
+                return Ok((stream, target));
+            }
             Ok(Err(e)) => {
                 tracing::debug!(%target, error = %e, "upstream connect failed; trying the next endpoint");
                 last = Reject::UpstreamUnreachable;
@@ -152,13 +161,15 @@ async fn connect(targets: &[Target], timeout: Duration) -> Result<(TcpStream, &T
 }
 
 /// Connects to the upstream and sends the handshake. Returns the upstream's response; on
-/// 101 its `OnUpgrade` is ready to be awaited for the relay.
+/// 101 its `OnUpgrade` is ready to be awaited for the relay. Successful connects are timed
+/// into `connect_latency`.
 pub async fn send(
     upstream: &Upstream,
     request: Request<Empty<Bytes>>,
     timeouts: UpstreamTimeouts,
+    connect_latency: &Histogram,
 ) -> Result<Response<Incoming>, Reject> {
-    let (stream, target) = connect(&upstream.targets, timeouts.connect).await?;
+    let (stream, target) = connect(&upstream.targets, timeouts.connect, connect_latency).await?;
     // Small frames must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
 

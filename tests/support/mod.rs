@@ -118,7 +118,11 @@ impl Gate {
         let found = tokio::time::timeout(PATIENCE, async {
             while proxy.is_none() || admin.is_none() {
                 let Some(line) = rx.recv().await else { break };
+                // Text (`address=...`) or JSON (`"address":"..."`) log lines.
                 let addr = || -> Option<SocketAddr> {
+                    if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
+                        return json["fields"]["address"].as_str()?.parse().ok();
+                    }
                     line.split("address=")
                         .nth(1)?
                         .split_whitespace()

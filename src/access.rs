@@ -1,0 +1,144 @@
+//! The access log: one line per handshake (route, client, origin, result, reason) and one per
+//! finished connection (duration, bytes, close code), under the tracing target
+//! `wsgate::access`. Lines for refused handshakes are capped per second, so a flood of bad
+//! handshakes cannot fill a disk; how many were left out is logged once the second is over.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Refused-handshake lines written per second at most.
+pub const REFUSED_LINES_PER_SECOND: u64 = 20;
+
+/// The access log's per-second cap on refused-handshake lines.
+#[derive(Debug)]
+pub struct AccessLog {
+    started: Instant,
+    /// The second (since `started`) the counts below belong to.
+    second: AtomicU64,
+    /// Refused lines in that second, written or not.
+    refused: AtomicU64,
+}
+
+impl Default for AccessLog {
+    fn default() -> Self {
+        AccessLog::new()
+    }
+}
+
+/// One handshake's outcome, as logged.
+#[derive(Debug, Clone, Copy)]
+pub struct Handshake<'a> {
+    /// `namespace/name` of the selected route, if one matched.
+    pub route: Option<&'a str>,
+    /// The client's address.
+    pub client: SocketAddr,
+    /// The request's `Origin` header, if any (cut to 256 bytes).
+    pub origin: Option<&'a str>,
+    /// `accepted`, `rejected` or `failed`.
+    pub result: &'static str,
+    /// `ok` or why not.
+    pub reason: &'static str,
+}
+
+impl AccessLog {
+    /// A log whose first second starts now.
+    pub fn new() -> AccessLog {
+        AccessLog {
+            started: Instant::now(),
+            second: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
+    }
+
+    /// Logs a handshake; a refused one only while this second's cap is not reached.
+    pub fn handshake(&self, h: Handshake<'_>) {
+        if h.result != "accepted" && !self.admit_refused() {
+            return;
+        }
+        let origin = h.origin.map(|o| &o[..floor_char_boundary(o, 256)]);
+        tracing::info!(
+            target: "wsgate::access",
+            route = h.route.unwrap_or("-"),
+            client = %h.client,
+            origin = origin.unwrap_or("-"),
+            result = h.result,
+            reason = h.reason,
+            "handshake"
+        );
+    }
+
+    /// Logs a finished connection.
+    pub fn closed(
+        &self,
+        route: &str,
+        client: SocketAddr,
+        duration: Duration,
+        bytes: (u64, u64),
+        code: &str,
+        ended_by: &str,
+    ) {
+        tracing::info!(
+            target: "wsgate::access",
+            route,
+            client = %client,
+            duration_ms = duration.as_millis() as u64,
+            bytes_from_client = bytes.0,
+            bytes_from_upstream = bytes.1,
+            code,
+            ended_by,
+            "closed"
+        );
+    }
+
+    /// Whether one more refused line fits this second; reports the lines left out of the
+    /// second before, once.
+    fn admit_refused(&self) -> bool {
+        let now = self.started.elapsed().as_secs();
+        let second = self.second.load(Ordering::Relaxed);
+        if now != second
+            && self
+                .second
+                .compare_exchange(second, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let previous = self.refused.swap(0, Ordering::Relaxed);
+            if previous > REFUSED_LINES_PER_SECOND {
+                tracing::warn!(
+                    target: "wsgate::access",
+                    left_out = previous - REFUSED_LINES_PER_SECOND,
+                    "refused-handshake lines left out (more than {REFUSED_LINES_PER_SECOND} a second)"
+                );
+            }
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed) < REFUSED_LINES_PER_SECOND
+    }
+}
+
+/// The largest index ≤ `at` that is a char boundary of `s`.
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    let mut i = at.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_lines_are_capped_per_second() {
+        let log = AccessLog::new();
+        let admitted = (0..100).filter(|_| log.admit_refused()).count() as u64;
+        assert_eq!(admitted, REFUSED_LINES_PER_SECOND);
+    }
+
+    #[test]
+    fn origins_are_cut_at_a_char_boundary() {
+        let s = "é".repeat(200);
+        let at = floor_char_boundary(&s, 256);
+        assert!(at <= 256 && s.is_char_boundary(at));
+    }
+}
