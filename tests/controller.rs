@@ -724,3 +724,66 @@ async fn watching_some_namespaces_serves_their_routes_and_ignores_the_rest() {
     let green: Api<WebSocketRoute> = Api::namespaced(client, "green");
     assert_eq!(green.get("chat").await.expect("get").status, None);
 }
+
+#[tokio::test]
+async fn every_metric_the_grafana_dashboard_queries_is_exported() {
+    // Controller mode, so the Lease and status families exist too; one finished
+    // connection, so every connection family has a sample (empty families are not shown).
+    let (plane, client) = ControlPlane::with_crd().await;
+    let up = Upstream::start().await;
+    let gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    api.create(&PostParams::default(), &route("chat", &up.url()))
+        .await
+        .expect("create route");
+    wait_ready(&api, "chat", "True").await;
+    echo_through(&gate, APP).await;
+    gate.wait_for(
+        || async {
+            gate.metric("wsgate_upstream_connect_seconds_count").await == Some(1.0)
+                && gate
+                    .admin_get("/metrics")
+                    .await
+                    .1
+                    .contains("wsgate_closes_total")
+        },
+        "the connection to be counted",
+    )
+    .await;
+    let (_, metrics) = gate.admin_get("/metrics").await;
+    let families: Vec<&str> = metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/charts/wsgate/dashboards/wsgate.json"
+        ))
+        .expect("dashboard"),
+    )
+    .expect("dashboard is JSON");
+    let mut queried = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            for name in expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("wsgate_"))
+            {
+                let family = ["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|suffix| name.strip_suffix(suffix))
+                    .unwrap_or(name);
+                assert!(
+                    families.contains(&family),
+                    "panel `{}` queries {name}, which /metrics does not export",
+                    panel["title"]
+                );
+                queried += 1;
+            }
+        }
+    }
+    assert!(queried >= 12, "{queried}");
+}
