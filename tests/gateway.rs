@@ -949,3 +949,74 @@ async fn refused_handshake_lines_are_capped_per_second_and_json_logs_parse() {
         "no report of left-out lines:\n{log}"
     );
 }
+
+/// A TCP balancer in front of `backends`: each connection goes to the first one that
+/// accepts it, as a Service would once a draining pod has left its endpoints.
+async fn balancer(backends: Vec<std::net::SocketAddr>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind balancer");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for backend in backends {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(backend).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_rolling_restart_behind_a_balancer_closes_1012_and_loses_no_acknowledged_message() {
+    let up = Upstream::start().await;
+    let first = chat_gate(&up, app_only(), &[]).await;
+    let second = chat_gate(&up, app_only(), &[]).await;
+    let front = balancer(vec![first.proxy, second.proxy]).await;
+    let (mut ws, _) = connect(front, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    let mut acknowledged = Vec::new();
+    let mut closes = Vec::new();
+    let mut n = 0;
+    while n < 40 {
+        if n == 20 && closes.is_empty() {
+            first.terminate();
+        }
+        let text = format!("message {n}");
+        // A message the gateway cut off while draining gets no echo: it is sent again on
+        // the next connection, so every message is acknowledged once the run is over.
+        if ws.send(Message::text(text.clone())).await.is_ok() {
+            match ws.next().await {
+                Some(Ok(Message::Text(echo))) => {
+                    assert_eq!(echo.as_str(), text);
+                    acknowledged.push(n);
+                    n += 1;
+                    continue;
+                }
+                Some(Ok(Message::Close(frame))) => {
+                    closes.push(frame.map(|f| u16::from(f.code)));
+                }
+                other => panic!("message {n}: {other:?}"),
+            }
+        }
+        while ws.next().await.is_some() {}
+        let (next, _) = connect(front, HOST, "/ws", Some(APP), &[])
+            .await
+            .expect("the balancer finds the other instance");
+        ws = next;
+    }
+    assert_eq!(
+        closes,
+        [Some(1012)],
+        "a clean close code, never an abrupt end"
+    );
+    assert_eq!(acknowledged, (0..40).collect::<Vec<_>>());
+    drop(second);
+}
