@@ -8,7 +8,8 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 
 const HOST: &str = "chat.example.test";
 const APP: &str = "https://app.example.test";
@@ -719,7 +720,7 @@ async fn limited_gate(up: &Upstream, limits: &str) -> Gate {
 }
 
 #[tokio::test]
-async fn a_message_over_max_message_bytes_closes_its_sender_with_1009() {
+async fn a_fragmented_message_over_max_message_bytes_closes_its_sender_with_1009() {
     let up = Upstream::start().await;
     let gate = limited_gate(&up, "{maxMessageBytes: 1000}").await;
     let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
@@ -732,9 +733,13 @@ async fn a_message_over_max_message_bytes_closes_its_sender_with_1009() {
         ws.next().await.expect("reply").expect("ok"),
         Message::binary(vec![1u8; 1000])
     );
-    ws.send(Message::binary(vec![2u8; 1001]))
-        .await
-        .expect("send");
+    // 600 + 600 bytes in two fragments: the second takes the message over 1000.
+    for frame in [
+        Frame::message(vec![2u8; 600], OpCode::Data(Data::Binary), false),
+        Frame::message(vec![3u8; 600], OpCode::Data(Data::Continue), true),
+    ] {
+        ws.send(Message::Frame(frame)).await.expect("send");
+    }
     assert_eq!(
         close_code(&mut ws).await,
         (1009, "message too big".to_owned())
