@@ -131,6 +131,25 @@ async fn echo_through(gate: &Gate, origin: &str) {
     echo(gate.proxy, HOST, "/ws", origin, &[]).await;
 }
 
+/// A control plane, an echo upstream and one controller serving the route `chat` (Ready).
+struct Served {
+    plane: ControlPlane,
+    gate: Gate,
+    api: Api<WebSocketRoute>,
+}
+
+async fn chat_served() -> Served {
+    let (plane, client) = ControlPlane::with_crd().await;
+    let up = Upstream::start().await;
+    let gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    api.create(&PostParams::default(), &route("chat", &up.url()))
+        .await
+        .expect("create route");
+    wait_ready(&api, "chat", "True").await;
+    Served { plane, gate, api }
+}
+
 #[tokio::test]
 async fn routes_from_the_api_server_are_served_and_get_status() {
     let (plane, client) = ControlPlane::with_crd().await;
@@ -324,14 +343,7 @@ async fn editing_the_allowlist_refuses_the_removed_origin_and_closes_its_connect
 
 #[tokio::test]
 async fn deleting_a_route_closes_its_connections_1001_and_answers_404() {
-    let (plane, client) = ControlPlane::with_crd().await;
-    let up = Upstream::start().await;
-    let gate = controller(&plane, "solo").await;
-    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
-    api.create(&PostParams::default(), &route("chat", &up.url()))
-        .await
-        .expect("create route");
-    wait_ready(&api, "chat", "True").await;
+    let Served { gate, api, .. } = chat_served().await;
     let (mut live, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
         .await
         .expect("allowed");
@@ -554,14 +566,9 @@ async fn writes_status_of_a_new_route(
 
 #[tokio::test]
 async fn an_api_server_outage_drops_nothing_and_the_controller_resyncs_after() {
-    let (mut plane, client) = ControlPlane::with_crd().await;
-    let up = Upstream::start().await;
-    let gate = controller(&plane, "solo").await;
-    let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
-    api.create(&PostParams::default(), &route("chat", &up.url()))
-        .await
-        .expect("create route");
-    wait_ready(&api, "chat", "True").await;
+    let Served {
+        mut plane, gate, ..
+    } = chat_served().await;
     let (mut live, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
         .await
         .expect("allowed");
@@ -729,14 +736,7 @@ async fn watching_some_namespaces_serves_their_routes_and_ignores_the_rest() {
 async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     // Controller mode, so the Lease and status families exist too; one finished
     // connection, so every connection family has a sample (empty families are not shown).
-    let (plane, client) = ControlPlane::with_crd().await;
-    let up = Upstream::start().await;
-    let gate = controller(&plane, "solo").await;
-    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
-    api.create(&PostParams::default(), &route("chat", &up.url()))
-        .await
-        .expect("create route");
-    wait_ready(&api, "chat", "True").await;
+    let Served { gate, .. } = chat_served().await;
     echo_through(&gate, APP).await;
     gate.wait_for(
         || async {

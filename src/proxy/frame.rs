@@ -252,25 +252,33 @@ pub fn close_frame(
     }
     let payload_len = 2 + reason_len;
     let mut frame = [0u8; MAX_CLOSE_FRAME];
-    // §5.2: FIN (0x80) + opcode; one byte of length (≤125 needs no extended length).
-    frame[0] = 0x80 | OPCODE_CLOSE;
-    frame[1] = payload_len as u8;
-    let mut at = 2;
-    if let Some(key) = mask {
-        // §5.2: MASK bit, then the 4-byte masking key before the payload.
-        frame[1] |= 0x80;
-        frame[2..6].copy_from_slice(&key);
-        at = 6;
-    }
+    let at = control_header(&mut frame, OPCODE_CLOSE, payload_len, mask);
     frame[at..at + 2].copy_from_slice(&code.to_be_bytes());
     frame[at + 2..at + payload_len].copy_from_slice(&reason.as_bytes()[..reason_len]);
-    if let Some(key) = mask {
-        // §5.3: octet i of the payload is XORed with octet i mod 4 of the key.
-        for (j, b) in frame[at..at + payload_len].iter_mut().enumerate() {
-            *b ^= key[j % 4];
-        }
-    }
+    apply_mask(&mut frame[at..at + payload_len], mask);
     (frame, at + payload_len)
+}
+
+/// Writes the header of a control frame (FIN set, `payload_len` ≤ 125) into `frame`, with
+/// the masking key when there is one; returns where the payload starts.
+fn control_header(
+    frame: &mut [u8],
+    opcode: u8,
+    payload_len: usize,
+    mask: Option<[u8; 4]>,
+) -> usize {
+    // §5.2: FIN (0x80) + opcode; one byte of length (≤125 needs no extended length).
+    frame[0] = 0x80 | opcode;
+    frame[1] = payload_len as u8;
+    match mask {
+        Some(key) => {
+            // §5.2: MASK bit, then the 4-byte masking key before the payload.
+            frame[1] |= 0x80;
+            frame[2..6].copy_from_slice(&key);
+            6
+        }
+        None => 2,
+    }
 }
 
 /// Payload length of the gateway's own Ping frames.
@@ -285,22 +293,15 @@ pub fn ping_frame(
     mask: Option<[u8; 4]>,
 ) -> ([u8; MAX_PING_FRAME], usize) {
     let mut frame = [0u8; MAX_PING_FRAME];
-    frame[0] = 0x80 | OPCODE_PING;
-    frame[1] = PING_PAYLOAD as u8;
-    let mut at = 2;
-    if let Some(key) = mask {
-        frame[1] |= 0x80;
-        frame[2..6].copy_from_slice(&key);
-        at = 6;
-    }
-    for (j, b) in payload.iter().enumerate() {
-        frame[at + j] = b ^ mask.map_or(0, |key| key[j % 4]);
-    }
+    let at = control_header(&mut frame, OPCODE_PING, PING_PAYLOAD, mask);
+    frame[at..at + PING_PAYLOAD].copy_from_slice(&payload);
+    apply_mask(&mut frame[at..at + PING_PAYLOAD], mask);
     (frame, at + PING_PAYLOAD)
 }
 
-/// Unmasks `payload` in place with `mask` (RFC 6455 §5.3), if it is masked.
-pub fn unmask(payload: &mut [u8], mask: Option<[u8; 4]>) {
+/// Masks or unmasks `payload` in place with `mask`, if any (RFC 6455 §5.3: octet i is
+/// XORed with octet i mod 4 of the key, which undoes itself).
+pub fn apply_mask(payload: &mut [u8], mask: Option<[u8; 4]>) {
     if let Some(key) = mask {
         for (j, b) in payload.iter_mut().enumerate() {
             *b ^= key[j % 4];
@@ -323,7 +324,7 @@ mod tests {
             let h = t.current();
             assert_eq!((h.opcode, h.payload_len, h.mask), (OPCODE_PING, 8, mask));
             let mut body = frame[fed.consumed..len].to_vec();
-            unmask(&mut body, mask);
+            apply_mask(&mut body, mask);
             assert_eq!(body, payload);
         }
     }

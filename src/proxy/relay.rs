@@ -25,8 +25,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::frame::{
-    FrameTracker, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PONG, PING_PAYLOAD, close_frame,
-    ping_frame, unmask,
+    FrameTracker, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PONG, PING_PAYLOAD, apply_mask,
+    close_frame, ping_frame,
 };
 use crate::route::Limits;
 
@@ -633,7 +633,7 @@ impl Half {
         }
         let mut payload = [0u8; PING_PAYLOAD];
         payload.copy_from_slice(&rest[..PING_PAYLOAD]);
-        unmask(&mut payload, header.mask);
+        apply_mask(&mut payload, header.mask);
         payload == expected
     }
 }
