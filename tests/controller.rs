@@ -131,7 +131,8 @@ async fn echo_through(gate: &Gate, origin: &str) {
     echo(gate.proxy, HOST, "/ws", origin, &[]).await;
 }
 
-/// A control plane, an echo upstream and one controller serving the route `chat` (Ready).
+/// A control plane and one controller serving the route `chat` (Ready) from an echo
+/// upstream. Dropping `plane` stops the control plane.
 struct Served {
     plane: ControlPlane,
     gate: Gate,
@@ -343,7 +344,12 @@ async fn editing_the_allowlist_refuses_the_removed_origin_and_closes_its_connect
 
 #[tokio::test]
 async fn deleting_a_route_closes_its_connections_1001_and_answers_404() {
-    let Served { gate, api, .. } = chat_served().await;
+    // `_plane` keeps the control plane running to the end of the test.
+    let Served {
+        plane: _plane,
+        gate,
+        api,
+    } = chat_served().await;
     let (mut live, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
         .await
         .expect("allowed");
@@ -736,7 +742,11 @@ async fn watching_some_namespaces_serves_their_routes_and_ignores_the_rest() {
 async fn every_metric_the_grafana_dashboard_queries_is_exported() {
     // Controller mode, so the Lease and status families exist too; one finished
     // connection, so every connection family has a sample (empty families are not shown).
-    let Served { gate, .. } = chat_served().await;
+    let Served {
+        plane: _plane,
+        gate,
+        ..
+    } = chat_served().await;
     echo_through(&gate, APP).await;
     gate.wait_for(
         || async {
