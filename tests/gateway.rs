@@ -1025,3 +1025,48 @@ async fn a_rolling_restart_behind_a_balancer_closes_1012_and_loses_no_acknowledg
     assert_eq!(acknowledged, (0..40).collect::<Vec<_>>());
     drop(second);
 }
+
+#[tokio::test]
+async fn a_client_that_stops_answering_is_dropped_and_the_upstream_gets_1001() {
+    // An upstream that reports the Close it receives.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let mut ws = tokio_tungstenite::accept_async(stream)
+            .await
+            .expect("upgrade");
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Close(frame) = msg {
+                let _ = tx.send(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                return;
+            }
+        }
+    });
+    let yaml = route(
+        "chat",
+        HOST,
+        "/ws",
+        app_only(),
+        &format!("{{url: \"ws://{addr}\"}}"),
+    ) + "  heartbeat: {intervalSeconds: 1, timeoutSeconds: 1}\n";
+    let gate = Gate::start(&[("chat.yaml", yaml)], &[]).await;
+    // Connected, then never read again: the gateway's Ping goes unanswered.
+    let (_silent, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    let close = tokio::time::timeout(PATIENCE, rx)
+        .await
+        .expect("the upstream hears within patience")
+        .expect("the upstream saw a Close");
+    assert_eq!(close, Some((1001, "going away".to_owned())));
+    let ended = r#"wsgate_connections_ended_total{ended_by="client_heartbeat_timeout"}"#;
+    gate.wait_for(
+        || async { gate.metric(ended).await == Some(1.0) },
+        "the end to be counted",
+    )
+    .await;
+}
