@@ -80,7 +80,10 @@ fn pinned(program: &str, args: &[&str]) -> Child {
 async fn wait_listening(addr: SocketAddr) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on {addr} (the proxy did not start)");
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {addr} (the proxy did not start)"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
