@@ -788,14 +788,7 @@ async fn an_upstream_that_stops_reading_is_found_by_the_heartbeat_and_the_client
         std::future::pending::<()>().await;
         drop(ws);
     });
-    let yaml = route(
-        "chat",
-        HOST,
-        "/ws",
-        app_only(),
-        &format!("{{url: \"ws://{addr}\"}}"),
-    ) + "  heartbeat: {intervalSeconds: 1, timeoutSeconds: 1}\n";
-    let gate = Gate::start(&[("chat.yaml", yaml)], &[]).await;
+    let gate = heartbeat_gate(addr).await;
     let (mut ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
         .await
         .expect("allowed");
@@ -1046,14 +1039,7 @@ async fn a_client_that_stops_answering_is_dropped_and_the_upstream_gets_1001() {
             }
         }
     });
-    let yaml = route(
-        "chat",
-        HOST,
-        "/ws",
-        app_only(),
-        &format!("{{url: \"ws://{addr}\"}}"),
-    ) + "  heartbeat: {intervalSeconds: 1, timeoutSeconds: 1}\n";
-    let gate = Gate::start(&[("chat.yaml", yaml)], &[]).await;
+    let gate = heartbeat_gate(addr).await;
     // Connected, then never read again: the gateway's Ping goes unanswered.
     let (_silent, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
         .await
@@ -1069,4 +1055,16 @@ async fn a_client_that_stops_answering_is_dropped_and_the_upstream_gets_1001() {
         "the end to be counted",
     )
     .await;
+}
+
+/// The chat route to `upstream` with a 1 s heartbeat interval and timeout.
+async fn heartbeat_gate(upstream: std::net::SocketAddr) -> Gate {
+    let yaml = route(
+        "chat",
+        HOST,
+        "/ws",
+        app_only(),
+        &format!("{{url: \"ws://{upstream}\"}}"),
+    ) + "  heartbeat: {intervalSeconds: 1, timeoutSeconds: 1}\n";
+    Gate::start(&[("chat.yaml", yaml)], &[]).await
 }
