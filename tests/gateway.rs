@@ -1068,3 +1068,26 @@ async fn heartbeat_gate(upstream: std::net::SocketAddr) -> Gate {
     ) + "  heartbeat: {intervalSeconds: 1, timeoutSeconds: 1}\n";
     Gate::start(&[("chat.yaml", yaml)], &[]).await
 }
+
+#[tokio::test]
+async fn with_access_lines_filtered_out_no_left_out_report_is_logged() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &["--log", "info,wsgate::access=warn"]).await;
+    for _ in 0..30 {
+        assert_eq!(
+            connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
+                .await
+                .err(),
+            Some(403)
+        );
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
+            .await
+            .err(),
+        Some(403)
+    );
+    let log = gate.log();
+    assert!(!log.contains("wsgate::access"), "{log}");
+}

@@ -86,12 +86,15 @@ impl Gate {
         let mut child = Command::new(bin())
             .args(args)
             .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-            // Debug logs unless the caller chose a level through the environment.
-            .args(if env.iter().any(|(k, _)| *k == "WSGATE_LOG") {
-                &[][..]
-            } else {
-                &["--log", "info,wsgate=debug"][..]
-            })
+            // Debug logs unless the caller chose a level (flag or environment).
+            .args(
+                if env.iter().any(|(k, _)| *k == "WSGATE_LOG") || args.iter().any(|a| a == "--log")
+                {
+                    &[][..]
+                } else {
+                    &["--log", "info,wsgate=debug"][..]
+                },
+            )
             .args(if args.iter().any(|a| a == "--shutdown-delay") {
                 &[][..]
             } else {
