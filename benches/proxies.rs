@@ -38,6 +38,19 @@ struct Proxy {
     _child: Option<Child>,
 }
 
+impl Proxy {
+    /// `child`, once something listens on `addr`.
+    async fn started(name: &'static str, addr: SocketAddr, child: Child) -> Proxy {
+        wait_listening(addr).await;
+        Proxy {
+            name,
+            addr,
+            pid: Some(child.id()),
+            _child: Some(child),
+        }
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         if let Some(child) = &mut self._child {
@@ -143,14 +156,7 @@ async fn start_wsgate(dir: &Path, upstream: SocketAddr) -> Proxy {
             "warn",
         ],
     );
-    let addr = listen.parse().expect("addr");
-    wait_listening(addr).await;
-    Proxy {
-        name: "wsgate",
-        addr,
-        pid: Some(child.id()),
-        _child: Some(child),
-    }
+    Proxy::started("wsgate", listen.parse().expect("addr"), child).await
 }
 
 async fn start_nginx(dir: &Path, upstream: SocketAddr) -> Proxy {
@@ -196,14 +202,7 @@ http {{
         "nginx",
         &["-p", &d.to_string(), "-c", conf.to_str().expect("path")],
     );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_listening(addr).await;
-    Proxy {
-        name: "nginx",
-        addr,
-        pid: Some(child.id()),
-        _child: Some(child),
-    }
+    Proxy::started("nginx", SocketAddr::from(([127, 0, 0, 1], port)), child).await
 }
 
 async fn start_haproxy(dir: &Path, upstream: SocketAddr) -> Proxy {
@@ -234,14 +233,7 @@ backend be
     )
     .expect("haproxy.cfg");
     let child = pinned("haproxy", &["-db", "-f", conf.to_str().expect("path")]);
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    wait_listening(addr).await;
-    Proxy {
-        name: "haproxy",
-        addr,
-        pid: Some(child.id()),
-        _child: Some(child),
-    }
+    Proxy::started("haproxy", SocketAddr::from(([127, 0, 0, 1], port)), child).await
 }
 
 /// Runs `CLIENTS` copies of `work` for `RUN`; returns units done.

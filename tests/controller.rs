@@ -144,11 +144,17 @@ async fn chat_served() -> Served {
     let up = Upstream::start().await;
     let gate = controller(&plane, "solo").await;
     let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
-    api.create(&PostParams::default(), &route("chat", &up.url()))
+    create_ready(&api, route("chat", &up.url())).await;
+    Served { plane, gate, api }
+}
+
+/// Creates `r` and waits until it is Ready.
+async fn create_ready(api: &Api<WebSocketRoute>, r: WebSocketRoute) -> WebSocketRoute {
+    let name = r.metadata.name.clone().expect("a name");
+    api.create(&PostParams::default(), &r)
         .await
         .expect("create route");
-    wait_ready(&api, "chat", "True").await;
-    Served { plane, gate, api }
+    wait_ready(api, &name, "True").await
 }
 
 #[tokio::test]
@@ -257,13 +263,7 @@ async fn service_upstreams_resolve_through_endpoint_slices() {
         .expect("create slice");
 
     let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
-    api.create(
-        &PostParams::default(),
-        &route("chat", "{service: {name: chat, port: 80}}"),
-    )
-    .await
-    .expect("create route");
-    wait_ready(&api, "chat", "True").await;
+    create_ready(&api, route("chat", "{service: {name: chat, port: 80}}")).await;
     let (_, routes) = gate.admin_get("/routes").await;
     let v: serde_json::Value = serde_json::from_str(&routes).expect("json");
     assert_eq!(
@@ -414,13 +414,7 @@ async fn service_handshakes_reach_ready_endpoints_and_skip_one_that_refuses() {
     )
     .await;
     let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
-    api.create(
-        &PostParams::default(),
-        &route("chat", "{service: {name: chat, port: 80}}"),
-    )
-    .await
-    .expect("create route");
-    wait_ready(&api, "chat", "True").await;
+    create_ready(&api, route("chat", "{service: {name: chat, port: 80}}")).await;
     for _ in 0..30 {
         echo_through(&gate, APP).await;
     }
