@@ -133,15 +133,41 @@ fn pki(dir: &Path) {
     .expect("tokens");
 }
 
-fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+/// A server that exited while starting (typically: its port was taken meanwhile).
+struct Exited;
+
+/// Waits until `ready`; `Err(Exited)` if the child exits first; panics with the tail of
+/// its log on timeout.
+fn wait_for_child(
+    what: &str,
+    child: &mut Child,
+    log: &Path,
+    deadline: Duration,
+    mut ready: impl FnMut() -> bool,
+) -> Result<(), Exited> {
     let start = Instant::now();
     while !ready() {
+        if let Ok(Some(status)) = child.try_wait() {
+            eprintln!("{what} exited while starting ({status}): {}", tail(log));
+            return Err(Exited);
+        }
         assert!(
             start.elapsed() < deadline,
-            "{what} not ready after {deadline:?}"
+            "{what} not ready after {deadline:?}; its log ends: {}",
+            tail(log)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    Ok(())
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let from = text.len().saturating_sub(2000);
+    let from = (from..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(text.len());
+    text[from..].to_owned()
 }
 
 fn curl_ok(args: &[&str]) -> bool {
@@ -152,20 +178,29 @@ fn curl_ok(args: &[&str]) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-impl ControlPlane {
-    /// Starts etcd and kube-apiserver on free loopback ports and waits for `/readyz`.
-    pub fn start() -> ControlPlane {
-        let bin = binaries();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let d = dir.path().to_owned();
-        pki(&d);
-        let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+/// A port found free may be taken before the server binds it (by another test's
+/// outgoing connection, for one), so a server that exits while starting is given new
+/// ports this many times.
+const START_ATTEMPTS: u32 = 3;
+
+fn log_file(path: PathBuf) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .expect("log file")
+}
+
+fn spawn_etcd(bin: &Path, d: &Path) -> (Child, String) {
+    for attempt in 1..=START_ATTEMPTS {
+        let (etcd_port, peer_port) = (free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let log = |name: &str| std::fs::File::create(d.join(name)).expect("log file");
-        let etcd = Command::new(bin.join("etcd"))
+        let data = d.join("etcd");
+        let _ = std::fs::remove_dir_all(&data);
+        let mut etcd = Command::new(bin.join("etcd"))
             .args(["--name", "default", "--data-dir"])
-            .arg(d.join("etcd"))
+            .arg(&data)
             .args([
                 "--listen-client-urls",
                 &etcd_url,
@@ -180,10 +215,34 @@ impl ControlPlane {
             ])
             .args(["--initial-cluster", &format!("default={peer_url}")])
             .args(["--unsafe-no-fsync", "--log-level", "warn"])
-            .stdout(log("etcd.log"))
-            .stderr(log("etcd.err"))
+            .stdout(log_file(d.join("etcd.log")))
+            .stderr(log_file(d.join("etcd.err")))
             .spawn()
             .expect("start etcd");
+        let health = format!("{etcd_url}/health");
+        let started = wait_for_child(
+            "etcd",
+            &mut etcd,
+            &d.join("etcd.err"),
+            Duration::from_secs(30),
+            || curl_ok(&[&health]),
+        );
+        match started {
+            Ok(()) => return (etcd, etcd_url),
+            Err(Exited) => eprintln!("etcd attempt {attempt} of {START_ATTEMPTS} failed"),
+        }
+    }
+    panic!("etcd did not start in {START_ATTEMPTS} attempts; see the logs above")
+}
+
+impl ControlPlane {
+    /// Starts etcd and kube-apiserver on free loopback ports and waits for `/readyz`.
+    pub fn start() -> ControlPlane {
+        let bin = binaries();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().to_owned();
+        pki(&d);
+        let (etcd, etcd_url) = spawn_etcd(&bin, &d);
         // From here on, Drop kills what started, even if a wait below panics.
         let mut plane = ControlPlane {
             etcd,
@@ -192,36 +251,41 @@ impl ControlPlane {
             apiserver_args: Vec::new(),
             server: String::new(),
             kubeconfig: d.join("kubeconfig"),
-            bin: bin.clone(),
+            bin,
             dir,
         };
-        wait_until("etcd", Duration::from_secs(30), || {
-            curl_ok(&[&format!("{etcd_url}/health")])
-        });
-
         let pki = |f: &str| d.join(f).display().to_string();
-        plane.apiserver_args = vec![
-            format!("--etcd-servers={etcd_url}"),
-            "--bind-address=127.0.0.1".into(),
-            "--advertise-address=127.0.0.1".into(),
-            // The default reconciler refuses a loopback advertise address.
-            "--endpoint-reconciler-type=none".into(),
-            format!("--secure-port={api_port}"),
-            format!("--tls-cert-file={}", pki("serving.crt")),
-            format!("--tls-private-key-file={}", pki("serving.key")),
-            format!("--client-ca-file={}", pki("ca.crt")),
-            format!("--token-auth-file={}", pki("tokens.csv")),
-            "--authorization-mode=RBAC".into(),
-            format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
-            format!("--service-account-key-file={}", pki("sa.pub")),
-            format!("--service-account-signing-key-file={}", pki("sa.key")),
-            "--service-cluster-ip-range=10.0.0.0/24".into(),
-            "--disable-admission-plugins=ServiceAccount".into(),
-            "--profiling=false".into(),
-            "--v=1".into(),
-        ];
-        plane.server = format!("https://127.0.0.1:{api_port}");
-        plane.start_apiserver();
+        for attempt in 1..=START_ATTEMPTS {
+            let api_port = free_port();
+            plane.apiserver_args = vec![
+                format!("--etcd-servers={etcd_url}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                // The default reconciler refuses a loopback advertise address.
+                "--endpoint-reconciler-type=none".into(),
+                format!("--secure-port={api_port}"),
+                format!("--tls-cert-file={}", pki("serving.crt")),
+                format!("--tls-private-key-file={}", pki("serving.key")),
+                format!("--client-ca-file={}", pki("ca.crt")),
+                format!("--token-auth-file={}", pki("tokens.csv")),
+                "--authorization-mode=RBAC".into(),
+                format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+                format!("--service-account-key-file={}", pki("sa.pub")),
+                format!("--service-account-signing-key-file={}", pki("sa.key")),
+                "--service-cluster-ip-range=10.0.0.0/24".into(),
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--profiling=false".into(),
+                "--v=1".into(),
+            ];
+            plane.server = format!("https://127.0.0.1:{api_port}");
+            match plane.launch_apiserver() {
+                Ok(()) => break,
+                Err(Exited) if attempt < START_ATTEMPTS => {
+                    eprintln!("kube-apiserver attempt {attempt} of {START_ATTEMPTS} failed")
+                }
+                Err(Exited) => panic!("kube-apiserver did not start; see the log above"),
+            }
+        }
         let (server, ca) = (plane.server.clone(), pki("ca.crt"));
         std::fs::write(
             &plane.kubeconfig,
@@ -235,31 +299,36 @@ impl ControlPlane {
 
     /// Starts kube-apiserver (again) with the same flags and port; waits for `/readyz`.
     pub fn start_apiserver(&mut self) {
+        if self.launch_apiserver().is_err() {
+            panic!("kube-apiserver exited while restarting; see the log above");
+        }
+    }
+
+    fn launch_apiserver(&mut self) -> Result<(), Exited> {
         let d = self.dir.path();
-        let log = |name: &str| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(d.join(name))
-                .expect("log file")
-        };
         self.apiserver = Command::new(self.bin.join("kube-apiserver"))
             .args(&self.apiserver_args)
-            .stdout(log("apiserver.log"))
-            .stderr(log("apiserver.err"))
+            .stdout(log_file(d.join("apiserver.log")))
+            .stderr(log_file(d.join("apiserver.err")))
             .spawn()
             .expect("start kube-apiserver");
         let ca = d.join("ca.crt").display().to_string();
         let readyz = format!("{}/readyz", self.server);
-        wait_until("kube-apiserver", Duration::from_secs(60), || {
-            curl_ok(&[
-                "--cacert",
-                &ca,
-                "-H",
-                "Authorization: Bearer admin-token",
-                &readyz,
-            ])
-        });
+        wait_for_child(
+            "kube-apiserver",
+            &mut self.apiserver,
+            &d.join("apiserver.err"),
+            Duration::from_secs(60),
+            || {
+                curl_ok(&[
+                    "--cacert",
+                    &ca,
+                    "-H",
+                    "Authorization: Bearer admin-token",
+                    &readyz,
+                ])
+            },
+        )
     }
 
     /// Kills kube-apiserver (etcd keeps running), as when the control plane goes away.
