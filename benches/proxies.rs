@@ -411,7 +411,15 @@ async fn main() {
     let mut table = String::from(
         "| scenario | proxy | rate (median) | proxy CPU per unit (median) | wsgate/this, CPU per unit |\n|---|---|---|---|---|\n",
     );
+    // `bash bench/proxies handshakes denied` runs just those scenarios.
+    let chosen: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     for (scenario, title, unit) in scenarios {
+        if !chosen.is_empty() && !chosen.iter().any(|c| c == scenario) {
+            continue;
+        }
         let mut figures: Vec<Vec<Figure>> = vec![Vec::new(); proxies.len()];
         for round in 0..ROUNDS {
             eprintln!("{scenario}: round {} of {ROUNDS}", round + 1);

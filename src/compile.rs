@@ -497,6 +497,7 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
             path,
             route: Route {
                 key: key.clone(),
+                label: key.to_string().into(),
                 origins,
                 rejection: match spec.origins.rejection {
                     Rejection::Forbidden => OriginRejection::Forbidden,

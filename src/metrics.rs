@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
     /// `namespace/name` of the selected route, empty when no route matched.
-    pub route: String,
+    pub route: Arc<str>,
     /// `accepted`, `rejected` or `failed` (upstream trouble).
     pub result: &'static str,
     /// The rejection reason, or `ok`.
@@ -25,14 +25,14 @@ pub struct HandshakeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// `namespace/name`.
-    pub route: String,
+    pub route: Arc<str>,
 }
 
 /// Labels of relay traffic counters.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TrafficLabels {
     /// `namespace/name`.
-    pub route: String,
+    pub route: Arc<str>,
     /// `client_to_upstream` or `upstream_to_client`.
     pub direction: &'static str,
 }
@@ -93,6 +93,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Route status writes by result (controller mode, leader only).
     pub status_writes: Family<WriteLabels, Counter>,
+    /// The route label of handshakes no route matched (empty), made once.
+    no_route: Arc<str>,
 }
 
 impl Default for Metrics {
@@ -132,6 +134,7 @@ impl Metrics {
             ),
             leader: Gauge::default(),
             status_writes: Family::default(),
+            no_route: Arc::from(""),
         };
         registry.register(
             "handshakes",
@@ -218,10 +221,10 @@ impl Metrics {
     }
 
     /// Counts one handshake outcome.
-    pub fn handshake(&self, route: Option<&str>, result: &'static str, reason: &'static str) {
+    pub fn handshake(&self, route: Option<&Arc<str>>, result: &'static str, reason: &'static str) {
         self.handshakes
             .get_or_create(&HandshakeLabels {
-                route: route.unwrap_or_default().to_owned(),
+                route: route.unwrap_or(&self.no_route).clone(),
                 result,
                 reason,
             })
@@ -236,7 +239,11 @@ mod tests {
     #[test]
     fn handshake_counts_appear_in_the_text_output() {
         let m = Metrics::new();
-        m.handshake(Some("apps/chat"), "rejected", "origin_not_allowed");
+        m.handshake(
+            Some(&Arc::from("apps/chat")),
+            "rejected",
+            "origin_not_allowed",
+        );
         let text = m.render();
         assert!(
             text.contains(

@@ -12,25 +12,21 @@
 
 pub mod frame;
 pub mod handshake;
+pub mod http1;
 pub mod registry;
 pub mod relay;
 pub mod upstream;
 
-use std::convert::Infallible;
+use std::borrow::Cow;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode};
-use http_body_util::{Either, Full};
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use crate::access::{AccessLog, Handshake};
@@ -38,13 +34,11 @@ use crate::metrics::{CloseLabels, EndLabels, Metrics, RouteLabels, TrafficLabels
 use crate::policy::RequestOrigin;
 use crate::route::{OriginRejection, Route};
 use crate::snapshot::Snapshot;
-use handshake::Reject;
+use handshake::{AcceptKey, Reject};
+use http1::{HeadError, Headers, Prefixed};
 use registry::{CLOSE_POLICY, Registry};
 use relay::{Ended, Side};
 use upstream::{ClientInfo, UpstreamTimeouts};
-
-/// The body of every response the proxy sends: its own text, or the upstream's body.
-pub type Body = Either<Full<Bytes>, Incoming>;
 
 /// Tunables of the data plane.
 #[derive(Debug, Clone, Copy)]
@@ -171,8 +165,8 @@ impl Gateway {
 }
 
 /// Accepts connections on `listener` until `stop` turns true; each connection is served
-/// in its own task. Connections still in their HTTP phase then finish their current
-/// request and close.
+/// in its own task, handshake and relay alike. Connections still reading their request head
+/// then close; those further along finish their handshake.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
     loop {
         let accepted = tokio::select! {
@@ -189,15 +183,8 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut stop: watch
             }
         };
         let _ = stream.set_nodelay(true);
-        let gateway = gateway.clone();
-        let stop = stop.clone();
-        gateway.http_connections.fetch_add(1, Ordering::AcqRel);
-        tokio::spawn(async move {
-            serve_connection(stream, peer, &gateway, stop).await;
-            if gateway.http_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
-                gateway.http_idle.notify_waiters();
-            }
-        });
+        let phase = HttpPhase::enter(gateway.clone());
+        tokio::spawn(serve_connection(stream, peer, phase, stop.clone()));
     }
 }
 
@@ -206,123 +193,327 @@ pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
+/// A connection in its HTTP phase (before the relay), counted so that draining waits for
+/// handshakes under way.
+struct HttpPhase(Arc<Gateway>);
+
+impl HttpPhase {
+    fn enter(gateway: Arc<Gateway>) -> HttpPhase {
+        gateway.http_connections.fetch_add(1, Ordering::AcqRel);
+        HttpPhase(gateway)
+    }
+}
+
+impl Drop for HttpPhase {
+    fn drop(&mut self) {
+        if self.0.http_connections.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.http_idle.notify_waiters();
+        }
+    }
+}
+
+/// Bytes reserved for a request head before its first read.
+const HEAD_CAPACITY: usize = 1024;
+
 async fn serve_connection(
-    stream: tokio::net::TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
-    gateway: &Arc<Gateway>,
+    phase: HttpPhase,
     mut stop: watch::Receiver<bool>,
 ) {
+    let gateway = phase.0.clone();
     let client = ClientInfo {
         addr: peer,
         proto: "http",
     };
-    let service = {
-        let gateway = gateway.clone();
-        service_fn(move |req| {
-            let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(handle(req, &gateway, client).await) }
-        })
+    let mut buf = Vec::with_capacity(HEAD_CAPACITY);
+    let read = http1::read_head(&mut stream, &mut buf, gateway.config.max_header_bytes);
+    let head_len = tokio::select! {
+        read = tokio::time::timeout(gateway.config.header_read_timeout, read) => match read {
+            Ok(Ok(n)) => n,
+            Ok(Err(HeadError::TooLarge(_))) => {
+                refuse(&mut stream, &gateway, None, Reject::HeadTooLarge, client, None).await;
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "client went away during its handshake");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "request head not complete in time; closing");
+                return;
+            }
+        },
+        // Nothing was asked yet: just close.
+        () = stopped(&mut stop) => return,
     };
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(gateway.config.header_read_timeout)
-        .max_buf_size(gateway.config.max_header_bytes.max(8192));
-    let conn = builder
-        .serve_connection(TokioIo::new(stream), service)
-        .with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        () = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    drop(stop);
+    let plan = plan(&buf[..head_len], &gateway, client);
+    let leftover = &buf[head_len..];
+    let origin = plan
+        .origin
+        .clone()
+        .and_then(|r| std::str::from_utf8(&buf[r]).ok());
+    match plan.step {
+        Step::Refuse(route, reject) => {
+            refuse(
+                &mut stream,
+                &gateway,
+                route.as_deref(),
+                reject,
+                client,
+                origin,
+            )
+            .await;
         }
-    };
-    if let Err(e) = result {
-        tracing::debug!(%peer, error = %e, "client connection error");
+        Step::CloseAfterUpgrade(route, accept) => {
+            outcome(
+                &gateway,
+                Some(&route.label),
+                client,
+                origin,
+                "rejected",
+                Reject::OriginDenied.reason(),
+            );
+            tracing::debug!(client = %client.addr, route = %route.label, "origin not allowed: closing after upgrade");
+            let reply = switching_protocols(None, accept);
+            if stream.write_all(&reply).await.is_ok() {
+                let client_io = Prefixed::new(stream, leftover);
+                drop(buf);
+                drop(phase);
+                relay::reject_after_upgrade(
+                    client_io,
+                    CLOSE_POLICY,
+                    "origin not allowed",
+                    gateway.config.close_linger,
+                )
+                .await;
+            }
+        }
+        Step::Forward {
+            route,
+            request,
+            origin: request_origin,
+            accept,
+        } => {
+            let answer = match upstream::send(
+                &route.upstream,
+                &request,
+                gateway.config.upstream,
+                &gateway.metrics.upstream_connect_seconds,
+            )
+            .await
+            {
+                Ok(answer) => answer,
+                Err(reject) => {
+                    refuse(&mut stream, &gateway, Some(&route), reject, client, origin).await;
+                    return;
+                }
+            };
+            drop(request);
+            let (reply, upgraded) = match answer_client(&answer, accept) {
+                Ok(pair) => pair,
+                Err(reject) => {
+                    refuse(&mut stream, &gateway, Some(&route), reject, client, origin).await;
+                    return;
+                }
+            };
+            if !upgraded {
+                // The upstream refused: its status and body go back to the client.
+                outcome(
+                    &gateway,
+                    Some(&route.label),
+                    client,
+                    origin,
+                    "rejected",
+                    "upstream_refused",
+                );
+                pass_refusal(stream, answer, &reply, gateway.config.upstream.response).await;
+                return;
+            }
+            let registration = gateway.connections.register(route.clone(), request_origin);
+            outcome(
+                &gateway,
+                Some(&route.label),
+                client,
+                origin,
+                "accepted",
+                "ok",
+            );
+            if let Err(e) = stream.write_all(&reply).await {
+                tracing::debug!(%peer, error = %e, "client went away before its 101");
+                return;
+            }
+            let upstream_io = Prefixed::new(answer.stream, &answer.buf[answer.head_len..]);
+            let client_io = Prefixed::new(stream, leftover);
+            drop((buf, answer.buf, reply, phase));
+            run_relay(
+                &gateway,
+                &route,
+                client,
+                client_io,
+                upstream_io,
+                registration,
+            )
+            .await;
+        }
     }
 }
 
-/// Runs the handshake and turns a rejection into its response, counting either.
-async fn handle(
-    req: Request<Incoming>,
-    gateway: &Arc<Gateway>,
+/// Relays an upgraded connection and records how it went.
+async fn run_relay(
+    gateway: &Gateway,
+    route: &Route,
     client: ClientInfo,
-) -> Response<Body> {
-    // For the access log; a header value clone shares its bytes.
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let origin = origin.as_ref();
-    let Some(snapshot) = gateway.snapshot() else {
-        return reject(gateway, None, Reject::NotReady, client, origin);
+    client_io: Prefixed<TcpStream>,
+    upstream_io: Prefixed<TcpStream>,
+    registration: registry::Registration,
+) {
+    let route_label = RouteLabels {
+        route: route.label.clone(),
     };
-    let host = request_host(&req);
-    let Some(route) = snapshot.table.lookup(&host, req.uri().path()).cloned() else {
-        return reject(gateway, None, Reject::NoRoute, client, origin);
+    let active = gateway
+        .metrics
+        .active_connections
+        .get_or_create(&route_label)
+        .clone();
+    active.inc();
+    let started = std::time::Instant::now();
+    let stats = relay::relay(
+        client_io,
+        upstream_io,
+        registration.control(),
+        gateway.config.close_linger,
+        route.limits,
+    )
+    .await;
+    active.dec();
+    record_relay(
+        gateway,
+        &route_label.route,
+        client,
+        started.elapsed(),
+        &stats,
+    );
+}
+
+/// What to do with a request, decided from its head alone.
+struct Plan {
+    /// Where the `Origin` header's value is in the head, for the access log.
+    origin: Option<Range<usize>>,
+    step: Step,
+}
+
+enum Step {
+    /// Answer with this rejection.
+    Refuse(Option<Arc<Route>>, Reject),
+    /// `rejection: Close`: 101, then Close 1008.
+    CloseAfterUpgrade(Arc<Route>, AcceptKey),
+    /// Send `request` to the route's upstream.
+    Forward {
+        route: Arc<Route>,
+        request: Vec<u8>,
+        origin: RequestOrigin,
+        accept: AcceptKey,
+    },
+}
+
+/// Steps 1–4 of the handshake and the upstream request, from the request head: pure CPU work
+/// on borrowed bytes, done before any await so that no parsed header outlives it.
+fn plan(head: &[u8], gateway: &Gateway, client: ClientInfo) -> Plan {
+    let mut slots = [httparse::EMPTY_HEADER; http1::MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut slots);
+    let refuse = |route, reject| Plan {
+        origin: None,
+        step: Step::Refuse(route, reject),
+    };
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Err(httparse::Error::TooManyHeaders) => return refuse(None, Reject::HeadTooLarge),
+        _ => return refuse(None, Reject::Malformed),
+    }
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return refuse(None, Reject::Malformed);
+    };
+    let headers = Headers::new(req.headers);
+    let origin_span = headers.get("origin").map(|v| {
+        // A value httparse returned lies inside `head`.
+        let start = v.as_ptr() as usize - head.as_ptr() as usize;
+        start..start + v.len()
+    });
+    let step = decide(method, target, req.version, headers, gateway, client);
+    Plan {
+        origin: origin_span,
+        step,
+    }
+}
+
+fn decide(
+    method: &str,
+    target: &str,
+    version: Option<u8>,
+    headers: Headers<'_>,
+    gateway: &Gateway,
+    client: ClientInfo,
+) -> Step {
+    let Some(snapshot) = gateway.snapshot.load_full() else {
+        return Step::Refuse(None, Reject::NotReady);
+    };
+    let (path, _) = upstream::split_target(target);
+    let host = request_host(headers.get("host"), target);
+    let Some(route) = snapshot.table.lookup(&host, path).cloned() else {
+        return Step::Refuse(None, Reject::NoRoute);
     };
     // Snapshots are swapped whole; this handshake keeps the route it selected.
     drop(snapshot);
-    match admit(req, gateway, &route, client).await {
-        Ok(response) => response,
-        Err(r) => reject(gateway, Some(&route), r, client, origin),
+    if version != Some(1) {
+        // HTTP/1.0 has no Upgrade.
+        return Step::Refuse(Some(route), Reject::NotWebSocket);
     }
-}
-
-/// Counts a handshake's outcome and writes its access-log line.
-fn outcome(
-    gateway: &Gateway,
-    route: Option<&str>,
-    client: ClientInfo,
-    origin: Option<&HeaderValue>,
-    result: &'static str,
-    reason: &'static str,
-) {
-    gateway.metrics.handshake(route, result, reason);
-    gateway.access.handshake(Handshake {
-        route,
-        client: client.addr,
-        origin: origin.and_then(|o| o.to_str().ok()),
-        result,
-        reason,
-    });
-}
-
-fn reject(
-    gateway: &Gateway,
-    route: Option<&Route>,
-    r: Reject,
-    client: ClientInfo,
-    origin: Option<&HeaderValue>,
-) -> Response<Body> {
-    let name = route.map(|r| r.key.to_string());
-    outcome(
-        gateway,
-        name.as_deref(),
+    let accept = match handshake::validate(method, headers) {
+        Ok(accept) => accept,
+        Err(r) => return Step::Refuse(Some(route), r),
+    };
+    let origin = RequestOrigin::from_header_values(headers.get_all("origin"));
+    if !route.origins.allows(&origin) {
+        return match route.rejection {
+            OriginRejection::Forbidden => Step::Refuse(Some(route), Reject::OriginDenied),
+            OriginRejection::Close => Step::CloseAfterUpgrade(route, accept),
+        };
+    }
+    let subprotocols = match &route.subprotocols {
+        Some(allowed) => match handshake::filter_subprotocols(headers, allowed) {
+            Some(kept) => Some(kept),
+            None => return Step::Refuse(Some(route), Reject::SubprotocolDenied),
+        },
+        None => None,
+    };
+    let request = upstream::forward_request(
+        target,
+        headers,
+        &route.upstream,
+        subprotocols.as_deref(),
         client,
-        origin,
-        r.result(),
-        r.reason(),
     );
-    match r.blame() {
-        handshake::Blame::Downstream => {
-            tracing::debug!(client = %client.addr, route = name.as_deref().unwrap_or(""), reason = r.reason(), "handshake rejected")
-        }
-        _ => {
-            tracing::warn!(client = %client.addr, route = name.as_deref().unwrap_or(""), reason = r.reason(), "handshake failed")
-        }
+    Step::Forward {
+        route,
+        request,
+        origin,
+        accept,
     }
-    r.response::<Full<Bytes>>().map(Either::Left)
 }
 
-/// The Host header (or the request target's authority), lowercase, without the port or a
-/// trailing dot.
-fn request_host(req: &Request<Incoming>) -> String {
-    let raw = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
-        .unwrap_or("");
+/// The Host header (or the absolute-form target's authority), lowercase, without the port or
+/// a trailing dot.
+fn request_host<'a>(host: Option<&'a [u8]>, target: &'a str) -> Cow<'a, str> {
+    let raw = host
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .or_else(|| {
+            let rest = &target[target.find("://")? + 3..];
+            Some(&rest[..rest.find(['/', '?']).unwrap_or(rest.len())])
+        })
+        .unwrap_or("")
+        .trim();
     let host = if raw.starts_with('[') {
         // A bracketed IPv6 literal: the port, if any, follows the `]`.
         raw.split_inclusive(']').next().unwrap_or(raw)
@@ -330,136 +521,143 @@ fn request_host(req: &Request<Incoming>) -> String {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
     // `chat.example.com.` (fully qualified) names the same host.
-    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
 }
 
-/// Steps 2–6 of the handshake for a request that selected `route`.
-async fn admit(
-    mut req: Request<Incoming>,
-    gateway: &Arc<Gateway>,
-    route: &Arc<Route>,
-    client: ClientInfo,
-) -> Result<Response<Body>, Reject> {
-    let accept = handshake::validate(req.method(), req.headers())?;
-
-    let origin = RequestOrigin::from_header_values(
-        req.headers()
-            .get_all(header::ORIGIN)
-            .iter()
-            .map(HeaderValue::as_bytes),
-    );
-    if !route.origins.allows(&origin) {
-        return match route.rejection {
-            OriginRejection::Forbidden => Err(Reject::OriginDenied),
-            OriginRejection::Close => {
-                Ok(upgrade_then_close(&mut req, gateway, route, accept, client))
+/// The client's answer to an upstream response: a 101 (`true`) with the upstream's headers
+/// but hop-by-hop ones, or the head of the upstream's refusal (`false`). A 101 whose accept
+/// value does not match the client's key is refused here, where a status code still can be
+/// sent: the client would fail the connection (RFC 6455 §4.1).
+fn answer_client(answer: &upstream::Answer, accept: AcceptKey) -> Result<(Vec<u8>, bool), Reject> {
+    let mut slots = [httparse::EMPTY_HEADER; http1::MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut slots);
+    match resp.parse(&answer.buf[..answer.head_len]) {
+        Ok(httparse::Status::Complete(_)) => {}
+        _ => return Err(Reject::UpstreamInvalid),
+    }
+    let code = resp.code.unwrap_or(0);
+    let headers = Headers::new(resp.headers);
+    if code != 101 {
+        let mut out = Vec::with_capacity(answer.head_len + 32);
+        http1::put_status(&mut out, code, resp.reason.unwrap_or(""));
+        for (name, value) in headers.iter() {
+            if !headers.is_hop_by_hop(name, true) {
+                http1::put_header(&mut out, name, value);
             }
-        };
+        }
+        out.extend_from_slice(b"connection: close\r\n\r\n");
+        return Ok((out, false));
     }
-
-    let subprotocols = match &route.subprotocols {
-        Some(allowed) => Some(
-            handshake::filter_subprotocols(req.headers(), allowed)
-                .ok_or(Reject::SubprotocolDenied)?,
-        ),
-        None => None,
-    };
-
-    let request = upstream::forward_request(
-        req.uri(),
-        req.headers(),
-        &route.upstream,
-        subprotocols,
-        client,
-    );
-    let mut response = upstream::send(
-        &route.upstream,
-        request,
-        gateway.config.upstream,
-        &gateway.metrics.upstream_connect_seconds,
-    )
-    .await?;
-    let key = route.key.to_string();
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        // The upstream refused: its status and body go back to the client.
-        outcome(
-            gateway,
-            Some(&key),
-            client,
-            req.headers().get(header::ORIGIN),
-            "rejected",
-            "upstream_refused",
-        );
-        let (mut parts, body) = response.into_parts();
-        upstream::strip_hop_by_hop(&mut parts.headers);
-        return Ok(Response::from_parts(parts, Either::Right(body)));
-    }
-    // RFC 6455 §4.1: the client fails the connection unless the accept value matches; catch
-    // a broken upstream here, where it can still get a status code.
-    if response.headers().get(header::SEC_WEBSOCKET_ACCEPT) != Some(&accept) {
+    if headers.get("sec-websocket-accept") != Some(accept.as_bytes()) {
         return Err(Reject::UpstreamInvalid);
     }
+    Ok((switching_protocols(Some(headers), accept), true))
+}
 
-    let client_upgrade = hyper::upgrade::on(&mut req);
-    let upstream_upgrade = hyper::upgrade::on(&mut response);
-    let registration = gateway.connections.register(route.clone(), origin);
-    outcome(
-        gateway,
-        Some(&key),
-        client,
-        req.headers().get(header::ORIGIN),
-        "accepted",
-        "ok",
-    );
-    let gw = gateway.clone();
-    let route_label = RouteLabels { route: key };
-    let limits = route.limits;
-    tokio::spawn(async move {
-        let (client_io, upstream_io) = match tokio::join!(client_upgrade, upstream_upgrade) {
-            (Ok(c), Ok(u)) => (c, u),
-            (c, u) => {
-                tracing::debug!(
-                    client_ok = c.is_ok(),
-                    upstream_ok = u.is_ok(),
-                    "upgrade did not complete"
-                );
-                return;
+/// A 101 answer: the upstream's headers but hop-by-hop ones (or just the accept value when
+/// there is no upstream answer), and the upgrade headers.
+fn switching_protocols(upstream: Option<Headers<'_>>, accept: AcceptKey) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"HTTP/1.1 101 Switching Protocols\r\n");
+    match upstream {
+        Some(headers) => {
+            for (name, value) in headers.iter() {
+                if !headers.is_hop_by_hop(name, false) {
+                    http1::put_header(&mut out, name, value);
+                }
             }
-        };
-        let active = gw
-            .metrics
-            .active_connections
-            .get_or_create(&route_label)
-            .clone();
-        active.inc();
-        let started = std::time::Instant::now();
-        let stats = relay::relay(
-            TokioIo::new(client_io),
-            TokioIo::new(upstream_io),
-            registration.control(),
-            gw.config.close_linger,
-            limits,
-        )
-        .await;
-        active.dec();
-        record_relay(&gw, &route_label.route, client, started.elapsed(), &stats);
-        drop(registration);
-    });
+        }
+        None => http1::put_header(&mut out, "sec-websocket-accept", accept.as_bytes()),
+    }
+    out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n\r\n");
+    out
+}
 
-    let (parts, _) = response.into_parts();
-    let mut reply = Response::from_parts(parts, Either::Left(Full::new(Bytes::new())));
-    upstream::strip_hop_by_hop(reply.headers_mut());
-    let headers = reply.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    Ok(reply)
+/// Largest refusal body passed on from an upstream.
+const MAX_REFUSAL_BODY: u64 = 1 << 20;
+
+/// Sends an upstream's refusal head, then its body as it comes (its length or chunks
+/// unchanged, or until the upstream closes), within `patience`; then closes both.
+async fn pass_refusal(
+    mut client: TcpStream,
+    answer: upstream::Answer,
+    head: &[u8],
+    patience: Duration,
+) {
+    let upstream::Answer {
+        stream: upstream,
+        buf,
+        head_len,
+    } = answer;
+    let body = async {
+        client.write_all(head).await?;
+        let first = &buf[head_len..];
+        client.write_all(first).await?;
+        let mut rest = tokio::io::AsyncReadExt::take(upstream, MAX_REFUSAL_BODY);
+        tokio::io::copy(&mut rest, &mut client).await?;
+        client.shutdown().await
+    };
+    if let Ok(Err(e)) = tokio::time::timeout(patience, body).await {
+        tracing::debug!(error = %e, "passing the upstream's refusal on failed");
+    }
+}
+
+/// Counts a handshake's outcome and writes its access-log line.
+fn outcome(
+    gateway: &Gateway,
+    route: Option<&Arc<str>>,
+    client: ClientInfo,
+    origin: Option<&str>,
+    result: &'static str,
+    reason: &'static str,
+) {
+    gateway.metrics.handshake(route, result, reason);
+    gateway.access.handshake(Handshake {
+        route: route.map(|r| &**r),
+        client: client.addr,
+        origin,
+        result,
+        reason,
+    });
+}
+
+/// Answers with a rejection, counts it and closes.
+async fn refuse(
+    stream: &mut TcpStream,
+    gateway: &Gateway,
+    route: Option<&Route>,
+    r: Reject,
+    client: ClientInfo,
+    origin: Option<&str>,
+) {
+    let name = route.map(|r| &r.label);
+    outcome(gateway, name, client, origin, r.result(), r.reason());
+    let name = name.map(|n| &**n);
+    match r.blame() {
+        handshake::Blame::Downstream => {
+            tracing::debug!(client = %client.addr, route = name.unwrap_or(""), reason = r.reason(), "handshake rejected")
+        }
+        _ => {
+            tracing::warn!(client = %client.addr, route = name.unwrap_or(""), reason = r.reason(), "handshake failed")
+        }
+    }
+    let mut response = Vec::with_capacity(256);
+    r.write_response(&mut response);
+    if stream.write_all(&response).await.is_ok() {
+        let _ = stream.shutdown().await;
+    }
 }
 
 /// Counts a finished connection (traffic, duration, how it ended and closed) and writes
 /// its access-log line.
 fn record_relay(
     gw: &Gateway,
-    route: &str,
+    route: &Arc<str>,
     client: ClientInfo,
     duration: std::time::Duration,
     stats: &relay::RelayStats,
@@ -470,7 +668,7 @@ fn record_relay(
         ("upstream_to_client", stats.upstream_to_client),
     ] {
         let labels = TrafficLabels {
-            route: route.to_owned(),
+            route: route.clone(),
             direction,
         };
         metrics.bytes.get_or_create(&labels).inc_by(traffic.bytes);
@@ -482,7 +680,7 @@ fn record_relay(
     metrics
         .connection_duration
         .get_or_create(&RouteLabels {
-            route: route.to_owned(),
+            route: route.clone(),
         })
         .observe(duration.as_secs_f64());
     metrics
@@ -542,44 +740,4 @@ fn code_label(code: u16) -> &'static str {
         4000..=4999 => "4xxx",
         _ => "invalid",
     }
-}
-
-/// `rejection: Close`: complete the upgrade without contacting the upstream, then close
-/// with 1008 at once. For clients that treat a failed handshake differently from a close.
-fn upgrade_then_close(
-    req: &mut Request<Incoming>,
-    gateway: &Arc<Gateway>,
-    route: &Route,
-    accept: HeaderValue,
-    client: ClientInfo,
-) -> Response<Body> {
-    outcome(
-        gateway,
-        Some(&route.key.to_string()),
-        client,
-        req.headers().get(header::ORIGIN),
-        "rejected",
-        Reject::OriginDenied.reason(),
-    );
-    tracing::debug!(client = %client.addr, route = %route.key, "origin not allowed: closing after upgrade");
-    let on_upgrade = hyper::upgrade::on(req);
-    let linger = gateway.config.close_linger;
-    tokio::spawn(async move {
-        if let Ok(io) = on_upgrade.await {
-            relay::reject_after_upgrade(
-                TokioIo::new(io),
-                CLOSE_POLICY,
-                "origin not allowed",
-                linger,
-            )
-            .await;
-        }
-    });
-    let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
-    response
 }

@@ -108,6 +108,8 @@ pub struct Upstream {
 pub struct Route {
     /// The route's identity.
     pub key: RouteKey,
+    /// `namespace/name`, made once: the metric label and log field of every handshake.
+    pub label: Arc<str>,
     /// Which origins may connect.
     pub origins: OriginPolicy,
     /// What a denied origin gets.
@@ -246,6 +248,7 @@ mod tests {
                 namespace: "default".into(),
                 name: name.into(),
             },
+            label: format!("default/{name}").into(),
             origins: OriginPolicy::new::<&str>(&[], false, false).expect("empty policy"),
             rejection: OriginRejection::Forbidden,
             upstream: Upstream {

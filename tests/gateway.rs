@@ -220,12 +220,74 @@ async fn malformed_handshakes_get_their_status_codes() {
 
     let garbage = raw_request(gate.proxy, "\x16\x03\x01 not http at all\r\n\r\n").await;
     assert_eq!(garbage.status, 400);
+    assert_eq!(garbage.body, "malformed HTTP/1.1 request\n");
+
+    let huge = upgrade_request(HOST, "/ws", &format!("X-Pad: {}\r\n", "a".repeat(17_000)));
+    let raw = raw_request(gate.proxy, &huge).await;
+    assert_eq!(
+        (raw.status, raw.body.as_str()),
+        (431, "request head too large\n")
+    );
+    let many: String = (0..101).map(|i| format!("X-{i}: 1\r\n")).collect();
+    let raw = raw_request(gate.proxy, &upgrade_request(HOST, "/ws", &many)).await;
+    assert_eq!(raw.status, 431);
     // Still serving.
     assert!(
         connect(gate.proxy, HOST, "/ws", Some(APP), &[])
             .await
             .is_ok()
     );
+}
+
+#[tokio::test]
+async fn a_request_head_not_finished_in_time_is_closed_without_an_answer() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &["--handshake-timeout", "0.5"]).await;
+    let mut slow = tokio::net::TcpStream::connect(gate.proxy)
+        .await
+        .expect("connect");
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: ")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        slow.read_to_end(&mut rest),
+    )
+    .await;
+    assert!(matches!(read, Ok(Ok(0))), "closed, nothing sent: {read:?}");
+}
+
+#[tokio::test]
+async fn a_first_frame_sent_right_behind_the_request_is_relayed() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    let mut stream = tokio::net::TcpStream::connect(gate.proxy)
+        .await
+        .expect("connect");
+    // One write: the handshake and a masked text frame "hi".
+    let mut bytes = upgrade_request(HOST, "/ws", &format!("Origin: {APP}\r\n")).into_bytes();
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend_from_slice(&[0x81, 0x82]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(b"hi".iter().zip(mask).map(|(b, m)| b ^ m));
+    stream.write_all(&bytes).await.expect("write");
+    let mut got = Vec::new();
+    let echoed = async {
+        let mut chunk = [0u8; 512];
+        loop {
+            let n = stream.read(&mut chunk).await.expect("read");
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+            if got.ends_with(&[0x81, 0x02, b'h', b'i']) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), echoed)
+        .await
+        .expect("the frame came back");
+    assert!(got.starts_with(b"HTTP/1.1 101 "));
 }
 
 #[tokio::test]

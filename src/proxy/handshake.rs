@@ -4,16 +4,19 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Response, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 use sha1::{Digest, Sha1};
+
+use super::http1::{self, Headers};
 
 /// Why a handshake was not relayed. Each variant has one status code, one metric reason and
 /// one body; bodies never echo request headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reject {
+    /// The request head does not parse as HTTP/1.1.
+    Malformed,
+    /// The request head is over the size limit.
+    HeadTooLarge,
     /// No route for this host and path.
     NoRoute,
     /// The gateway has not loaded its first snapshot yet.
@@ -53,6 +56,8 @@ impl Reject {
     /// The HTTP status sent to the client.
     pub fn status(self) -> StatusCode {
         match self {
+            Reject::Malformed => StatusCode::BAD_REQUEST,
+            Reject::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::NotReady => StatusCode::SERVICE_UNAVAILABLE,
             Reject::NotWebSocket | Reject::BadVersion => StatusCode::UPGRADE_REQUIRED,
@@ -68,6 +73,8 @@ impl Reject {
     /// Stable label for metrics and logs.
     pub fn reason(self) -> &'static str {
         match self {
+            Reject::Malformed => "malformed_request",
+            Reject::HeadTooLarge => "head_too_large",
             Reject::NoRoute => "no_route",
             Reject::NotReady => "not_ready",
             Reject::NotWebSocket => "not_websocket",
@@ -85,6 +92,8 @@ impl Reject {
     /// The plain-text body naming the rule.
     pub fn body(self) -> &'static str {
         match self {
+            Reject::Malformed => "malformed HTTP/1.1 request\n",
+            Reject::HeadTooLarge => "request head too large\n",
             Reject::NoRoute => "no route for this host and path\n",
             Reject::NotReady => "gateway is starting: no routes loaded yet\n",
             Reject::NotWebSocket => "this endpoint only accepts WebSocket upgrades\n",
@@ -119,159 +128,165 @@ impl Reject {
         }
     }
 
-    /// The complete response.
-    pub fn response<B: From<Full<Bytes>>>(self) -> Response<B> {
-        let mut response = Response::new(B::from(Full::new(Bytes::from_static(
-            self.body().as_bytes(),
-        ))));
-        *response.status_mut() = self.status();
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
+    /// Appends the complete response: status, headers and body. The connection is closed
+    /// after it (`Connection: close`).
+    pub fn write_response(self, out: &mut Vec<u8>) {
+        let status = self.status();
+        http1::put_status(
+            out,
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
         );
+        http1::put_header(out, "content-type", b"text/plain; charset=utf-8");
+        let body = self.body().as_bytes();
+        http1::put_header(
+            out,
+            "content-length",
+            http1::itoa(body.len() as u64, &mut [0; 20]),
+        );
+        http1::put_header(out, "connection", b"close");
         match self {
             // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
-            Reject::NotWebSocket => {
-                headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-                headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            }
+            Reject::NotWebSocket => http1::put_header(out, "upgrade", b"websocket"),
             // RFC 6455 §4.4: answer with the versions the server supports.
-            Reject::BadVersion => {
-                headers.insert(
-                    header::SEC_WEBSOCKET_VERSION,
-                    HeaderValue::from_static("13"),
-                );
-            }
-            Reject::NotReady => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            }
+            Reject::BadVersion => http1::put_header(out, "sec-websocket-version", b"13"),
+            Reject::NotReady => http1::put_header(out, "retry-after", b"1"),
             _ => {}
         }
-        response
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
     }
 }
 
-/// Whether a header holds `token` in its comma-separated list, case-insensitively.
-fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|part| part.trim().eq_ignore_ascii_case(token))
-        })
-    })
+/// A `Sec-WebSocket-Accept` value: base64 of a SHA-1 digest, always 28 bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptKey([u8; 28]);
+
+impl AcceptKey {
+    /// The header value.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 /// RFC 6455 §4.2.1 items 1–6: checks the request is a version-13 WebSocket upgrade with a
 /// valid key, and returns the `Sec-WebSocket-Accept` value for that key.
-pub fn validate(method: &Method, headers: &HeaderMap) -> Result<HeaderValue, Reject> {
-    if method != Method::GET
-        || !has_token(headers, header::UPGRADE, "websocket")
-        || !has_token(headers, header::CONNECTION, "upgrade")
+pub fn validate(method: &str, headers: Headers<'_>) -> Result<AcceptKey, Reject> {
+    if method != "GET"
+        || !headers.has_token("upgrade", "websocket")
+        || !headers.has_token("connection", "upgrade")
     {
         return Err(Reject::NotWebSocket);
     }
-    let mut versions = headers.get_all(header::SEC_WEBSOCKET_VERSION).iter();
+    let mut versions = headers.get_all("sec-websocket-version");
     match (versions.next(), versions.next()) {
-        (Some(v), None) if v.as_bytes() == b"13" => {}
+        (Some(b"13"), None) => {}
         _ => return Err(Reject::BadVersion),
     }
-    let mut keys = headers.get_all(header::SEC_WEBSOCKET_KEY).iter();
+    let mut keys = headers.get_all("sec-websocket-key");
     let key = match (keys.next(), keys.next()) {
         (Some(k), None) => k,
         _ => return Err(Reject::BadKey),
     };
     // RFC 6455 §4.1: the key is a base64-encoded 16-byte nonce, i.e. 24 characters.
     let mut nonce = [0u8; 18];
-    match BASE64.decode_slice(key.as_bytes(), &mut nonce) {
-        Ok(16) if key.len() == 24 => Ok(accept_key(key.as_bytes())),
+    match BASE64.decode_slice(key, &mut nonce) {
+        Ok(16) if key.len() == 24 => Ok(accept_key(key)),
         _ => Err(Reject::BadKey),
     }
 }
 
 /// RFC 6455 §4.2.2 item 5.4: base64(SHA-1(key ++ GUID)).
-pub fn accept_key(key: &[u8]) -> HeaderValue {
+pub fn accept_key(key: &[u8]) -> AcceptKey {
     const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
     let mut sha = Sha1::new();
     sha.update(key);
     sha.update(GUID);
     let mut out = [0u8; 28];
-    let n = BASE64
-        .encode_slice(sha.finalize(), &mut out)
-        .unwrap_or_default();
-    // Base64 output is always a valid header value.
-    HeaderValue::from_bytes(&out[..n]).unwrap_or(HeaderValue::from_static(""))
+    // 20 digest bytes always encode to exactly 28.
+    let _ = BASE64.encode_slice(sha.finalize(), &mut out);
+    AcceptKey(out)
 }
 
 /// Filters the client's offered subprotocols (RFC 6455 §4.1 `Sec-WebSocket-Protocol`, any
 /// number of headers, comma-separated) to `allowed`, keeping the client's order. `None` when
 /// nothing offered is allowed.
-pub fn filter_subprotocols(headers: &HeaderMap, allowed: &[String]) -> Option<HeaderValue> {
+pub fn filter_subprotocols(headers: Headers<'_>, allowed: &[String]) -> Option<String> {
     let kept: Vec<&str> = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .get_all("sec-websocket-protocol")
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|offered| allowed.iter().any(|a| a == offered))
         .collect();
-    if kept.is_empty() {
-        return None;
-    }
-    HeaderValue::from_str(&kept.join(", ")).ok()
+    (!kept.is_empty()).then(|| kept.join(", "))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
-                HeaderValue::from_str(v).expect("value"),
-            );
-        }
-        h
+    fn parsed(pairs: &[(&'static str, &'static str)]) -> Vec<httparse::Header<'static>> {
+        pairs
+            .iter()
+            .map(|(name, value)| httparse::Header {
+                name,
+                value: value.as_bytes(),
+            })
+            .collect()
     }
 
-    fn upgrade(extra: &[(&str, &str)]) -> HeaderMap {
+    fn upgrade(extra: &[(&'static str, &'static str)]) -> Vec<httparse::Header<'static>> {
         let mut pairs = vec![
-            ("upgrade", "WebSocket"),
-            ("connection", "keep-alive, Upgrade"),
-            ("sec-websocket-version", "13"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Upgrade", "WebSocket"),
+            ("Connection", "keep-alive, Upgrade"),
+            ("Sec-WebSocket-Version", "13"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ];
         pairs.extend_from_slice(extra);
-        headers(&pairs)
+        parsed(&pairs)
+    }
+
+    fn without(
+        mut headers: Vec<httparse::Header<'static>>,
+        name: &str,
+    ) -> Vec<httparse::Header<'static>> {
+        headers.retain(|h| !h.name.eq_ignore_ascii_case(name));
+        headers
+    }
+
+    fn response(r: Reject) -> String {
+        let mut out = Vec::new();
+        r.write_response(&mut out);
+        String::from_utf8(out).expect("utf-8")
     }
 
     #[test]
     fn rfc6455_sample_key_gives_sample_accept() {
-        let accept = validate(&Method::GET, &upgrade(&[])).expect("valid");
-        assert_eq!(accept, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let accept = validate("GET", Headers::new(&upgrade(&[]))).expect("valid");
+        assert_eq!(accept.as_bytes(), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]
     fn post_or_missing_upgrade_is_not_websocket() {
+        let h = upgrade(&[]);
         assert_eq!(
-            validate(&Method::POST, &upgrade(&[])),
+            validate("POST", Headers::new(&h)),
             Err(Reject::NotWebSocket)
         );
-        let mut h = upgrade(&[]);
-        h.remove(header::CONNECTION);
-        assert_eq!(validate(&Method::GET, &h), Err(Reject::NotWebSocket));
+        let h = without(upgrade(&[]), "connection");
+        assert_eq!(validate("GET", Headers::new(&h)), Err(Reject::NotWebSocket));
     }
 
     #[test]
     fn version_other_than_13_is_426() {
-        let mut h = upgrade(&[]);
-        h.insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("8"));
-        assert_eq!(validate(&Method::GET, &h), Err(Reject::BadVersion));
-        let r: Response<Full<Bytes>> = Reject::BadVersion.response();
-        assert_eq!(r.status(), 426);
-        assert_eq!(r.headers()[header::SEC_WEBSOCKET_VERSION], "13");
+        let h = without(upgrade(&[]), "sec-websocket-version");
+        let mut h = h;
+        h.extend(parsed(&[("Sec-WebSocket-Version", "8")]));
+        assert_eq!(validate("GET", Headers::new(&h)), Err(Reject::BadVersion));
+        let r = response(Reject::BadVersion);
+        assert!(r.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{r}");
+        assert!(r.contains("\r\nsec-websocket-version: 13\r\n"), "{r}");
     }
 
     #[test]
@@ -282,40 +297,48 @@ mod tests {
             "dGhlIHNhbXBsZSBub25jZQ",
             "dGhlIHNhbXBsZSBub25jZWVl",
         ] {
-            let mut h = upgrade(&[]);
-            h.insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static(bad));
-            assert_eq!(validate(&Method::GET, &h), Err(Reject::BadKey), "{bad}");
+            let mut h = without(upgrade(&[]), "sec-websocket-key");
+            h.extend(parsed(&[("Sec-WebSocket-Key", bad)]));
+            assert_eq!(
+                validate("GET", Headers::new(&h)),
+                Err(Reject::BadKey),
+                "{bad}"
+            );
         }
-        let mut h = upgrade(&[]);
-        h.remove(header::SEC_WEBSOCKET_KEY);
-        assert_eq!(validate(&Method::GET, &h), Err(Reject::BadKey));
+        let h = without(upgrade(&[]), "sec-websocket-key");
+        assert_eq!(validate("GET", Headers::new(&h)), Err(Reject::BadKey));
+        let h = upgrade(&[("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]);
+        assert_eq!(
+            validate("GET", Headers::new(&h)),
+            Err(Reject::BadKey),
+            "two keys"
+        );
     }
 
     #[test]
     fn subprotocol_offer_is_filtered_in_client_order() {
         let allowed = vec!["chat.v2".to_owned(), "chat.v1".to_owned()];
-        let h = headers(&[
+        let h = parsed(&[
             ("sec-websocket-protocol", "evil, chat.v1"),
-            ("sec-websocket-protocol", "chat.v2"),
+            ("Sec-WebSocket-Protocol", "chat.v2"),
         ]);
         assert_eq!(
-            filter_subprotocols(&h, &allowed).expect("kept"),
+            filter_subprotocols(Headers::new(&h), &allowed).expect("kept"),
             "chat.v1, chat.v2"
         );
-        let none = headers(&[("sec-websocket-protocol", "evil")]);
-        assert_eq!(filter_subprotocols(&none, &allowed), None);
-        assert_eq!(filter_subprotocols(&HeaderMap::new(), &allowed), None);
+        let none = parsed(&[("sec-websocket-protocol", "evil")]);
+        assert_eq!(filter_subprotocols(Headers::new(&none), &allowed), None);
+        assert_eq!(filter_subprotocols(Headers::new(&[]), &allowed), None);
     }
 
     #[test]
-    fn rejection_bodies_are_fixed_plain_text() {
-        let r: Response<Full<Bytes>> = Reject::OriginDenied.response();
-        assert_eq!(r.status(), 403);
+    fn rejections_are_fixed_plain_text_with_a_length_and_close_the_connection() {
         assert_eq!(
-            r.headers()[header::CONTENT_TYPE],
-            "text/plain; charset=utf-8"
+            response(Reject::OriginDenied),
+            "HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 19\r\nconnection: close\r\n\r\norigin not allowed\n"
         );
-        let r: Response<Full<Bytes>> = Reject::NotWebSocket.response();
-        assert_eq!(r.headers()[header::UPGRADE], "websocket");
+        assert!(response(Reject::NotWebSocket).contains("\r\nupgrade: websocket\r\n"));
+        assert!(response(Reject::NotReady).contains("\r\nretry-after: 1\r\n"));
+        assert!(response(Reject::HeadTooLarge).starts_with("HTTP/1.1 431 "));
     }
 }

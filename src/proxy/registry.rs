@@ -164,6 +164,7 @@ mod tests {
                 namespace: "ns".into(),
                 name: name.into(),
             },
+            label: format!("ns/{name}").into(),
             origins: crate::policy::OriginPolicy::new(allow, false, false).expect("policy"),
             rejection: OriginRejection::Forbidden,
             upstream: Upstream {

@@ -5,23 +5,24 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, Uri};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::histogram::Histogram;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::handshake::Reject;
+use super::http1::{self, Headers};
 use crate::route::{Target, Upstream};
 
-/// `X-Real-IP`, not in `http`'s constants.
-static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Largest upstream response head accepted, in bytes.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// Headers the gateway sets itself on the forwarded request; the client's are replaced.
+const FORWARDING: [&str; 4] = [
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
 
 /// Timeouts for reaching an upstream.
 #[derive(Debug, Clone, Copy)]
@@ -41,82 +42,74 @@ pub struct ClientInfo {
     pub proto: &'static str,
 }
 
-/// RFC 9110 §7.6.1: headers that describe one connection, not the message, plus `Upgrade`
-/// (set anew) and `Host`-independent proxy headers.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-/// Removes hop-by-hop headers, including those the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
-        headers.remove(name);
-    }
+/// The request-target of a request split into path and query; an absolute-form target
+/// (`http://host/path?q`) gives its path.
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
+    let origin_form = match target.find("://") {
+        Some(scheme_end) if !target.starts_with('/') => {
+            let rest = &target[scheme_end + 3..];
+            rest.find(['/', '?']).map_or("/", |i| &rest[i..])
+        }
+        _ => target,
+    };
+    let (path, query) = match origin_form.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (origin_form, None),
+    };
+    (if path.is_empty() { "/" } else { path }, query)
 }
 
-/// Builds the request sent upstream from the client's request parts.
+/// Writes the request sent upstream: the client's path and headers, without hop-by-hop
+/// headers, with the upgrade headers, the allowed subprotocols and forwarding headers.
 ///
 /// The path and query go unchanged unless the upstream URL has a path, which then replaces
 /// the request path (the query is kept). `Host` and `Origin` pass through unchanged.
 pub fn forward_request(
-    uri: &Uri,
-    client_headers: &HeaderMap,
+    target: &str,
+    headers: Headers<'_>,
     upstream: &Upstream,
-    subprotocols: Option<HeaderValue>,
+    subprotocols: Option<&str>,
     client: ClientInfo,
-) -> Request<Empty<Bytes>> {
-    let target = match (&upstream.path, uri.query()) {
-        (Some(path), Some(q)) => format!("{path}?{q}"),
-        (Some(path), None) => path.clone(),
-        (None, _) => uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned()),
-    };
-    let mut headers = client_headers.clone();
-    strip_hop_by_hop(&mut headers);
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(768);
+    out.extend_from_slice(b"GET ");
+    let (path, query) = split_target(target);
+    out.extend_from_slice(upstream.path.as_deref().unwrap_or(path).as_bytes());
+    if let Some(q) = query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers.iter() {
+        let replaced = FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f))
+            || (subprotocols.is_some() && name.eq_ignore_ascii_case("sec-websocket-protocol"));
+        if !replaced && !headers.is_hop_by_hop(name, false) {
+            http1::put_header(&mut out, name, value);
+        }
+    }
+    out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n");
     if let Some(p) = subprotocols {
-        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, p);
+        http1::put_header(&mut out, "sec-websocket-protocol", p.as_bytes());
     }
 
     let ip = client.addr.ip().to_string();
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-        _ => ip.clone(),
-    };
-    let mut set = |name: &HeaderName, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            headers.insert(name.clone(), v);
+    out.extend_from_slice(b"x-forwarded-for: ");
+    for prior in headers.get_all("x-forwarded-for") {
+        let prior = prior.trim_ascii();
+        if !prior.is_empty() {
+            out.extend_from_slice(prior);
+            out.extend_from_slice(b", ");
         }
-    };
-    set(&X_FORWARDED_FOR, &xff);
-    set(&X_REAL_IP, &ip);
-    set(&X_FORWARDED_PROTO, client.proto);
-    if let Some(host) = client_headers.get(header::HOST).cloned() {
-        headers.insert(X_FORWARDED_HOST.clone(), host);
-    } else {
-        headers.remove(&X_FORWARDED_HOST);
     }
-
-    let mut request = Request::new(Empty::new());
-    // The target is built from a valid URI's parts and a validated path.
-    *request.uri_mut() = target.parse().unwrap_or_else(|_| Uri::from_static("/"));
-    *request.headers_mut() = headers;
-    request
+    out.extend_from_slice(ip.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    http1::put_header(&mut out, "x-real-ip", ip.as_bytes());
+    http1::put_header(&mut out, "x-forwarded-proto", client.proto.as_bytes());
+    if let Some(host) = headers.get("host") {
+        http1::put_header(&mut out, "x-forwarded-host", host);
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// The targets in the order one handshake tries them: from a uniformly random start, then
@@ -160,36 +153,53 @@ async fn connect<'a>(
     Err(last)
 }
 
-/// Connects to the upstream and sends the handshake. Returns the upstream's response; on
-/// 101 its `OnUpgrade` is ready to be awaited for the relay. Successful connects are timed
-/// into `connect_latency`.
+/// The upstream's answer to a forwarded handshake.
+#[derive(Debug)]
+pub struct Answer {
+    /// The connection, positioned after the response head.
+    pub stream: TcpStream,
+    /// The response head, then whatever followed it in the same reads.
+    pub buf: Vec<u8>,
+    /// The head's length in `buf`.
+    pub head_len: usize,
+}
+
+/// Connects to the upstream, sends the handshake `request` and reads the response head.
+/// Successful connects are timed into `connect_latency`.
 pub async fn send(
     upstream: &Upstream,
-    request: Request<Empty<Bytes>>,
+    request: &[u8],
     timeouts: UpstreamTimeouts,
     connect_latency: &Histogram,
-) -> Result<Response<Incoming>, Reject> {
-    let (stream, target) = connect(&upstream.targets, timeouts.connect, connect_latency).await?;
+) -> Result<Answer, Reject> {
+    let (mut stream, target) =
+        connect(&upstream.targets, timeouts.connect, connect_latency).await?;
     // Small frames must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
-
+    let mut buf = Vec::new();
     let exchange = async {
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|_| Reject::UpstreamUnreachable)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        sender.send_request(request).await.map_err(|e| {
-            tracing::debug!(%target, error = %e, "upstream handshake failed");
+        stream.write_all(request).await.map_err(|e| {
+            tracing::debug!(%target, error = %e, "sending the handshake upstream failed");
             Reject::UpstreamUnreachable
-        })
+        })?;
+        http1::read_head(&mut stream, &mut buf, MAX_RESPONSE_HEAD)
+            .await
+            .map_err(|e| {
+                tracing::debug!(%target, error = %e, "no response head from the upstream");
+                match e {
+                    http1::HeadError::TooLarge(_) => Reject::UpstreamInvalid,
+                    _ => Reject::UpstreamUnreachable,
+                }
+            })
     };
-    tokio::time::timeout(timeouts.response, exchange)
+    let head_len = tokio::time::timeout(timeouts.response, exchange)
         .await
-        .map_err(|_| Reject::UpstreamTimeout)?
+        .map_err(|_| Reject::UpstreamTimeout)??;
+    Ok(Answer {
+        stream,
+        buf,
+        head_len,
+    })
 }
 
 #[cfg(test)]
@@ -210,21 +220,35 @@ mod tests {
         }
     }
 
-    fn client_headers() -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("chat.example.com"));
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("https://app.example.com"),
+    fn client_headers() -> Vec<httparse::Header<'static>> {
+        [
+            ("Host", "chat.example.com"),
+            ("Origin", "https://app.example.com"),
+            ("Connection", "keep-alive, Upgrade, x-secret"),
+            ("Upgrade", "websocket"),
+            ("x-secret", "1"),
+            ("X-Forwarded-For", "203.0.113.9"),
+            ("X-Forwarded-Proto", "https"),
+            ("Sec-WebSocket-Protocol", "evil, chat"),
+        ]
+        .into_iter()
+        .map(|(name, value)| httparse::Header {
+            name,
+            value: value.as_bytes(),
+        })
+        .collect()
+    }
+
+    fn forwarded(target: &str, path: Option<&str>, subprotocols: Option<&str>) -> String {
+        let headers = client_headers();
+        let out = forward_request(
+            target,
+            Headers::new(&headers),
+            &upstream(path),
+            subprotocols,
+            client(),
         );
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, Upgrade, x-secret"),
-        );
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.9"));
-        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-        h
+        String::from_utf8(out).expect("utf-8")
     }
 
     #[test]
@@ -250,40 +274,59 @@ mod tests {
 
     #[test]
     fn path_and_query_pass_through_unchanged() {
-        let uri: Uri = "/ws/room?id=7".parse().expect("uri");
-        let r = forward_request(&uri, &client_headers(), &upstream(None), None, client());
-        assert_eq!(r.uri(), "/ws/room?id=7");
+        assert!(
+            forwarded("/ws/room?id=7", None, None).starts_with("GET /ws/room?id=7 HTTP/1.1\r\n")
+        );
+        assert!(
+            forwarded("http://chat.example.com/ws?id=7", None, None)
+                .starts_with("GET /ws?id=7 HTTP/1.1\r\n"),
+            "absolute form"
+        );
     }
 
     #[test]
     fn url_path_replaces_request_path_and_keeps_query() {
-        let uri: Uri = "/ws/room?id=7".parse().expect("uri");
-        let r = forward_request(
-            &uri,
-            &client_headers(),
-            &upstream(Some("/socket")),
-            None,
-            client(),
+        assert!(
+            forwarded("/ws/room?id=7", Some("/socket"), None)
+                .starts_with("GET /socket?id=7 HTTP/1.1\r\n")
         );
-        assert_eq!(r.uri(), "/socket?id=7");
+    }
+
+    #[test]
+    fn targets_split_into_path_and_query() {
+        assert_eq!(split_target("/a?b=c"), ("/a", Some("b=c")));
+        assert_eq!(split_target("/a"), ("/a", None));
+        assert_eq!(split_target("http://h:1?x"), ("/", Some("x")));
+        assert_eq!(split_target("http://h/p"), ("/p", None));
     }
 
     #[test]
     fn forwarding_headers_are_set_and_origin_passes_through() {
-        let uri: Uri = "/".parse().expect("uri");
-        let r = forward_request(&uri, &client_headers(), &upstream(None), None, client());
-        let h = r.headers();
-        assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.9, 192.0.2.7");
-        assert_eq!(h[&X_REAL_IP], "192.0.2.7");
-        assert_eq!(h[&X_FORWARDED_PROTO], "http");
-        assert_eq!(h[&X_FORWARDED_HOST], "chat.example.com");
-        assert_eq!(h[header::ORIGIN], "https://app.example.com");
-        assert_eq!(h[header::HOST], "chat.example.com");
-        assert_eq!(h[header::UPGRADE], "websocket");
-        assert_eq!(h[header::CONNECTION], "Upgrade");
+        let r = forwarded("/", None, Some("chat"));
+        let lines: Vec<&str> = r.split("\r\n").collect();
+        for want in [
+            "x-forwarded-for: 203.0.113.9, 192.0.2.7",
+            "x-real-ip: 192.0.2.7",
+            "x-forwarded-proto: http",
+            "x-forwarded-host: chat.example.com",
+            "Origin: https://app.example.com",
+            "Host: chat.example.com",
+            "upgrade: websocket",
+            "connection: Upgrade",
+            "sec-websocket-protocol: chat",
+        ] {
+            assert_eq!(
+                lines.iter().filter(|l| **l == want).count(),
+                1,
+                "{want} once in {r}"
+            );
+        }
         assert!(
-            h.get("x-secret").is_none(),
-            "headers named by Connection are hop-by-hop"
+            !r.to_ascii_lowercase().contains("x-secret"),
+            "headers named by Connection are hop-by-hop: {r}"
         );
+        assert!(!r.contains("X-Forwarded-Proto: https"), "{r}");
+        assert!(!r.contains("evil"), "{r}");
+        assert!(r.ends_with("\r\n\r\n"));
     }
 }

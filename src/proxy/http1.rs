@@ -1,0 +1,349 @@
+//! The HTTP/1.1 the gateway speaks on both sides of a WebSocket opening handshake: reading
+//! one request or response head, looking up headers in the parsed head, writing heads, and
+//! handing bytes that arrived after a head on to the relay. Only what one upgrade exchange
+//! needs, over plain sockets: no keep-alive, no request bodies. Parsing is `httparse`'s (the
+//! parser hyper uses); hyper's connection machinery around it cost about a quarter of the
+//! gateway's CPU per handshake (README, "Beside nginx and HAProxy").
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// Most headers a head may have (hyper's default too).
+pub const MAX_HEADERS: usize = 100;
+
+/// What the first read of a head is sized for; typical handshakes are 200–600 bytes.
+const FIRST_READ: usize = 1024;
+
+/// Why no complete head could be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    /// More bytes than the limit without the blank line that ends a head.
+    #[error("head larger than {0} bytes")]
+    TooLarge(usize),
+    /// The peer closed before the head was complete.
+    #[error("connection closed before a complete head")]
+    Closed,
+    /// The socket failed.
+    #[error("reading the head: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Reads from `io` into `buf` until `buf` holds a complete head (up to the blank line) and
+/// returns the head's length; bytes after it are the next layer's. At most `max` bytes.
+pub async fn read_head<S: AsyncRead + Unpin>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<usize, HeadError> {
+    let mut scanned = 0;
+    loop {
+        if let Some(end) = head_end(buf, scanned) {
+            return if end > max {
+                Err(HeadError::TooLarge(max))
+            } else {
+                Ok(end)
+            };
+        }
+        if buf.len() >= max {
+            return Err(HeadError::TooLarge(max));
+        }
+        // The blank line may straddle two reads.
+        scanned = buf.len().saturating_sub(3);
+        buf.reserve(FIRST_READ.min(max + 1 - buf.len()));
+        if io.read_buf(buf).await? == 0 {
+            return Err(HeadError::Closed);
+        }
+    }
+}
+
+/// The end of a head in `buf` (just past its blank line, `\r\n\r\n` or a bare `\n\n` as
+/// httparse accepts), looking at line feeds from `from` on.
+fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+    let mut at = from;
+    while let Some(p) = buf.get(at..)?.iter().position(|&b| b == b'\n') {
+        let nl = at + p;
+        match (buf.get(nl + 1), buf.get(nl + 2)) {
+            (Some(b'\n'), _) => return Some(nl + 2),
+            (Some(b'\r'), Some(b'\n')) => return Some(nl + 3),
+            _ => at = nl + 1,
+        }
+    }
+    None
+}
+
+/// The headers of a parsed head, looked up by name case-insensitively, in arrival order.
+#[derive(Debug, Clone, Copy)]
+pub struct Headers<'a>(&'a [httparse::Header<'a>]);
+
+impl<'a> Headers<'a> {
+    /// A view of the headers httparse filled in.
+    pub fn new(headers: &'a [httparse::Header<'a>]) -> Headers<'a> {
+        Headers(headers)
+    }
+
+    /// Every value of `name` (lowercase), in order.
+    pub fn get_all(self, name: &'static str) -> impl Iterator<Item = &'a [u8]> {
+        self.0
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+
+    /// The first value of `name` (lowercase).
+    pub fn get(self, name: &'static str) -> Option<&'a [u8]> {
+        self.get_all(name).next()
+    }
+
+    /// Whether a header `name` holds `token` in its comma-separated list, ignoring case.
+    pub fn has_token(self, name: &'static str, token: &str) -> bool {
+        self.get_all(name).any(|v| {
+            v.split(|&b| b == b',')
+                .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    }
+
+    /// All headers as (name, value), in order.
+    pub fn iter(self) -> impl Iterator<Item = (&'a str, &'a [u8])> {
+        self.0.iter().map(|h| (h.name, h.value))
+    }
+
+    /// Whether `name` describes the connection rather than the message (RFC 9110 §7.6.1):
+    /// one of the standard hop-by-hop headers, or named by a `Connection` header. With
+    /// `keep_framing`, `Transfer-Encoding` is kept: a body passed on unchanged needs it.
+    pub fn is_hop_by_hop(self, name: &str, keep_framing: bool) -> bool {
+        const HOP_BY_HOP: [&str; 6] = [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "upgrade",
+        ];
+        if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            return true;
+        }
+        if name.eq_ignore_ascii_case("transfer-encoding") {
+            return !keep_framing;
+        }
+        self.get_all("connection").any(|v| {
+            v.split(|&b| b == b',')
+                .any(|part| part.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+        })
+    }
+}
+
+/// Appends `name: value\r\n`.
+pub fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a status line.
+pub fn put_status(out: &mut Vec<u8>, code: u16, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(itoa(u64::from(code), &mut [0; 20]));
+    out.push(b' ');
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The decimal digits of `n`, written into `buf`.
+pub fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
+    }
+}
+
+/// A socket whose first reads return bytes that arrived after a head (a client's first
+/// frames sent right behind its request, an upstream's right behind its 101), so the relay
+/// sees every byte in order.
+#[derive(Debug)]
+pub struct Prefixed<S> {
+    prefix: Option<Box<[u8]>>,
+    io: S,
+}
+
+impl<S> Prefixed<S> {
+    /// `io`, to be read after `prefix`.
+    pub fn new(io: S, prefix: &[u8]) -> Prefixed<S> {
+        Prefixed {
+            prefix: (!prefix.is_empty()).then(|| prefix.into()),
+            io,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(prefix) = self.prefix.take() {
+            let n = prefix.len().min(buf.remaining());
+            buf.put_slice(&prefix[..n]);
+            if n < prefix.len() {
+                self.prefix = Some(prefix[n..].into());
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn a_head_ends_at_its_blank_line_with_or_without_carriage_returns() {
+        assert_eq!(
+            head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nrest", 0),
+            Some(27)
+        );
+        assert_eq!(head_end(b"GET / HTTP/1.1\nHost: a\n\nrest", 0), Some(24));
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n", 0), None);
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r", 0), None);
+    }
+
+    #[tokio::test]
+    async fn a_head_split_across_reads_is_found_and_what_follows_is_kept() {
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let writer = tokio::spawn(async move {
+            for part in [&b"GET / HTTP/1.1\r\nHost: a\r"[..], b"\n\r", b"\nFRAME"] {
+                client.write_all(part).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            client
+        });
+        let mut buf = Vec::new();
+        let end = read_head(&mut server, &mut buf, 1024).await.expect("head");
+        assert_eq!(&buf[..end], b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        let _client = writer.await.expect("writer");
+        let mut rest = buf[end..].to_vec();
+        while rest.len() < 5 {
+            let mut more = [0u8; 8];
+            let n = server.read(&mut more).await.expect("read");
+            rest.extend_from_slice(&more[..n]);
+        }
+        assert_eq!(rest, b"FRAME");
+    }
+
+    #[tokio::test]
+    async fn a_head_over_the_limit_or_cut_short_is_an_error() {
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client
+            .write_all(format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(300)).as_bytes())
+            .await
+            .expect("write");
+        let mut buf = Vec::new();
+        assert!(matches!(
+            read_head(&mut server, &mut buf, 256).await,
+            Err(HeadError::TooLarge(256))
+        ));
+        let (mut client, mut server) = tokio::io::duplex(4096);
+        client
+            .write_all(b"GET / HTTP/1.1\r\n")
+            .await
+            .expect("write");
+        drop(client);
+        assert!(matches!(
+            read_head(&mut server, &mut Vec::new(), 256).await,
+            Err(HeadError::Closed)
+        ));
+    }
+
+    #[test]
+    fn headers_are_found_by_name_and_hop_by_hop_ones_recognized() {
+        let raw = [
+            httparse::Header {
+                name: "Connection",
+                value: b"keep-alive, Upgrade, X-Secret",
+            },
+            httparse::Header {
+                name: "Sec-WebSocket-Protocol",
+                value: b"a",
+            },
+            httparse::Header {
+                name: "sec-websocket-protocol",
+                value: b"b",
+            },
+        ];
+        let h = Headers::new(&raw);
+        assert_eq!(
+            h.get_all("sec-websocket-protocol").collect::<Vec<_>>(),
+            [b"a", b"b"]
+        );
+        assert!(h.has_token("connection", "upgrade"));
+        assert!(!h.has_token("connection", "close"));
+        assert!(h.is_hop_by_hop("x-secret", false));
+        assert!(h.is_hop_by_hop("Keep-Alive", false));
+        assert!(h.is_hop_by_hop("transfer-encoding", false));
+        assert!(!h.is_hop_by_hop("transfer-encoding", true));
+        assert!(!h.is_hop_by_hop("origin", false));
+    }
+
+    #[tokio::test]
+    async fn a_prefixed_socket_reads_its_prefix_first_in_any_read_size() {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(b" world").await.expect("write");
+        let mut io = Prefixed::new(server, b"hello");
+        let mut got = Vec::new();
+        let mut small = [0u8; 3];
+        while got.len() < 11 {
+            let n = io.read(&mut small).await.expect("read");
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, b"hello world");
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        let mut buf = [0; 20];
+        assert_eq!(itoa(0, &mut buf), b"0");
+        assert_eq!(itoa(431, &mut buf), b"431");
+        assert_eq!(itoa(u64::MAX, &mut buf), b"18446744073709551615");
+    }
+}
