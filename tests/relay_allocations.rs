@@ -31,7 +31,7 @@ fn relaying_frames_allocates_nothing_after_warm_up() {
     runtime.block_on(async {
         let (mut client, gw_client) = duplex(64 * 1024);
         let (gw_upstream, mut upstream) = duplex(64 * 1024);
-        let control = Box::leak(Box::new(ConnControl::new()));
+        let control = std::sync::Arc::new(ConnControl::new());
         let task = tokio::spawn(relay(
             gw_client,
             gw_upstream,

@@ -43,8 +43,8 @@ pub struct Registration {
 
 impl Registration {
     /// The control handle the relay watches.
-    pub fn control(&self) -> &ConnControl {
-        &self.control
+    pub fn control(&self) -> Arc<ConnControl> {
+        self.control.clone()
     }
 }
 
