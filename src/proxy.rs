@@ -737,9 +737,8 @@ async fn refuse(
     }
     let mut response = Vec::with_capacity(256);
     r.write_response(&mut response);
-    if stream.write_all(&response).await.is_ok() {
-        let _ = stream.shutdown().await;
-    }
+    // Dropping the socket then closes it with a FIN after the response.
+    let _ = stream.write_all(&response).await;
 }
 
 /// Counts a finished connection (traffic, duration, how it ended and closed) and writes
