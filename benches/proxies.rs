@@ -128,15 +128,26 @@ async fn echo_upstream() -> SocketAddr {
     addr
 }
 
-async fn start_wsgate(dir: &Path, upstream: SocketAddr) -> Proxy {
-    let routes = dir.join("routes.yaml");
-    std::fs::write(
-        &routes,
+/// wsgate with the benchmark's route and `others` more routes on other hostnames (so that a
+/// reader can see whether route lookup grows with the route count).
+async fn start_wsgate(
+    name: &'static str,
+    dir: &Path,
+    upstream: SocketAddr,
+    others: usize,
+) -> Proxy {
+    let routes = dir.join(format!("routes-{others}.yaml"));
+    let route = |name: &str, host: &str| {
         format!(
-            "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {{name: chat, namespace: bench}}\nspec:\n  hostnames: [{HOST}]\n  origins: {{allow: [\"{ALLOWED}\"]}}\n  upstream: {{url: \"ws://{upstream}\"}}\n"
-        ),
-    )
-    .expect("routes file");
+            "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {{name: {name}, namespace: bench}}\nspec:\n  hostnames: [{host}]\n  origins: {{allow: [\"{ALLOWED}\"]}}\n  upstream: {{url: \"ws://{upstream}\"}}\n"
+        )
+    };
+    let mut text = route("chat", HOST);
+    for i in 0..others {
+        text.push_str("---\n");
+        text.push_str(&route(&format!("r{i}"), &format!("r{i}.example.com")));
+    }
+    std::fs::write(&routes, text).expect("routes file");
     let port = free_port();
     let (listen, admin) = (
         format!("127.0.0.1:{port}"),
@@ -156,7 +167,7 @@ async fn start_wsgate(dir: &Path, upstream: SocketAddr) -> Proxy {
             "warn",
         ],
     );
-    Proxy::started("wsgate", listen.parse().expect("addr"), child).await
+    Proxy::started(name, listen.parse().expect("addr"), child).await
 }
 
 async fn start_nginx(dir: &Path, upstream: SocketAddr) -> Proxy {
@@ -389,7 +400,7 @@ async fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream = echo_upstream().await;
     let proxies = [
-        start_wsgate(dir.path(), upstream).await,
+        start_wsgate("wsgate", dir.path(), upstream, 0).await,
         start_nginx(dir.path(), upstream).await,
         start_haproxy(dir.path(), upstream).await,
         Proxy {
@@ -398,6 +409,8 @@ async fn main() {
             pid: None,
             _child: None,
         },
+        // Measured in the allowed-handshake scenario only.
+        start_wsgate("wsgate, 10,000 routes", dir.path(), upstream, 9_999).await,
     ];
     let scenarios = [
         (
@@ -424,7 +437,9 @@ async fn main() {
         for round in 0..ROUNDS {
             eprintln!("{scenario}: round {} of {ROUNDS}", round + 1);
             for (i, proxy) in proxies.iter().enumerate() {
-                if scenario == "denied" && proxy.pid.is_none() {
+                let skip = (scenario == "denied" && proxy.pid.is_none())
+                    || (scenario != "handshakes" && proxy.name.contains("routes"));
+                if skip {
                     continue;
                 }
                 figures[i].push(measure(proxy, scenario).await);

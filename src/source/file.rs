@@ -175,6 +175,19 @@ fn list_files(root: &Path) -> Result<Vec<PathBuf>, SourceError> {
     Ok(files)
 }
 
+/// Route files are the operator's own configuration, not untrusted input: the YAML parser's
+/// guards against document and node floods are set for files of 100,000 routes (its
+/// defaults stop at 1,024 documents).
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: 100_000,
+            max_nodes: 10_000_000,
+            max_events: 40_000_000,
+        },
+    }
+}
+
 /// Parses a multi-document YAML file of WebSocketRoutes.
 pub fn parse_routes(path: &Path, text: &str) -> Result<Vec<WebSocketRoute>, SourceProblem> {
     let problem = |line, message| SourceProblem {
@@ -190,7 +203,8 @@ pub fn parse_routes(path: &Path, text: &str) -> Result<Vec<WebSocketRoute>, Sour
     };
     // The resource type ignores apiVersion and kind when deserializing, so read them first:
     // a document of another kind gets this message rather than a confusing field error.
-    let types: Vec<TypeMeta> = serde_saphyr::from_multiple(text).map_err(parse_error)?;
+    let types: Vec<TypeMeta> =
+        serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(parse_error)?;
     for (i, t) in types.iter().enumerate() {
         if t.api_version != API_VERSION || t.kind != KIND {
             return Err(problem(
@@ -207,7 +221,7 @@ pub fn parse_routes(path: &Path, text: &str) -> Result<Vec<WebSocketRoute>, Sour
     // Like `kubectl apply` (strict field validation), a field the resource does not have is
     // an error: a misspelt `path` or `allowMissing` must not silently fall back to a default.
     let documents: Vec<serde_json::Value> =
-        serde_saphyr::from_multiple(text).map_err(parse_error)?;
+        serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(parse_error)?;
     for document in &documents {
         let mut unknown = Vec::new();
         unknown_fields(document, &SCHEMA, "", &mut unknown);
@@ -226,7 +240,7 @@ pub fn parse_routes(path: &Path, text: &str) -> Result<Vec<WebSocketRoute>, Sour
             ));
         }
     }
-    serde_saphyr::from_multiple(text).map_err(parse_error)
+    serde_saphyr::from_multiple_with_options(text, yaml_options()).map_err(parse_error)
 }
 
 /// The CRD's structural schema, walked to find fields a document has that it does not.
@@ -302,6 +316,13 @@ mod tests {
         let text = format!("{}---\n{}", route("a"), route("b"));
         let routes = parse_routes(Path::new("x.yaml"), &text).expect("parses");
         assert_eq!(routes.len(), 2);
+    }
+
+    #[test]
+    fn a_file_of_more_routes_than_the_yaml_parsers_default_document_cap_parses() {
+        let text: Vec<String> = (0..2_000).map(|i| route(&format!("r{i}"))).collect();
+        let routes = parse_routes(Path::new("x.yaml"), &text.join("---\n")).expect("parses");
+        assert_eq!(routes.len(), 2_000);
     }
 
     #[test]
