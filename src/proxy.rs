@@ -548,7 +548,7 @@ fn decide(
     let Some(snapshot) = gateway.snapshot.load_full() else {
         return Step::Refuse(None, Reject::NotReady);
     };
-    let (path, _) = upstream::split_target(target);
+    let (path, _) = http1::split_target(target);
     let host = request_host(headers.get("host"), target);
     let Some(route) = snapshot.table.lookup(&host, path).cloned() else {
         return Step::Refuse(None, Reject::NoRoute);
@@ -597,10 +597,7 @@ fn decide(
 fn request_host<'a>(host: Option<&'a [u8]>, target: &'a str) -> Cow<'a, str> {
     let raw = host
         .and_then(|h| std::str::from_utf8(h).ok())
-        .or_else(|| {
-            let rest = &target[target.find("://")? + 3..];
-            Some(&rest[..rest.find(['/', '?']).unwrap_or(rest.len())])
-        })
+        .or_else(|| http1::absolute_form(target).map(|(authority, _)| authority))
         .unwrap_or("")
         .trim();
     let host = if raw.starts_with('[') {

@@ -215,6 +215,10 @@ async fn malformed_handshakes_get_their_status_codes() {
         raw.head
     );
 
+    // HTTP/1.0 has no Upgrade mechanism.
+    let old = upgrade_request(HOST, "/ws", "").replace("HTTP/1.1", "HTTP/1.0");
+    assert_eq!(raw_request(gate.proxy, &old).await.status, 426);
+
     let bad_key = upgrade_request(HOST, "/ws", "").replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
     assert_eq!(raw_request(gate.proxy, &bad_key).await.status, 400);
 

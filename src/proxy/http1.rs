@@ -128,11 +128,28 @@ impl<'a> Headers<'a> {
         if name.eq_ignore_ascii_case("transfer-encoding") {
             return !keep_framing;
         }
-        self.get_all("connection").any(|v| {
-            v.split(|&b| b == b',')
-                .any(|part| part.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-        })
+        self.has_token("connection", name)
     }
+}
+
+/// An absolute-form request-target (`http://host:port/path?q`) split into its authority and
+/// the origin-form rest (`/path?q`, or empty); `None` for an origin-form target.
+pub fn absolute_form(target: &str) -> Option<(&str, &str)> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let rest = &target[target.find("://")? + 3..];
+    Some(rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len())))
+}
+
+/// The request-target split into path and query; an absolute-form target gives its path.
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
+    let origin_form = absolute_form(target).map_or(target, |(_, rest)| rest);
+    let (path, query) = match origin_form.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (origin_form, None),
+    };
+    (if path.is_empty() { "/" } else { path }, query)
 }
 
 /// Appends `name: value\r\n`.
@@ -337,6 +354,16 @@ mod tests {
             got.extend_from_slice(&small[..n]);
         }
         assert_eq!(got, b"hello world");
+    }
+
+    #[test]
+    fn targets_split_into_authority_path_and_query() {
+        assert_eq!(split_target("/a?b=c"), ("/a", Some("b=c")));
+        assert_eq!(split_target("/a"), ("/a", None));
+        assert_eq!(split_target("http://h:1?x"), ("/", Some("x")));
+        assert_eq!(split_target("http://h/p"), ("/p", None));
+        assert_eq!(absolute_form("http://h:1/p?x"), Some(("h:1", "/p?x")));
+        assert_eq!(absolute_form("/p"), None);
     }
 
     #[test]

@@ -42,23 +42,6 @@ pub struct ClientInfo {
     pub proto: &'static str,
 }
 
-/// The request-target of a request split into path and query; an absolute-form target
-/// (`http://host/path?q`) gives its path.
-pub fn split_target(target: &str) -> (&str, Option<&str>) {
-    let origin_form = match target.find("://") {
-        Some(scheme_end) if !target.starts_with('/') => {
-            let rest = &target[scheme_end + 3..];
-            rest.find(['/', '?']).map_or("/", |i| &rest[i..])
-        }
-        _ => target,
-    };
-    let (path, query) = match origin_form.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (origin_form, None),
-    };
-    (if path.is_empty() { "/" } else { path }, query)
-}
-
 /// Writes the request sent upstream: the client's path and headers, without hop-by-hop
 /// headers, with the upgrade headers, the allowed subprotocols and forwarding headers.
 ///
@@ -73,7 +56,7 @@ pub fn forward_request(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(768);
     out.extend_from_slice(b"GET ");
-    let (path, query) = split_target(target);
+    let (path, query) = http1::split_target(target);
     out.extend_from_slice(upstream.path.as_deref().unwrap_or(path).as_bytes());
     if let Some(q) = query {
         out.push(b'?');
@@ -290,14 +273,6 @@ mod tests {
             forwarded("/ws/room?id=7", Some("/socket"), None)
                 .starts_with("GET /socket?id=7 HTTP/1.1\r\n")
         );
-    }
-
-    #[test]
-    fn targets_split_into_path_and_query() {
-        assert_eq!(split_target("/a?b=c"), ("/a", Some("b=c")));
-        assert_eq!(split_target("/a"), ("/a", None));
-        assert_eq!(split_target("http://h:1?x"), ("/", Some("x")));
-        assert_eq!(split_target("http://h/p"), ("/p", None));
     }
 
     #[test]
