@@ -1,388 +1,207 @@
 //! wsgate beside nginx and HAProxy (both from Debian, one worker each, the same origin
-//! allowlist enforced before the upgrade) and the upstream reached directly, as the floor.
-//! The proxy under test runs pinned to CPU 0; this process (load client and echo upstream)
-//! should run on CPU 1 (`bash bench/proxies` does both). Each scenario runs the proxies in
-//! turn, round after round, and reports medians and the proxy's own CPU time per unit of
-//! work, which a saturated client cannot hide.
+//! allowlist enforced before the upgrade), a bare tokio relay (the floor any tokio proxy
+//! stands on) and the upstream reached directly. Each proxy runs pinned to CPU 0; this
+//! process (load client and echo upstream) should run on CPU 1 (`bash bench/proxies` does
+//! both). Each scenario runs the proxies in turn, round after round (A B C A B C ...), and
+//! reports medians and the proxy's own CPU time per unit of work, which a saturated client
+//! cannot hide.
 //!
-//! Run: `bash bench/proxies`. Prints a markdown table and writes it to
+//! Run: `bash bench/proxies [scenario ...]`. Prints a markdown table and writes it to
 //! `target/bench-proxies.md`; asserts nothing about the figures.
 
 #![allow(missing_docs)]
 
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+mod contenders;
+mod floor;
+mod load;
+mod wire;
+
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
+use contenders::{Proxy, cpu_seconds, rss_bytes};
+use wsgate::api::WebSocketRoute;
+use wsgate::compile::{Backends, compile};
+use wsgate::metrics::Metrics;
+use wsgate::proxy::{Gateway, ProxyConfig};
+use wsgate::snapshot::Snapshot;
 
 const HOST: &str = "chat.example.com";
 const ALLOWED: &str = "https://app.example.com";
-const ROUNDS: usize = 3;
+/// How long one proxy is measured in one round.
 const RUN: Duration = Duration::from_secs(3);
-/// Concurrent clients in the handshake scenarios and connections in the message scenario.
-const CLIENTS: usize = 32;
+/// Connections and rate of the latency scenario: 100 connections, 5,000 messages/s.
+const LATENCY_CONNECTIONS: usize = 100;
+const LATENCY_PERIOD: Duration = Duration::from_millis(20);
+const LATENCY_RUN: Duration = Duration::from_secs(5);
+/// Idle connections held per proxy: two descriptors each in the proxy, which may hold at
+/// most 20,000 here.
+const IDLE: usize = 9_000;
+/// Route counts of the snapshot scenario.
+const SNAPSHOT_ROUTES: [usize; 2] = [10, 10_000];
 
-/// One proxy under test.
-struct Proxy {
-    name: &'static str,
-    addr: SocketAddr,
-    /// The process whose CPU time is charged; `None` for the direct floor.
-    pid: Option<u32>,
-    _child: Option<Child>,
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    Handshakes,
+    Denied,
+    Latency,
+    Throughput(usize),
+    Idle,
 }
 
-impl Proxy {
-    /// `child`, once something listens on `addr`.
-    async fn started(name: &'static str, addr: SocketAddr, child: Child) -> Proxy {
-        wait_listening(addr).await;
-        Proxy {
-            name,
-            addr,
-            pid: Some(child.id()),
-            _child: Some(child),
+impl Scenario {
+    const ALL: [Scenario; 6] = [
+        Scenario::Handshakes,
+        Scenario::Denied,
+        Scenario::Latency,
+        Scenario::Throughput(1024),
+        Scenario::Throughput(64 * 1024),
+        Scenario::Idle,
+    ];
+
+    /// The name `bash bench/proxies NAME` selects it by.
+    fn name(self) -> &'static str {
+        match self {
+            Scenario::Handshakes => "handshakes",
+            Scenario::Denied => "denied",
+            Scenario::Latency => "latency",
+            Scenario::Throughput(1024) => "throughput-1k",
+            Scenario::Throughput(_) => "throughput-64k",
+            Scenario::Idle => "idle",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Scenario::Handshakes => "allowed-origin handshakes (open, 101, close)",
+            Scenario::Denied => "denied-origin handshakes (403)",
+            Scenario::Latency => "round trip of 64 B messages, 100 connections, 5,000 msg/s",
+            Scenario::Throughput(1024) => "1 KiB messages streamed and echoed",
+            Scenario::Throughput(_) => "64 KiB messages streamed and echoed",
+            Scenario::Idle => "memory per idle proxied connection, 9,000 held",
+        }
+    }
+
+    fn rounds(self) -> usize {
+        match self {
+            // Tails are noisy: medians of five interleaved runs.
+            Scenario::Latency => 5,
+            // Memory freed by a round is reused by the next: only the first shows growth.
+            Scenario::Idle => 1,
+            _ => 3,
+        }
+    }
+
+    fn applies_to(self, proxy: &Proxy) -> bool {
+        let routes_10k = proxy.name.contains("routes");
+        let floor = proxy.name.starts_with("floor");
+        match self {
+            Scenario::Handshakes => true,
+            // The floor checks no origin; the upstream itself refuses nothing.
+            Scenario::Denied => proxy.pid.is_some() && !floor && !routes_10k,
+            Scenario::Idle => proxy.pid.is_some() && !routes_10k,
+            _ => !routes_10k,
         }
     }
 }
 
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self._child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
-}
-
-/// CPU seconds (user + system) the process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
-    // Fields after the command name (which may hold spaces), 1-based: utime 14, stime 15.
-    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 =
-        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-    // CLK_TCK is 100 on Linux.
-    ticks as f64 / 100.0
-}
-
-/// Starts `program` pinned to CPU 0, with its output discarded.
-fn pinned(program: &str, args: &[&str]) -> Child {
-    Command::new("taskset")
-        .args(["-c", "0", program])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "nothing listens on {addr} (the proxy did not start)"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// A lean WebSocket echo upstream, in this process.
-async fn echo_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind upstream");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = stream.set_nodelay(true);
-                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if msg.is_close() {
-                        break;
-                    }
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
-/// wsgate with the benchmark's route and `others` more routes on other hostnames (so that a
-/// reader can see whether route lookup grows with the route count).
-async fn start_wsgate(
-    name: &'static str,
-    dir: &Path,
-    upstream: SocketAddr,
-    others: usize,
-) -> Proxy {
-    let routes = dir.join(format!("routes-{others}.yaml"));
-    let route = |name: &str, host: &str| {
-        format!(
-            "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {{name: {name}, namespace: bench}}\nspec:\n  hostnames: [{host}]\n  origins: {{allow: [\"{ALLOWED}\"]}}\n  upstream: {{url: \"ws://{upstream}\"}}\n"
-        )
-    };
-    let mut text = route("chat", HOST);
-    for i in 0..others {
-        text.push_str("---\n");
-        text.push_str(&route(&format!("r{i}"), &format!("r{i}.example.com")));
-    }
-    std::fs::write(&routes, text).expect("routes file");
-    let port = free_port();
-    let (listen, admin) = (
-        format!("127.0.0.1:{port}"),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let child = pinned(
-        env!("CARGO_BIN_EXE_wsgate"),
-        &[
-            "standalone",
-            "--routes",
-            routes.to_str().expect("utf-8 path"),
-            "--listen",
-            &listen,
-            "--admin",
-            &admin,
-            "--log",
-            "warn",
-        ],
-    );
-    Proxy::started(name, listen.parse().expect("addr"), child).await
-}
-
-async fn start_nginx(dir: &Path, upstream: SocketAddr) -> Proxy {
-    let port = free_port();
-    let d = dir.display();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"worker_processes 1;
-master_process off;
-daemon off;
-pid {d}/nginx.pid;
-error_log stderr error;
-events {{ worker_connections 9000; }}
-http {{
-  access_log off;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  fastcgi_temp_path {d}/fastcgi;
-  uwsgi_temp_path {d}/uwsgi;
-  scgi_temp_path {d}/scgi;
-  map $http_origin $origin_allowed {{ default 0; "{ALLOWED}" 1; }}
-  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
-  server {{
-    listen 127.0.0.1:{port};
-    location / {{
-      if ($origin_allowed = 0) {{ return 403; }}
-      proxy_pass http://{upstream};
-      proxy_http_version 1.1;
-      proxy_set_header Upgrade $http_upgrade;
-      proxy_set_header Connection $connection_upgrade;
-      proxy_set_header Host $host;
-      proxy_read_timeout 1h;
-    }}
-  }}
-}}
-"#
-        ),
-    )
-    .expect("nginx.conf");
-    let child = pinned(
-        "nginx",
-        &["-p", &d.to_string(), "-c", conf.to_str().expect("path")],
-    );
-    Proxy::started("nginx", SocketAddr::from(([127, 0, 0, 1], port)), child).await
-}
-
-async fn start_haproxy(dir: &Path, upstream: SocketAddr) -> Proxy {
-    let port = free_port();
-    let conf = dir.join("haproxy.cfg");
-    std::fs::write(
-        &conf,
-        format!(
-            r#"global
-  nbthread 1
-  # Two descriptors per proxied connection; this machine allows 20,000 per process.
-  maxconn 9000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 1h
-  timeout server 1h
-  timeout tunnel 1h
-frontend fe
-  bind 127.0.0.1:{port}
-  acl allowed_origin req.hdr(origin) -m str {ALLOWED}
-  http-request deny deny_status 403 unless allowed_origin
-  default_backend be
-backend be
-  server up {upstream}
-"#
-        ),
-    )
-    .expect("haproxy.cfg");
-    let child = pinned("haproxy", &["-db", "-f", conf.to_str().expect("path")]);
-    Proxy::started("haproxy", SocketAddr::from(([127, 0, 0, 1], port)), child).await
-}
-
-/// Runs `CLIENTS` copies of `work` for `RUN`; returns units done.
-async fn run_for<F, Fut>(work: F) -> u64
-where
-    F: Fn() -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = u64> + Send,
-{
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let work = Arc::new(work);
-    let tasks: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (stop, done, work) = (stop.clone(), done.clone(), work.clone());
-            tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    done.fetch_add(work().await, Ordering::Relaxed);
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(RUN).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        let _ = t.await;
-    }
-    done.load(Ordering::Relaxed)
-}
-
-/// Opens a WebSocket with `origin`, then closes it; 1 on a 101.
-async fn handshake(addr: SocketAddr) -> u64 {
-    let request = http_request(addr, ALLOWED);
-    let Ok(stream) = TcpStream::connect(addr).await else {
-        return 0;
-    };
-    let _ = stream.set_nodelay(true);
-    match tokio_tungstenite::client_async(request, stream).await {
-        Ok((mut ws, _)) => {
-            let _ = ws.close(None).await;
-            while ws.next().await.is_some() {}
-            1
-        }
-        Err(_) => 0,
-    }
-}
-
-fn http_request(
-    addr: SocketAddr,
-    origin: &str,
-) -> tokio_tungstenite::tungstenite::handshake::client::Request {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{addr}/ws")
-        .into_client_request()
-        .expect("request");
-    let headers = request.headers_mut();
-    headers.insert("host", HOST.parse().expect("host"));
-    headers.insert("origin", origin.parse().expect("origin"));
-    request
-}
-
-/// Sends an upgrade request from a denied origin; 1 on a 403.
-async fn denied(addr: SocketAddr) -> u64 {
-    let Ok(mut stream) = TcpStream::connect(addr).await else {
-        return 0;
-    };
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {HOST}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://evil.example\r\n\r\n"
-    );
-    if stream.write_all(request.as_bytes()).await.is_err() {
-        return 0;
-    }
-    let mut buf = [0u8; 64];
-    let mut got = 0;
-    while got < 12 {
-        match stream.read(&mut buf[got..]).await {
-            Ok(0) | Err(_) => return 0,
-            Ok(n) => got += n,
-        }
-    }
-    u64::from(buf.starts_with(b"HTTP/1.1 403"))
-}
-
-/// Echoes 1 KiB messages on one connection for `RUN`; returns messages echoed.
-async fn messages(addr: SocketAddr, stop_at: Instant) -> u64 {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    let _ = stream.set_nodelay(true);
-    let (mut ws, _) = tokio_tungstenite::client_async(http_request(addr, ALLOWED), stream)
-        .await
-        .expect("handshake");
-    let payload = vec![7u8; 1024];
-    let mut n = 0;
-    while Instant::now() < stop_at {
-        ws.send(Message::binary(payload.clone()))
-            .await
-            .expect("send");
-        match ws.next().await {
-            Some(Ok(_)) => n += 1,
-            _ => break,
-        }
-    }
-    let _ = ws.close(None).await;
-    n
-}
-
-/// One measured figure: units per second and proxy CPU µs per unit.
-#[derive(Clone, Copy)]
-struct Figure {
-    rate: f64,
+/// One proxy's figures in one round.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    per_second: f64,
     cpu_us: f64,
+    /// p50, p99, p99.9 round trip (latency scenario).
+    latency_us: [f64; 3],
+    /// Resident memory growth per connection (idle scenario).
+    bytes_per_conn: f64,
 }
 
-async fn measure(proxy: &Proxy, scenario: &str) -> Figure {
+impl Sample {
+    /// The figure compared across proxies: lower is better.
+    fn headline(&self, scenario: Scenario) -> f64 {
+        match scenario {
+            Scenario::Latency => self.latency_us[0],
+            Scenario::Idle => self.bytes_per_conn,
+            _ => self.cpu_us,
+        }
+    }
+}
+
+/// Runs `work`, returning its output, the seconds it took and the proxy's CPU seconds.
+async fn timed<T>(proxy: &Proxy, work: impl Future<Output = T>) -> (T, f64, f64) {
     let cpu0 = proxy.pid.map(cpu_seconds);
     let started = Instant::now();
-    let addr = proxy.addr;
-    let units = match scenario {
-        "handshakes" => run_for(move || handshake(addr)).await,
-        "denied" => run_for(move || denied(addr)).await,
-        _ => {
-            let stop_at = Instant::now() + RUN;
-            let tasks: Vec<_> = (0..CLIENTS)
-                .map(|_| tokio::spawn(messages(addr, stop_at)))
-                .collect();
-            let mut total = 0;
-            for t in tasks {
-                total += t.await.expect("client");
-            }
-            total
-        }
-    };
+    let out = work.await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu = match (proxy.pid, cpu0) {
         (Some(pid), Some(c0)) => cpu_seconds(pid) - c0,
         _ => f64::NAN,
     };
-    Figure {
-        rate: units as f64 / elapsed,
+    (out, elapsed, cpu)
+}
+
+fn per_unit(units: u64, elapsed: f64, cpu: f64) -> Sample {
+    Sample {
+        per_second: units as f64 / elapsed,
         cpu_us: cpu * 1e6 / units.max(1) as f64,
+        ..Sample::default()
+    }
+}
+
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    f64::from(sorted[((sorted.len() - 1) as f64 * q).round() as usize])
+}
+
+async fn measure(proxy: &Proxy, scenario: Scenario) -> Sample {
+    let addr = proxy.addr;
+    match scenario {
+        Scenario::Handshakes => {
+            let (units, elapsed, cpu) =
+                timed(proxy, load::run_for(RUN, move || load::handshake(addr))).await;
+            per_unit(units, elapsed, cpu)
+        }
+        Scenario::Denied => {
+            let (units, elapsed, cpu) =
+                timed(proxy, load::run_for(RUN, move || load::denied(addr))).await;
+            per_unit(units, elapsed, cpu)
+        }
+        Scenario::Throughput(len) => {
+            let conns = load::open_many(addr, load::CLIENTS, &[]).await;
+            // Up to 64 KiB in flight per connection, at least 4 messages.
+            let window = (64 * 1024 / len).max(4);
+            let (units, elapsed, cpu) = timed(proxy, load::stream(conns, len, window, RUN)).await;
+            per_unit(units, elapsed, cpu)
+        }
+        Scenario::Latency => {
+            let conns = load::open_many(addr, LATENCY_CONNECTIONS, &[]).await;
+            let (mut rtts, elapsed, cpu) =
+                timed(proxy, load::latency(conns, LATENCY_PERIOD, LATENCY_RUN)).await;
+            rtts.sort_unstable();
+            Sample {
+                latency_us: [0.5, 0.99, 0.999].map(|q| percentile(&rtts, q)),
+                ..per_unit(rtts.len() as u64, elapsed, cpu)
+            }
+        }
+        Scenario::Idle => {
+            let pid = proxy.pid.expect("a proxy process");
+            let sources = load::loopback_sources();
+            // Warm up: the runtime, allocator and pools reach their steady state first.
+            let mut warm = load::open_many(addr, 200, &sources).await;
+            load::echo_once(&mut warm, 1024).await;
+            drop(warm);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let before = rss_bytes(pid);
+            let mut held = load::open_many(addr, IDLE, &sources).await;
+            load::echo_once(&mut held, 1024).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = rss_bytes(pid);
+            drop(held);
+            // Let the proxy close its upstream sides before the next one is measured.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Sample {
+                bytes_per_conn: after.saturating_sub(before) as f64 / IDLE as f64,
+                ..Sample::default()
+            }
+        }
     }
 }
 
@@ -391,81 +210,190 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
-async fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("proxies: a benchmark; run it with `bash bench/proxies`");
-        return;
+fn micros(v: f64) -> String {
+    if v < 10.0 {
+        format!("{v:.2} µs")
+    } else {
+        format!("{v:.1} µs")
     }
-    let dir = tempfile::tempdir().expect("tempdir");
-    let upstream = echo_upstream().await;
-    let proxies = [
-        start_wsgate("wsgate", dir.path(), upstream, 0).await,
-        start_nginx(dir.path(), upstream).await,
-        start_haproxy(dir.path(), upstream).await,
-        Proxy {
-            name: "direct",
-            addr: upstream,
-            pid: None,
-            _child: None,
-        },
-        // Measured in the allowed-handshake scenario only.
-        start_wsgate("wsgate, 10,000 routes", dir.path(), upstream, 9_999).await,
-    ];
-    let scenarios = [
-        (
-            "handshakes",
-            "allowed-origin handshakes (open, 101, close)",
-            "/s",
-        ),
-        ("denied", "denied-origin handshakes (403)", "/s"),
-        ("messages", "1 KiB messages echoed", "/s"),
-    ];
-    let mut table = String::from(
-        "| scenario | proxy | rate (median) | proxy CPU per unit (median) | wsgate/this, CPU per unit |\n|---|---|---|---|---|\n",
-    );
-    // `bash bench/proxies handshakes denied` runs just those scenarios.
-    let chosen: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    for (scenario, title, unit) in scenarios {
-        if !chosen.is_empty() && !chosen.iter().any(|c| c == scenario) {
-            continue;
+}
+
+/// The result column of one proxy's row: medians over its rounds.
+fn result(scenario: Scenario, samples: &[Sample]) -> String {
+    let med = |f: &dyn Fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+    match scenario {
+        Scenario::Handshakes | Scenario::Denied => format!("{:.0}/s", med(&|s| s.per_second)),
+        Scenario::Throughput(len) => {
+            let rate = med(&|s| s.per_second);
+            format!(
+                "{rate:.0} msg/s ({:.0} MiB/s each way)",
+                rate * len as f64 / (1024.0 * 1024.0)
+            )
         }
-        let mut figures: Vec<Vec<Figure>> = vec![Vec::new(); proxies.len()];
-        for round in 0..ROUNDS {
-            eprintln!("{scenario}: round {} of {ROUNDS}", round + 1);
+        Scenario::Latency => format!(
+            "p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs",
+            med(&|s| s.latency_us[0]),
+            med(&|s| s.latency_us[1]),
+            med(&|s| s.latency_us[2]),
+        ),
+        Scenario::Idle => format!("{:.0} B", med(&|s| s.bytes_per_conn)),
+    }
+}
+
+/// Compiles and swaps in snapshots of `routes` routes, as a route change does; milliseconds
+/// per change: the median and the fastest of eleven (wall time on a shared VM varies).
+fn snapshot_ms(routes: usize) -> (f64, f64) {
+    let upstream = "127.0.0.1:9".parse().expect("addr");
+    let declared: Vec<WebSocketRoute> = (0..routes)
+        .map(|i| {
+            let yaml =
+                contenders::route_yaml(&format!("r{i}"), &format!("r{i}.example.com"), upstream);
+            serde_saphyr::from_str(&yaml).expect("route")
+        })
+        .collect();
+    let gateway = Gateway::new(ProxyConfig::default(), Metrics::new());
+    let backends = Backends::standalone();
+    let times: Vec<f64> = (1..=11)
+        .map(|version| {
+            // Changes are apart, as in a cluster: the previous table is freed in between.
+            std::thread::sleep(Duration::from_millis(200));
+            let started = Instant::now();
+            gateway.publish(Snapshot::new(
+                version,
+                compile(&declared, &backends),
+                Vec::new(),
+            ));
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
+    (median(times), fastest)
+}
+
+/// Starts every contender and runs `scenarios` on them, adding rows to `table`.
+async fn proxy_scenarios(scenarios: &[Scenario], table: &mut String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let upstream = wire::echo_upstream().await;
+    let proxies = [
+        contenders::start_wsgate("wsgate", dir.path(), upstream, 0).await,
+        contenders::start_nginx(dir.path(), upstream).await,
+        contenders::start_haproxy(dir.path(), upstream).await,
+        contenders::start_floor(upstream).await,
+        Proxy::direct(upstream),
+        // Measured in the allowed-handshake scenario only.
+        contenders::start_wsgate("wsgate, 10,000 routes", dir.path(), upstream, 9_999).await,
+    ];
+    for proxy in &proxies {
+        load::check(proxy.addr).await;
+    }
+    for &scenario in scenarios {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); proxies.len()];
+        for round in 0..scenario.rounds() {
+            eprintln!(
+                "{}: round {} of {}",
+                scenario.name(),
+                round + 1,
+                scenario.rounds()
+            );
             for (i, proxy) in proxies.iter().enumerate() {
-                let skip = (scenario == "denied" && proxy.pid.is_none())
-                    || (scenario != "handshakes" && proxy.name.contains("routes"));
-                if skip {
-                    continue;
+                if scenario.applies_to(proxy) {
+                    eprintln!("  {}", proxy.name);
+                    samples[i].push(measure(proxy, scenario).await);
                 }
-                figures[i].push(measure(proxy, scenario).await);
             }
         }
-        let cpu_of = |i: usize| median(figures[i].iter().map(|f| f.cpu_us).collect());
         for (i, proxy) in proxies.iter().enumerate() {
-            if figures[i].is_empty() {
+            if samples[i].is_empty() {
                 continue;
             }
-            let rate = median(figures[i].iter().map(|f| f.rate).collect());
-            let (cpu, ratio) = match proxy.pid {
-                Some(_) => (
-                    format!("{:.1} µs", cpu_of(i)),
-                    format!("{:.2}", cpu_of(0) / cpu_of(i)),
-                ),
-                None => ("-".to_owned(), "-".to_owned()),
+            let cpu = match (proxy.pid, scenario) {
+                (None, _) | (_, Scenario::Idle) => "-".to_owned(),
+                _ => micros(median(samples[i].iter().map(|s| s.cpu_us).collect())),
+            };
+            let ratios = match proxy.pid {
+                Some(_) if i > 0 => samples[0]
+                    .iter()
+                    .zip(&samples[i])
+                    .map(|(ours, theirs)| {
+                        format!("{:.2}", ours.headline(scenario) / theirs.headline(scenario))
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" · "),
+                _ => "-".to_owned(),
             };
             table.push_str(&format!(
-                "| {title} | {} | {rate:.0}{unit} | {cpu} | {ratio} |\n",
-                proxy.name
+                "| {} | {} | {} | {cpu} | {ratios} |\n",
+                scenario.title(),
+                proxy.name,
+                result(scenario, &samples[i]),
             ));
         }
     }
+}
+
+async fn bench(chosen: &[String]) {
+    let wanted = |name: &str| chosen.is_empty() || chosen.iter().any(|c| c == name);
+    let mut table = String::from(
+        "| scenario | proxy | result (median) | proxy CPU per unit (median) | wsgate/this, per round |\n|---|---|---|---|---|\n",
+    );
+    let scenarios: Vec<Scenario> = Scenario::ALL
+        .into_iter()
+        .filter(|s| wanted(s.name()))
+        .collect();
+    if !scenarios.is_empty() {
+        proxy_scenarios(&scenarios, &mut table).await;
+    }
+    if wanted("snapshot") {
+        for routes in SNAPSHOT_ROUTES {
+            eprintln!("snapshot: {routes} routes");
+            let (median, fastest) = snapshot_ms(routes);
+            table.push_str(&format!(
+                "| snapshot compiled and swapped in, {routes} routes | wsgate | {median:.2} ms (fastest {fastest:.2} ms) | - | - |\n",
+            ));
+        }
+    }
+    table.push_str(
+        "\nwsgate/this: wsgate's figure divided by this proxy's, in each round (CPU per unit; for \
+         the round trip, the p50; for memory, bytes per connection); below 1, wsgate used less.\n",
+    );
     println!("{table}");
     let out = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-proxies.md");
     std::fs::write(out, &table).expect("write the table");
     eprintln!("written to {out}");
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [role, listen, upstream] = args.as_slice()
+        && role == "floor-relay"
+    {
+        floor::run(
+            listen.parse().expect("listen address"),
+            upstream.parse().expect("upstream address"),
+        );
+        return;
+    }
+    // `cargo test --all-targets` runs bench binaries without `--bench`: only build then.
+    if !args.iter().any(|a| a == "--bench") {
+        eprintln!("proxies: a benchmark; run it with `bash bench/proxies`");
+        return;
+    }
+    let chosen: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
+    if let Some(unknown) = chosen
+        .iter()
+        .find(|c| c.as_str() != "snapshot" && !Scenario::ALL.iter().any(|s| s.name() == c.as_str()))
+    {
+        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        eprintln!(
+            "proxies: no scenario {unknown:?}; choose from {} and snapshot",
+            names.join(", ")
+        );
+        std::process::exit(2);
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(bench(&chosen));
 }

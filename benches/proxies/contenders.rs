@@ -1,0 +1,247 @@
+//! The contenders: wsgate, nginx, HAProxy and the floor relay, each started as its own
+//! process pinned to CPU 0, with the same route and origin allowlist.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+
+use crate::{ALLOWED, HOST};
+
+/// One proxy under test.
+pub(crate) struct Proxy {
+    /// As the table shows it.
+    pub(crate) name: &'static str,
+    /// Where clients connect.
+    pub(crate) addr: SocketAddr,
+    /// The process whose CPU time and memory are charged; `None` for the upstream reached
+    /// directly.
+    pub(crate) pid: Option<u32>,
+    _child: Option<Child>,
+}
+
+impl Proxy {
+    /// The upstream itself, reached without a proxy.
+    pub(crate) fn direct(addr: SocketAddr) -> Proxy {
+        Proxy {
+            name: "direct",
+            addr,
+            pid: None,
+            _child: None,
+        }
+    }
+
+    /// `child`, once something listens on `addr`.
+    async fn started(name: &'static str, addr: SocketAddr, child: Child) -> Proxy {
+        wait_listening(addr).await;
+        Proxy {
+            name,
+            addr,
+            pid: Some(child.id()),
+            _child: Some(child),
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self._child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// CPU seconds (user + system) the process has used.
+pub(crate) fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("proc stat");
+    // Fields after the command name (which may hold spaces), 1-based: utime 14, stime 15.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    // CLK_TCK is 100 on Linux.
+    ticks as f64 / 100.0
+}
+
+/// Resident set size of the process, in bytes.
+pub(crate) fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+/// Starts `program` pinned to CPU 0, with its output discarded.
+fn pinned(program: &str, args: &[&str]) -> Child {
+    Command::new("taskset")
+        .args(["-c", "0", program])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"))
+}
+
+async fn wait_listening(addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "nothing listens on {addr} (the proxy did not start)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The benchmark's route on `host`, as YAML.
+pub(crate) fn route_yaml(name: &str, host: &str, upstream: SocketAddr) -> String {
+    format!(
+        "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {{name: {name}, namespace: bench}}\nspec:\n  hostnames: [{host}]\n  origins: {{allow: [\"{ALLOWED}\"]}}\n  upstream: {{url: \"ws://{upstream}\"}}\n"
+    )
+}
+
+/// wsgate with the benchmark's route and `others` more routes on other hostnames (so that a
+/// reader can see whether route lookup grows with the route count).
+pub(crate) async fn start_wsgate(
+    name: &'static str,
+    dir: &Path,
+    upstream: SocketAddr,
+    others: usize,
+) -> Proxy {
+    let routes = dir.join(format!("routes-{others}.yaml"));
+    let mut text = route_yaml("chat", HOST, upstream);
+    for i in 0..others {
+        text.push_str("---\n");
+        text.push_str(&route_yaml(
+            &format!("r{i}"),
+            &format!("r{i}.example.com"),
+            upstream,
+        ));
+    }
+    std::fs::write(&routes, text).expect("routes file");
+    let port = free_port();
+    let (listen, admin) = (
+        format!("127.0.0.1:{port}"),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let child = pinned(
+        env!("CARGO_BIN_EXE_wsgate"),
+        &[
+            "standalone",
+            "--routes",
+            routes.to_str().expect("utf-8 path"),
+            "--listen",
+            &listen,
+            "--admin",
+            &admin,
+            "--log",
+            "warn",
+        ],
+    );
+    Proxy::started(name, listen.parse().expect("addr"), child).await
+}
+
+pub(crate) async fn start_nginx(dir: &Path, upstream: SocketAddr) -> Proxy {
+    let port = free_port();
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"worker_processes 1;
+# Client and upstream connections both count: 9,000 idle proxied connections need more
+# than 19,000 here (it warns "worker_connections are not enough" at 19,000).
+worker_rlimit_nofile 20000;
+master_process off;
+daemon off;
+pid {d}/nginx.pid;
+error_log stderr error;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fastcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  map $http_origin $origin_allowed {{ default 0; "{ALLOWED}" 1; }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      if ($origin_allowed = 0) {{ return 403; }}
+      proxy_pass http://{upstream};
+      proxy_http_version 1.1;
+      proxy_set_header Upgrade $http_upgrade;
+      proxy_set_header Connection $connection_upgrade;
+      proxy_set_header Host $host;
+      proxy_read_timeout 1h;
+    }}
+  }}
+}}
+"#
+        ),
+    )
+    .expect("nginx.conf");
+    let child = pinned(
+        "nginx",
+        &["-p", &d.to_string(), "-c", conf.to_str().expect("path")],
+    );
+    Proxy::started("nginx", SocketAddr::from(([127, 0, 0, 1], port)), child).await
+}
+
+pub(crate) async fn start_haproxy(dir: &Path, upstream: SocketAddr) -> Proxy {
+    let port = free_port();
+    let conf = dir.join("haproxy.cfg");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"global
+  nbthread 1
+  # Two descriptors per proxied connection; this machine allows 20,000 per process.
+  maxconn 9100
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+frontend fe
+  bind 127.0.0.1:{port}
+  acl allowed_origin req.hdr(origin) -m str {ALLOWED}
+  http-request deny deny_status 403 unless allowed_origin
+  default_backend be
+backend be
+  server up {upstream}
+"#
+        ),
+    )
+    .expect("haproxy.cfg");
+    let child = pinned("haproxy", &["-db", "-f", conf.to_str().expect("path")]);
+    Proxy::started("haproxy", SocketAddr::from(([127, 0, 0, 1], port)), child).await
+}
+
+/// The floor relay: this benchmark's own binary in its `floor-relay` role.
+pub(crate) async fn start_floor(upstream: SocketAddr) -> Proxy {
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let exe = std::env::current_exe().expect("own path");
+    let child = pinned(
+        exe.to_str().expect("utf-8 path"),
+        &["floor-relay", &listen.to_string(), &upstream.to_string()],
+    );
+    Proxy::started("floor (bare tokio relay)", listen, child).await
+}
