@@ -444,26 +444,27 @@ async fn handshake(
                 }
             };
             drop(request);
-            let (reply, upgraded) = match answer_client(&answer, accept) {
-                Ok(pair) => pair,
+            let reply = match answer_client(&answer, accept) {
+                Ok(Reply::Upgrade(reply)) => reply,
+                Ok(Reply::Refusal(head, body)) => {
+                    // The upstream refused: its status and body go back to the client.
+                    outcome(
+                        &gateway,
+                        Some(&route.label),
+                        client,
+                        origin,
+                        "rejected",
+                        "upstream_refused",
+                    );
+                    let patience = gateway.config.upstream.response;
+                    pass_refusal(stream, answer, &head, body, patience).await;
+                    return None;
+                }
                 Err(reject) => {
                     refuse(&mut stream, &gateway, Some(&route), reject, client, origin).await;
                     return None;
                 }
             };
-            if !upgraded {
-                // The upstream refused: its status and body go back to the client.
-                outcome(
-                    &gateway,
-                    Some(&route.label),
-                    client,
-                    origin,
-                    "rejected",
-                    "upstream_refused",
-                );
-                pass_refusal(stream, answer, &reply, gateway.config.upstream.response).await;
-                return None;
-            }
             let registration = gateway.connections.register(route.clone(), request_origin);
             outcome(
                 &gateway,
@@ -620,11 +621,55 @@ fn request_host<'a>(host: Option<&'a [u8]>, target: &'a str) -> Cow<'a, str> {
     }
 }
 
-/// The client's answer to an upstream response: a 101 (`true`) with the upstream's headers
-/// but hop-by-hop ones, or the head of the upstream's refusal (`false`). A 101 whose accept
-/// value does not match the client's key is refused here, where a status code still can be
-/// sent: the client would fail the connection (RFC 6455 §4.1).
-fn answer_client(answer: &upstream::Answer, accept: AcceptKey) -> Result<(Vec<u8>, bool), Reject> {
+/// What the client is sent for an upstream's response.
+enum Reply {
+    /// A 101 head.
+    Upgrade(Vec<u8>),
+    /// The head of the upstream's refusal, and how much body follows it.
+    Refusal(Vec<u8>, RefusalBody),
+}
+
+/// How long a refusal's body is, by its status and framing headers (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefusalBody {
+    /// 1xx, 204 and 304 responses have none.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// Chunked or unframed: whatever comes until the upstream closes.
+    UntilClose,
+}
+
+impl RefusalBody {
+    fn of(code: u16, headers: Headers<'_>) -> RefusalBody {
+        if code < 200 || code == 204 || code == 304 {
+            return RefusalBody::Empty;
+        }
+        if headers.get("transfer-encoding").is_some() {
+            return RefusalBody::UntilClose;
+        }
+        headers
+            .get("content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse().ok())
+            .map_or(RefusalBody::UntilClose, RefusalBody::Length)
+    }
+
+    /// Bytes to pass on, at most `cap`.
+    fn limit(self, cap: u64) -> u64 {
+        match self {
+            RefusalBody::Empty => 0,
+            RefusalBody::Length(n) => n.min(cap),
+            RefusalBody::UntilClose => cap,
+        }
+    }
+}
+
+/// The client's answer to an upstream response: a 101 with the upstream's headers but
+/// hop-by-hop ones, or the head of the upstream's refusal. A 101 whose accept value does not
+/// match the client's key is refused here, where a status code still can be sent: the
+/// client would fail the connection (RFC 6455 §4.1).
+fn answer_client(answer: &upstream::Answer, accept: AcceptKey) -> Result<Reply, Reject> {
     let mut slots = [httparse::EMPTY_HEADER; http1::MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     match resp.parse(&answer.buf[..answer.head_len]) {
@@ -642,12 +687,12 @@ fn answer_client(answer: &upstream::Answer, accept: AcceptKey) -> Result<(Vec<u8
             }
         }
         out.extend_from_slice(b"connection: close\r\n\r\n");
-        return Ok((out, false));
+        return Ok(Reply::Refusal(out, RefusalBody::of(code, headers)));
     }
     if headers.get("sec-websocket-accept") != Some(accept.as_bytes()) {
         return Err(Reject::UpstreamInvalid);
     }
-    Ok((switching_protocols(Some(headers), accept), true))
+    Ok(Reply::Upgrade(switching_protocols(Some(headers), accept)))
 }
 
 /// A 101 answer: the upstream's headers but hop-by-hop ones (or just the accept value when
@@ -672,12 +717,14 @@ fn switching_protocols(upstream: Option<Headers<'_>>, accept: AcceptKey) -> Vec<
 /// Largest refusal body passed on from an upstream.
 const MAX_REFUSAL_BODY: u64 = 1 << 20;
 
-/// Sends an upstream's refusal head, then its body as it comes (its length or chunks
-/// unchanged, or until the upstream closes), within `patience`; then closes both.
+/// Sends an upstream's refusal head, then its body as it comes (`Content-Length` bytes, or
+/// chunks unchanged until the upstream closes), within `patience`; then closes both. An
+/// upstream that keeps its connection open after a sized body does not hold the client.
 async fn pass_refusal(
     mut client: TcpStream,
     answer: upstream::Answer,
     head: &[u8],
+    body: RefusalBody,
     patience: Duration,
 ) {
     let upstream::Answer {
@@ -687,9 +734,11 @@ async fn pass_refusal(
     } = answer;
     let body = async {
         client.write_all(head).await?;
+        let limit = body.limit(MAX_REFUSAL_BODY);
         let first = &buf[head_len..];
+        let first = &first[..first.len().min(limit as usize)];
         client.write_all(first).await?;
-        let mut rest = tokio::io::AsyncReadExt::take(upstream, MAX_REFUSAL_BODY);
+        let mut rest = tokio::io::AsyncReadExt::take(upstream, limit - first.len() as u64);
         tokio::io::copy(&mut rest, &mut client).await?;
         client.shutdown().await
     };

@@ -367,6 +367,70 @@ async fn upstream_refusal_is_passed_through_with_its_body() {
 }
 
 #[tokio::test]
+async fn upstream_refusal_with_a_sized_or_no_body_ends_without_waiting_for_the_upstream() {
+    // An upstream that refuses, then keeps its connection open (as a keep-alive server does).
+    let refusing = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = refusing.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = refusing.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let answer: &[u8] = if head.starts_with(b"GET /sized ") {
+                    b"HTTP/1.1 403 Forbidden\r\nContent-Length: 5\r\n\r\nnope!"
+                } else {
+                    b"HTTP/1.1 204 No Content\r\n\r\n"
+                };
+                let _ = s.write_all(answer).await;
+                tokio::time::sleep(std::time::Duration::from_secs(120)).await;
+            });
+        }
+    });
+    let files = [(
+        "r.yaml",
+        route(
+            "refusing",
+            HOST,
+            "/",
+            app_only(),
+            &format!("{{url: \"ws://{addr}\"}}"),
+        ),
+    )];
+    // Were the client held until this runs out, the reads below would time out first.
+    let gate = Gate::start(&files, &["--upstream-response-timeout", "60"]).await;
+    for (path, status, body) in [
+        ("/sized", "HTTP/1.1 403 Forbidden", "nope!"),
+        ("/empty", "HTTP/1.1 204 No Content", ""),
+    ] {
+        let mut client = tokio::net::TcpStream::connect(gate.proxy)
+            .await
+            .expect("connect");
+        let request = upgrade_request(HOST, path, "Origin: https://app.example.test\r\n");
+        client.write_all(request.as_bytes()).await.expect("write");
+        let mut got = Vec::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            client.read_to_end(&mut got),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path}: the client was held after the refusal"))
+        .expect("read");
+        let text = String::from_utf8_lossy(&got);
+        let (head, rest) = text.split_once("\r\n\r\n").expect("a response head");
+        assert!(head.starts_with(status), "{path}: {head}");
+        assert_eq!(rest, body, "{path}");
+    }
+}
+
+#[tokio::test]
 async fn unreachable_upstream_is_502_and_silent_upstream_is_504() {
     // A port nobody listens on: bind, learn the port, close.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")

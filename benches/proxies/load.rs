@@ -140,7 +140,7 @@ pub(crate) async fn echo_once(conns: &mut [TcpStream], len: usize) {
 }
 
 /// Streams `len`-byte messages on every connection for `run`, each with at most `window`
-/// messages in flight, written `batch` at a time; returns messages echoed.
+/// messages in flight, written a quarter of the window at a time; returns messages echoed.
 pub(crate) async fn stream(conns: Vec<TcpStream>, len: usize, window: usize, run: Duration) -> u64 {
     let stop_at = tokio::time::Instant::now() + run;
     let batch = window.div_ceil(4);
