@@ -3,7 +3,7 @@
 //! `wsgate::access`. Lines for refused handshakes are capped per second, so a flood of bad
 //! handshakes cannot fill a disk; how many were left out is logged once the second is over.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ pub struct Handshake<'a> {
     /// `namespace/name` of the selected route, if one matched.
     pub route: Option<&'a str>,
     /// The client's address.
-    pub client: SocketAddr,
+    pub client: IpAddr,
     /// The request's `Origin` header, if any (cut to 256 bytes).
     pub origin: Option<&'a str>,
     /// `accepted`, `rejected` or `failed`.
@@ -76,7 +76,7 @@ impl AccessLog {
     pub fn closed(
         &self,
         route: &str,
-        client: SocketAddr,
+        client: IpAddr,
         duration: Duration,
         bytes: (u64, u64),
         code: &str,

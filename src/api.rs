@@ -108,6 +108,23 @@ pub struct WebSocketRouteSpec {
     /// Pings from the gateway to each side that goes silent, to find dead peers. Default: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<HeartbeatSpec>,
+
+    /// Terminate TLS (`wss://`) for this route's hostnames on the TLS listener. A route with `tls` is served only over TLS: on the plain listener its handshakes get 403. Default: plain only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+}
+
+/// TLS termination for a route's hostnames, with the certificate chosen by SNI.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsSpec {
+    /// A `kubernetes.io/tls` Secret in the route's namespace: `tls.crt` (the server certificate first, then intermediates) and `tls.key`. In standalone mode, the directory of that name under `--secret-dir`, holding those two files. A changed Secret serves new connections at once; live ones continue.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(
+        validation = Rule::new(format!(r"self.matches(r'^{DNS_LABEL}(\.{DNS_LABEL})*$')"))
+            .message("secretName must be a Secret's name: lowercase letters, digits, `-` and `.`, like `chat-tls`")
+    )]
+    pub secret_name: String,
 }
 
 /// Heartbeats: a side silent for `intervalSeconds` gets a Ping from the gateway; one that does not answer it with a Pong within `timeoutSeconds` is closed, and the other side gets Close 1001 (1011 when the upstream is the one that stopped answering).
@@ -144,6 +161,21 @@ pub struct LimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = MAX_IDLE_TIMEOUT_SECONDS))]
     pub idle_timeout_seconds: Option<u32>,
+
+    /// Most connections the route holds at once, from all clients together. A handshake beyond it gets 503 with `Retry-After: 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+
+    /// Most connections one client holds on this route at once (a client is an IPv4 address, or an IPv6 /64). A handshake beyond it gets 429 with `Retry-After: 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections_per_client: Option<u32>,
+
+    /// Handshakes per second one client may start on this route, as a token bucket that holds one second's worth (so a burst of this many is allowed at once). A handshake beyond it gets 429 with `Retry-After` saying when the next one is allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub handshakes_per_second_per_client: Option<u32>,
 }
 
 fn default_true() -> bool {
@@ -258,6 +290,25 @@ pub struct UpstreamSpec {
             .message("url must be `ws://host:port[/path]` or `wss://host:port[/path]`, without userinfo, query or fragment, like `ws://10.0.0.5:8080/socket`")
     )]
     pub url: Option<String>,
+
+    /// TLS from the gateway to the upstream. A `wss://` url uses it with the system's trust store unless this says otherwise; set it to verify against your own CA, to check another name, or to reach a `service` over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsSpec>,
+}
+
+/// How the gateway verifies an upstream's certificate. Verification is never off.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct UpstreamTlsSpec {
+    /// A Secret in the route's namespace whose `ca.crt` holds the PEM CA certificates the upstream's certificate must chain to, instead of the system's trust store. In standalone mode, the directory of that name under `--secret-dir`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub ca_secret_name: Option<String>,
+
+    /// The name sent as SNI and required in the upstream's certificate. Default: the url's host, or for a `service`, `NAME.NAMESPACE.svc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub server_name: Option<String>,
 }
 
 /// A Service port in the route's namespace.
@@ -607,7 +658,7 @@ status:
         let compiled = compile_schema(&s);
         let mut all = Vec::new();
         rules(&s, "", &mut all);
-        assert_eq!(all.len(), 12, "{all:#?}");
+        assert_eq!(all.len(), 13, "{all:#?}");
         fn errors(c: &kube::core::cel::CompiledSchema, out: &mut Vec<String>) {
             out.extend(c.compilation_errors().iter().map(|e| format!("{e:?}")));
             c.properties.values().for_each(|p| errors(p, out));

@@ -3,18 +3,22 @@
 //! controller and `wsgate check` all call [`compile`], so a route's verdict is the same
 //! everywhere. No I/O, no clocks, no Kubernetes client.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::api::{MAX_IDLE_TIMEOUT_SECONDS, PathMatchType, Rejection, WebSocketRoute};
 use crate::policy::OriginPolicy;
 use crate::route::{
-    Limits, OriginRejection, PathRule, Route, RouteKey, RouteTable, Target, Upstream,
+    Admission, Limits, OriginRejection, PathRule, Route, RouteKey, RouteTable, Target, Upstream,
 };
+use crate::tls::{self, UpstreamTls};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::ServerName;
 
 /// Condition types (DESIGN §4).
 pub mod condition {
@@ -42,6 +46,10 @@ pub mod reason {
     pub const BACKEND_NOT_FOUND: &str = "BackendNotFound";
     /// The referenced Service exists but has no ready endpoint.
     pub const NO_READY_ENDPOINTS: &str = "NoReadyEndpoints";
+    /// A referenced Secret does not exist.
+    pub const SECRET_NOT_FOUND: &str = "SecretNotFound";
+    /// A referenced Secret lacks a key or holds unusable material.
+    pub const INVALID_SECRET: &str = "InvalidSecret";
     /// Programmed=True.
     pub const PROGRAMMED: &str = "Programmed";
     /// The route is not in the active snapshot.
@@ -109,7 +117,14 @@ pub struct Backends {
     services: HashMap<(String, String), HashMap<Option<u16>, Vec<Target>>>,
     /// Appended to a BackendNotFound message: how to fix it in this mode.
     not_found_hint: String,
+    /// Per (namespace, name): each Secret's data by key.
+    secrets: HashMap<(String, String), SecretData>,
+    /// Appended to a SecretNotFound message: how to fix it in this mode.
+    secret_hint: String,
 }
+
+/// A Secret's data: bytes by key (`tls.crt`, `tls.key`, `ca.crt`, ...).
+pub type SecretData = BTreeMap<String, Vec<u8>>;
 
 impl Backends {
     /// Backends for standalone mode, where a missing one is fixed with `--service`.
@@ -117,6 +132,8 @@ impl Backends {
         Backends {
             services: HashMap::new(),
             not_found_hint: "standalone mode resolves services only through `--service NAME.NAMESPACE=HOST:PORT`".to_owned(),
+            secrets: HashMap::new(),
+            secret_hint: "standalone mode reads Secret NAME from the directory NAME under `--secret-dir`".to_owned(),
         }
     }
 
@@ -128,6 +145,8 @@ impl Backends {
             services: HashMap::new(),
             not_found_hint: "create the Service in the route's namespace, or fix the name or port"
                 .to_owned(),
+            secrets: HashMap::new(),
+            secret_hint: "create the Secret in the route's namespace (a route can only use its own namespace's Secrets)".to_owned(),
         };
         let mut slices_of: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
         for slice in slices {
@@ -174,6 +193,41 @@ impl Backends {
             .entry((namespace.to_owned(), name.to_owned()))
             .or_default()
             .insert(port, targets);
+    }
+
+    /// Declares Secret `namespace/name` with its data.
+    pub fn insert_secret(&mut self, namespace: &str, name: &str, data: SecretData) {
+        self.secrets
+            .insert((namespace.to_owned(), name.to_owned()), data);
+    }
+
+    /// Declares the data of cluster Secrets.
+    pub fn insert_cluster_secrets(&mut self, secrets: &[Secret]) {
+        for secret in secrets {
+            let (Some(namespace), Some(name)) = (&secret.metadata.namespace, &secret.metadata.name)
+            else {
+                continue;
+            };
+            let data = secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.0.clone()))
+                .collect();
+            self.insert_secret(namespace, name, data);
+        }
+    }
+
+    /// The data of Secret `namespace/name`, or a SecretNotFound message.
+    fn secret(&self, namespace: &str, name: &str) -> Result<&SecretData, (&'static str, String)> {
+        self.secrets
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .ok_or_else(|| {
+                (
+                    reason::SECRET_NOT_FOUND,
+                    format!("Secret {namespace}/{name} not found; {}", self.secret_hint),
+                )
+            })
     }
 
     fn resolve(&self, namespace: &str, name: &str, port: u16) -> Result<&[Target], BackendProblem> {
@@ -280,6 +334,9 @@ pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
             && let Some(valid) = c.valid.take()
         {
             c.programmed = true;
+            if let Some(key) = &valid.certificate {
+                table.insert_certificate(&valid.hostnames, key);
+            }
             table.insert(&valid.hostnames, &valid.path, valid.route);
         }
     }
@@ -341,6 +398,8 @@ struct ValidRoute {
     hostnames: Vec<String>,
     path: PathRule,
     route: Route,
+    /// The route's TLS certificate, when it has `tls` and its Secret is usable.
+    certificate: Option<Arc<CertifiedKey>>,
 }
 
 impl Checked {
@@ -477,6 +536,20 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
     }
 
     if let Some(limits) = &spec.limits {
+        for (field, value) in [
+            ("maxConnections", limits.max_connections),
+            ("maxConnectionsPerClient", limits.max_connections_per_client),
+            (
+                "handshakesPerSecondPerClient",
+                limits.handshakes_per_second_per_client,
+            ),
+        ] {
+            if value == Some(0) {
+                problems.push(format!(
+                    "limits.{field} must be at least 1: omit it for no limit"
+                ));
+            }
+        }
         if limits.max_message_bytes == Some(0) {
             problems
                 .push("limits.maxMessageBytes must be at least 1: omit it for no limit".to_owned());
@@ -501,7 +574,30 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
         );
     }
 
-    let (upstream, refs) = check_upstream(route, &key, backends, &mut problems);
+    let (mut upstream, mut refs) = check_upstream(route, &key, backends, &mut problems);
+    let mut fail_refs = |failure: (&'static str, String)| {
+        // The first unresolved reference is the one reported.
+        if refs.is_ok() {
+            refs = Err(failure);
+        }
+    };
+    if let Some(upstream) = &mut upstream {
+        match check_upstream_tls(route, &key, backends) {
+            Ok(tls) => upstream.tls = tls,
+            Err(TlsProblem::Invalid(p)) => problems.push(p),
+            Err(TlsProblem::Unresolved(failure)) => fail_refs(failure),
+        }
+    }
+    let certificate = match &spec.tls {
+        Some(tls) => match certificate(backends, &key.namespace, &tls.secret_name) {
+            Ok(ck) => Some(ck),
+            Err(failure) => {
+                fail_refs(failure);
+                None
+            }
+        },
+        None => None,
+    };
 
     let summary = match (&path, hostnames.is_empty()) {
         (Some(p), false) => format!("{} {p}", hostnames.join(", ")),
@@ -511,7 +607,9 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
         (true, Some(path), Some(origins), Some(upstream)) => Some(ValidRoute {
             hostnames,
             path,
+            certificate,
             route: Route {
+                tls_only: spec.tls.is_some(),
                 key: key.clone(),
                 label: key.to_string().into(),
                 origins,
@@ -534,6 +632,15 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
                         .as_ref()
                         .map(|h| (seconds(h.interval_seconds), seconds(h.timeout_seconds))),
                 },
+                admission: spec
+                    .limits
+                    .as_ref()
+                    .map(|l| Admission {
+                        max_connections: l.max_connections,
+                        max_connections_per_client: l.max_connections_per_client,
+                        handshakes_per_second_per_client: l.handshakes_per_second_per_client,
+                    })
+                    .unwrap_or_default(),
             },
         }),
         _ => None,
@@ -634,6 +741,109 @@ fn check_path(kind: PathMatchType, value: &str) -> Result<PathRule, String> {
     })
 }
 
+/// The certificate of a route's `tls.secretName`, or why it cannot be served.
+fn certificate(
+    backends: &Backends,
+    namespace: &str,
+    name: &str,
+) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
+    let data = backends.secret(namespace, name)?;
+    let (Some(chain), Some(key)) = (data.get(tls::CERT_KEY), data.get(tls::PRIVATE_KEY)) else {
+        return Err((
+            reason::INVALID_SECRET,
+            format!(
+                "Secret {namespace}/{name} needs `{}` and `{}`: make it a kubernetes.io/tls Secret (`kubectl create secret tls {name} --cert=... --key=...`)",
+                tls::CERT_KEY,
+                tls::PRIVATE_KEY
+            ),
+        ));
+    };
+    tls::certified_key(chain, key).map(Arc::new).map_err(|e| {
+        (
+            reason::INVALID_SECRET,
+            format!("Secret {namespace}/{name}: {e}"),
+        )
+    })
+}
+
+/// Why an upstream's TLS settings cannot be used.
+enum TlsProblem {
+    /// The spec is wrong (Accepted=False).
+    Invalid(String),
+    /// A referenced Secret is missing or unusable (ResolvedRefs=False).
+    Unresolved((&'static str, String)),
+}
+
+/// TLS to the upstream: for a `wss://` url, or whenever `upstream.tls` is set; `None` for
+/// plain `ws://`.
+fn check_upstream_tls(
+    route: &WebSocketRoute,
+    key: &RouteKey,
+    backends: &Backends,
+) -> Result<Option<Arc<UpstreamTls>>, TlsProblem> {
+    let up = &route.spec.upstream;
+    let url = up.url.as_deref().and_then(|u| u.parse::<http::Uri>().ok());
+    let wss = url
+        .as_ref()
+        .and_then(|u| u.scheme_str())
+        .is_some_and(|s| s.eq_ignore_ascii_case("wss"));
+    let settings = up.tls.clone().unwrap_or_default();
+    if !wss && up.tls.is_none() {
+        return Ok(None);
+    }
+    if url.is_some() && !wss {
+        return Err(TlsProblem::Invalid(
+            "upstream.tls needs a `wss://` url: write `wss://` instead of `ws://`, or remove upstream.tls".to_owned(),
+        ));
+    }
+    let default_name = match (&url, &up.service) {
+        (Some(u), _) => u
+            .host()
+            .unwrap_or_default()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
+        (None, Some(svc)) => format!("{}.{}.svc", svc.name, key.namespace),
+        (None, None) => String::new(),
+    };
+    let name = settings.server_name.unwrap_or(default_name);
+    let server_name = ServerName::try_from(name.clone()).map_err(|_| {
+        TlsProblem::Invalid(format!(
+            "upstream TLS server name `{name}` is not a DNS name or IP address: set upstream.tls.serverName"
+        ))
+    })?;
+    let (roots, anchors) = match &settings.ca_secret_name {
+        None => (None, "system".to_owned()),
+        Some(secret) => {
+            let data = backends
+                .secret(&key.namespace, secret)
+                .map_err(TlsProblem::Unresolved)?;
+            let bundle = data.get(tls::CA_KEY).ok_or_else(|| {
+                TlsProblem::Unresolved((
+                    reason::INVALID_SECRET,
+                    format!(
+                        "Secret {}/{secret} has no `{}`: put the upstream's CA certificates there, PEM",
+                        key.namespace,
+                        tls::CA_KEY
+                    ),
+                ))
+            })?;
+            let config = tls::ca_bundle(bundle).map_err(|e| {
+                TlsProblem::Unresolved((
+                    reason::INVALID_SECRET,
+                    format!("Secret {}/{secret}: {e}", key.namespace),
+                ))
+            })?;
+            (Some(config), format!("Secret {}/{secret}", key.namespace))
+        }
+    };
+    Ok(Some(Arc::new(UpstreamTls {
+        server_name: server_name.to_owned(),
+        roots,
+        anchors,
+    })))
+}
+
 /// Validates the upstream and resolves it. Returns the compiled upstream (when the spec is
 /// well-formed) and the ResolvedRefs outcome.
 fn check_upstream(
@@ -671,6 +881,7 @@ fn check_upstream(
                     Some(Upstream {
                         targets: targets.to_vec(),
                         path: None,
+                        tls: None,
                     }),
                     Ok(()),
                 ),
@@ -679,6 +890,7 @@ fn check_upstream(
                     Some(Upstream {
                         targets: vec![],
                         path: None,
+                        tls: None,
                     }),
                     Err((
                         reason::BACKEND_NOT_FOUND,
@@ -689,6 +901,7 @@ fn check_upstream(
                     Some(Upstream {
                         targets: vec![],
                         path: None,
+                        tls: None,
                     }),
                     Err((
                         reason::NO_READY_ENDPOINTS,
@@ -706,24 +919,25 @@ pub enum InvalidUrl {
     /// Not a URL at all.
     #[error("upstream url `{0}` is not a URL: write e.g. `ws://10.0.0.5:8080/socket`")]
     Malformed(String),
-    /// A scheme other than ws.
-    #[error(
-        "upstream url `{0}` must start with `ws://` (`wss://` upstreams arrive with TLS support)"
-    )]
+    /// A scheme other than ws or wss.
+    #[error("upstream url `{0}` must start with `ws://` or `wss://`")]
     Scheme(String),
     /// A query string, which would be ambiguous with the request's.
     #[error("upstream url `{0}` must not have a query: the request's query is forwarded")]
     Query(String),
 }
 
-/// Parses a `ws://host[:port][/path]` upstream URL.
+/// Parses a `ws://host[:port][/path]` or `wss://...` upstream URL (TLS settings are added
+/// by the caller).
 pub fn parse_url(url: &str) -> Result<Upstream, InvalidUrl> {
     let uri: http::Uri = url
         .parse()
         .map_err(|_| InvalidUrl::Malformed(url.to_owned()))?;
-    if uri.scheme_str().map(str::to_ascii_lowercase).as_deref() != Some("ws") {
-        return Err(InvalidUrl::Scheme(url.to_owned()));
-    }
+    let default_port = match uri.scheme_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("ws") => 80,
+        Some("wss") => 443,
+        _ => return Err(InvalidUrl::Scheme(url.to_owned())),
+    };
     let Some(authority) = uri.authority() else {
         return Err(InvalidUrl::Malformed(url.to_owned()));
     };
@@ -744,9 +958,10 @@ pub fn parse_url(url: &str) -> Result<Upstream, InvalidUrl> {
     Ok(Upstream {
         targets: vec![Target {
             host,
-            port: authority.port_u16().unwrap_or(80),
+            port: authority.port_u16().unwrap_or(default_port),
         }],
         path,
+        tls: None,
     })
 }
 

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use ipnet::IpNet;
+
 use crate::proxy::ProxyConfig;
+use crate::proxy::client::TrustedProxies;
 use crate::proxy::upstream::UpstreamTimeouts;
 use crate::route::Target;
 
@@ -60,6 +63,11 @@ pub struct StandaloneArgs {
     /// environment, separate entries with commas.
     #[arg(long = "service", env = "WSGATE_SERVICES", value_delimiter = ',', value_parser = parse_service)]
     pub services: Vec<ServiceMapping>,
+    /// Secrets for routes' `tls.secretName` and `upstream.tls.caSecretName`: Secret NAME is
+    /// the directory NAME here, one file per key (`tls.crt`, `tls.key`, `ca.crt`), as a
+    /// mounted Secret volume is laid out. Watched: changes apply at once.
+    #[arg(long, env = "WSGATE_SECRET_DIR")]
+    pub secret_dir: Option<PathBuf>,
     /// Listener options.
     #[command(flatten)]
     pub serve: ServeArgs,
@@ -110,6 +118,10 @@ pub struct ServeArgs {
     /// Plain WebSocket listener address.
     #[arg(long, env = "WSGATE_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
+    /// TLS (`wss://`) listener address, for routes with `tls`; the certificate is chosen by
+    /// SNI, and a name no route has a certificate for fails the TLS handshake.
+    #[arg(long, env = "WSGATE_LISTEN_TLS", default_value = "0.0.0.0:8443")]
+    pub listen_tls: SocketAddr,
     /// Admin listener address (`/healthz`, `/readyz`, `/metrics`, `/routes`).
     #[arg(long, env = "WSGATE_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
@@ -129,6 +141,19 @@ pub struct ServeArgs {
     /// Seconds a client may take to send its request head.
     #[arg(long, env = "WSGATE_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub handshake_timeout: Duration,
+    /// Most client connections open at once, handshaking or relayed; a connection beyond it
+    /// gets 503 with `Retry-After: 1`.
+    #[arg(long, env = "WSGATE_MAX_CONNECTIONS", default_value = "100000", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+    /// Address ranges (CIDR, e.g. `10.0.0.0/8`; repeatable or comma-separated) of proxies in
+    /// front of the gateway whose `X-Forwarded-For` names the client. From any other peer the
+    /// header is not believed.
+    #[arg(long = "trusted-proxies", env = "WSGATE_TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+    /// Every connection starts with a PROXY protocol header (v1 or v2) from a load balancer,
+    /// whose source address is the client. A connection without one is closed.
+    #[arg(long, env = "WSGATE_PROXY_PROTOCOL")]
+    pub proxy_protocol: bool,
 }
 
 impl ServeArgs {
@@ -140,6 +165,9 @@ impl ServeArgs {
                 response: self.upstream_response_timeout,
             },
             header_read_timeout: self.handshake_timeout,
+            max_connections: self.max_connections as usize,
+            trusted_proxies: TrustedProxies::new(self.trusted_proxies.clone()),
+            proxy_protocol: self.proxy_protocol,
             ..ProxyConfig::default()
         }
     }
@@ -193,6 +221,13 @@ fn parse_service(s: &str) -> Result<ServiceMapping, String> {
     })
 }
 
+fn parse_cidr(s: &str) -> Result<IpNet, String> {
+    let s = s.trim();
+    s.parse::<IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("`{s}` is not an address range: write a CIDR such as 10.0.0.0/8 or fd00::/8, or one address"))
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .ok()
@@ -224,6 +259,20 @@ mod tests {
             let err = parse_service(bad).expect_err(bad);
             assert!(err.contains("NAME.NAMESPACE=HOST:PORT"), "{err}");
         }
+    }
+
+    #[test]
+    fn trusted_proxies_are_ranges_or_single_addresses() {
+        assert_eq!(
+            parse_cidr("10.0.0.0/8").expect("cidr").to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!(
+            parse_cidr(" 192.0.2.1 ").expect("addr").to_string(),
+            "192.0.2.1/32"
+        );
+        let err = parse_cidr("10.0.0.0/33").expect_err("bad prefix");
+        assert!(err.contains("CIDR"), "{err}");
     }
 
     #[test]

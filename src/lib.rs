@@ -32,3 +32,4 @@ pub mod snapshot;
 pub mod source;
 pub mod standalone;
 pub mod status;
+pub mod tls;

@@ -6,15 +6,18 @@
 //! 1. route selection by host and path (404);
 //! 2. upgrade validation, RFC 6455 §4.2.1 (426, 400);
 //! 3. origin policy (403, or 101 then Close 1008 with `rejection: Close`);
-//! 4. subprotocol allowlist (403);
+//! 4. admission limits (503, 429) and the subprotocol allowlist (403);
 //! 5. upstream connect and handshake (502, 504, or the upstream's own answer);
 //! 6. relay until either side closes.
 
+pub mod admission;
+pub mod client;
 pub mod frame;
 pub mod handshake;
 pub mod http1;
 pub mod registry;
 pub mod relay;
+pub mod stream;
 pub mod upstream;
 
 use std::borrow::Cow;
@@ -31,20 +34,24 @@ use arc_swap::ArcSwapOption;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
+use tokio_rustls::TlsAcceptor;
 
 use crate::access::{AccessLog, Handshake};
 use crate::metrics::{CloseLabels, EndLabels, Metrics, RouteLabels, TrafficLabels};
 use crate::policy::RequestOrigin;
 use crate::route::{OriginRejection, Route};
 use crate::snapshot::Snapshot;
+use admission::{Admissions, Denied, Slot};
+use client::TrustedProxies;
 use handshake::{AcceptKey, Reject};
 use http1::{HeadError, Headers, Prefixed};
 use registry::{CLOSE_POLICY, Registry};
 use relay::{Ended, Side};
+use stream::Stream;
 use upstream::{ClientInfo, UpstreamTimeouts};
 
 /// Tunables of the data plane.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ProxyConfig {
     /// Upstream connect and response timeouts.
     pub upstream: UpstreamTimeouts,
@@ -55,6 +62,12 @@ pub struct ProxyConfig {
     /// How long to wait for a peer's Close reply, or for the other direction after one
     /// side ended.
     pub close_linger: Duration,
+    /// Most client connections open at once (503 beyond).
+    pub max_connections: usize,
+    /// Peers whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: TrustedProxies,
+    /// Whether every connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 impl Default for ProxyConfig {
@@ -67,6 +80,9 @@ impl Default for ProxyConfig {
             header_read_timeout: Duration::from_secs(10),
             max_header_bytes: 16 * 1024,
             close_linger: Duration::from_secs(2),
+            max_connections: 100_000,
+            trusted_proxies: TrustedProxies::default(),
+            proxy_protocol: false,
         }
     }
 }
@@ -75,6 +91,9 @@ impl Default for ProxyConfig {
 pub struct Gateway {
     snapshot: ArcSwapOption<Snapshot>,
     connections: Arc<Registry>,
+    admissions: Arc<Admissions>,
+    /// Set while at `max_connections`, so reaching it is logged once, not per connection.
+    full: AtomicBool,
     metrics: Metrics,
     access: AccessLog,
     config: ProxyConfig,
@@ -90,6 +109,8 @@ impl Gateway {
         Arc::new(Gateway {
             snapshot: ArcSwapOption::empty(),
             connections: Arc::new(Registry::default()),
+            admissions: Arc::new(Admissions::default()),
+            full: AtomicBool::new(false),
             metrics,
             access: AccessLog::new(),
             config,
@@ -137,6 +158,11 @@ impl Gateway {
         self.snapshot.load().is_some() && !self.draining.load(Ordering::Acquire)
     }
 
+    /// The data plane's tunables.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
     /// The metric families.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -170,12 +196,78 @@ impl Gateway {
     pub fn live_connections(&self) -> usize {
         self.connections.len()
     }
+
+    /// Client connections open: handshaking and relayed (a connection finishing its
+    /// handshake may be counted twice for a moment, which errs towards the cap).
+    fn open_connections(&self) -> usize {
+        self.http_connections.load(Ordering::Acquire) + self.connections.len()
+    }
+
+    /// Whether one more connection fits under `max_connections`; logs reaching the cap and
+    /// leaving it once each.
+    fn has_room(&self) -> bool {
+        let room = self.open_connections() < self.config.max_connections;
+        if self.full.swap(!room, Ordering::AcqRel) == room {
+            if room {
+                tracing::info!(
+                    limit = self.config.max_connections,
+                    "below the connection limit again"
+                );
+            } else {
+                tracing::warn!(
+                    limit = self.config.max_connections,
+                    "at the connection limit (--max-connections): new connections get 503"
+                );
+            }
+        }
+        room
+    }
+}
+
+/// A TLS acceptor for the TLS listener: each handshake's certificate is picked by SNI from
+/// the gateway's active snapshot, so a new snapshot (a rotated Secret) applies to the next
+/// handshake; an unknown name fails the handshake rather than get another's certificate.
+pub fn tls_acceptor(gateway: Arc<Gateway>) -> TlsAcceptor {
+    TlsAcceptor::from(Arc::new(crate::tls::server_config(Arc::new(SniResolver(
+        gateway,
+    )))))
+}
+
+/// Picks a certificate by SNI from the active snapshot.
+struct SniResolver(Arc<Gateway>);
+
+impl std::fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SniResolver")
+    }
+}
+
+impl rustls::server::ResolvesServerCert for SniResolver {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = hello.server_name()?;
+        let snapshot = self.0.snapshot.load();
+        snapshot
+            .as_ref()?
+            .table
+            .certificates()
+            .lookup(name)
+            .cloned()
+    }
 }
 
 /// Accepts connections on `listener` until `stop` turns true; each connection is served
-/// in its own task, handshake and relay alike. Connections still reading their request head
-/// then close; those further along finish their handshake.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+/// in its own task, handshake and relay alike; with `tls`, each speaks TLS first.
+/// Connections still reading their request head then close; those further along finish
+/// their handshake.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -191,9 +283,55 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut stop: watch
             }
         };
         let _ = stream.set_nodelay(true);
+        if !gateway.has_room() {
+            tokio::spawn(turn_away(stream, peer, gateway.clone()));
+            continue;
+        }
         let phase = HttpPhase::enter(gateway.clone());
-        tokio::spawn(Connection::new(stream, peer, phase, stop.clone()));
+        tokio::spawn(Connection::new(
+            stream,
+            peer,
+            phase,
+            tls.clone(),
+            stop.clone(),
+        ));
     }
+}
+
+/// How long a connection turned away at the connection limit may take to send its request,
+/// which is read and discarded so the 503 is not lost to a reset.
+const TURN_AWAY_LINGER: Duration = Duration::from_secs(1);
+
+/// Answers a connection beyond `max_connections` with 503 without reading its request
+/// first (its request would cost what the limit protects), then reads and discards what it
+/// sends for a moment: closing a socket with unread data resets it, and the client would
+/// lose the answer.
+async fn turn_away(mut stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway>) {
+    let r = Reject::Overloaded;
+    outcome(
+        &gateway,
+        None,
+        ClientInfo {
+            addr: peer,
+            ip: peer.ip(),
+            proto: "http",
+        },
+        None,
+        r.result(),
+        r.reason(),
+    );
+    let mut response = Vec::with_capacity(192);
+    r.write_response(&mut response);
+    if stream.write_all(&response).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(TURN_AWAY_LINGER, async {
+        while matches!(tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await, Ok(n) if n > 0)
+        {
+        }
+    })
+    .await;
 }
 
 /// Resolves once `stop` turns true (or its sender is gone).
@@ -246,10 +384,11 @@ impl Connection {
         stream: TcpStream,
         peer: SocketAddr,
         phase: HttpPhase,
+        tls: Option<TlsAcceptor>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         let gateway = phase.0.clone();
-        Connection::Handshake(gateway, Box::pin(handshake(stream, peer, phase, stop)))
+        Connection::Handshake(gateway, Box::pin(handshake(stream, peer, phase, tls, stop)))
     }
 }
 
@@ -280,7 +419,7 @@ impl Future for Connection {
 
 /// A relayed connection and what its end is recorded with.
 struct Relaying {
-    relay: relay::Relay<Prefixed<TcpStream>, Prefixed<TcpStream>>,
+    relay: relay::Relay<Prefixed<Stream>, Prefixed<Stream>>,
     gateway: Arc<Gateway>,
     route: Arc<Route>,
     client: ClientInfo,
@@ -288,6 +427,9 @@ struct Relaying {
     started: std::time::Instant,
     /// Keeps the connection in the registry (revocation, drain) until it ends.
     _registration: registry::Registration,
+    /// Keeps the connection counted against its route's limits until it ends (boxed: most
+    /// routes have none, and this is held by every idle connection).
+    _admission: Option<Box<Slot>>,
 }
 
 impl Relaying {
@@ -298,6 +440,7 @@ impl Relaying {
             client_io,
             upstream_io,
             registration,
+            admission,
         } = upgraded;
         let active = gateway
             .metrics
@@ -322,6 +465,7 @@ impl Relaying {
             active,
             started: std::time::Instant::now(),
             _registration: registration,
+            _admission: admission,
         }
     }
 
@@ -342,46 +486,115 @@ impl Relaying {
 struct Upgraded {
     route: Arc<Route>,
     client: ClientInfo,
-    client_io: Prefixed<TcpStream>,
-    upstream_io: Prefixed<TcpStream>,
+    client_io: Prefixed<Stream>,
+    upstream_io: Prefixed<Stream>,
     registration: registry::Registration,
+    admission: Option<Box<Slot>>,
 }
 
 /// Serves the HTTP phase of a connection: answers it, or returns it upgraded.
 async fn handshake(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     phase: HttpPhase,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) -> Option<Upgraded> {
     let gateway = phase.0.clone();
-    let client = ClientInfo {
+    let mut client = ClientInfo {
         addr: peer,
-        proto: "http",
+        ip: peer.ip(),
+        proto: if tls.is_some() { "https" } else { "http" },
     };
     let mut buf = Vec::with_capacity(HEAD_CAPACITY);
-    let read = http1::read_head(&mut stream, &mut buf, gateway.config.max_header_bytes);
-    let head_len = tokio::select! {
-        read = tokio::time::timeout(gateway.config.header_read_timeout, read) => match read {
-            Ok(Ok(n)) => n,
-            Ok(Err(HeadError::TooLarge(_))) => {
-                refuse(&mut stream, &gateway, None, Reject::HeadTooLarge, client, None).await;
-                return None;
+    let config = &gateway.config;
+    // Where the connection is once it speaks HTTP, kept outside the read so that a head
+    // that is too large can still be answered.
+    let mut opened: Option<Stream> = None;
+    let read = async {
+        let mut tcp = tcp;
+        let source = if config.proxy_protocol {
+            client::read_proxy_header(&mut tcp, &mut buf)
+                .await
+                .map_err(Unread::Proxy)?
+        } else {
+            None
+        };
+        let stream = match &tls {
+            None => Stream::Plain(tcp),
+            Some(acceptor) => {
+                // Bytes after a PROXY header are the start of the TLS handshake.
+                let io = Prefixed::new(tcp, &buf);
+                buf.clear();
+                let tls = acceptor.accept(io).await.map_err(Unread::Tls)?;
+                Stream::Tls(Box::new(tls.into()))
             }
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "client went away during its handshake");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "request head not complete in time; closing");
-                return None;
-            }
-        },
+        };
+        let stream = opened.insert(stream);
+        let head_len = http1::read_head(stream, &mut buf, config.max_header_bytes)
+            .await
+            .map_err(Unread::Head)?;
+        Ok((source, head_len))
+    };
+    // One deadline covers the PROXY header, the TLS handshake and the request head: a slow
+    // client cannot hold its socket longer by sending any of them a byte at a time.
+    let read = tokio::select! {
+        read = tokio::time::timeout(config.header_read_timeout, read) => read,
         // Nothing was asked yet: just close.
         () = stopped(&mut stop) => return None,
     };
     drop(stop);
-    let plan = plan(&buf[..head_len], &gateway, client);
+    let head_len = match read {
+        Ok(Ok((source, head_len))) => {
+            if let Some(source) = source {
+                client.addr = source;
+                client.ip = source.ip();
+            }
+            head_len
+        }
+        Ok(Err(Unread::Head(HeadError::TooLarge(_)))) => {
+            if let Some(stream) = &mut opened {
+                refuse(stream, &gateway, None, Reject::HeadTooLarge, client, None).await;
+            }
+            return None;
+        }
+        Ok(Err(Unread::Tls(e))) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed; closing");
+            outcome(
+                &gateway,
+                None,
+                client,
+                None,
+                "rejected",
+                "tls_handshake_failed",
+            );
+            return None;
+        }
+        Ok(Err(Unread::Proxy(e))) => {
+            tracing::debug!(%peer, error = %e, "no valid PROXY protocol header; closing");
+            outcome(
+                &gateway,
+                None,
+                client,
+                None,
+                "rejected",
+                "proxy_header_invalid",
+            );
+            return None;
+        }
+        Ok(Err(Unread::Head(e))) => {
+            tracing::debug!(%peer, error = %e, "client went away during its handshake");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "request head not complete in time; closing");
+            outcome(&gateway, None, client, None, "rejected", "head_timeout");
+            return None;
+        }
+    };
+    let mut stream = opened?;
+    let plan = plan(&buf[..head_len], &gateway, client, stream.sni());
+    let client = plan.client;
     let leftover = &buf[head_len..];
     let origin = plan
         .origin
@@ -408,7 +621,7 @@ async fn handshake(
                 "rejected",
                 Reject::OriginDenied.reason(),
             );
-            tracing::debug!(client = %client.addr, route = %route.label, "origin not allowed: closing after upgrade");
+            tracing::debug!(client = %client.ip, route = %route.label, "origin not allowed: closing after upgrade");
             let reply = switching_protocols(None, accept);
             if stream.write_all(&reply).await.is_ok() {
                 let client_io = Prefixed::new(stream, leftover);
@@ -428,6 +641,7 @@ async fn handshake(
             request,
             origin: request_origin,
             accept,
+            admission,
         } => {
             let answer = match upstream::send(
                 &route.upstream,
@@ -486,16 +700,26 @@ async fn handshake(
                 client_io,
                 upstream_io,
                 registration,
+                admission,
             });
         }
     }
     None
 }
 
+/// Why no request head was read.
+enum Unread {
+    Proxy(client::ProxyHeaderError),
+    Tls(std::io::Error),
+    Head(HeadError),
+}
+
 /// What to do with a request, decided from its head alone.
 struct Plan {
     /// Where the `Origin` header's value is in the head, for the access log.
     origin: Option<Range<usize>>,
+    /// The client, with `X-Forwarded-For` applied when it came through a trusted proxy.
+    client: ClientInfo,
     step: Step,
 }
 
@@ -510,16 +734,19 @@ enum Step {
         request: Vec<u8>,
         origin: RequestOrigin,
         accept: AcceptKey,
+        /// The connection's place under its route's limits.
+        admission: Option<Box<Slot>>,
     },
 }
 
 /// Steps 1–4 of the handshake and the upstream request, from the request head: pure CPU work
 /// on borrowed bytes, done before any await so that no parsed header outlives it.
-fn plan(head: &[u8], gateway: &Gateway, client: ClientInfo) -> Plan {
+fn plan(head: &[u8], gateway: &Gateway, mut client: ClientInfo, sni: Option<&str>) -> Plan {
     let mut slots = [httparse::EMPTY_HEADER; http1::MAX_HEADERS];
     let mut req = httparse::Request::new(&mut slots);
     let refuse = |route, reject| Plan {
         origin: None,
+        client,
         step: Step::Refuse(route, reject),
     };
     match req.parse(head) {
@@ -531,14 +758,21 @@ fn plan(head: &[u8], gateway: &Gateway, client: ClientInfo) -> Plan {
         return refuse(None, Reject::Malformed);
     };
     let headers = Headers::new(req.headers);
+    if !gateway.config.trusted_proxies.is_empty() {
+        client.ip = gateway
+            .config
+            .trusted_proxies
+            .client(client.ip, headers.get_all("x-forwarded-for"));
+    }
     let origin_span = headers.get("origin").map(|v| {
         // A value httparse returned lies inside `head`.
         let start = v.as_ptr() as usize - head.as_ptr() as usize;
         start..start + v.len()
     });
-    let step = decide(method, target, req.version, headers, gateway, client);
+    let step = decide(method, target, req.version, headers, gateway, client, sni);
     Plan {
         origin: origin_span,
+        client,
         step,
     }
 }
@@ -550,15 +784,24 @@ fn decide(
     headers: Headers<'_>,
     gateway: &Gateway,
     client: ClientInfo,
+    sni: Option<&str>,
 ) -> Step {
     let Some(snapshot) = gateway.snapshot.load_full() else {
         return Step::Refuse(None, Reject::NotReady);
     };
     let (path, _) = http1::split_target(target);
     let host = request_host(headers.get("host"), target);
+    // A TLS client asks for one host in SNI and another in Host: refused, so one tenant's
+    // certificate cannot front another tenant's route (RFC 9110 §15.5.20).
+    if sni.is_some_and(|name| !name.trim_end_matches('.').eq_ignore_ascii_case(&host)) {
+        return Step::Refuse(None, Reject::Misdirected);
+    }
     let Some(route) = snapshot.table.lookup(&host, path).cloned() else {
         return Step::Refuse(None, Reject::NoRoute);
     };
+    if route.tls_only && sni.is_none() {
+        return Step::Refuse(Some(route), Reject::TlsRequired);
+    }
     // Snapshots are swapped whole; this handshake keeps the route it selected.
     drop(snapshot);
     if version != Some(1) {
@@ -576,6 +819,22 @@ fn decide(
             OriginRejection::Close => Step::CloseAfterUpgrade(route, accept),
         };
     }
+    let admission = match gateway.admissions.admit(
+        &route.label,
+        route.admission,
+        client.ip,
+        std::time::Instant::now(),
+    ) {
+        Ok(slot) => slot.map(Box::new),
+        Err(denied) => {
+            let reject = match denied {
+                Denied::RouteFull => Reject::RouteFull,
+                Denied::ClientConnections => Reject::TooManyConnections,
+                Denied::ClientRate(seconds) => Reject::TooManyHandshakes(seconds),
+            };
+            return Step::Refuse(Some(route), reject);
+        }
+    };
     let subprotocols = match &route.subprotocols {
         Some(allowed) => match handshake::filter_subprotocols(headers, allowed) {
             Some(kept) => Some(kept),
@@ -595,6 +854,7 @@ fn decide(
         request,
         origin,
         accept,
+        admission,
     }
 }
 
@@ -721,7 +981,7 @@ const MAX_REFUSAL_BODY: u64 = 1 << 20;
 /// chunks unchanged until the upstream closes), within `patience`; then closes both. An
 /// upstream that keeps its connection open after a sized body does not hold the client.
 async fn pass_refusal(
-    mut client: TcpStream,
+    mut client: Stream,
     answer: upstream::Answer,
     head: &[u8],
     body: RefusalBody,
@@ -759,7 +1019,7 @@ fn outcome(
     gateway.metrics.handshake(route, result, reason);
     gateway.access.handshake(Handshake {
         route: route.map(|r| &**r),
-        client: client.addr,
+        client: client.ip,
         origin,
         result,
         reason,
@@ -768,7 +1028,7 @@ fn outcome(
 
 /// Answers with a rejection, counts it and closes.
 async fn refuse(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     gateway: &Gateway,
     route: Option<&Route>,
     r: Reject,
@@ -780,10 +1040,10 @@ async fn refuse(
     let name = name.map(|n| &**n);
     match r.blame() {
         handshake::Blame::Downstream => {
-            tracing::debug!(client = %client.addr, route = name.unwrap_or(""), reason = r.reason(), "handshake rejected")
+            tracing::debug!(client = %client.ip, route = name.unwrap_or(""), reason = r.reason(), "handshake rejected")
         }
         _ => {
-            tracing::warn!(client = %client.addr, route = name.unwrap_or(""), reason = r.reason(), "handshake failed")
+            tracing::warn!(client = %client.ip, route = name.unwrap_or(""), reason = r.reason(), "handshake failed")
         }
     }
     let mut response = Vec::with_capacity(256);
@@ -836,7 +1096,7 @@ fn record_relay(
         .inc();
     gw.access.closed(
         route,
-        client.addr,
+        client.ip,
         duration,
         (
             stats.client_to_upstream.bytes,

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use foldhash::HashMap;
 
 use crate::policy::OriginPolicy;
+use crate::tls::{Certificates, UpstreamTls};
 
 /// Identifies a route across snapshots: its namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -102,6 +103,8 @@ pub struct Upstream {
     pub targets: Vec<Target>,
     /// A path that replaces the request path (the request's query is kept).
     pub path: Option<String>,
+    /// TLS to the upstream (`wss://`), verified.
+    pub tls: Option<Arc<UpstreamTls>>,
 }
 
 /// A compiled route: everything the handshake and relay need, nothing from the API.
@@ -123,6 +126,31 @@ pub struct Route {
     pub revoke_on_policy_change: bool,
     /// Limits the relay enforces on each connection.
     pub limits: Limits,
+    /// Limits on how many connections the route and each client hold, and how fast a
+    /// client opens them.
+    pub admission: Admission,
+    /// Served only on the TLS listener (the route has `tls`).
+    pub tls_only: bool,
+}
+
+/// Limits checked before a handshake is forwarded; `None` is off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// Connections the route holds at once (503 beyond).
+    pub max_connections: Option<u32>,
+    /// Connections one client holds on the route at once (429 beyond).
+    pub max_connections_per_client: Option<u32>,
+    /// Handshakes per second one client may start on the route (429 beyond).
+    pub handshakes_per_second_per_client: Option<u32>,
+}
+
+impl Admission {
+    /// Whether any limit is set, so that handshakes of unlimited routes skip the bookkeeping.
+    pub fn any(&self) -> bool {
+        self.max_connections.is_some()
+            || self.max_connections_per_client.is_some()
+            || self.handshakes_per_second_per_client.is_some()
+    }
 }
 
 /// Per-connection limits the relay enforces; `None` is off.
@@ -163,6 +191,8 @@ pub struct RouteTable {
     /// Keyed by the suffix after `*.`.
     wildcard_hosts: HashMap<String, HostRoutes>,
     by_key: HashMap<RouteKey, Arc<Route>>,
+    /// The certificates served on the TLS listener, by hostname.
+    certificates: Certificates,
 }
 
 impl RouteTable {
@@ -172,6 +202,7 @@ impl RouteTable {
             exact_hosts: HashMap::with_capacity_and_hasher(routes, Default::default()),
             wildcard_hosts: HashMap::default(),
             by_key: HashMap::with_capacity_and_hasher(routes, Default::default()),
+            certificates: Certificates::default(),
         }
     }
 
@@ -221,6 +252,23 @@ impl RouteTable {
         None
     }
 
+    /// Serves `key` for `hostnames` on the TLS listener, where no older route already set
+    /// one (compile inserts in age order).
+    pub fn insert_certificate(
+        &mut self,
+        hostnames: &[String],
+        key: &Arc<rustls::sign::CertifiedKey>,
+    ) {
+        for hostname in hostnames {
+            self.certificates.insert(hostname, key.clone());
+        }
+    }
+
+    /// The certificates by hostname.
+    pub fn certificates(&self) -> &Certificates {
+        &self.certificates
+    }
+
     /// The route with this key, if it is in the table.
     pub fn get(&self, key: &RouteKey) -> Option<&Arc<Route>> {
         self.by_key.get(key)
@@ -264,10 +312,13 @@ mod tests {
             upstream: Upstream {
                 targets: vec![],
                 path: None,
+                tls: None,
             },
             subprotocols: None,
             revoke_on_policy_change: true,
             limits: Limits::default(),
+            admission: Admission::default(),
+            tls_only: false,
         }
     }
 

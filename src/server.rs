@@ -53,10 +53,18 @@ impl Server {
     /// Binds both listeners and starts serving.
     pub async fn start(
         listen: SocketAddr,
+        listen_tls: SocketAddr,
         admin: SocketAddr,
         gateway: Arc<Gateway>,
     ) -> Result<Server, BindError> {
         let proxy = bind(listen, "proxy", "--listen").await?;
+        let proxy_tls = bind(listen_tls, "TLS proxy", "--listen-tls").await?;
+        let tls_addr = proxy_tls.local_addr().map_err(|source| BindError {
+            addr: listen_tls,
+            what: "TLS proxy",
+            flag: "--listen-tls",
+            source,
+        })?;
         let admin = bind(admin, "admin endpoints", "--admin").await?;
         let proxy_addr = proxy.local_addr().map_err(|source| BindError {
             addr: listen,
@@ -70,11 +78,30 @@ impl Server {
             flag: "--admin",
             source,
         })?;
-        tracing::info!(address = %proxy_addr, "proxy listening");
+        let config = gateway.config();
+        tracing::info!(
+            address = %proxy_addr,
+            max_connections = config.max_connections,
+            proxy_protocol = config.proxy_protocol,
+            trusted_proxies = %config.trusted_proxies,
+            "proxy listening"
+        );
+        tracing::info!(address = %tls_addr, "tls listening");
         tracing::info!(address = %admin_addr, "admin listening");
         let (stop, stop_rx) = watch::channel(false);
         let tasks = vec![
-            tokio::spawn(crate::proxy::serve(proxy, gateway.clone(), stop_rx.clone())),
+            tokio::spawn(crate::proxy::serve(
+                proxy,
+                gateway.clone(),
+                None,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(crate::proxy::serve(
+                proxy_tls,
+                gateway.clone(),
+                Some(crate::proxy::tls_acceptor(gateway.clone())),
+                stop_rx.clone(),
+            )),
             tokio::spawn(crate::admin::serve(admin, gateway.clone(), stop_rx)),
         ];
         Ok(Server {

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::compile::{Backends, Verdict, compile, condition};
+use crate::compile::{Backends, SecretData, Verdict, compile, condition};
 use crate::config::{ServiceMapping, StandaloneArgs};
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
@@ -66,10 +66,50 @@ pub fn backends(mappings: &[ServiceMapping]) -> Backends {
     backends
 }
 
+/// Reads the Secrets under a `--secret-dir`: each directory NAME (not hidden) is Secret NAME,
+/// each file in it (not hidden; symbolic links followed, as in a mounted Secret volume) one
+/// data key. Unreadable entries are logged and left out.
+pub fn read_secrets(dir: &Path) -> Vec<(String, SecretData)> {
+    let visible = |e: &std::fs::DirEntry| !e.file_name().to_string_lossy().starts_with('.');
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot read the secret directory");
+            return Vec::new();
+        }
+    };
+    let mut secrets = Vec::new();
+    for entry in entries.flatten().filter(visible) {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        let mut data = SecretData::new();
+        for file in std::fs::read_dir(&path).into_iter().flatten().flatten() {
+            if !visible(&file) || !file.path().is_file() {
+                continue;
+            }
+            match std::fs::read(file.path()) {
+                Ok(bytes) => {
+                    data.insert(file.file_name().to_string_lossy().into_owned(), bytes);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %file.path().display(), error = %e, "cannot read a secret file")
+                }
+            }
+        }
+        secrets.push((entry.file_name().to_string_lossy().into_owned(), data));
+    }
+    secrets.sort_by(|a, b| a.0.cmp(&b.0));
+    secrets
+}
+
 /// Loads routes from files and publishes compiled snapshots to a gateway.
 pub struct FileRoutes {
     source: FileSource,
     backends: Backends,
+    /// `--secret-dir`, read at every reload.
+    secret_dir: Option<PathBuf>,
     gateway: Arc<Gateway>,
     version: u64,
     /// What the last published snapshot was built from, to skip no-op reloads.
@@ -82,11 +122,13 @@ impl FileRoutes {
     pub fn load(
         path: PathBuf,
         backends: Backends,
+        secret_dir: Option<PathBuf>,
         gateway: Arc<Gateway>,
     ) -> Result<FileRoutes, SourceError> {
         let mut routes = FileRoutes {
             source: FileSource::new(path),
             backends,
+            secret_dir,
             gateway,
             version: 0,
             fingerprint: String::new(),
@@ -119,7 +161,16 @@ impl FileRoutes {
         let declared = self.source.routes();
         let problems = self.source.problems();
         let routes: Vec<_> = declared.into_iter().map(|r| r.route).collect();
-        let fingerprint = serde_json::to_string(&(&routes, &problems)).unwrap_or_default();
+        let secrets = self
+            .secret_dir
+            .as_deref()
+            .map(read_secrets)
+            .unwrap_or_default();
+        let fingerprint = format!(
+            "{}{:x}",
+            serde_json::to_string(&(&routes, &problems)).unwrap_or_default(),
+            digest(&secrets)
+        );
         if self.version > 0 && fingerprint == self.fingerprint {
             return false;
         }
@@ -132,7 +183,18 @@ impl FileRoutes {
                 "route file does not parse; the routes it last declared keep serving"
             );
         }
-        let compiled = compile(&routes, &self.backends);
+        // One operator owns every file here, so a Secret serves routes of any namespace.
+        let mut backends = self.backends.clone();
+        let namespaces: std::collections::BTreeSet<&str> = routes
+            .iter()
+            .map(|r| r.metadata.namespace.as_deref().unwrap_or("default"))
+            .collect();
+        for (name, data) in &secrets {
+            for namespace in &namespaces {
+                backends.insert_secret(namespace, name, data.clone());
+            }
+        }
+        let compiled = compile(&routes, &backends);
         self.log_changes(&compiled.verdicts);
         self.version += 1;
         let snapshot = Snapshot::new(self.version, compiled, problems);
@@ -169,22 +231,20 @@ impl FileRoutes {
     }
 }
 
+/// A digest of Secrets' contents, to tell a changed Secret from an unrelated file event.
+fn digest(secrets: &[(String, SecretData)]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    secrets.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Watches `path` (a file or a directory) and sends a message on every change. The watcher
 /// stops when the returned value is dropped.
 fn watch(
     path: &Path,
     tx: mpsc::UnboundedSender<()>,
 ) -> Result<notify::RecommendedWatcher, StandaloneError> {
-    let watch_err = |source| StandaloneError::Watch {
-        path: path.to_owned(),
-        source,
-    };
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = tx.send(());
-        }
-    })
-    .map_err(watch_err)?;
     // Editors replace a file by renaming a new one over it, which ends a watch on the file
     // itself; watching its directory survives that.
     let dir = if path.is_dir() {
@@ -195,9 +255,34 @@ fn watch(
             .unwrap_or(Path::new("."))
             .to_owned()
     };
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(watch_err)?;
+    watcher(&dir, RecursiveMode::NonRecursive, tx)
+}
+
+/// Watches the directory tree `dir` (a mounted Secret's files change by swapping a `..data`
+/// link inside its directory, one level down) and sends a message on every change.
+fn watch_tree(
+    dir: &Path,
+    tx: mpsc::UnboundedSender<()>,
+) -> Result<notify::RecommendedWatcher, StandaloneError> {
+    watcher(dir, RecursiveMode::Recursive, tx)
+}
+
+fn watcher(
+    dir: &Path,
+    mode: RecursiveMode,
+    tx: mpsc::UnboundedSender<()>,
+) -> Result<notify::RecommendedWatcher, StandaloneError> {
+    let watch_err = |source| StandaloneError::Watch {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(watch_err)?;
+    watcher.watch(dir, mode).map_err(watch_err)?;
     Ok(watcher)
 }
 
@@ -208,13 +293,28 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     let mut routes = FileRoutes::load(
         args.routes.clone(),
         backends(&args.services),
+        args.secret_dir.clone(),
         gateway.clone(),
     )?;
-    let server = Server::start(args.serve.listen, args.serve.admin, gateway).await?;
+    let server = Server::start(
+        args.serve.listen,
+        args.serve.listen_tls,
+        args.serve.admin,
+        gateway.clone(),
+    )
+    .await?;
 
     let (tx, mut changes) = mpsc::unbounded_channel();
-    let _watcher = watch(&args.routes, tx)?;
+    let _watcher = watch(&args.routes, tx.clone())?;
     tracing::info!(path = %args.routes.display(), "watching route files");
+    let _secret_watcher = match &args.secret_dir {
+        Some(dir) => {
+            let watcher = watch_tree(dir, tx)?;
+            tracing::info!(path = %dir.display(), "watching secrets");
+            Some(watcher)
+        }
+        None => None,
+    };
     // Catch an edit made between the first load and the start of the watch.
     routes.reload();
 

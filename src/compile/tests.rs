@@ -231,7 +231,11 @@ fn url_path_and_default_port() {
     let u = parse_url("ws://[::1]:9000").expect("valid");
     assert_eq!(u.targets[0].to_string(), "[::1]:9000");
     assert_eq!(u.path, None);
-    assert!(matches!(parse_url("wss://a:1"), Err(InvalidUrl::Scheme(_))));
+    assert_eq!(parse_url("wss://a").expect("wss").targets[0].port, 443);
+    assert!(matches!(
+        parse_url("http://a:1"),
+        Err(InvalidUrl::Scheme(_))
+    ));
     assert!(matches!(
         parse_url("ws://a:1/x?y=1"),
         Err(InvalidUrl::Query(_))

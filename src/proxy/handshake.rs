@@ -31,6 +31,22 @@ pub enum Reject {
     OriginDenied,
     /// The client offered no subprotocol the route allows.
     SubprotocolDenied,
+    /// The route holds its `maxConnections`.
+    RouteFull,
+    /// The client holds its `maxConnectionsPerClient` on the route.
+    TooManyConnections,
+    /// The client started handshakes faster than `handshakesPerSecondPerClient`; the next is
+    /// allowed after this many seconds.
+    TooManyHandshakes(u32),
+    /// The gateway holds its `--max-connections`.
+    Overloaded,
+    /// A TLS client's `Host` is not the name it asked for in SNI.
+    Misdirected,
+    /// The route is served only over TLS, and this request came in plain.
+    TlsRequired,
+    /// The TLS handshake with the upstream failed (its certificate did not verify, or it
+    /// does not speak TLS).
+    UpstreamTls,
     /// The route's backend has no address (unresolved service).
     NoUpstream,
     /// Connecting to the upstream failed.
@@ -59,13 +75,22 @@ impl Reject {
             Reject::Malformed => StatusCode::BAD_REQUEST,
             Reject::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
-            Reject::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Reject::NotReady | Reject::RouteFull | Reject::Overloaded => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Reject::TooManyConnections | Reject::TooManyHandshakes(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             Reject::NotWebSocket | Reject::BadVersion => StatusCode::UPGRADE_REQUIRED,
             Reject::BadKey => StatusCode::BAD_REQUEST,
-            Reject::OriginDenied | Reject::SubprotocolDenied => StatusCode::FORBIDDEN,
-            Reject::NoUpstream | Reject::UpstreamUnreachable | Reject::UpstreamInvalid => {
-                StatusCode::BAD_GATEWAY
+            Reject::OriginDenied | Reject::SubprotocolDenied | Reject::TlsRequired => {
+                StatusCode::FORBIDDEN
             }
+            Reject::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Reject::NoUpstream
+            | Reject::UpstreamUnreachable
+            | Reject::UpstreamInvalid
+            | Reject::UpstreamTls => StatusCode::BAD_GATEWAY,
             Reject::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
@@ -82,6 +107,13 @@ impl Reject {
             Reject::BadKey => "bad_key",
             Reject::OriginDenied => "origin_not_allowed",
             Reject::SubprotocolDenied => "subprotocol_not_allowed",
+            Reject::RouteFull => "route_full",
+            Reject::TooManyConnections => "client_connections",
+            Reject::TooManyHandshakes(_) => "client_rate",
+            Reject::Overloaded => "gateway_full",
+            Reject::Misdirected => "misdirected_request",
+            Reject::TlsRequired => "tls_required",
+            Reject::UpstreamTls => "upstream_tls",
             Reject::NoUpstream => "no_upstream",
             Reject::UpstreamUnreachable => "upstream_unreachable",
             Reject::UpstreamTimeout => "upstream_timeout",
@@ -101,6 +133,13 @@ impl Reject {
             Reject::BadKey => "invalid Sec-WebSocket-Key\n",
             Reject::OriginDenied => "origin not allowed\n",
             Reject::SubprotocolDenied => "subprotocol not allowed\n",
+            Reject::RouteFull => "route at its connection limit: retry later\n",
+            Reject::TooManyConnections => "too many connections from this client\n",
+            Reject::TooManyHandshakes(_) => "too many handshakes from this client: slow down\n",
+            Reject::Overloaded => "gateway at its connection limit: retry later\n",
+            Reject::Misdirected => "Host does not match the TLS server name\n",
+            Reject::TlsRequired => "this route is served over TLS only: use wss://\n",
+            Reject::UpstreamTls => "upstream TLS handshake failed\n",
             Reject::NoUpstream => "no upstream available\n",
             Reject::UpstreamUnreachable => "upstream unreachable\n",
             Reject::UpstreamTimeout => "upstream timed out\n",
@@ -114,7 +153,8 @@ impl Reject {
             Reject::NoUpstream
             | Reject::UpstreamUnreachable
             | Reject::UpstreamTimeout
-            | Reject::UpstreamInvalid => Blame::Upstream,
+            | Reject::UpstreamInvalid
+            | Reject::UpstreamTls => Blame::Upstream,
             Reject::NotReady => Blame::Internal,
             _ => Blame::Downstream,
         }
@@ -150,7 +190,15 @@ impl Reject {
             Reject::NotWebSocket => http1::put_header(out, "upgrade", b"websocket"),
             // RFC 6455 §4.4: answer with the versions the server supports.
             Reject::BadVersion => http1::put_header(out, "sec-websocket-version", b"13"),
-            Reject::NotReady => http1::put_header(out, "retry-after", b"1"),
+            Reject::NotReady
+            | Reject::RouteFull
+            | Reject::TooManyConnections
+            | Reject::Overloaded => http1::put_header(out, "retry-after", b"1"),
+            Reject::TooManyHandshakes(seconds) => http1::put_header(
+                out,
+                "retry-after",
+                http1::itoa(u64::from(seconds), &mut [0; 20]),
+            ),
             _ => {}
         }
         out.extend_from_slice(b"\r\n");

@@ -170,10 +170,13 @@ mod tests {
             upstream: Upstream {
                 targets: vec![],
                 path: None,
+                tls: None,
             },
             subprotocols: None,
             revoke_on_policy_change: revoke,
             limits: Default::default(),
+            admission: Default::default(),
+            tls_only: false,
         }
     }
 

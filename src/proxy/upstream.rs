@@ -2,7 +2,7 @@
 //! client's upgrade request with forwarding headers (DESIGN §5 step 6). Knows HTTP and
 //! sockets; knows nothing of origins or routes' policies.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use prometheus_client::metrics::histogram::Histogram;
@@ -10,7 +10,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::handshake::Reject;
-use super::http1::{self, Headers};
+use super::http1::{self, Headers, Prefixed};
+use super::stream::Stream;
 use crate::route::{Target, Upstream};
 
 /// Largest upstream response head accepted, in bytes.
@@ -36,8 +37,12 @@ pub struct UpstreamTimeouts {
 /// What the client is and how it came in, for the forwarding headers.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
-    /// The client's address (the socket peer).
+    /// Where the connection came from: the socket peer, or with `--proxy-protocol` the
+    /// source the load balancer names. `X-Forwarded-For` is appended with its address.
     pub addr: SocketAddr,
+    /// The client: `addr`'s address, unless `addr` is a trusted proxy and
+    /// `X-Forwarded-For` names someone further away. `X-Real-IP`, limits and logs use it.
+    pub ip: IpAddr,
     /// `http` or `https`: the listener the client used.
     pub proto: &'static str,
 }
@@ -75,7 +80,7 @@ pub fn forward_request(
         http1::put_header(&mut out, "sec-websocket-protocol", p.as_bytes());
     }
 
-    let ip = client.addr.ip().to_string();
+    let hop = client.addr.ip().to_string();
     out.extend_from_slice(b"x-forwarded-for: ");
     for prior in headers.get_all("x-forwarded-for") {
         let prior = prior.trim_ascii();
@@ -84,9 +89,9 @@ pub fn forward_request(
             out.extend_from_slice(b", ");
         }
     }
-    out.extend_from_slice(ip.as_bytes());
+    out.extend_from_slice(hop.as_bytes());
     out.extend_from_slice(b"\r\n");
-    http1::put_header(&mut out, "x-real-ip", ip.as_bytes());
+    http1::put_header(&mut out, "x-real-ip", client.ip.to_string().as_bytes());
     http1::put_header(&mut out, "x-forwarded-proto", client.proto.as_bytes());
     if let Some(host) = headers.get("host") {
         http1::put_header(&mut out, "x-forwarded-host", host);
@@ -140,7 +145,7 @@ async fn connect<'a>(
 #[derive(Debug)]
 pub struct Answer {
     /// The connection, positioned after the response head.
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// The response head, then whatever followed it in the same reads.
     pub buf: Vec<u8>,
     /// The head's length in `buf`.
@@ -155,17 +160,31 @@ pub async fn send(
     timeouts: UpstreamTimeouts,
     connect_latency: &Histogram,
 ) -> Result<Answer, Reject> {
-    let (mut stream, target) =
-        connect(&upstream.targets, timeouts.connect, connect_latency).await?;
+    let (tcp, target) = connect(&upstream.targets, timeouts.connect, connect_latency).await?;
     // Small frames must not wait for Nagle's algorithm.
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let mut buf = Vec::new();
     let exchange = async {
+        let mut stream = match &upstream.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => {
+                let connector = tokio_rustls::TlsConnector::from(tls.client_config());
+                let io = Prefixed::new(tcp, &[]);
+                let secured = connector
+                    .connect(tls.server_name.clone(), io)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(%target, server_name = ?tls.server_name, error = %e, "upstream TLS handshake failed");
+                        Reject::UpstreamTls
+                    })?;
+                Stream::Tls(Box::new(secured.into()))
+            }
+        };
         stream.write_all(request).await.map_err(|e| {
             tracing::debug!(%target, error = %e, "sending the handshake upstream failed");
             Reject::UpstreamUnreachable
         })?;
-        http1::read_head(&mut stream, &mut buf, MAX_RESPONSE_HEAD)
+        let head_len = http1::read_head(&mut stream, &mut buf, MAX_RESPONSE_HEAD)
             .await
             .map_err(|e| {
                 tracing::debug!(%target, error = %e, "no response head from the upstream");
@@ -173,9 +192,10 @@ pub async fn send(
                     http1::HeadError::TooLarge(_) => Reject::UpstreamInvalid,
                     _ => Reject::UpstreamUnreachable,
                 }
-            })
+            })?;
+        Ok((stream, head_len))
     };
-    let head_len = tokio::time::timeout(timeouts.response, exchange)
+    let (stream, head_len) = tokio::time::timeout(timeouts.response, exchange)
         .await
         .map_err(|_| Reject::UpstreamTimeout)??;
     Ok(Answer {
@@ -192,6 +212,7 @@ mod tests {
     fn client() -> ClientInfo {
         ClientInfo {
             addr: "192.0.2.7:5555".parse().expect("addr"),
+            ip: "192.0.2.7".parse().expect("ip"),
             proto: "http",
         }
     }
@@ -200,6 +221,7 @@ mod tests {
         Upstream {
             targets: vec![],
             path: path.map(str::to_owned),
+            tls: None,
         }
     }
 

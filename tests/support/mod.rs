@@ -29,6 +29,8 @@ pub const PATIENCE: Duration = Duration::from_secs(20);
 pub struct Gate {
     child: Child,
     pub proxy: SocketAddr,
+    /// The TLS listener.
+    pub tls: SocketAddr,
     pub admin: SocketAddr,
     log: Arc<Mutex<String>>,
     _dir: Option<tempfile::TempDir>,
@@ -85,7 +87,14 @@ impl Gate {
     pub async fn spawn(args: &[std::ffi::OsString], env: &[(&str, &std::ffi::OsStr)]) -> Gate {
         let mut child = Command::new(bin())
             .args(args)
-            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--listen-tls",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+            ])
             // Debug logs unless the caller chose a level (flag or environment).
             .args(
                 if env.iter().any(|(k, _)| *k == "WSGATE_LOG") || args.iter().any(|a| a == "--log")
@@ -117,9 +126,9 @@ impl Gate {
                 }
             });
         }
-        let (mut proxy, mut admin) = (None, None);
+        let (mut proxy, mut tls, mut admin) = (None, None, None);
         let found = tokio::time::timeout(PATIENCE, async {
-            while proxy.is_none() || admin.is_none() {
+            while proxy.is_none() || tls.is_none() || admin.is_none() {
                 let Some(line) = rx.recv().await else { break };
                 // Text (`address=...`) or JSON (`"address":"..."`) log lines.
                 let addr = || -> Option<SocketAddr> {
@@ -135,19 +144,22 @@ impl Gate {
                 };
                 if line.contains("proxy listening") {
                     proxy = addr();
+                } else if line.contains("tls listening") {
+                    tls = addr();
                 } else if line.contains("admin listening") {
                     admin = addr();
                 }
             }
         })
         .await;
-        let (Ok(()), Some(proxy), Some(admin)) = (found, proxy, admin) else {
+        let (Ok(()), Some(proxy), Some(tls), Some(admin)) = (found, proxy, tls, admin) else {
             let _ = child.kill();
             panic!("wsgate did not start: {}", log.lock().expect("log"));
         };
         Gate {
             child,
             proxy,
+            tls,
             admin,
             log,
             _dir: None,
@@ -274,6 +286,28 @@ impl Upstream {
 
     /// An echo upstream on `addr` (`host:port`).
     pub async fn start_on_addr(addr: &str) -> Upstream {
+        Upstream::serve(addr, None).await
+    }
+
+    /// An echo upstream speaking TLS with this certificate and key (PEM).
+    pub async fn start_tls(cert_pem: &str, key_pem: &str) -> Upstream {
+        use rustls::pki_types::pem::PemObject;
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate");
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).expect("key");
+        let config = rustls::ServerConfig::builder_with_provider(wsgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        Upstream::serve("127.0.0.1:0", Some(acceptor)).await
+    }
+
+    async fn serve(addr: &str, tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
         let listener = TcpListener::bind(addr)
             .await
             .unwrap_or_else(|e| panic!("cannot listen on {addr}: {e}"));
@@ -282,7 +316,15 @@ impl Upstream {
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
                 let tx = tx.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
+                    let stream: Box<dyn Io> = match tls {
+                        None => Box::new(stream),
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(s) => Box::new(s),
+                            Err(_) => return,
+                        },
+                    };
                     #[allow(clippy::result_large_err)] // the callback's type is tungstenite's
                     let callback = |req: &Request, mut resp: Response| {
                         let _ = tx.send(Seen {
@@ -337,6 +379,96 @@ impl Upstream {
 }
 
 pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A byte stream the test upstream serves, plain or TLS.
+pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// A certificate authority for tests, issuing server certificates.
+pub struct TestCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    /// The CA certificate, PEM.
+    pub pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> TestCa {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "wsgate test CA");
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let pem = params.self_signed(&key).expect("CA certificate").pem();
+        TestCa { params, key, pem }
+    }
+
+    /// A server certificate for `names`, and its key (PEM).
+    pub fn issue(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let params = rcgen::CertificateParams::new(names).expect("params");
+        let key = rcgen::KeyPair::generate().expect("key");
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A TLS client configuration trusting only this CA.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(
+                rustls::pki_types::CertificateDer::from_pem_slice(self.pem.as_bytes()).expect("CA"),
+            )
+            .expect("anchor");
+        let mut config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// A TLS connection to `addr` asking for `sni`, trusting `ca`; the TLS error if the
+/// handshake fails.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    sni: &str,
+    ca: &TestCa,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config());
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).expect("server name");
+    connector.connect(name, tcp).await
+}
+
+/// Opens a WebSocket over `tls` to `host` + `path` with `origin`; the HTTP status when it
+/// is refused.
+pub async fn ws_over<S>(
+    tls: S,
+    host: &str,
+    path: &str,
+    origin: &str,
+) -> Result<WebSocketStream<S>, u16>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("wss://{host}{path}")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut()
+        .insert("origin", origin.parse().expect("origin"));
+    match tokio_tungstenite::client_async(req, tls).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("handshake failed unexpectedly: {e}"),
+    }
+}
 
 /// Opens a WebSocket through the gateway to `host` + `path`, with optional Origin and
 /// extra headers. Returns the client or the HTTP status of the refusal.
