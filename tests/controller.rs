@@ -622,6 +622,7 @@ fn cluster_role(with_slices: bool) -> k8s_openapi::api::rbac::v1::ClusterRole {
         serde_json::json!({"apiGroups": ["wsgate.dev"], "resources": ["websocketroutes"], "verbs": ["get", "list", "watch"]}),
         serde_json::json!({"apiGroups": ["wsgate.dev"], "resources": ["websocketroutes/status"], "verbs": ["patch"]}),
         serde_json::json!({"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]}),
+        serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}),
         serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]}),
         serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
     ];
@@ -790,4 +791,92 @@ async fn every_metric_the_grafana_dashboard_queries_is_exported() {
         }
     }
     assert!(queried >= 12, "{queried}");
+}
+
+/// A `kubernetes.io/tls` Secret with this certificate and key (PEM), created or replaced.
+async fn tls_secret(client: &kube::Client, name: &str, cert: &str, key: &str) {
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert, "tls.key": key},
+    }))
+    .expect("secret");
+    secrets
+        .patch(
+            name,
+            &PatchParams::apply("wsgate-tests").force(),
+            &Patch::Apply(&secret),
+        )
+        .await
+        .expect("apply secret");
+}
+
+#[tokio::test]
+async fn a_tls_route_waits_for_its_secret_then_serves_and_follows_its_rotation() {
+    let (plane, client) = ControlPlane::with_crd().await;
+    let up = Upstream::start().await;
+    let gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
+    let mut r = route("chat", &up.url());
+    r.spec.tls = Some(wsgate::api::TlsSpec {
+        secret_name: "chat-tls".into(),
+    });
+    api.create(&PostParams::default(), &r)
+        .await
+        .expect("create route");
+    let waiting = wait_ready(&api, "chat", "False").await;
+    let refs = condition(&waiting, "ResolvedRefs");
+    assert_eq!(
+        (refs.status.as_str(), refs.reason.as_str()),
+        ("False", "SecretNotFound")
+    );
+    assert!(
+        refs.message.contains("default/chat-tls"),
+        "{}",
+        refs.message
+    );
+    let ca = TestCa::new();
+    assert!(tls_connect(gate.tls, HOST, &ca).await.is_err());
+
+    tls_secret(&client, "chat-tls", "not a certificate", "nor a key").await;
+    gate.wait_for(
+        || async {
+            let r = api.get("chat").await.expect("get");
+            r.status
+                .is_some_and(|s| s.conditions.iter().any(|c| c.reason == "InvalidSecret"))
+        },
+        "a malformed Secret is InvalidSecret",
+    )
+    .await;
+
+    let (cert, key) = ca.issue(&[HOST]);
+    tls_secret(&client, "chat-tls", &cert, &key).await;
+    wait_ready(&api, "chat", "True").await;
+    let tls = tls_connect(gate.tls, HOST, &ca).await.expect("TLS");
+    let mut live = ws_over(tls, HOST, "/ws", APP).await.expect("upgrade");
+
+    let (rotated, rotated_key) = ca.issue(&[HOST]);
+    tls_secret(&client, "chat-tls", &rotated, &rotated_key).await;
+    let expected = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(rotated.as_bytes())
+            .expect("pem")
+            .to_vec()
+    };
+    gate.wait_for(
+        || async {
+            let tls = tls_connect(gate.tls, HOST, &ca).await.expect("TLS");
+            tls.get_ref().1.peer_certificates().expect("certs")[0].as_ref() == expected.as_slice()
+        },
+        "new handshakes get the rotated certificate",
+    )
+    .await;
+    live.send(Message::text("still here")).await.expect("send");
+    assert_eq!(
+        live.next().await.expect("reply").expect("ok"),
+        Message::text("still here")
+    );
 }

@@ -1,5 +1,5 @@
-//! Routes from the Kubernetes API server: reflectors over `WebSocketRoute`, `Service` and
-//! `EndpointSlice` objects feed the same pure compile step as standalone mode. Every change
+//! Routes from the Kubernetes API server: reflectors over `WebSocketRoute`, `Service`,
+//! `EndpointSlice` and `Secret` objects feed the same pure compile step as standalone mode. Every change
 //! that can alter a verdict publishes a new snapshot; changes that cannot (a route's status,
 //! a Service no route names) are ignored. Writing status back is `controller::report`'s job.
 
@@ -10,7 +10,7 @@ use std::time::Instant;
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Service, ServiceSpec};
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use kube::api::{Api, ListParams};
 use kube::runtime::WatchStreamExt;
@@ -20,7 +20,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
-use crate::api::{UpstreamSpec, WebSocketRoute};
+use crate::api::WebSocketRoute;
 use crate::compile::{Backends, compile, key_of};
 use crate::proxy::Gateway;
 use crate::route::RouteKey;
@@ -39,12 +39,17 @@ pub enum KubeSourceError {
     NoCrd(kube::Error),
 }
 
-/// Watches routes, Services and EndpointSlices in the given namespaces (or all).
+/// Helm keeps every release's manifests in Secrets of this type, often large; no route can
+/// use one, so they are not watched.
+const HELM_RELEASE_TYPE: &str = "helm.sh/release.v1";
+
+/// Watches routes, Services, EndpointSlices and Secrets in the given namespaces (or all).
 pub struct KubeRoutes {
     gateway: Arc<Gateway>,
     routes: Stores<WebSocketRoute>,
     services: Stores<Service>,
     slices: Stores<EndpointSlice>,
+    secrets: Stores<Secret>,
     /// Every watch's events, merged; `Listed(i)` counts up to `watches`.
     events: BoxStream<'static, Change>,
     watches: usize,
@@ -77,7 +82,7 @@ impl<K: reflector::Lookup<DynamicType = ()> + Clone + 'static> Stores<K> {
     }
 }
 
-/// A Service's namespace and name.
+/// A referenced object's namespace and name (a Service or a Secret).
 type ServiceKey = (String, String);
 
 /// A route's uid and generation: they change when it is recreated or its spec changes.
@@ -90,7 +95,7 @@ enum Change {
     Listed(usize),
     /// A route's spec (generation) changed, it appeared, or it went.
     Route,
-    /// A Service or EndpointSlice of this Service changed.
+    /// A Service or EndpointSlice of this Service changed, or the Secret of this name.
     Backend(ServiceKey),
     /// Nothing a verdict depends on (a status write, a bookmark, initial-list items).
     Nothing,
@@ -116,12 +121,15 @@ impl KubeRoutes {
                 .map_err(KubeSourceError::NoCrd)?;
         }
         let n = scopes.len();
-        let (routes, route_events) = watch_kind(&client, &scopes, 0);
-        let (services, service_events) = watch_kind(&client, &scopes, n);
-        let (slices, slice_events) = watch_kind(&client, &scopes, 2 * n);
+        let all = watcher::Config::default();
+        let (routes, route_events) = watch_kind(&client, &scopes, 0, &all);
+        let (services, service_events) = watch_kind(&client, &scopes, n, &all);
+        let (slices, slice_events) = watch_kind(&client, &scopes, 2 * n, &all);
+        let usable = watcher::Config::default().fields(&format!("type!={HELM_RELEASE_TYPE}"));
+        let (secrets, secret_events) = watch_kind(&client, &scopes, 3 * n, &usable);
         let events = futures_util::stream::select(
             futures_util::stream::select(route_events, service_events),
-            slice_events,
+            futures_util::stream::select(slice_events, secret_events),
         )
         .boxed();
         Ok(KubeRoutes {
@@ -129,8 +137,9 @@ impl KubeRoutes {
             routes,
             services,
             slices,
+            secrets,
             events,
-            watches: 3 * n,
+            watches: 4 * n,
         })
     }
 
@@ -149,6 +158,7 @@ impl KubeRoutes {
             routes: route_stores,
             services,
             slices,
+            secrets,
             mut events,
             watches,
         } = self;
@@ -180,13 +190,14 @@ impl KubeRoutes {
                 continue;
             }
             let routes = route_stores.owned_if(|_| true);
-            referenced = services_named_by(&routes);
+            referenced = references_of(&routes);
             // Only what routes name goes into the compile step.
             let named = |o: &dyn Watched| matches!(o.change(), Change::Backend(service) if referenced.contains(&service));
-            let backends = Backends::from_cluster(
+            let mut backends = Backends::from_cluster(
                 &services.owned_if(|s| named(s)),
                 &slices.owned_if(|s| named(s)),
             );
+            backends.insert_cluster_secrets(&secrets.owned_if(|s| named(s)));
             version += 1;
             gateway.publish(Snapshot::new(
                 version,
@@ -220,6 +231,7 @@ fn watch_kind<K>(
     client: &Client,
     scopes: &[Option<&str>],
     first: usize,
+    config: &watcher::Config,
 ) -> (Stores<K>, impl Stream<Item = Change> + Send + 'static)
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -236,7 +248,7 @@ where
     for (i, scope) in scopes.iter().enumerate() {
         let (store, writer) = reflector::store();
         stores.push(store);
-        let events = watcher::watcher(api::<K>(client, *scope), watcher::Config::default());
+        let events = watcher::watcher(api::<K>(client, *scope), config.clone());
         streams.push(watched(writer, events, first + i).boxed());
     }
     (Stores(stores), futures_util::stream::select_all(streams))
@@ -329,6 +341,19 @@ impl Watched for EndpointSlice {
     }
 }
 
+impl Watched for Secret {
+    fn change(&self) -> Change {
+        Change::Backend((self.namespace().unwrap_or_default(), self.name_any()))
+    }
+
+    fn trim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        self.metadata.labels = None;
+        self.string_data = None;
+    }
+}
+
 /// Whether the set of routes or any route's spec differs from `generations`, which it then
 /// records. Status writes change neither, so they do not recompile.
 fn routes_changed(
@@ -346,21 +371,26 @@ fn routes_changed(
     changed
 }
 
-/// The Services that `routes` send traffic to.
-fn services_named_by(routes: &[WebSocketRoute]) -> HashSet<ServiceKey> {
-    routes
-        .iter()
-        .filter_map(|r| {
-            let UpstreamSpec {
-                service: Some(service),
-                ..
-            } = &r.spec.upstream
-            else {
-                return None;
-            };
-            Some((r.namespace().unwrap_or_default(), service.name.clone()))
-        })
-        .collect()
+/// The Services and Secrets routes name, each in its route's namespace: a route can only
+/// reference its own namespace's objects.
+fn references_of(routes: &[WebSocketRoute]) -> HashSet<ServiceKey> {
+    let mut names = HashSet::new();
+    for r in routes {
+        let namespace = r.namespace().unwrap_or_default();
+        let spec = &r.spec;
+        let referenced = [
+            spec.upstream.service.as_ref().map(|s| &s.name),
+            spec.tls.as_ref().map(|t| &t.secret_name),
+            spec.upstream
+                .tls
+                .as_ref()
+                .and_then(|t| t.ca_secret_name.as_ref()),
+        ];
+        for name in referenced.into_iter().flatten() {
+            names.insert((namespace.clone(), name.clone()));
+        }
+    }
+    names
 }
 
 #[cfg(test)]
@@ -414,22 +444,31 @@ mod tests {
     }
 
     #[test]
-    fn only_services_that_routes_name_are_referenced() {
-        let route = |upstream: serde_json::Value| -> WebSocketRoute {
+    fn only_services_and_secrets_that_routes_name_are_referenced() {
+        let route = |spec: serde_json::Value| -> WebSocketRoute {
+            let mut full = serde_json::json!({"hostnames": ["a.example.com"]});
+            full.as_object_mut()
+                .expect("object")
+                .extend(spec.as_object().expect("object").clone());
             serde_json::from_value(serde_json::json!({
                 "apiVersion": "wsgate.dev/v1alpha1", "kind": "WebSocketRoute",
                 "metadata": {"name": "r", "namespace": "apps"},
-                "spec": {"hostnames": ["a.example.com"], "upstream": upstream},
+                "spec": full,
             }))
             .expect("route")
         };
-        let named = services_named_by(&[
-            route(serde_json::json!({"service": {"name": "chat", "port": 80}})),
-            route(serde_json::json!({"url": "ws://10.0.0.1:80"})),
+        let named = references_of(&[
+            route(serde_json::json!({"upstream": {"service": {"name": "chat", "port": 80}}})),
+            route(serde_json::json!({"upstream": {"url": "ws://10.0.0.1:80"}})),
+            route(serde_json::json!({
+                "upstream": {"url": "wss://b.internal", "tls": {"caSecretName": "b-ca"}},
+                "tls": {"secretName": "a-tls"},
+            })),
         ]);
+        let key = |name: &str| ("apps".to_owned(), name.to_owned());
         assert_eq!(
             named,
-            HashSet::from([("apps".to_owned(), "chat".to_owned())])
+            HashSet::from([key("chat"), key("a-tls"), key("b-ca")])
         );
     }
 }
