@@ -327,6 +327,8 @@ pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
         }
     }
     let mut table = RouteTable::with_capacity(checked.len());
+    // Which route's Secret serves each hostname on the TLS listener: the oldest's.
+    let mut certificate_of: HashMap<String, (RouteKey, String)> = HashMap::new();
     for i in order {
         let c = &mut checked[i];
         c.conflict = conflicts[i].take();
@@ -334,7 +336,18 @@ pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
             && let Some(valid) = c.valid.take()
         {
             c.programmed = true;
-            if let Some(key) = &valid.certificate {
+            if let Some((key, secret)) = &valid.certificate {
+                for h in &valid.hostnames {
+                    match certificate_of.get(h) {
+                        Some((owner, theirs)) if theirs != secret => c.warnings.push(format!(
+                            "hostname {h} is served with the certificate of route {owner} (Secret {theirs}), which is older; this route's Secret {secret} is not used for it"
+                        )),
+                        Some(_) => {}
+                        None => {
+                            certificate_of.insert(h.clone(), (c.key.clone(), secret.clone()));
+                        }
+                    }
+                }
                 table.insert_certificate(&valid.hostnames, key);
             }
             table.insert(&valid.hostnames, &valid.path, valid.route);
@@ -398,8 +411,9 @@ struct ValidRoute {
     hostnames: Vec<String>,
     path: PathRule,
     route: Route,
-    /// The route's TLS certificate, when it has `tls` and its Secret is usable.
-    certificate: Option<Arc<CertifiedKey>>,
+    /// The route's TLS certificate and its Secret (`namespace/name`), when it has `tls` and
+    /// its Secret is usable.
+    certificate: Option<(Arc<CertifiedKey>, String)>,
 }
 
 impl Checked {
@@ -590,7 +604,7 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
     }
     let certificate = match &spec.tls {
         Some(tls) => match certificate(backends, &key.namespace, &tls.secret_name) {
-            Ok(ck) => Some(ck),
+            Ok(ck) => Some((ck, format!("{}/{}", key.namespace, tls.secret_name))),
             Err(failure) => {
                 fail_refs(failure);
                 None

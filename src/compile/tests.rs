@@ -395,3 +395,90 @@ fn limits_and_heartbeat_reach_the_route_and_out_of_range_values_are_invalid() {
         assert!(message.contains(says), "{limits}: {message}");
     }
 }
+
+/// A TLS route for `host` in `namespace`, with Secret `secret`.
+fn tls_route(
+    namespace: &str,
+    name: &str,
+    created: &str,
+    path: &str,
+    secret: &str,
+) -> WebSocketRoute {
+    route(&format!(
+        "metadata: {{name: {name}, namespace: {namespace}, creationTimestamp: \"{created}\"}}\nspec:\n  hostnames: [chat.example.com]\n  path: {{type: PathPrefix, value: \"{path}\"}}\n  upstream: {{url: \"ws://127.0.0.1:9000\"}}\n  tls: {{secretName: {secret}}}\n"
+    ))
+}
+
+fn tls_secret(backends: &mut Backends, namespace: &str, name: &str) -> Vec<u8> {
+    let cert = rcgen::generate_simple_self_signed(vec!["chat.example.com".to_owned()])
+        .expect("certificate");
+    let mut data = SecretData::new();
+    data.insert("tls.crt".into(), cert.cert.pem().into_bytes());
+    data.insert(
+        "tls.key".into(),
+        cert.signing_key.serialize_pem().into_bytes(),
+    );
+    backends.insert_secret(namespace, name, data);
+    cert.cert.der().to_vec()
+}
+
+#[test]
+fn a_hostnames_certificate_is_the_oldest_routes_and_a_later_tenant_is_told() {
+    let mut backends = Backends::standalone();
+    let owner = tls_secret(&mut backends, "red", "chat-tls");
+    tls_secret(&mut backends, "blue", "chat-tls");
+    let c = compile(
+        &[
+            tls_route(
+                "blue",
+                "later",
+                "2026-02-01T00:00:00Z",
+                "/other",
+                "chat-tls",
+            ),
+            tls_route("red", "first", "2026-01-01T00:00:00Z", "/ws", "chat-tls"),
+        ],
+        &backends,
+    );
+    let served = c
+        .table
+        .certificates()
+        .lookup("chat.example.com")
+        .expect("certificate");
+    assert_eq!(served.cert[0].as_ref(), owner.as_slice());
+    let later = &c.verdicts[0];
+    assert!(later.accepted());
+    assert!(
+        later
+            .warnings
+            .iter()
+            .any(|w| w.contains("route red/first (Secret red/chat-tls)")),
+        "{:?}",
+        later.warnings
+    );
+    assert!(c.verdicts[1].warnings.is_empty());
+}
+
+#[test]
+fn a_route_cannot_use_another_namespaces_secret() {
+    let mut backends = Backends::standalone();
+    tls_secret(&mut backends, "red", "chat-tls");
+    let v = compile(
+        &[tls_route(
+            "blue",
+            "b",
+            "2026-01-01T00:00:00Z",
+            "/ws",
+            "chat-tls",
+        )],
+        &backends,
+    )
+    .verdicts
+    .remove(0);
+    let refs = cond(&v, condition::RESOLVED_REFS);
+    assert_eq!(
+        (refs.status, refs.reason),
+        (false, reason::SECRET_NOT_FOUND)
+    );
+    assert!(refs.message.contains("blue/chat-tls"), "{}", refs.message);
+}
