@@ -109,9 +109,107 @@ pub struct WebSocketRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat: Option<HeartbeatSpec>,
 
+    /// Authenticate every handshake before it reaches the upstream. Default: none (the origin check alone stops browsers from other sites, not other clients).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthSpec>,
+
     /// Terminate TLS (`wss://`) for this route's hostnames on the TLS listener. A route with `tls` is served only over TLS: on the plain listener its handshakes get 403. Default: plain only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+}
+
+/// How handshakes are authenticated.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// A JSON Web Token, verified before the upgrade; a missing or bad token gets 401 with `WWW-Authenticate: Bearer`.
+    pub jwt: JwtSpec,
+}
+
+/// JWT verification of a handshake.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtSpec {
+    /// Where the token is, tried in order; the first present is used (a bad one is 401, never a fallback). Browsers can send one only as a query parameter or a cookie. Default: `[{header: Authorization}]` (`Bearer <token>`).
+    #[serde(default = "default_token_sources")]
+    #[schemars(length(min = 1, max = 3))]
+    pub token_sources: Vec<TokenSource>,
+
+    /// The verification keys: a Secret in the route's namespace (in standalone mode, the directory of that name under `--secret-dir`).
+    pub keys: JwtKeys,
+
+    /// Required `iss` claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+
+    /// Accepted audiences: when set, the `aud` claim must name one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+
+    /// Clock skew allowed on `exp` and `nbf`, in seconds. Default 30, at most 300.
+    #[serde(default = "default_leeway")]
+    #[schemars(range(max = 300))]
+    pub leeway_seconds: u32,
+
+    /// Claims sent upstream as request headers; a client's own header of that name is always removed first, so it cannot be forged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub forward_claims: Vec<ForwardClaim>,
+}
+
+fn default_token_sources() -> Vec<TokenSource> {
+    vec![TokenSource {
+        header: Some("Authorization".to_owned()),
+        ..TokenSource::default()
+    }]
+}
+
+fn default_leeway() -> u32 {
+    30
+}
+
+/// One place a token may be: exactly one of `query`, `header` or `cookie`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[x_kube(
+    validation = Rule::new("[has(self.query), has(self.header), has(self.cookie)].filter(x, x).size() == 1")
+        .message("a token source names exactly one of `query`, `header` or `cookie`, like `{query: access_token}`")
+)]
+pub struct TokenSource {
+    /// A query parameter of the request URL; it is removed before the request goes upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub query: Option<String>,
+    /// A request header: `Authorization` carries `Bearer <token>`, any other header the bare token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub header: Option<String>,
+    /// A cookie.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub cookie: Option<String>,
+}
+
+/// Where the verification keys are.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct JwtKeys {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+    /// The Secret's data key holding the keys: a JWKS document (`{"keys": [...]}`), a PEM public key (RSA, EC or Ed25519), or an HMAC shared secret. Default: the Secret's only key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// A claim forwarded as a header.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ForwardClaim {
+    /// The claim's name, like `sub`.
+    #[schemars(length(min = 1, max = 128))]
+    pub claim: String,
+    /// The header it is sent in, like `X-User-Id` (not a hop-by-hop, `Host`, `Origin`, `Sec-WebSocket-*` or forwarding header).
+    #[schemars(length(min = 1, max = 64))]
+    pub header: String,
 }
 
 /// TLS termination for a route's hostnames, with the certificate chosen by SNI.
@@ -658,7 +756,7 @@ status:
         let compiled = compile_schema(&s);
         let mut all = Vec::new();
         rules(&s, "", &mut all);
-        assert_eq!(all.len(), 13, "{all:#?}");
+        assert_eq!(all.len(), 14, "{all:#?}");
         fn errors(c: &kube::core::cel::CompiledSchema, out: &mut Vec<String>) {
             out.extend(c.compilation_errors().iter().map(|e| format!("{e:?}")));
             c.properties.values().for_each(|p| errors(p, out));
@@ -673,7 +771,10 @@ status:
         for (at, rule) in &all {
             let mut node = &compiled;
             for key in at.split('.').filter(|k| !k.is_empty()) {
-                node = &node.properties[key];
+                node = match key.strip_suffix("[]") {
+                    Some(list) => node.properties[list].items.as_deref().expect("items"),
+                    None => &node.properties[key],
+                };
             }
             let warnings = estimate_rule_cost(rule, node);
             assert!(
@@ -717,6 +818,7 @@ status:
             "  hostnames: [a.example.com]\n  upstream: {url: \"wss://backend.internal:9000/socket\"}\n".to_owned(),
             "  hostnames: [a.example.com]\n  upstream: {url: \"ws://[fd00::5]:80/\"}\n".to_owned(),
             "  hostnames: [a.example.com]\n  upstream: {url: \"ws://10.0.0.5\"}\n".to_owned(),
+            format!("  hostnames: [a.example.com]\n  tls: {{secretName: chat-tls}}\n  auth: {{jwt: {{keys: {{secretName: jwt}}, tokenSources: [{{query: access_token}}, {{cookie: s}}]}}}}\n{UP}"),
         ] {
             assert_eq!(cel(&spec), Vec::<String>::new(), "refused:\n{spec}");
         }
@@ -762,6 +864,8 @@ status:
             ("  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9000\", service: {name: s, port: 80}}\n".to_owned(), "exactly one of `service` or `url`"),
             ("  hostnames: [a.example.com]\n  upstream: {}\n".to_owned(), "exactly one of `service` or `url`"),
             ("  hostnames: [a.example.com]\n  upstream: {service: {name: Chat_Backend, port: 80}}\n".to_owned(), "service name must be"),
+            (format!("  hostnames: [a.example.com]\n  auth: {{jwt: {{keys: {{secretName: jwt}}, tokenSources: [{{query: t, cookie: s}}]}}}}\n{UP}"), "exactly one of `query`, `header` or `cookie`"),
+            (format!("  hostnames: [a.example.com]\n  tls: {{secretName: Chat_TLS}}\n{UP}"), "secretName must be a Secret's name"),
         ] {
             let got = cel(&spec);
             assert!(

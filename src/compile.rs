@@ -11,10 +11,13 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
+use crate::api::JwtSpec;
 use crate::api::{MAX_IDLE_TIMEOUT_SECONDS, PathMatchType, Rejection, WebSocketRoute};
+use crate::auth::{JwtAuth, KeyError};
 use crate::policy::OriginPolicy;
 use crate::route::{
-    Admission, Limits, OriginRejection, PathRule, Route, RouteKey, RouteTable, Target, Upstream,
+    Admission, Limits, OriginRejection, PathRule, Route, RouteAuth, RouteKey, RouteTable, Target,
+    Upstream,
 };
 use crate::tls::{self, UpstreamTls};
 use rustls::sign::CertifiedKey;
@@ -598,10 +601,24 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
     if let Some(upstream) = &mut upstream {
         match check_upstream_tls(route, &key, backends) {
             Ok(tls) => upstream.tls = tls,
-            Err(TlsProblem::Invalid(p)) => problems.push(p),
-            Err(TlsProblem::Unresolved(failure)) => fail_refs(failure),
+            Err(RefProblem::Invalid(p)) => problems.push(p),
+            Err(RefProblem::Unresolved(failure)) => fail_refs(failure),
         }
     }
+    let auth = spec
+        .auth
+        .as_ref()
+        .map(|a| match check_auth(&a.jwt, &key, backends) {
+            Ok(jwt) => RouteAuth::Jwt(Arc::new(jwt)),
+            Err(RefProblem::Invalid(p)) => {
+                problems.push(p);
+                RouteAuth::Unavailable
+            }
+            Err(RefProblem::Unresolved(failure)) => {
+                fail_refs(failure);
+                RouteAuth::Unavailable
+            }
+        });
     let certificate = match &spec.tls {
         Some(tls) => match certificate(backends, &key.namespace, &tls.secret_name) {
             Ok(ck) => Some((ck, format!("{}/{}", key.namespace, tls.secret_name))),
@@ -624,6 +641,7 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
             certificate,
             route: Route {
                 tls_only: spec.tls.is_some(),
+                auth,
                 key: key.clone(),
                 label: key.to_string().into(),
                 origins,
@@ -780,8 +798,53 @@ fn certificate(
     })
 }
 
-/// Why an upstream's TLS settings cannot be used.
-enum TlsProblem {
+/// The JWT check of a route, with its keys from the route's Secret.
+fn check_auth(spec: &JwtSpec, key: &RouteKey, backends: &Backends) -> Result<JwtAuth, RefProblem> {
+    let one_place = |s: &&crate::api::TokenSource| {
+        [s.query.is_some(), s.header.is_some(), s.cookie.is_some()]
+            .into_iter()
+            .filter(|set| *set)
+            .count()
+            == 1
+    };
+    if spec.token_sources.is_empty() || !spec.token_sources.iter().all(|s| one_place(&s)) {
+        return Err(RefProblem::Invalid(
+            "each auth.jwt.tokenSources entry names exactly one of `query`, `header` or `cookie`, like `{query: access_token}`".to_owned(),
+        ));
+    }
+    let name = &spec.keys.secret_name;
+    let secret = format!("Secret {}/{name}", key.namespace);
+    let data = backends
+        .secret(&key.namespace, name)
+        .map_err(RefProblem::Unresolved)?;
+    let material = match &spec.keys.key {
+        Some(k) => data.get(k).ok_or_else(|| {
+            RefProblem::Unresolved((
+                reason::INVALID_SECRET,
+                format!("{secret} has no key `{k}`: fix auth.jwt.keys.key or the Secret"),
+            ))
+        })?,
+        None => match data.values().collect::<Vec<_>>()[..] {
+            [only] => only,
+            _ => {
+                return Err(RefProblem::Unresolved((
+                    reason::INVALID_SECRET,
+                    format!(
+                        "{secret} has {} keys: name the one holding the JWT keys in auth.jwt.keys.key",
+                        data.len()
+                    ),
+                )));
+            }
+        },
+    };
+    JwtAuth::new(spec, material).map_err(|e| match e {
+        KeyError::ReservedHeader(_) => RefProblem::Invalid(e.to_string()),
+        other => RefProblem::Unresolved((reason::INVALID_SECRET, format!("{secret} {other}"))),
+    })
+}
+
+/// Why settings that name a Secret cannot be used.
+enum RefProblem {
     /// The spec is wrong (Accepted=False).
     Invalid(String),
     /// A referenced Secret is missing or unusable (ResolvedRefs=False).
@@ -794,7 +857,7 @@ fn check_upstream_tls(
     route: &WebSocketRoute,
     key: &RouteKey,
     backends: &Backends,
-) -> Result<Option<Arc<UpstreamTls>>, TlsProblem> {
+) -> Result<Option<Arc<UpstreamTls>>, RefProblem> {
     let up = &route.spec.upstream;
     let url = up.url.as_deref().and_then(|u| u.parse::<http::Uri>().ok());
     let wss = url
@@ -806,7 +869,7 @@ fn check_upstream_tls(
         return Ok(None);
     }
     if url.is_some() && !wss {
-        return Err(TlsProblem::Invalid(
+        return Err(RefProblem::Invalid(
             "upstream.tls needs a `wss://` url: write `wss://` instead of `ws://`, or remove upstream.tls".to_owned(),
         ));
     }
@@ -822,7 +885,7 @@ fn check_upstream_tls(
     };
     let name = settings.server_name.unwrap_or(default_name);
     let server_name = ServerName::try_from(name.clone()).map_err(|_| {
-        TlsProblem::Invalid(format!(
+        RefProblem::Invalid(format!(
             "upstream TLS server name `{name}` is not a DNS name or IP address: set upstream.tls.serverName"
         ))
     })?;
@@ -831,9 +894,9 @@ fn check_upstream_tls(
         Some(secret) => {
             let data = backends
                 .secret(&key.namespace, secret)
-                .map_err(TlsProblem::Unresolved)?;
+                .map_err(RefProblem::Unresolved)?;
             let bundle = data.get(tls::CA_KEY).ok_or_else(|| {
-                TlsProblem::Unresolved((
+                RefProblem::Unresolved((
                     reason::INVALID_SECRET,
                     format!(
                         "Secret {}/{secret} has no `{}`: put the upstream's CA certificates there, PEM",
@@ -843,7 +906,7 @@ fn check_upstream_tls(
                 ))
             })?;
             let config = tls::ca_bundle(bundle).map_err(|e| {
-                TlsProblem::Unresolved((
+                RefProblem::Unresolved((
                     reason::INVALID_SECRET,
                     format!("Secret {}/{secret}: {e}", key.namespace),
                 ))

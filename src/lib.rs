@@ -19,6 +19,7 @@
 pub mod access;
 pub mod admin;
 pub mod api;
+pub mod auth;
 pub mod check;
 pub mod compile;
 pub mod config;

@@ -37,9 +37,10 @@ use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::access::{AccessLog, Handshake};
+use crate::auth::AuthFailure;
 use crate::metrics::{CloseLabels, EndLabels, Metrics, RouteLabels, TrafficLabels};
 use crate::policy::RequestOrigin;
-use crate::route::{OriginRejection, Route};
+use crate::route::{OriginRejection, Route, RouteAuth};
 use crate::snapshot::Snapshot;
 use admission::{Admissions, Denied, Slot};
 use client::TrustedProxies;
@@ -819,6 +820,28 @@ fn decide(
             OriginRejection::Close => Step::CloseAfterUpgrade(route, accept),
         };
     }
+    let (target, claims) = match &route.auth {
+        None => (Cow::Borrowed(target), Vec::new()),
+        Some(RouteAuth::Unavailable) => return Step::Refuse(Some(route), Reject::AuthUnavailable),
+        Some(RouteAuth::Jwt(jwt)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match jwt.check(target, headers, now) {
+                Ok(claims) => {
+                    let params: Vec<&str> = jwt.query_params().collect();
+                    (crate::auth::strip_query_params(target, &params), claims)
+                }
+                Err(AuthFailure::Missing) => {
+                    return Step::Refuse(Some(route), Reject::Unauthorized);
+                }
+                Err(AuthFailure::Invalid(why)) => {
+                    tracing::debug!(client = %client.ip, route = %route.label, reason = why, "token refused");
+                    return Step::Refuse(Some(route), Reject::InvalidToken);
+                }
+            }
+        }
+    };
     let admission = match gateway.admissions.admit(
         &route.label,
         route.admission,
@@ -842,12 +865,20 @@ fn decide(
         },
         None => None,
     };
+    let dropped: Vec<&str> = match &route.auth {
+        Some(RouteAuth::Jwt(jwt)) => jwt.forwarded_headers().collect(),
+        _ => Vec::new(),
+    };
     let request = upstream::forward_request(
-        target,
+        &target,
         headers,
         &route.upstream,
         subprotocols.as_deref(),
         client,
+        upstream::Claims {
+            dropped: &dropped,
+            added: &claims,
+        },
     );
     Step::Forward {
         route,

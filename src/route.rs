@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use foldhash::HashMap;
 
+use crate::auth::JwtAuth;
 use crate::policy::OriginPolicy;
 use crate::tls::{Certificates, UpstreamTls};
 
@@ -131,6 +132,18 @@ pub struct Route {
     pub admission: Admission,
     /// Served only on the TLS listener (the route has `tls`).
     pub tls_only: bool,
+    /// How handshakes are authenticated, if they are.
+    pub auth: Option<RouteAuth>,
+}
+
+/// A route's handshake authentication.
+#[derive(Debug, Clone)]
+pub enum RouteAuth {
+    /// Verify a JWT.
+    Jwt(Arc<JwtAuth>),
+    /// The route asks for authentication but its keys are missing or unusable: every
+    /// handshake is refused (503) rather than let in unchecked.
+    Unavailable,
 }
 
 /// Limits checked before a handshake is forwarded; `None` is off.
@@ -319,6 +332,7 @@ mod tests {
             limits: Limits::default(),
             admission: Admission::default(),
             tls_only: false,
+            auth: None,
         }
     }
 

@@ -40,6 +40,12 @@ pub enum Reject {
     TooManyHandshakes(u32),
     /// The gateway holds its `--max-connections`.
     Overloaded,
+    /// The route requires a token and the request carries none.
+    Unauthorized,
+    /// The request's token is not valid (signature, time, issuer or audience).
+    InvalidToken,
+    /// The route requires a token but its keys are missing or unusable.
+    AuthUnavailable,
     /// A TLS client's `Host` is not the name it asked for in SNI.
     Misdirected,
     /// The route is served only over TLS, and this request came in plain.
@@ -75,7 +81,8 @@ impl Reject {
             Reject::Malformed => StatusCode::BAD_REQUEST,
             Reject::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
-            Reject::NotReady | Reject::RouteFull | Reject::Overloaded => {
+            Reject::Unauthorized | Reject::InvalidToken => StatusCode::UNAUTHORIZED,
+            Reject::NotReady | Reject::RouteFull | Reject::Overloaded | Reject::AuthUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Reject::TooManyConnections | Reject::TooManyHandshakes(_) => {
@@ -111,6 +118,9 @@ impl Reject {
             Reject::TooManyConnections => "client_connections",
             Reject::TooManyHandshakes(_) => "client_rate",
             Reject::Overloaded => "gateway_full",
+            Reject::Unauthorized => "token_missing",
+            Reject::InvalidToken => "token_invalid",
+            Reject::AuthUnavailable => "auth_unavailable",
             Reject::Misdirected => "misdirected_request",
             Reject::TlsRequired => "tls_required",
             Reject::UpstreamTls => "upstream_tls",
@@ -137,6 +147,9 @@ impl Reject {
             Reject::TooManyConnections => "too many connections from this client\n",
             Reject::TooManyHandshakes(_) => "too many handshakes from this client: slow down\n",
             Reject::Overloaded => "gateway at its connection limit: retry later\n",
+            Reject::Unauthorized => "authentication required\n",
+            Reject::InvalidToken => "invalid token\n",
+            Reject::AuthUnavailable => "authentication is not available: retry later\n",
             Reject::Misdirected => "Host does not match the TLS server name\n",
             Reject::TlsRequired => "this route is served over TLS only: use wss://\n",
             Reject::UpstreamTls => "upstream TLS handshake failed\n",
@@ -155,7 +168,7 @@ impl Reject {
             | Reject::UpstreamTimeout
             | Reject::UpstreamInvalid
             | Reject::UpstreamTls => Blame::Upstream,
-            Reject::NotReady => Blame::Internal,
+            Reject::NotReady | Reject::AuthUnavailable => Blame::Internal,
             _ => Blame::Downstream,
         }
     }
@@ -190,7 +203,17 @@ impl Reject {
             Reject::NotWebSocket => http1::put_header(out, "upgrade", b"websocket"),
             // RFC 6455 §4.4: answer with the versions the server supports.
             Reject::BadVersion => http1::put_header(out, "sec-websocket-version", b"13"),
+            // RFC 6750 §3: the scheme, and `invalid_token` when a token was presented.
+            Reject::Unauthorized => {
+                http1::put_header(out, "www-authenticate", b"Bearer realm=\"wsgate\"")
+            }
+            Reject::InvalidToken => http1::put_header(
+                out,
+                "www-authenticate",
+                b"Bearer realm=\"wsgate\", error=\"invalid_token\"",
+            ),
             Reject::NotReady
+            | Reject::AuthUnavailable
             | Reject::RouteFull
             | Reject::TooManyConnections
             | Reject::Overloaded => http1::put_header(out, "retry-after", b"1"),

@@ -177,6 +177,7 @@ mod tests {
             limits: Default::default(),
             admission: Default::default(),
             tls_only: false,
+            auth: None,
         }
     }
 

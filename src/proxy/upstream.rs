@@ -47,8 +47,18 @@ pub struct ClientInfo {
     pub proto: &'static str,
 }
 
+/// Headers of verified token claims (`auth.jwt.forwardClaims`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Claims<'a> {
+    /// Header names (lowercase) the client may not send itself: claims go in them.
+    pub dropped: &'a [&'a str],
+    /// The claims' headers.
+    pub added: &'a [(String, String)],
+}
+
 /// Writes the request sent upstream: the client's path and headers, without hop-by-hop
-/// headers, with the upgrade headers, the allowed subprotocols and forwarding headers.
+/// headers, with the upgrade headers, the allowed subprotocols, forwarding headers and the
+/// verified claims' headers.
 ///
 /// The path and query go unchanged unless the upstream URL has a path, which then replaces
 /// the request path (the query is kept). `Host` and `Origin` pass through unchanged.
@@ -58,6 +68,7 @@ pub fn forward_request(
     upstream: &Upstream,
     subprotocols: Option<&str>,
     client: ClientInfo,
+    claims: Claims<'_>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(768);
     out.extend_from_slice(b"GET ");
@@ -70,6 +81,7 @@ pub fn forward_request(
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers.iter() {
         let replaced = FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f))
+            || claims.dropped.iter().any(|d| name.eq_ignore_ascii_case(d))
             || (subprotocols.is_some() && name.eq_ignore_ascii_case("sec-websocket-protocol"));
         if !replaced && !headers.is_hop_by_hop(name, false) {
             http1::put_header(&mut out, name, value);
@@ -95,6 +107,9 @@ pub fn forward_request(
     http1::put_header(&mut out, "x-forwarded-proto", client.proto.as_bytes());
     if let Some(host) = headers.get("host") {
         http1::put_header(&mut out, "x-forwarded-host", host);
+    }
+    for (name, value) in claims.added {
+        http1::put_header(&mut out, name, value.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out
@@ -235,6 +250,7 @@ mod tests {
             ("X-Forwarded-For", "203.0.113.9"),
             ("X-Forwarded-Proto", "https"),
             ("Sec-WebSocket-Protocol", "evil, chat"),
+            ("X-User-Id", "mallory"),
         ]
         .into_iter()
         .map(|(name, value)| httparse::Header {
@@ -245,6 +261,15 @@ mod tests {
     }
 
     fn forwarded(target: &str, path: Option<&str>, subprotocols: Option<&str>) -> String {
+        forwarded_with(target, path, subprotocols, Claims::default())
+    }
+
+    fn forwarded_with(
+        target: &str,
+        path: Option<&str>,
+        subprotocols: Option<&str>,
+        claims: Claims<'_>,
+    ) -> String {
         let headers = client_headers();
         let out = forward_request(
             target,
@@ -252,8 +277,25 @@ mod tests {
             &upstream(path),
             subprotocols,
             client(),
+            claims,
         );
         String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn claim_headers_replace_whatever_the_client_sent_under_their_names() {
+        let added = [("x-user-id".to_owned(), "alice".to_owned())];
+        let out = forwarded_with(
+            "/ws",
+            None,
+            None,
+            Claims {
+                dropped: &["x-user-id"],
+                added: &added,
+            },
+        );
+        assert!(out.contains("x-user-id: alice\r\n"), "{out}");
+        assert!(!out.contains("mallory"), "{out}");
     }
 
     #[test]

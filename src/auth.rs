@@ -1,0 +1,402 @@
+//! Handshake authentication with JSON Web Tokens (DESIGN §6 `auth.jwt`): where a token is
+//! found (query parameter, header, cookie), which keys verify it (a JWKS document, a PEM public
+//! key or an HMAC secret from a Secret), and which claims go upstream as headers. Pure: the
+//! caller passes the time; signatures are checked by `jsonwebtoken`.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+
+use crate::api::JwtSpec;
+use crate::proxy::http1::Headers;
+
+/// Headers a forwarded claim may not be sent in: the gateway's own, and those that steer the
+/// upstream exchange.
+const RESERVED_HEADERS: [&str; 14] = [
+    "host",
+    "origin",
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "proxy-authorization",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+];
+
+/// Why a route's JWT settings or keys cannot be used; said so a person can fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The key material is none of the accepted forms.
+    #[error(
+        "holds no usable key: write a JWKS document (`{{\"keys\": [...]}}`), a PEM public key (RSA, EC P-256/P-384 or Ed25519), or an HMAC secret of at least 32 bytes"
+    )]
+    Unusable,
+    /// A JWKS document without a key wsgate can verify with.
+    #[error("is a JWKS document without a usable key ({0})")]
+    EmptyJwks(String),
+    /// A forwarded claim's header name is not allowed.
+    #[error(
+        "auth.jwt.forwardClaims header `{0}` cannot be used: name an HTTP token header that is not hop-by-hop, Host, Origin, Sec-WebSocket-* or a forwarding header, like `X-User-Id`"
+    )]
+    ReservedHeader(String),
+}
+
+/// Why a handshake's token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    /// No token in any configured place.
+    Missing,
+    /// A token was present but is not valid; the reason is for logs, never the token.
+    Invalid(&'static str),
+}
+
+/// One place a token may be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    Query(String),
+    /// Lowercase; `authorization` takes `Bearer <token>`.
+    Header(String),
+    Cookie(String),
+}
+
+/// A verification key and the algorithms it may verify.
+struct VerifyKey {
+    kid: Option<String>,
+    key: DecodingKey,
+    algorithms: Vec<Algorithm>,
+}
+
+/// A route's compiled JWT check.
+pub struct JwtAuth {
+    sources: Vec<Source>,
+    keys: Vec<VerifyKey>,
+    issuer: Option<String>,
+    audiences: Vec<String>,
+    leeway: u64,
+    /// (claim, lowercase header name).
+    forward: Vec<(String, String)>,
+}
+
+impl fmt::Debug for JwtAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JwtAuth")
+            .field("sources", &self.sources)
+            .field("keys", &self.keys.len())
+            .field("issuer", &self.issuer)
+            .field("audiences", &self.audiences)
+            .finish()
+    }
+}
+
+impl JwtAuth {
+    /// Compiles `spec` with the key material from its Secret.
+    pub fn new(spec: &JwtSpec, material: &[u8]) -> Result<JwtAuth, KeyError> {
+        let sources = spec
+            .token_sources
+            .iter()
+            .filter_map(|s| match (&s.query, &s.header, &s.cookie) {
+                (Some(q), None, None) => Some(Source::Query(q.clone())),
+                (None, Some(h), None) => Some(Source::Header(h.to_ascii_lowercase())),
+                (None, None, Some(c)) => Some(Source::Cookie(c.clone())),
+                _ => None,
+            })
+            .collect();
+        let mut forward = Vec::new();
+        for f in &spec.forward_claims {
+            let header = f.header.to_ascii_lowercase();
+            let token = !header.is_empty()
+                && header
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+            if !token
+                || RESERVED_HEADERS.contains(&header.as_str())
+                || header.starts_with("sec-websocket-")
+            {
+                return Err(KeyError::ReservedHeader(f.header.clone()));
+            }
+            forward.push((f.claim.clone(), header));
+        }
+        Ok(JwtAuth {
+            sources,
+            keys: keys(material)?,
+            issuer: spec.issuer.clone(),
+            audiences: spec.audiences.clone(),
+            leeway: u64::from(spec.leeway_seconds),
+            forward,
+        })
+    }
+
+    /// The query parameters tokens may come in: removed from every forwarded request.
+    pub fn query_params(&self) -> impl Iterator<Item = &str> {
+        self.sources.iter().filter_map(|s| match s {
+            Source::Query(q) => Some(q.as_str()),
+            _ => None,
+        })
+    }
+
+    /// The headers claims are forwarded in (lowercase): a client's own are never forwarded.
+    pub fn forwarded_headers(&self) -> impl Iterator<Item = &str> {
+        self.forward.iter().map(|(_, h)| h.as_str())
+    }
+
+    /// Finds and verifies the request's token at Unix time `now`; returns the headers to
+    /// forward (lowercase name, value) for the claims that are present.
+    pub fn check(
+        &self,
+        target: &str,
+        headers: Headers<'_>,
+        now: u64,
+    ) -> Result<Vec<(String, String)>, AuthFailure> {
+        let token = self
+            .sources
+            .iter()
+            .find_map(|s| find_token(s, target, headers))
+            .ok_or(AuthFailure::Missing)?;
+        let claims = self.verify(&token, now)?;
+        Ok(self
+            .forward
+            .iter()
+            .filter_map(|(claim, header)| {
+                let value = match claims.get(claim)? {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                // A header value cannot carry line breaks or other control characters.
+                (!value.bytes().any(|b| b.is_ascii_control())).then(|| (header.clone(), value))
+            })
+            .collect())
+    }
+
+    fn verify(&self, token: &str, now: u64) -> Result<Map<String, Value>, AuthFailure> {
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| AuthFailure::Invalid("malformed token"))?;
+        let candidates = self.keys.iter().filter(|k| {
+            k.algorithms.contains(&header.alg)
+                && match (&header.kid, &k.kid) {
+                    (Some(wanted), Some(kid)) => wanted == kid,
+                    _ => true,
+                }
+        });
+        let mut verified = None;
+        for key in candidates {
+            let mut validation = Validation::new(header.alg);
+            // Times are checked below against the caller's clock.
+            validation.validate_exp = false;
+            validation.validate_nbf = false;
+            validation.validate_aud = false;
+            validation.required_spec_claims.clear();
+            if let Ok(data) =
+                jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, &validation)
+            {
+                verified = Some(data.claims);
+                break;
+            }
+        }
+        let claims = verified.ok_or(AuthFailure::Invalid("signature or algorithm not accepted"))?;
+        let exp = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .ok_or(AuthFailure::Invalid("no exp claim"))?;
+        if exp.saturating_add(self.leeway) <= now {
+            return Err(AuthFailure::Invalid("expired"));
+        }
+        if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64)
+            && nbf > now.saturating_add(self.leeway)
+        {
+            return Err(AuthFailure::Invalid("not yet valid"));
+        }
+        if let Some(issuer) = &self.issuer
+            && claims.get("iss").and_then(Value::as_str) != Some(issuer)
+        {
+            return Err(AuthFailure::Invalid("wrong issuer"));
+        }
+        if !self.audiences.is_empty() {
+            let matches = |a: &Value| {
+                a.as_str()
+                    .is_some_and(|a| self.audiences.iter().any(|w| w == a))
+            };
+            let ok = match claims.get("aud") {
+                Some(Value::Array(list)) => list.iter().any(matches),
+                Some(one) => matches(one),
+                None => false,
+            };
+            if !ok {
+                return Err(AuthFailure::Invalid("wrong audience"));
+            }
+        }
+        Ok(claims)
+    }
+}
+
+/// The keys in `material`: a JWKS document, a PEM public key, or an HMAC secret.
+fn keys(material: &[u8]) -> Result<Vec<VerifyKey>, KeyError> {
+    let trimmed = material.trim_ascii();
+    if trimmed.starts_with(b"{") {
+        let set: JwkSet =
+            serde_json::from_slice(trimmed).map_err(|e| KeyError::EmptyJwks(e.to_string()))?;
+        let keys: Vec<VerifyKey> = set
+            .keys
+            .iter()
+            .filter_map(|jwk| {
+                let key = DecodingKey::from_jwk(jwk).ok()?;
+                let declared = jwk
+                    .common
+                    .key_algorithm
+                    .and_then(|a| Algorithm::from_str(&a.to_string()).ok());
+                let algorithms = match declared {
+                    Some(a) => vec![a],
+                    None => match &jwk.algorithm {
+                        AlgorithmParameters::RSA(_) => rsa_algorithms(),
+                        AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                            EllipticCurve::P256 => vec![Algorithm::ES256],
+                            EllipticCurve::P384 => vec![Algorithm::ES384],
+                            _ => return None,
+                        },
+                        AlgorithmParameters::OctetKeyPair(_) => vec![Algorithm::EdDSA],
+                        AlgorithmParameters::OctetKey(_) => hmac_algorithms(),
+                        _ => return None,
+                    },
+                };
+                Some(VerifyKey {
+                    kid: jwk.common.key_id.clone(),
+                    key,
+                    algorithms,
+                })
+            })
+            .collect();
+        if keys.is_empty() {
+            return Err(KeyError::EmptyJwks(format!(
+                "{} keys, none usable",
+                set.keys.len()
+            )));
+        }
+        return Ok(keys);
+    }
+    if trimmed.starts_with(b"-----BEGIN") {
+        let pem = [
+            (DecodingKey::from_rsa_pem(trimmed).ok(), rsa_algorithms()),
+            (
+                DecodingKey::from_ec_pem(trimmed).ok(),
+                vec![Algorithm::ES256, Algorithm::ES384],
+            ),
+            (
+                DecodingKey::from_ed_pem(trimmed).ok(),
+                vec![Algorithm::EdDSA],
+            ),
+        ];
+        return pem
+            .into_iter()
+            .find_map(|(key, algorithms)| {
+                key.map(|key| {
+                    vec![VerifyKey {
+                        kid: None,
+                        key,
+                        algorithms,
+                    }]
+                })
+            })
+            .ok_or(KeyError::Unusable);
+    }
+    // A shared secret shorter than the hash output is guessable (RFC 7518 §3.2).
+    if trimmed.len() < 32 {
+        return Err(KeyError::Unusable);
+    }
+    Ok(vec![VerifyKey {
+        kid: None,
+        key: DecodingKey::from_secret(trimmed),
+        algorithms: hmac_algorithms(),
+    }])
+}
+
+fn rsa_algorithms() -> Vec<Algorithm> {
+    vec![
+        Algorithm::RS256,
+        Algorithm::RS384,
+        Algorithm::RS512,
+        Algorithm::PS256,
+        Algorithm::PS384,
+        Algorithm::PS512,
+    ]
+}
+
+fn hmac_algorithms() -> Vec<Algorithm> {
+    vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]
+}
+
+/// The token in `source`, if present.
+fn find_token(source: &Source, target: &str, headers: Headers<'_>) -> Option<String> {
+    match source {
+        Source::Query(name) => {
+            let (_, query) = crate::proxy::http1::split_target(target);
+            form_urlencoded::parse(query?.as_bytes())
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        }
+        Source::Header(name) => {
+            let value = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)?;
+            let value = std::str::from_utf8(value).ok()?.trim();
+            if name == "authorization" {
+                let (scheme, token) = value.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
+            } else {
+                Some(value.to_owned())
+            }
+        }
+        Source::Cookie(name) => headers
+            .get_all("cookie")
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.trim_matches('"').to_owned()),
+    }
+    .filter(|t| !t.is_empty())
+}
+
+/// `target` without the query parameters named in `names` (every occurrence); the rest of
+/// the query is kept byte for byte, and a query left empty loses its `?`.
+pub fn strip_query_params<'a>(target: &'a str, names: &[&str]) -> Cow<'a, str> {
+    let (path, Some(query)) = crate::proxy::http1::split_target(target) else {
+        return Cow::Borrowed(target);
+    };
+    let named = |pair: &str| {
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        let key = percent_decoded(key);
+        names.iter().any(|n| *n == key)
+    };
+    if !query.split('&').any(named) {
+        return Cow::Borrowed(target);
+    }
+    let kept: Vec<&str> = query.split('&').filter(|p| !named(p)).collect();
+    let mut out = path.to_owned();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    Cow::Owned(out)
+}
+
+fn percent_decoded(key: &str) -> String {
+    form_urlencoded::parse(key.as_bytes())
+        .next()
+        .map(|(k, _)| k.into_owned())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests;

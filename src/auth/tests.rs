@@ -1,0 +1,309 @@
+use jsonwebtoken::{EncodingKey, Header, encode};
+use serde_json::json;
+
+use super::*;
+use crate::api::{ForwardClaim, JwtKeys, TokenSource};
+
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+const NOW: u64 = 1_800_000_000;
+
+fn spec(sources: &[TokenSource]) -> JwtSpec {
+    JwtSpec {
+        token_sources: sources.to_vec(),
+        keys: JwtKeys {
+            secret_name: "keys".into(),
+            key: None,
+        },
+        issuer: Some("https://issuer.test".into()),
+        audiences: vec!["chat".into()],
+        leeway_seconds: 30,
+        forward_claims: vec![
+            ForwardClaim {
+                claim: "sub".into(),
+                header: "X-User-Id".into(),
+            },
+            ForwardClaim {
+                claim: "admin".into(),
+                header: "X-Admin".into(),
+            },
+        ],
+    }
+}
+
+fn query(name: &str) -> TokenSource {
+    TokenSource {
+        query: Some(name.into()),
+        ..TokenSource::default()
+    }
+}
+
+fn header(name: &str) -> TokenSource {
+    TokenSource {
+        header: Some(name.into()),
+        ..TokenSource::default()
+    }
+}
+
+fn cookie(name: &str) -> TokenSource {
+    TokenSource {
+        cookie: Some(name.into()),
+        ..TokenSource::default()
+    }
+}
+
+fn claims() -> serde_json::Value {
+    json!({"sub": "alice", "iss": "https://issuer.test", "aud": ["chat"], "exp": NOW + 60, "admin": true})
+}
+
+fn hs256(claims: &serde_json::Value) -> String {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(SECRET),
+    )
+    .expect("token")
+}
+
+/// Runs `check` with these request headers.
+fn check(
+    auth: &JwtAuth,
+    target: &str,
+    headers: &[(&str, &str)],
+) -> Result<Vec<(String, String)>, AuthFailure> {
+    let parsed: Vec<httparse::Header<'_>> = headers
+        .iter()
+        .map(|(name, value)| httparse::Header {
+            name,
+            value: value.as_bytes(),
+        })
+        .collect();
+    auth.check(target, Headers::new(&parsed), NOW)
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+#[test]
+fn a_valid_hs256_token_forwards_its_claims_as_headers() {
+    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    let forwarded = check(
+        &auth,
+        "/ws",
+        &[("Authorization", &bearer(&hs256(&claims())))],
+    )
+    .expect("valid");
+    assert_eq!(
+        forwarded,
+        vec![
+            ("x-user-id".to_owned(), "alice".to_owned()),
+            ("x-admin".to_owned(), "true".to_owned())
+        ]
+    );
+}
+
+#[test]
+fn an_es256_token_verifies_with_a_pem_public_key_and_not_with_another() {
+    let key = rcgen::KeyPair::generate().expect("P-256 key");
+    let token = encode(
+        &Header::new(Algorithm::ES256),
+        &claims(),
+        &EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("encoding key"),
+    )
+    .expect("token");
+    let auth = JwtAuth::new(
+        &spec(&[header("Authorization")]),
+        key.public_key_pem().as_bytes(),
+    )
+    .expect("PEM key");
+    assert!(check(&auth, "/", &[("authorization", &bearer(&token))]).is_ok());
+    let other = rcgen::KeyPair::generate().expect("key");
+    let auth = JwtAuth::new(
+        &spec(&[header("Authorization")]),
+        other.public_key_pem().as_bytes(),
+    )
+    .expect("PEM key");
+    assert_eq!(
+        check(&auth, "/", &[("authorization", &bearer(&token))]),
+        Err(AuthFailure::Invalid("signature or algorithm not accepted"))
+    );
+}
+
+#[test]
+fn an_hs256_token_is_refused_by_a_public_key_and_alg_none_by_everything() {
+    // Algorithm confusion: an HMAC token "signed" with a public key's bytes.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let public = key.public_key_pem();
+    let forged = encode(
+        &Header::new(Algorithm::HS256),
+        &claims(),
+        &EncodingKey::from_secret(public.as_bytes()),
+    )
+    .expect("token");
+    let auth = JwtAuth::new(&spec(&[header("Authorization")]), public.as_bytes()).expect("PEM");
+    assert!(check(&auth, "/", &[("authorization", &bearer(&forged))]).is_err());
+
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let none = format!(
+        "{}.{}.",
+        b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
+        b64.encode(claims().to_string())
+    );
+    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    assert!(check(&auth, "/", &[("authorization", &bearer(&none))]).is_err());
+}
+
+#[test]
+fn jwks_keys_are_chosen_by_kid() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let other = b"another-secret-of-thirty-two-byt";
+    let jwks = json!({"keys": [
+        {"kty": "oct", "kid": "one", "alg": "HS256", "k": b64.encode(other)},
+        {"kty": "oct", "kid": "two", "alg": "HS256", "k": b64.encode(SECRET)},
+    ]});
+    let auth = JwtAuth::new(
+        &spec(&[header("Authorization")]),
+        jwks.to_string().as_bytes(),
+    )
+    .expect("JWKS");
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some("two".into());
+    let token = encode(&h, &claims(), &EncodingKey::from_secret(SECRET)).expect("token");
+    assert!(check(&auth, "/", &[("authorization", &bearer(&token))]).is_ok());
+    h.kid = Some("one".into());
+    let wrong_kid = encode(&h, &claims(), &EncodingKey::from_secret(SECRET)).expect("token");
+    assert!(check(&auth, "/", &[("authorization", &bearer(&wrong_kid))]).is_err());
+}
+
+#[test]
+fn times_issuer_and_audience_are_checked_with_leeway() {
+    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    let with = |patch: serde_json::Value| {
+        let mut c = claims();
+        c.as_object_mut()
+            .expect("object")
+            .extend(patch.as_object().expect("object").clone());
+        let token = hs256(&c);
+        check(&auth, "/", &[("authorization", &bearer(&token))]).map(|_| ())
+    };
+    assert_eq!(with(json!({"exp": NOW - 10})), Ok(()), "within leeway");
+    assert_eq!(
+        with(json!({"exp": NOW - 31})),
+        Err(AuthFailure::Invalid("expired"))
+    );
+    assert_eq!(
+        with(json!({"nbf": NOW + 60})),
+        Err(AuthFailure::Invalid("not yet valid"))
+    );
+    assert_eq!(with(json!({"nbf": NOW + 20})), Ok(()));
+    assert_eq!(
+        with(json!({"iss": "https://evil.test"})),
+        Err(AuthFailure::Invalid("wrong issuer"))
+    );
+    assert_eq!(
+        with(json!({"aud": "billing"})),
+        Err(AuthFailure::Invalid("wrong audience"))
+    );
+    assert_eq!(with(json!({"aud": "chat"})), Ok(()));
+    let mut no_exp = claims();
+    no_exp.as_object_mut().expect("object").remove("exp");
+    let token = hs256(&no_exp);
+    assert_eq!(
+        check(&auth, "/", &[("authorization", &bearer(&token))]),
+        Err(AuthFailure::Invalid("no exp claim"))
+    );
+}
+
+#[test]
+fn tokens_come_from_each_source_and_the_first_present_one_decides() {
+    let token = hs256(&claims());
+    let auth = JwtAuth::new(
+        &spec(&[query("access_token"), cookie("session"), header("X-Token")]),
+        SECRET,
+    )
+    .expect("keys");
+    assert!(check(&auth, &format!("/ws?room=1&access_token={token}"), &[]).is_ok());
+    assert!(
+        check(
+            &auth,
+            "/ws",
+            &[("Cookie", &format!("a=b; session={token}"))]
+        )
+        .is_ok()
+    );
+    assert!(
+        check(
+            &auth,
+            "/ws",
+            &[("Cookie", "a=b"), ("Cookie", &format!("session={token}"))]
+        )
+        .is_ok()
+    );
+    assert!(check(&auth, "/ws", &[("x-token", &token)]).is_ok());
+    assert_eq!(check(&auth, "/ws", &[]), Err(AuthFailure::Missing));
+    // A bad token in the first source is refused even though a good one follows.
+    assert!(
+        check(&auth, "/ws?access_token=bad", &[("x-token", &token)]).is_err(),
+        "no fallback past a present token"
+    );
+    // Percent-encoded query values are decoded.
+    let auth = JwtAuth::new(&spec(&[header("authorization")]), SECRET).expect("keys");
+    assert!(check(&auth, "/", &[("Authorization", &format!("bEaReR {token}"))]).is_ok());
+    assert_eq!(
+        check(&auth, "/", &[("Authorization", &format!("Basic {token}"))]),
+        Err(AuthFailure::Missing)
+    );
+}
+
+#[test]
+fn bad_keys_and_reserved_forward_headers_say_what_to_write() {
+    assert_eq!(
+        JwtAuth::new(&spec(&[]), b"short").unwrap_err(),
+        KeyError::Unusable
+    );
+    assert!(matches!(
+        JwtAuth::new(&spec(&[]), b"{\"keys\": []}").unwrap_err(),
+        KeyError::EmptyJwks(_)
+    ));
+    for reserved in [
+        "Host",
+        "X-Forwarded-For",
+        "Sec-WebSocket-Protocol",
+        "bad header",
+    ] {
+        let mut s = spec(&[]);
+        s.forward_claims[0].header = reserved.into();
+        assert_eq!(
+            JwtAuth::new(&s, SECRET).unwrap_err(),
+            KeyError::ReservedHeader(reserved.into())
+        );
+    }
+}
+
+#[test]
+fn forwarded_claims_never_carry_line_breaks() {
+    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    let mut c = claims();
+    c["sub"] = json!("alice\r\nX-Admin: true");
+    let forwarded = check(&auth, "/", &[("authorization", &bearer(&hs256(&c)))]).expect("valid");
+    assert_eq!(forwarded, vec![("x-admin".to_owned(), "true".to_owned())]);
+}
+
+#[test]
+fn the_token_query_parameter_is_stripped_and_the_rest_kept() {
+    let names = ["access_token"];
+    for (target, stripped) in [
+        ("/ws", "/ws"),
+        ("/ws?access_token=x", "/ws"),
+        ("/ws?access_token=x&room=1", "/ws?room=1"),
+        ("/ws?room=1&access_token=x&b=%20", "/ws?room=1&b=%20"),
+        ("/ws?room=1&access_token=x", "/ws?room=1"),
+        ("/ws?access_token=x&access_token=y", "/ws"),
+        ("/ws?access_token2=x", "/ws?access_token2=x"),
+        ("/ws?access%5Ftoken=x", "/ws"),
+    ] {
+        assert_eq!(strip_query_params(target, &names), stripped, "{target}");
+    }
+}

@@ -1,0 +1,169 @@
+//! Handshake authentication through real sockets (DESIGN §6 `auth.jwt`): tokens from each
+//! place, refused tokens get 401 before any upstream contact, the query parameter never
+//! reaches the upstream, and claims arrive as headers the client cannot forge.
+
+mod support;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::json;
+use support::*;
+
+const HOST: &str = "chat.example.test";
+const APP: &str = "https://app.example.test";
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn token(patch: serde_json::Value, key: &str) -> String {
+    let mut claims =
+        json!({"sub": "alice", "iss": "https://issuer.test", "aud": "chat", "exp": now() + 300});
+    claims
+        .as_object_mut()
+        .expect("object")
+        .extend(patch.as_object().expect("object").clone());
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(key.as_bytes()),
+    )
+    .expect("token")
+}
+
+async fn gate(up: &Upstream, secrets: &std::path::Path) -> Gate {
+    let auth = "  auth:\n    jwt:\n      keys: {secretName: jwt}\n      tokenSources: [{query: access_token}, {cookie: session}, {header: Authorization}]\n      issuer: https://issuer.test\n      audiences: [chat]\n      forwardClaims: [{claim: sub, header: X-User-Id}]\n";
+    let origins = "{allow: [\"https://app.example.test\"]}";
+    let keyless = auth.replace("secretName: jwt", "secretName: absent");
+    Gate::start(
+        &[
+            (
+                "chat.yaml",
+                route("chat", HOST, "/ws", origins, &up.url()) + auth,
+            ),
+            (
+                "keyless.yaml",
+                route("keyless", "keyless.example.test", "/ws", origins, &up.url()) + &keyless,
+            ),
+        ],
+        &["--secret-dir", secrets.to_str().expect("utf-8")],
+    )
+    .await
+}
+
+fn request(path: &str, extra: &str) -> String {
+    upgrade_request(HOST, path, &format!("Origin: {APP}\r\n{extra}"))
+}
+
+#[tokio::test]
+async fn missing_and_bad_tokens_get_401_before_the_upstream_is_contacted() {
+    let mut up = Upstream::start().await;
+    let secrets = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(secrets.path().join("jwt")).expect("dir");
+    std::fs::write(secrets.path().join("jwt/secret"), SECRET).expect("key");
+    let gate = gate(&up, secrets.path()).await;
+
+    let missing = raw_request(gate.proxy, &request("/ws", "")).await;
+    assert_eq!(missing.status, 401);
+    assert!(
+        missing
+            .head
+            .contains("www-authenticate: Bearer realm=\"wsgate\"\r\n")
+            || missing
+                .head
+                .ends_with("www-authenticate: Bearer realm=\"wsgate\""),
+        "{}",
+        missing.head
+    );
+    assert_eq!(missing.body, "authentication required\n");
+
+    for bad in [
+        token(json!({"exp": now() - 3600}), SECRET),
+        token(json!({"aud": "billing"}), SECRET),
+        token(json!({"iss": "https://evil.test"}), SECRET),
+        token(json!({}), "another-secret-of-thirty-two-byt"),
+        "not.a.token".to_owned(),
+    ] {
+        let refused =
+            raw_request(gate.proxy, &request(&format!("/ws?access_token={bad}"), "")).await;
+        assert_eq!(refused.status, 401, "{bad}");
+        assert!(
+            refused.head.contains("error=\"invalid_token\""),
+            "{}",
+            refused.head
+        );
+        assert!(!refused.body.contains(&bad), "the token is never echoed");
+    }
+    assert_eq!(
+        up.handshakes(),
+        0,
+        "no refused handshake reached the upstream"
+    );
+
+    // Keys that cannot be read refuse everyone rather than let anyone in.
+    let keyless = raw_request(
+        gate.proxy,
+        &upgrade_request(
+            "keyless.example.test",
+            "/ws",
+            &format!(
+                "Origin: {APP}\r\nAuthorization: Bearer {}\r\n",
+                token(json!({}), SECRET)
+            ),
+        ),
+    )
+    .await;
+    assert_eq!(keyless.status, 503);
+    let (_, routes) = gate.admin_get("/routes").await;
+    assert!(
+        routes.contains("Secret default/absent not found"),
+        "{routes}"
+    );
+}
+
+#[tokio::test]
+async fn tokens_from_each_source_pass_with_claims_and_without_the_query_parameter() {
+    let mut up = Upstream::start().await;
+    let secrets = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(secrets.path().join("jwt")).expect("dir");
+    std::fs::write(secrets.path().join("jwt/secret"), SECRET).expect("key");
+    let gate = gate(&up, secrets.path()).await;
+    let good = token(json!({}), SECRET);
+
+    let by_query = raw_request(
+        gate.proxy,
+        &request(
+            &format!("/ws?room=1&access_token={good}&x=2"),
+            "X-User-Id: mallory\r\n",
+        ),
+    )
+    .await;
+    assert_eq!(by_query.status, 101);
+    let seen = up.seen.recv().await.expect("handshake");
+    assert_eq!(
+        seen.path, "/ws?room=1&x=2",
+        "the token does not travel upstream"
+    );
+    assert_eq!(
+        seen.headers.get_all("x-user-id").iter().collect::<Vec<_>>(),
+        ["alice"],
+        "the claim replaces the client's forged header"
+    );
+
+    let by_cookie = raw_request(
+        gate.proxy,
+        &request("/ws", &format!("Cookie: theme=dark; session={good}\r\n")),
+    )
+    .await;
+    assert_eq!(by_cookie.status, 101);
+    let by_header = raw_request(
+        gate.proxy,
+        &request("/ws", &format!("Authorization: Bearer {good}\r\n")),
+    )
+    .await;
+    assert_eq!(by_header.status, 101);
+    assert_eq!(up.handshakes(), 2);
+}
