@@ -61,13 +61,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     };
     let leadership = Leadership::campaign(client.clone(), &lease).await?;
     tracing::info!(identity, lease = %format!("{}/{}", lease.namespace, lease.name), "competing for the status lease");
-    let server = Server::start(
-        args.serve.listen,
-        args.serve.listen_tls,
-        args.serve.admin,
-        gateway.clone(),
-    )
-    .await?;
+    let server = Server::start(&args.serve, gateway.clone()).await?;
 
     let (published, on_publish) = watch::channel(0);
     let reporter = StatusReporter::new(client, routes.store(), gateway, &identity);

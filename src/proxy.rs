@@ -561,27 +561,11 @@ async fn handshake(
         }
         Ok(Err(Unread::Tls(e))) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed; closing");
-            outcome(
-                &gateway,
-                None,
-                client,
-                None,
-                "rejected",
-                "tls_handshake_failed",
-            );
-            return None;
+            return closed_unanswered(&gateway, client, "tls_handshake_failed");
         }
         Ok(Err(Unread::Proxy(e))) => {
             tracing::debug!(%peer, error = %e, "no valid PROXY protocol header; closing");
-            outcome(
-                &gateway,
-                None,
-                client,
-                None,
-                "rejected",
-                "proxy_header_invalid",
-            );
-            return None;
+            return closed_unanswered(&gateway, client, "proxy_header_invalid");
         }
         Ok(Err(Unread::Head(e))) => {
             tracing::debug!(%peer, error = %e, "client went away during its handshake");
@@ -589,8 +573,7 @@ async fn handshake(
         }
         Err(_) => {
             tracing::debug!(%peer, "request head not complete in time; closing");
-            outcome(&gateway, None, client, None, "rejected", "head_timeout");
-            return None;
+            return closed_unanswered(&gateway, client, "head_timeout");
         }
     };
     let mut stream = opened?;
@@ -705,6 +688,16 @@ async fn handshake(
             });
         }
     }
+    None
+}
+
+/// Counts a connection closed before it asked anything answerable (no route known).
+fn closed_unanswered(
+    gateway: &Gateway,
+    client: ClientInfo,
+    reason: &'static str,
+) -> Option<Upgraded> {
+    outcome(gateway, None, client, None, "rejected", reason);
     None
 }
 

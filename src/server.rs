@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::config::ServeArgs;
 use crate::proxy::Gateway;
 
 /// A listener that could not be opened.
@@ -36,48 +37,29 @@ pub struct Server {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Binds `addr` and returns the listener with the address it got (port 0 picks one).
 async fn bind(
     addr: SocketAddr,
     what: &'static str,
     flag: &'static str,
-) -> Result<TcpListener, BindError> {
-    TcpListener::bind(addr).await.map_err(|source| BindError {
+) -> Result<(TcpListener, SocketAddr), BindError> {
+    let failed = |source| BindError {
         addr,
         what,
         flag,
         source,
-    })
+    };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
 }
 
 impl Server {
-    /// Binds both listeners and starts serving.
-    pub async fn start(
-        listen: SocketAddr,
-        listen_tls: SocketAddr,
-        admin: SocketAddr,
-        gateway: Arc<Gateway>,
-    ) -> Result<Server, BindError> {
-        let proxy = bind(listen, "proxy", "--listen").await?;
-        let proxy_tls = bind(listen_tls, "TLS proxy", "--listen-tls").await?;
-        let tls_addr = proxy_tls.local_addr().map_err(|source| BindError {
-            addr: listen_tls,
-            what: "TLS proxy",
-            flag: "--listen-tls",
-            source,
-        })?;
-        let admin = bind(admin, "admin endpoints", "--admin").await?;
-        let proxy_addr = proxy.local_addr().map_err(|source| BindError {
-            addr: listen,
-            what: "proxy",
-            flag: "--listen",
-            source,
-        })?;
-        let admin_addr = admin.local_addr().map_err(|source| BindError {
-            addr: listen,
-            what: "admin endpoints",
-            flag: "--admin",
-            source,
-        })?;
+    /// Binds the listeners `serve` names and starts serving.
+    pub async fn start(serve: &ServeArgs, gateway: Arc<Gateway>) -> Result<Server, BindError> {
+        let (proxy, proxy_addr) = bind(serve.listen, "proxy", "--listen").await?;
+        let (proxy_tls, tls_addr) = bind(serve.listen_tls, "TLS proxy", "--listen-tls").await?;
+        let (admin, admin_addr) = bind(serve.admin, "admin endpoints", "--admin").await?;
         let config = gateway.config();
         tracing::info!(
             address = %proxy_addr,

@@ -296,13 +296,7 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
         args.secret_dir.clone(),
         gateway.clone(),
     )?;
-    let server = Server::start(
-        args.serve.listen,
-        args.serve.listen_tls,
-        args.serve.admin,
-        gateway.clone(),
-    )
-    .await?;
+    let server = Server::start(&args.serve, gateway.clone()).await?;
 
     let (tx, mut changes) = mpsc::unbounded_channel();
     let _watcher = watch(&args.routes, tx.clone())?;
