@@ -167,3 +167,90 @@ async fn tokens_from_each_source_pass_with_claims_and_without_the_query_paramete
     assert_eq!(by_header.status, 101);
     assert_eq!(up.handshakes(), 2);
 }
+
+/// Runs openssl (a test prerequisite, as for the control plane) with these arguments.
+fn openssl(args: &[&str], input: Option<&[u8]>) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("openssl runs");
+    if let Some(bytes) = input {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(bytes)
+            .expect("write");
+    }
+    let out = child.wait_with_output().expect("openssl output");
+    assert!(out.status.success(), "openssl {args:?} failed");
+    out.stdout
+}
+
+#[tokio::test]
+async fn an_rs256_token_verifies_with_the_routes_pem_public_key() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("key.pem");
+    let key = key.to_str().expect("utf-8");
+    openssl(
+        &[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+            key,
+        ],
+        None,
+    );
+    let public = openssl(&["pkey", "-in", key, "-pubout"], None);
+    let secrets = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(secrets.path().join("jwt")).expect("dir");
+    std::fs::write(secrets.path().join("jwt/key.pem"), &public).expect("key");
+    let up = Upstream::start().await;
+    let gate = gate(&up, secrets.path()).await;
+
+    let claims =
+        json!({"sub": "alice", "iss": "https://issuer.test", "aud": "chat", "exp": now() + 300});
+    let signing_input = format!(
+        "{}.{}",
+        b64.encode(br#"{"alg":"RS256","typ":"JWT"}"#),
+        b64.encode(claims.to_string())
+    );
+    let signature = openssl(
+        &["dgst", "-sha256", "-sign", key],
+        Some(signing_input.as_bytes()),
+    );
+    let token = format!("{signing_input}.{}", b64.encode(signature));
+    let accepted = raw_request(
+        gate.proxy,
+        &request("/ws", &format!("Authorization: Bearer {token}\r\n")),
+    )
+    .await;
+    assert_eq!(accepted.status, 101);
+    // The same signature over other claims.
+    let forged_claims =
+        json!({"sub": "mallory", "iss": "https://issuer.test", "aud": "chat", "exp": now() + 300});
+    let mut parts = token.split('.');
+    let (header, _, signature) = (
+        parts.next().expect("header"),
+        parts.next().expect("claims"),
+        parts.next().expect("signature"),
+    );
+    let tampered = format!(
+        "{header}.{}.{signature}",
+        b64.encode(forged_claims.to_string())
+    );
+    let refused = raw_request(
+        gate.proxy,
+        &request("/ws", &format!("Authorization: Bearer {tampered}\r\n")),
+    )
+    .await;
+    assert_eq!(refused.status, 401);
+}

@@ -148,6 +148,9 @@ pub(crate) async fn start_wsgate(
             &listen,
             "--admin",
             &admin,
+            // The TLS listener is not measured; a free port keeps runs from colliding.
+            "--listen-tls",
+            "127.0.0.1:0",
             "--log",
             "warn",
         ],
