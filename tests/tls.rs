@@ -29,6 +29,14 @@ fn write_secret(dir: &Path, name: &str, keys: &[(&str, &str)]) {
     }
 }
 
+/// Issues a certificate for `host` and writes it with its key as Secret `name`; returns the
+/// certificate (PEM).
+fn tls_secret(dir: &Path, ca: &TestCa, name: &str, host: &str) -> String {
+    let (cert, key) = ca.issue(&[host]);
+    write_secret(dir, name, &[("tls.crt", &cert), ("tls.key", &key)]);
+    cert
+}
+
 /// The DER of the certificate a TLS server presented.
 fn presented(tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>) -> Vec<u8> {
     tls.get_ref().1.peer_certificates().expect("certificates")[0].to_vec()
@@ -53,18 +61,8 @@ async fn echo_over(ws: &mut tokio_tungstenite::WebSocketStream<impl Io>) {
 async fn sni_picks_each_hostnames_certificate_and_an_unknown_name_fails_the_handshake() {
     let ca = TestCa::new();
     let secrets = tempfile::tempdir().expect("tempdir");
-    let (a_cert, a_key) = ca.issue(&["a.example.test"]);
-    let (b_cert, b_key) = ca.issue(&["b.example.test"]);
-    write_secret(
-        secrets.path(),
-        "a-tls",
-        &[("tls.crt", &a_cert), ("tls.key", &a_key)],
-    );
-    write_secret(
-        secrets.path(),
-        "b-tls",
-        &[("tls.crt", &b_cert), ("tls.key", &b_key)],
-    );
+    let a_cert = tls_secret(secrets.path(), &ca, "a-tls", "a.example.test");
+    let b_cert = tls_secret(secrets.path(), &ca, "b-tls", "b.example.test");
     let up = Upstream::start().await;
     let gate = Gate::start(
         &[
@@ -103,12 +101,7 @@ async fn sni_picks_each_hostnames_certificate_and_an_unknown_name_fails_the_hand
 async fn a_rotated_certificate_serves_new_handshakes_while_a_live_connection_continues() {
     let ca = TestCa::new();
     let secrets = tempfile::tempdir().expect("tempdir");
-    let (old_cert, old_key) = ca.issue(&["a.example.test"]);
-    write_secret(
-        secrets.path(),
-        "a-tls",
-        &[("tls.crt", &old_cert), ("tls.key", &old_key)],
-    );
+    let old_cert = tls_secret(secrets.path(), &ca, "a-tls", "a.example.test");
     let up = Upstream::start().await;
     let gate = Gate::start(
         &[("a.yaml", tls_route("a", "a.example.test", &up, "a-tls"))],
@@ -123,12 +116,7 @@ async fn a_rotated_certificate_serves_new_handshakes_while_a_live_connection_con
         .await
         .expect("upgrade");
 
-    let (new_cert, new_key) = ca.issue(&["a.example.test"]);
-    write_secret(
-        secrets.path(),
-        "a-tls",
-        &[("tls.crt", &new_cert), ("tls.key", &new_key)],
-    );
+    let new_cert = tls_secret(secrets.path(), &ca, "a-tls", "a.example.test");
     let new = der(&new_cert);
     gate.wait_for(
         || async {
@@ -147,12 +135,7 @@ async fn a_rotated_certificate_serves_new_handshakes_while_a_live_connection_con
 async fn a_tls_route_refuses_plain_requests_and_a_host_other_than_the_sni_name() {
     let ca = TestCa::new();
     let secrets = tempfile::tempdir().expect("tempdir");
-    let (a_cert, a_key) = ca.issue(&["a.example.test"]);
-    write_secret(
-        secrets.path(),
-        "a-tls",
-        &[("tls.crt", &a_cert), ("tls.key", &a_key)],
-    );
+    tls_secret(secrets.path(), &ca, "a-tls", "a.example.test");
     let up = Upstream::start().await;
     let gate = Gate::start(
         &[
@@ -192,16 +175,12 @@ async fn a_tls_route_refuses_plain_requests_and_a_host_other_than_the_sni_name()
 async fn a_missing_or_malformed_secret_is_reported_and_other_routes_keep_serving() {
     let ca = TestCa::new();
     let secrets = tempfile::tempdir().expect("tempdir");
-    let (a_cert, a_key) = ca.issue(&["a.example.test"]);
-    write_secret(
-        secrets.path(),
-        "a-tls",
-        &[("tls.crt", &a_cert), ("tls.key", &a_key)],
-    );
+    tls_secret(secrets.path(), &ca, "a-tls", "a.example.test");
+    let (_, key) = ca.issue(&["x.example.test"]);
     write_secret(
         secrets.path(),
         "broken",
-        &[("tls.crt", "not a certificate"), ("tls.key", &a_key)],
+        &[("tls.crt", "not a certificate"), ("tls.key", &key)],
     );
     let up = Upstream::start().await;
     let gate = Gate::start(
