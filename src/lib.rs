@@ -13,7 +13,8 @@
 //!   resources into a [`route::RouteTable`] and per-route [`compile::Verdict`]s.
 //! - [`snapshot`] is what the data plane reads: an immutable table swapped whole.
 //! - [`source`] is where resources come from (files in standalone mode).
-//! - [`proxy`] is the data plane: listener, handshake policy, upstream, frame relay.
+//! - [`proxy`] is the data plane: listener, handshake policy, upstream, frame relay;
+//!   [`tls`] its certificates and upstream verification, [`auth`] its JWT check.
 //! - [`admin`] serves health, readiness, metrics and the active snapshot.
 
 pub mod access;

@@ -63,7 +63,7 @@ async fn sni_picks_each_hostnames_certificate_and_an_unknown_name_fails_the_hand
     let secrets = tempfile::tempdir().expect("tempdir");
     let a_cert = tls_secret(secrets.path(), &ca, "a-tls", "a.example.test");
     let b_cert = tls_secret(secrets.path(), &ca, "b-tls", "b.example.test");
-    let up = Upstream::start().await;
+    let mut up = Upstream::start().await;
     let gate = Gate::start(
         &[
             ("a.yaml", tls_route("a", "a.example.test", &up, "a-tls")),
@@ -84,6 +84,8 @@ async fn sni_picks_each_hostnames_certificate_and_an_unknown_name_fails_the_hand
         );
         let mut ws = ws_over(tls, host, "/ws", APP).await.expect("upgrade");
         echo_over(&mut ws).await;
+        let seen = up.seen.recv().await.expect("handshake");
+        assert_eq!(seen.headers["x-forwarded-proto"], "https", "{host}");
     }
     // A name no route has a certificate for: the handshake fails; no other tenant's
     // certificate is shown.
