@@ -17,18 +17,6 @@ fn tls_route(name: &str, host: &str, up: &Upstream, secret: &str) -> String {
     route(name, host, "/ws", ORIGINS, &up.url()) + &format!("  tls: {{secretName: {secret}}}\n")
 }
 
-/// Writes Secret `name` with these keys under `dir`, as a mounted Secret volume looks.
-fn write_secret(dir: &Path, name: &str, keys: &[(&str, &str)]) {
-    let secret = dir.join(name);
-    std::fs::create_dir_all(&secret).expect("secret dir");
-    for (key, value) in keys {
-        // Written beside and renamed over, so the gateway never reads half a file.
-        let tmp = secret.join(format!(".{key}.tmp"));
-        std::fs::write(&tmp, value).expect("write");
-        std::fs::rename(&tmp, secret.join(key)).expect("rename");
-    }
-}
-
 /// Issues a certificate for `host` and writes it with its key as Secret `name`; returns the
 /// certificate (PEM).
 fn tls_secret(dir: &Path, ca: &TestCa, name: &str, host: &str) -> String {

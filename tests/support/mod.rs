@@ -20,6 +20,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Response}
 use tokio_tungstenite::tungstenite::http::{HeaderMap, StatusCode};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
+pub mod browser;
 pub mod control_plane;
 
 /// How long any wait in these tests may take before it is a failure (generous: CI is noisy).
@@ -354,10 +355,8 @@ impl Upstream {
                     else {
                         return;
                     };
+                    // After a Close the loop reads on, so tungstenite sends the Close reply.
                     while let Some(Ok(msg)) = ws.next().await {
-                        if msg.is_close() {
-                            break;
-                        }
                         if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                             break;
                         }
@@ -383,6 +382,18 @@ pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// A byte stream the test upstream serves, plain or TLS.
 pub trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Writes Secret `name` with these keys under `dir`, as a mounted Secret volume looks.
+pub fn write_secret(dir: &Path, name: &str, keys: &[(&str, &str)]) {
+    let secret = dir.join(name);
+    std::fs::create_dir_all(&secret).expect("secret dir");
+    for (key, value) in keys {
+        // Written beside and renamed over, so the gateway never reads half a file.
+        let tmp = secret.join(format!(".{key}.tmp"));
+        std::fs::write(&tmp, value).expect("write");
+        std::fs::rename(&tmp, secret.join(key)).expect("rename");
+    }
+}
 
 /// A certificate authority for tests, issuing server certificates.
 pub struct TestCa {
@@ -506,7 +517,6 @@ pub async fn connect(
     }
 }
 
-/// Reads messages until a Close frame; returns its code and reason.
 /// Opens a WebSocket through the gateway, sends one text message and expects it echoed;
 /// panics with the status when the handshake is refused.
 pub async fn echo(gate: SocketAddr, host: &str, path: &str, origin: &str, extra: &[(&str, &str)]) {
@@ -520,6 +530,7 @@ pub async fn echo(gate: SocketAddr, host: &str, path: &str, origin: &str, extra:
     );
 }
 
+/// Reads messages until a Close frame; returns its code and reason.
 pub async fn close_code(client: &mut Client) -> (u16, String) {
     let wait = async {
         while let Some(msg) = client.next().await {
