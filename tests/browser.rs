@@ -315,6 +315,21 @@ impl ChatDemo {
     }
 }
 
+/// True once the chat page says it is connected.
+const CONNECTED: &str = "document.getElementById('status').className === 'connected'";
+
+/// Sends `text` as `name` from a chat page, the way a person would: fill in and click Send.
+async fn say(page: &support::browser::Page<'_>, name: &str, text: &str) {
+    page.eval(&format!(
+        "document.getElementById('name').value = {}; \
+         document.getElementById('text').value = {}; \
+         document.getElementById('button').click()",
+        json!(name),
+        json!(text)
+    ))
+    .await;
+}
+
 #[tokio::test]
 async fn the_chat_demo_admits_its_page_and_shows_the_other_origin_why_it_is_refused() {
     let demo = ChatDemo::start();
@@ -332,30 +347,31 @@ async fn the_chat_demo_admits_its_page_and_shows_the_other_origin_why_it_is_refu
 
     let allowed = browser.open(&format!("{}/{gateway}", demo.allowed)).await;
     allowed
-        .wait_for(
-            "document.getElementById('status').className === 'connected'",
-            "the allowed page to connect",
-        )
+        .wait_for(CONNECTED, "the allowed page to connect")
         .await;
-    allowed
-        .eval(
-            "document.getElementById('name').value = 'ada'; \
-             document.getElementById('text').value = 'hello through wsgate'; \
-             document.getElementById('button').click()",
-        )
+    let second = browser.open(&format!("{}/{gateway}", demo.allowed)).await;
+    second
+        .wait_for(CONNECTED, "a second tab of the allowed page to connect")
         .await;
+    say(&allowed, "ada", "hello through wsgate").await;
+    say(&second, "grace", "hello, ada").await;
     let messages = allowed
         .wait_for(
-            "(t => t.includes('ada:hello through wsgate') && t)\
+            "(t => t.includes('grace:hello, ada') && t)\
              (document.getElementById('messages').innerText)",
-            "the message to come back from the chat upstream",
+            "the second tab's message in the first",
         )
         .await;
+    let messages = messages.as_str().expect("text");
+    let joined = format!("someone joined from {}", demo.allowed);
+    assert_eq!(
+        messages.matches(&joined).count(),
+        2,
+        "the upstream saw both tabs' origin: {messages}"
+    );
     assert!(
-        messages
-            .as_str()
-            .is_some_and(|t| t.contains(&format!("someone joined from {}", demo.allowed))),
-        "the upstream saw the page's origin: {messages}"
+        messages.contains("ada:hello through wsgate"),
+        "the first tab's own message came back: {messages}"
     );
 
     let refused = browser.open(&format!("{}/{gateway}", demo.refused)).await;
