@@ -259,7 +259,25 @@ async fn over_wss_the_browser_trusts_the_test_ca_and_a_revoked_page_reads_1008()
 /// Builds the chat demo (`cargo build --example chat`, a no-op when it is fresh) and returns
 /// its binary.
 fn chat_example() -> PathBuf {
-    let status = std::process::Command::new(env!("CARGO"))
+    let mut cargo = std::process::Command::new(env!("CARGO"));
+    // Without the variables cargo set for this test: build scripts that watch them (ring's
+    // watches CARGO_MANIFEST_DIR) would otherwise rebuild, and the next `cargo test` again.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            cargo.env_remove(name.as_ref());
+        }
+    }
+    let status = cargo
         .args(["build", "--quiet", "--example", "chat"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .status()
