@@ -38,9 +38,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
     let args = Args::parse();
-    let upstream = TcpListener::bind(args.upstream).await?;
-    let page = TcpListener::bind(args.page).await?;
-    let other = TcpListener::bind(args.other_page).await?;
+    let upstream = bind(args.upstream, "--upstream").await;
+    let page = bind(args.page, "--page").await;
+    let other = bind(args.other_page, "--other-page").await;
     // Printed with the bound ports, so that port 0 works (the browser test uses it).
     println!("chat upstream listening on ws://{}", upstream.local_addr()?);
     println!(
@@ -58,6 +58,14 @@ async fn main() -> std::io::Result<()> {
         let (stream, _) = upstream.accept().await?;
         tokio::spawn(chat(stream, room.clone()));
     }
+}
+
+/// Listens on `addr`, or exits naming the address and the flag that moves it.
+async fn bind(addr: SocketAddr, flag: &str) -> TcpListener {
+    TcpListener::bind(addr).await.unwrap_or_else(|e| {
+        eprintln!("chat: cannot listen on {addr}: {e}; choose another address with {flag}");
+        std::process::exit(1)
+    })
 }
 
 /// Answers every HTTP request on `listener` with the page.
