@@ -68,11 +68,11 @@ impl Origins {
     }
 }
 
-fn log(value: Value) -> Vec<String> {
+fn page_events(value: Value) -> Vec<String> {
     serde_json::from_value(value).expect("a list of events")
 }
 
-fn call(function: &str, url: &str, send: &str) -> String {
+fn js_call(function: &str, url: &str, send: &str) -> String {
     format!("{function}({}, {})", json!(url), json!(send))
 }
 
@@ -122,7 +122,11 @@ async fn the_allowed_origin_talks_other_origins_and_the_sandboxed_null_origin_ar
 
     let allowed = browser.open(&origins.allowed).await;
     assert_eq!(
-        log(allowed.eval(&call("probe", &ws("/forbidden"), "hi")).await),
+        page_events(
+            allowed
+                .eval(&js_call("probe", &ws("/forbidden"), "hi"))
+                .await
+        ),
         ["open", "message:hi", "close:1000:done"],
         "the allowed page exchanges a message with the upstream"
     );
@@ -135,7 +139,7 @@ async fn the_allowed_origin_talks_other_origins_and_the_sandboxed_null_origin_ar
 
     let other = browser.open(&origins.other).await;
     assert_eq!(
-        log(other.eval(&call("probe", &ws("/forbidden"), "hi")).await),
+        page_events(other.eval(&js_call("probe", &ws("/forbidden"), "hi")).await),
         ["error", "close:1006:"],
         "rejection: Forbidden fails the page's handshake: no open, no reason"
     );
@@ -145,22 +149,26 @@ async fn the_allowed_origin_talks_other_origins_and_the_sandboxed_null_origin_ar
         "Chromium's console names the 403: {console:?}"
     );
     assert_eq!(
-        log(other.eval(&call("probe", &ws("/close"), "hi")).await),
+        page_events(other.eval(&js_call("probe", &ws("/close"), "hi")).await),
         ["open", "close:1008:origin not allowed"],
         "rejection: Close completes the upgrade, then the page reads why in onclose"
     );
 
     assert_eq!(
-        log(allowed
-            .eval(&call("sandboxed", &ws("/forbidden"), "hi"))
-            .await),
+        page_events(
+            allowed
+                .eval(&js_call("sandboxed", &ws("/forbidden"), "hi"))
+                .await
+        ),
         ["error", "close:1006:"],
         "a sandboxed iframe of the allowed page is another origin (null)"
     );
     assert_eq!(
-        log(allowed
-            .eval(&call("sandboxed", &ws("/null-ok"), "hi"))
-            .await),
+        page_events(
+            allowed
+                .eval(&js_call("sandboxed", &ws("/null-ok"), "hi"))
+                .await
+        ),
         ["open", "message:hi", "close:1000:done"],
         "allowNull admits the sandboxed iframe"
     );
@@ -220,7 +228,7 @@ async fn over_wss_the_browser_trusts_the_test_ca_and_a_revoked_page_reads_1008()
 
     let stranger_url = format!("wss://stranger.localhost:{}/", gate.tls.port());
     assert_eq!(
-        log(page.eval(&call("probe", &stranger_url, "hi")).await),
+        page_events(page.eval(&js_call("probe", &stranger_url, "hi")).await),
         ["error", "close:1006:"],
         "a certificate from a CA the browser does not trust fails"
     );
@@ -233,7 +241,7 @@ async fn over_wss_the_browser_trusts_the_test_ca_and_a_revoked_page_reads_1008()
             "the wss:// socket's first event",
         )
         .await;
-    assert_eq!(log(opened), ["open"], "the page trusts the test CA");
+    assert_eq!(page_events(opened), ["open"], "the page trusts the test CA");
     page.eval("held.send('over tls')").await;
     page.wait_for(
         "events.includes('message:over tls')",
@@ -243,12 +251,13 @@ async fn over_wss_the_browser_trusts_the_test_ca_and_a_revoked_page_reads_1008()
 
     gate.write_and_wait("live.yaml", &live("https://elsewhere.example"))
         .await;
-    let events = log(page
-        .wait_for(
+    let events = page_events(
+        page.wait_for(
             "events.some((e) => e.startsWith('close:')) && events",
             "the revoked page's onclose",
         )
-        .await);
+        .await,
+    );
     assert_eq!(
         events,
         ["open", "message:over tls", "close:1008:origin not allowed"],
