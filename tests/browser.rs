@@ -68,10 +68,12 @@ impl Origins {
     }
 }
 
+/// A page's event list (`["open", "message:hi", ...]`) from its JSON value.
 fn page_events(value: Value) -> Vec<String> {
     serde_json::from_value(value).expect("a list of events")
 }
 
+/// The JavaScript call `function(url, send)`, arguments quoted as JSON.
 fn js_call(function: &str, url: &str, send: &str) -> String {
     format!("{function}({}, {})", json!(url), json!(send))
 }
