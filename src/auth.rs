@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
 use crate::api::JwtSpec;
@@ -248,7 +248,7 @@ fn keys(material: &[u8]) -> Result<Vec<VerifyKey>, KeyError> {
             .keys
             .iter()
             .filter_map(|jwk| {
-                let key = DecodingKey::from_jwk(jwk).ok()?;
+                let key = DecodingKey::from_jwk(jwk).ok().filter(usable)?;
                 let declared = jwk
                     .common
                     .key_algorithm
@@ -290,7 +290,7 @@ fn keys(material: &[u8]) -> Result<Vec<VerifyKey>, KeyError> {
                 vec![Algorithm::ES256, Algorithm::ES384],
             ),
             (
-                DecodingKey::from_ed_pem(trimmed).ok(),
+                DecodingKey::from_ed_pem(trimmed).ok().filter(usable),
                 vec![Algorithm::EdDSA],
             ),
         ];
@@ -316,6 +316,12 @@ fn keys(material: &[u8]) -> Result<Vec<VerifyKey>, KeyError> {
         key: DecodingKey::from_secret(trimmed),
         algorithms: hmac_algorithms(),
     }])
+}
+
+/// jsonwebtoken reads an Ed25519 key as its first 32 bytes and panics on a shorter one: such
+/// a key is unusable at load time rather than a panic waiting for a token that names it.
+fn usable(key: &DecodingKey) -> bool {
+    key.family() != AlgorithmFamily::Ed || key.try_get_as_bytes().is_ok_and(|b| b.len() == 32)
 }
 
 fn rsa_algorithms() -> Vec<Algorithm> {

@@ -307,3 +307,46 @@ fn the_token_query_parameter_is_stripped_and_the_rest_kept() {
         assert_eq!(strip_query_params(target, &names), stripped, "{target}");
     }
 }
+
+#[test]
+fn an_ed25519_key_shorter_than_32_bytes_is_refused_at_load_and_never_reached() {
+    use base64::Engine as _;
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let short = json!({"kty": "OKP", "crv": "Ed25519", "kid": "short", "x": b64(&[7; 16])});
+    let jwks = |keys: serde_json::Value| json!({ "keys": keys }).to_string().into_bytes();
+    assert!(matches!(
+        JwtAuth::new(&spec(&[]), &jwks(json!([short]))).unwrap_err(),
+        KeyError::EmptyJwks(_)
+    ));
+    // The same short key in PEM form (SubjectPublicKeyInfo, OID 1.3.101.112).
+    let mut spki = vec![
+        0x30, 0x1a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x11, 0x00,
+    ];
+    spki.extend_from_slice(&[7; 16]);
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        base64::engine::general_purpose::STANDARD.encode(&spki)
+    );
+    assert_eq!(
+        JwtAuth::new(&spec(&[]), pem.as_bytes()).unwrap_err(),
+        KeyError::Unusable
+    );
+    // Beside a usable key, the short one is left out: a token naming it is refused, and
+    // verifying it does not panic (jsonwebtoken slices an EdDSA key to 32 bytes).
+    let oct = json!({"kty": "oct", "kid": "shared", "k": b64(SECRET)});
+    let auth = JwtAuth::new(
+        &spec(&[header("Authorization")]),
+        &jwks(json!([short, oct])),
+    )
+    .expect("the oct key is usable");
+    let token = format!(
+        "{}.{}.{}",
+        b64(br#"{"alg":"EdDSA","kid":"short"}"#),
+        b64(claims().to_string().as_bytes()),
+        b64(&[0; 64])
+    );
+    assert!(matches!(
+        check(&auth, "/", &[("Authorization", &bearer(&token))]),
+        Err(AuthFailure::Invalid(_))
+    ));
+}
