@@ -234,6 +234,13 @@ async fn over_wss_the_browser_trusts_the_test_ca_and_a_revoked_page_reads_1008()
         ["error", "close:1006:"],
         "a certificate from a CA the browser does not trust fails"
     );
+    let console = browser.log_entries().await;
+    assert!(
+        console
+            .iter()
+            .any(|l| l.contains("stranger.localhost") && l.contains("ERR_CERT_AUTHORITY_INVALID")),
+        "Chromium says why: {console:?}"
+    );
 
     let url = format!("wss://localhost:{}/live", gate.tls.port());
     page.eval(&format!("hold({})", json!(url))).await;
