@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
-use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, Validation};
 use serde_json::{Map, Value};
 
 use crate::api::JwtSpec;
@@ -38,7 +38,7 @@ const RESERVED_HEADERS: [&str; 14] = [
 pub enum KeyError {
     /// The key material is none of the accepted forms.
     #[error(
-        "holds no usable key: write a JWKS document (`{{\"keys\": [...]}}`), a PEM public key (RSA, EC P-256/P-384 or Ed25519), or an HMAC secret of at least 32 bytes"
+        "holds no usable key: write a JWKS document (`{{\"keys\": [...]}}`), a PEM public key (RSA of at least 2048 bits, EC P-256/P-384 or Ed25519), or an HMAC secret of at least 32 bytes"
     )]
     Unusable,
     /// A JWKS document without a key wsgate can verify with.
@@ -284,7 +284,10 @@ fn keys(material: &[u8]) -> Result<Vec<VerifyKey>, KeyError> {
     }
     if trimmed.starts_with(b"-----BEGIN") {
         let pem = [
-            (DecodingKey::from_rsa_pem(trimmed).ok(), rsa_algorithms()),
+            (
+                DecodingKey::from_rsa_pem(trimmed).ok().filter(usable),
+                rsa_algorithms(),
+            ),
             (
                 DecodingKey::from_ec_pem(trimmed).ok(),
                 vec![Algorithm::ES256, Algorithm::ES384],
@@ -318,10 +321,34 @@ fn keys(material: &[u8]) -> Result<Vec<VerifyKey>, KeyError> {
     }])
 }
 
-/// jsonwebtoken reads an Ed25519 key as its first 32 bytes and panics on a shorter one: such
-/// a key is unusable at load time rather than a panic waiting for a token that names it.
+/// Whether a key can be trusted with tokens. An Ed25519 key must be 32 bytes: jsonwebtoken
+/// reads it as its first 32 and panics on fewer, so a short one is refused at load rather
+/// than left as a panic waiting for a token that names it. An RSA modulus must have at least
+/// 2048 bits (NIST SP 800-131A): shorter ones are within reach of factoring.
 fn usable(key: &DecodingKey) -> bool {
-    key.family() != AlgorithmFamily::Ed || key.try_get_as_bytes().is_ok_and(|b| b.len() == 32)
+    match key.family() {
+        AlgorithmFamily::Ed => key.try_get_as_bytes().is_ok_and(|b| b.len() == 32),
+        AlgorithmFamily::Rsa => rsa_bits(key).is_some_and(|bits| bits >= MIN_RSA_BITS),
+        _ => true,
+    }
+}
+
+/// The smallest RSA modulus accepted, in bits.
+const MIN_RSA_BITS: usize = 2048;
+
+/// The size of an RSA key's modulus in bits, from JWK components or PKCS#1 DER.
+fn rsa_bits(key: &DecodingKey) -> Option<usize> {
+    use rsa::pkcs1::DecodeRsaPublicKey as _;
+    use rsa::traits::PublicKeyParts as _;
+    match key.kind() {
+        DecodingKeyKind::RsaModulusExponent { n, .. } => {
+            let n = &n[n.iter().position(|&b| b != 0)?..];
+            Some(n.len() * 8 - n[0].leading_zeros() as usize)
+        }
+        DecodingKeyKind::SecretOrDer(der) => rsa::RsaPublicKey::from_pkcs1_der(der)
+            .ok()
+            .map(|k| k.n().bits()),
+    }
 }
 
 fn rsa_algorithms() -> Vec<Algorithm> {

@@ -350,3 +350,36 @@ fn an_ed25519_key_shorter_than_32_bytes_is_refused_at_load_and_never_reached() {
         Err(AuthFailure::Invalid(_))
     ));
 }
+
+#[test]
+fn an_rsa_key_under_2048_bits_is_refused_in_pem_and_in_a_jwks() {
+    use base64::Engine as _;
+    // `openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:1024`, public half.
+    const RSA_1024: &str = "-----BEGIN PUBLIC KEY-----
+MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC0M5WrLkOiDsozwaKm6yv7qG6s
+xTYvqYAzL8H57yORi/oMpgA4sEsHlVg5+8Oq1wBjXGaolF3RHvb+CxfQSGufUa6c
+eU7mihAJ86xreGJhUsakXuYFx7aUd5D1++C68IvA/AflqLCY7+hvoTE43m5iSsbf
+cKpNOBc3VVDo7cF1xQIDAQAB
+-----END PUBLIC KEY-----
+";
+    assert_eq!(
+        JwtAuth::new(&spec(&[]), RSA_1024.as_bytes()).unwrap_err(),
+        KeyError::Unusable
+    );
+    assert!(
+        KeyError::Unusable
+            .to_string()
+            .contains("RSA of at least 2048 bits")
+    );
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = |n: &[u8]| json!({"keys": [{"kty": "RSA", "kid": "k", "n": b64(n), "e": "AQAB"}]});
+    // A 2047-bit modulus (its top byte 0x7f) is one bit short; 2048 bits pass.
+    let mut n = vec![0xff; 256];
+    n[0] = 0x7f;
+    assert!(matches!(
+        JwtAuth::new(&spec(&[]), jwk(&n).to_string().as_bytes()).unwrap_err(),
+        KeyError::EmptyJwks(_)
+    ));
+    n[0] = 0x80;
+    JwtAuth::new(&spec(&[]), jwk(&n).to_string().as_bytes()).expect("2048 bits are usable");
+}
