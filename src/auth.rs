@@ -83,8 +83,10 @@ pub struct JwtAuth {
     issuer: Option<String>,
     audiences: Vec<String>,
     leeway: u64,
-    /// (claim, lowercase header name).
-    forward: Vec<(String, String)>,
+    /// Claims to forward, each in the header of the same index in `forward_headers`.
+    forward_claims: Vec<String>,
+    /// Lowercase header names for `forward_claims`.
+    forward_headers: Vec<String>,
 }
 
 impl fmt::Debug for JwtAuth {
@@ -111,7 +113,7 @@ impl JwtAuth {
                 _ => None,
             })
             .collect();
-        let mut forward = Vec::new();
+        let (mut forward_claims, mut forward_headers) = (Vec::new(), Vec::new());
         for f in &spec.forward_claims {
             let header = f.header.to_ascii_lowercase();
             let token = !header.is_empty()
@@ -124,7 +126,8 @@ impl JwtAuth {
             {
                 return Err(KeyError::ReservedHeader(f.header.clone()));
             }
-            forward.push((f.claim.clone(), header));
+            forward_claims.push(f.claim.clone());
+            forward_headers.push(header);
         }
         Ok(JwtAuth {
             sources,
@@ -132,21 +135,23 @@ impl JwtAuth {
             issuer: spec.issuer.clone(),
             audiences: spec.audiences.clone(),
             leeway: u64::from(spec.leeway_seconds),
-            forward,
+            forward_claims,
+            forward_headers,
         })
     }
 
-    /// The query parameters tokens may come in: removed from every forwarded request.
-    pub fn query_params(&self) -> impl Iterator<Item = &str> {
-        self.sources.iter().filter_map(|s| match s {
-            Source::Query(q) => Some(q.as_str()),
-            _ => None,
+    /// `target` without the query parameters tokens may come in: a token is never forwarded.
+    pub fn strip_token_params<'a>(&self, target: &'a str) -> Cow<'a, str> {
+        strip_query_params(target, |name| {
+            self.sources
+                .iter()
+                .any(|s| matches!(s, Source::Query(q) if q == name))
         })
     }
 
     /// The headers claims are forwarded in (lowercase): a client's own are never forwarded.
-    pub fn forwarded_headers(&self) -> impl Iterator<Item = &str> {
-        self.forward.iter().map(|(_, h)| h.as_str())
+    pub fn forwarded_headers(&self) -> &[String] {
+        &self.forward_headers
     }
 
     /// Finds and verifies the request's token at Unix time `now`; returns the headers to
@@ -164,8 +169,9 @@ impl JwtAuth {
             .ok_or(AuthFailure::Missing)?;
         let claims = self.verify(&token, now)?;
         Ok(self
-            .forward
+            .forward_claims
             .iter()
+            .zip(&self.forward_headers)
             .filter_map(|(claim, header)| {
                 let value = match claims.get(claim)? {
                     Value::String(s) => s.clone(),
@@ -401,21 +407,20 @@ fn find_token(source: &Source, target: &str, headers: Headers<'_>) -> Option<Str
     .filter(|t| !t.is_empty())
 }
 
-/// `target` without the query parameters named in `names` (every occurrence); the rest of
-/// the query is kept byte for byte, and a query left empty loses its `?`.
-pub fn strip_query_params<'a>(target: &'a str, names: &[&str]) -> Cow<'a, str> {
+/// `target` without the query parameters whose (decoded) name is `named` (every occurrence);
+/// the rest of the query is kept byte for byte, and a query left empty loses its `?`.
+pub fn strip_query_params(target: &str, named: impl Fn(&str) -> bool) -> Cow<'_, str> {
     let (path, Some(query)) = crate::proxy::http1::split_target(target) else {
         return Cow::Borrowed(target);
     };
-    let named = |pair: &str| {
+    let is_named = |pair: &str| {
         let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        let key = percent_decoded(key);
-        names.iter().any(|n| *n == key)
+        named(&percent_decoded(key))
     };
-    if !query.split('&').any(named) {
+    if !query.split('&').any(is_named) {
         return Cow::Borrowed(target);
     }
-    let kept: Vec<&str> = query.split('&').filter(|p| !named(p)).collect();
+    let kept: Vec<&str> = query.split('&').filter(|p| !is_named(p)).collect();
     let mut out = path.to_owned();
     if !kept.is_empty() {
         out.push('?');

@@ -821,10 +821,7 @@ fn decide(
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
             match jwt.check(target, headers, now) {
-                Ok(claims) => {
-                    let params: Vec<&str> = jwt.query_params().collect();
-                    (crate::auth::strip_query_params(target, &params), claims)
-                }
+                Ok(claims) => (jwt.strip_token_params(target), claims),
                 Err(AuthFailure::Missing) => {
                     return Step::Refuse(Some(route), Reject::Unauthorized);
                 }
@@ -858,9 +855,9 @@ fn decide(
         },
         None => None,
     };
-    let dropped: Vec<&str> = match &route.auth {
-        Some(RouteAuth::Jwt(jwt)) => jwt.forwarded_headers().collect(),
-        _ => Vec::new(),
+    let dropped = match &route.auth {
+        Some(RouteAuth::Jwt(jwt)) => jwt.forwarded_headers(),
+        _ => &[],
     };
     let request = upstream::forward_request(
         &target,
@@ -869,7 +866,7 @@ fn decide(
         subprotocols.as_deref(),
         client,
         upstream::Claims {
-            dropped: &dropped,
+            dropped,
             added: &claims,
         },
     );

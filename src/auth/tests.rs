@@ -293,7 +293,6 @@ fn forwarded_claims_never_carry_line_breaks() {
 
 #[test]
 fn the_token_query_parameter_is_stripped_and_the_rest_kept() {
-    let names = ["access_token"];
     for (target, stripped) in [
         ("/ws", "/ws"),
         ("/ws?access_token=x", "/ws"),
@@ -304,7 +303,11 @@ fn the_token_query_parameter_is_stripped_and_the_rest_kept() {
         ("/ws?access_token2=x", "/ws?access_token2=x"),
         ("/ws?access%5Ftoken=x", "/ws"),
     ] {
-        assert_eq!(strip_query_params(target, &names), stripped, "{target}");
+        assert_eq!(
+            strip_query_params(target, |n| n == "access_token"),
+            stripped,
+            "{target}"
+        );
     }
 }
 

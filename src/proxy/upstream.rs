@@ -51,7 +51,7 @@ pub struct ClientInfo {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Claims<'a> {
     /// Header names (lowercase) the client may not send itself: claims go in them.
-    pub dropped: &'a [&'a str],
+    pub dropped: &'a [String],
     /// The claims' headers.
     pub added: &'a [(String, String)],
 }
@@ -290,7 +290,7 @@ mod tests {
             None,
             None,
             Claims {
-                dropped: &["x-user-id"],
+                dropped: &["x-user-id".to_owned()],
                 added: &added,
             },
         );
