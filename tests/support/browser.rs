@@ -63,6 +63,8 @@ impl Chromium {
                 "--no-sandbox",
                 "--disable-background-networking",
                 "--disable-gpu",
+                // Containers often give /dev/shm 64 MiB, too little for a renderer.
+                "--disable-dev-shm-usage",
                 "--no-first-run",
                 "--no-default-browser-check",
                 "--remote-debugging-port=0",
