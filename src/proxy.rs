@@ -1167,13 +1167,7 @@ mod tests {
     use super::*;
 
     fn body_of(code: u16, headers: &[(&str, &str)]) -> RefusalBody {
-        let parsed: Vec<httparse::Header<'_>> = headers
-            .iter()
-            .map(|(name, value)| httparse::Header {
-                name,
-                value: value.as_bytes(),
-            })
-            .collect();
+        let parsed = http1::headers_from(headers);
         RefusalBody::of(code, Headers::new(&parsed))
     }
 

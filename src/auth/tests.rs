@@ -70,13 +70,7 @@ fn check(
     target: &str,
     headers: &[(&str, &str)],
 ) -> Result<Vec<(String, String)>, AuthFailure> {
-    let parsed: Vec<httparse::Header<'_>> = headers
-        .iter()
-        .map(|(name, value)| httparse::Header {
-            name,
-            value: value.as_bytes(),
-        })
-        .collect();
+    let parsed = crate::proxy::http1::headers_from(headers);
     auth.check(target, Headers::new(&parsed), NOW)
 }
 

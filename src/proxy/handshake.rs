@@ -296,16 +296,7 @@ pub fn filter_subprotocols(headers: Headers<'_>, allowed: &[String]) -> Option<S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parsed(pairs: &[(&'static str, &'static str)]) -> Vec<httparse::Header<'static>> {
-        pairs
-            .iter()
-            .map(|(name, value)| httparse::Header {
-                name,
-                value: value.as_bytes(),
-            })
-            .collect()
-    }
+    use crate::proxy::http1::headers_from;
 
     fn upgrade(extra: &[(&'static str, &'static str)]) -> Vec<httparse::Header<'static>> {
         let mut pairs = vec![
@@ -315,7 +306,7 @@ mod tests {
             ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
         ];
         pairs.extend_from_slice(extra);
-        parsed(&pairs)
+        headers_from(&pairs)
     }
 
     fn without(
@@ -353,7 +344,7 @@ mod tests {
     fn version_other_than_13_is_426() {
         let h = without(upgrade(&[]), "sec-websocket-version");
         let mut h = h;
-        h.extend(parsed(&[("Sec-WebSocket-Version", "8")]));
+        h.extend(headers_from(&[("Sec-WebSocket-Version", "8")]));
         assert_eq!(validate("GET", Headers::new(&h)), Err(Reject::BadVersion));
         let r = response(Reject::BadVersion);
         assert!(r.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{r}");
@@ -369,7 +360,7 @@ mod tests {
             "dGhlIHNhbXBsZSBub25jZWVl",
         ] {
             let mut h = without(upgrade(&[]), "sec-websocket-key");
-            h.extend(parsed(&[("Sec-WebSocket-Key", bad)]));
+            h.extend(headers_from(&[("Sec-WebSocket-Key", bad)]));
             assert_eq!(
                 validate("GET", Headers::new(&h)),
                 Err(Reject::BadKey),
@@ -389,7 +380,7 @@ mod tests {
     #[test]
     fn subprotocol_offer_is_filtered_in_client_order() {
         let allowed = vec!["chat.v2".to_owned(), "chat.v1".to_owned()];
-        let h = parsed(&[
+        let h = headers_from(&[
             ("sec-websocket-protocol", "evil, chat.v1"),
             ("Sec-WebSocket-Protocol", "chat.v2"),
         ]);
@@ -397,7 +388,7 @@ mod tests {
             filter_subprotocols(Headers::new(&h), &allowed).expect("kept"),
             "chat.v1, chat.v2"
         );
-        let none = parsed(&[("sec-websocket-protocol", "evil")]);
+        let none = headers_from(&[("sec-websocket-protocol", "evil")]);
         assert_eq!(filter_subprotocols(Headers::new(&none), &allowed), None);
         assert_eq!(filter_subprotocols(Headers::new(&[]), &allowed), None);
     }

@@ -249,6 +249,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
+/// Request headers from (name, value) pairs, as httparse would give them: for tests.
+#[cfg(test)]
+pub(crate) fn headers_from<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<httparse::Header<'a>> {
+    pairs
+        .iter()
+        .map(|&(name, value)| httparse::Header {
+            name,
+            value: value.as_bytes(),
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -241,7 +241,7 @@ mod tests {
     }
 
     fn client_headers() -> Vec<httparse::Header<'static>> {
-        [
+        http1::headers_from(&[
             ("Host", "chat.example.com"),
             ("Origin", "https://app.example.com"),
             ("Connection", "keep-alive, Upgrade, x-secret"),
@@ -251,13 +251,7 @@ mod tests {
             ("X-Forwarded-Proto", "https"),
             ("Sec-WebSocket-Protocol", "evil, chat"),
             ("X-User-Id", "mallory"),
-        ]
-        .into_iter()
-        .map(|(name, value)| httparse::Header {
-            name,
-            value: value.as_bytes(),
-        })
-        .collect()
+        ])
     }
 
     fn forwarded(target: &str, path: Option<&str>, subprotocols: Option<&str>) -> String {
