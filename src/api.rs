@@ -113,9 +113,26 @@ pub struct WebSocketRouteSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthSpec>,
 
+    /// Namespaces whose routes may also serve this route's hostnames, up to 16. A hostname belongs to the namespace of its oldest route; a newer route from another namespace on it, or on a hostname under a wildcard it owns, is Conflicted unless a route of the owner on that hostname lists its namespace here. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub hostname_grants: Vec<HostnameGrant>,
+
     /// Terminate TLS (`wss://`) for this route's hostnames on the TLS listener. A route with `tls` is served only over TLS: on the plain listener its handshakes get 403. Default: plain only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+}
+
+/// A namespace allowed to serve routes on the granting route's hostnames.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct HostnameGrant {
+    /// The namespace, like `team-b`.
+    #[schemars(length(min = 1, max = 63))]
+    #[x_kube(
+        validation = Rule::new(format!(r"self.matches(r'^{DNS_LABEL}$')"))
+            .message("namespace must be a namespace name: lowercase letters, digits and `-`, like `team-b`")
+    )]
+    pub namespace: String,
 }
 
 /// How handshakes are authenticated.
@@ -294,7 +311,15 @@ pub struct PathMatch {
         validation = Rule::new("self.startsWith('/')")
             .message("path value must start with `/`: write `/ws`, not `ws`"),
         validation = Rule::new(r"!self.matches(r'[?#\s\x00-\x1f\x7f]')")
-            .message("path value must be a plain path: drop the query (`?...`) or fragment (`#...`) and percent-encode spaces, like `/chat%20room`")
+            .message("path value must be a plain path: drop the query (`?...`) or fragment (`#...`) and percent-encode spaces, like `/chat%20room`"),
+        validation = Rule::new(r"!self.matches(r'(^|/)(\.|%2[eE]){1,2}((;|%3[bB])[^/]*)?(/|$)')")
+            .message("path value must not have `.` or `..` segments: write the path they resolve to, like `/ws` for `/ws/chat/..`"),
+        validation = Rule::new("!self.contains('//')")
+            .message("path value must not have `//`: write a single `/`"),
+        validation = Rule::new(r"!self.matches(r'%(2[fF]|5[cC]|00)|\\')")
+            .message("path value must not have an encoded `/`, `\\` or NUL (%2F, %5C, %00) or a `\\`: requests with them are refused, so the route would never match"),
+        validation = Rule::new(r"!self.matches(r'%(.?$|[^0-9A-Fa-f]|[0-9A-Fa-f][^0-9A-Fa-f])')")
+            .message("every `%` in a path value must start an escape like `%20`")
     )]
     pub value: String,
 }
@@ -756,7 +781,7 @@ status:
         let compiled = compile_schema(&s);
         let mut all = Vec::new();
         rules(&s, "", &mut all);
-        assert_eq!(all.len(), 14, "{all:#?}");
+        assert_eq!(all.len(), 19, "{all:#?}");
         fn errors(c: &kube::core::cel::CompiledSchema, out: &mut Vec<String>) {
             out.extend(c.compilation_errors().iter().map(|e| format!("{e:?}")));
             c.properties.values().for_each(|p| errors(p, out));

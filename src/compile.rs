@@ -15,6 +15,7 @@ use crate::api::JwtSpec;
 use crate::api::{MAX_IDLE_TIMEOUT_SECONDS, PathMatchType, Rejection, WebSocketRoute};
 use crate::auth::{JwtAuth, KeyError};
 use crate::policy::OriginPolicy;
+use crate::route::path;
 use crate::route::{
     Admission, Limits, OriginRejection, PathRule, Route, RouteAuth, RouteKey, RouteTable, Target,
     Upstream,
@@ -22,6 +23,8 @@ use crate::route::{
 use crate::tls::{self, UpstreamTls};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::ServerName;
+
+mod ownership;
 
 /// Condition types (DESIGN §4).
 pub mod condition {
@@ -285,6 +288,8 @@ pub struct Compiled {
 /// Invalid routes are left out of the table and never affect the others. Two valid routes
 /// that claim the same hostname and path (same type and value) conflict: the one with the
 /// older `creationTimestamp` wins, then namespace/name order; the loser is not served at all.
+/// A route on a hostname another namespace owns, without its grant, conflicts too
+/// ([`ownership`]).
 pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
     let mut checked: Vec<Checked> = routes.iter().map(|r| check_route(r, backends)).collect();
 
@@ -299,6 +304,17 @@ pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
             foldhash::HashMap::with_capacity_and_hasher(checked.len(), Default::default());
         let mut seen_keys: foldhash::HashSet<&RouteKey> =
             foldhash::HashSet::with_capacity_and_hasher(checked.len(), Default::default());
+        let mut owners = ownership::Owners::default();
+        for (c, route) in checked.iter().zip(routes) {
+            if let Some(valid) = &c.valid {
+                let granted = route.spec.hostname_grants.iter();
+                owners.grant(
+                    &c.key.namespace,
+                    &valid.hostnames,
+                    granted.map(|g| g.namespace.as_str()),
+                );
+            }
+        }
         for &i in &order {
             let c = &checked[i];
             if !seen_keys.insert(&c.key) {
@@ -311,6 +327,10 @@ pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
             let Some(valid) = &c.valid else {
                 continue;
             };
+            if let Some(trespass) = owners.trespass(&c.key.namespace, &valid.hostnames) {
+                conflicts[i] = Some(trespass.to_string());
+                continue;
+            }
             let clash = valid.hostnames.iter().find_map(|h| {
                 claimed
                     .get(&(h.as_str(), &valid.path))
@@ -326,6 +346,7 @@ pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
             for h in &valid.hostnames {
                 claimed.insert((h, &valid.path), &c.key);
             }
+            owners.claim(&c.key, &valid.hostnames);
             served[i] = true;
         }
     }
@@ -514,6 +535,14 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
     }
 
     let hostnames = check_hostnames(&spec.hostnames, &mut problems);
+    for grant in &spec.hostname_grants {
+        if !is_namespace_name(&grant.namespace) {
+            problems.push(format!(
+                "hostnameGrants namespace `{}` is not a namespace name: use lowercase letters, digits and `-`, like `team-b`",
+                grant.namespace
+            ));
+        }
+    }
 
     let path = match check_path(spec.path.match_type, &spec.path.value) {
         Ok(p) => Some(p),
@@ -714,6 +743,17 @@ fn check_hostnames(hostnames: &[String], problems: &mut Vec<String>) -> Vec<Stri
     hostnames.to_vec()
 }
 
+/// A namespace name is a DNS label (RFC 1123): 1–63 lowercase letters, digits and `-`, not
+/// starting or ending with `-`.
+fn is_namespace_name(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// A hostname is a lowercase DNS name, or `*.` followed by one (at least two labels).
 fn check_hostname(h: &str) -> Result<(), String> {
     let (wild, name) = match h.strip_prefix("*.") {
@@ -767,9 +807,20 @@ fn check_path(kind: PathMatchType, value: &str) -> Result<PathRule, String> {
             "path `{value}` must be a plain path without query, fragment, spaces or control characters"
         ));
     }
+    // Requests are matched in normal form, so the route's path is kept in it: escapes are
+    // normalized quietly, while dot segments and `//` would make it match something else
+    // than it reads, so their resolved form is asked for.
+    let escaped = path::normalize_escapes(value)
+        .map_err(|e| format!("path `{value}` cannot be matched safely: {e}"))?;
+    let resolved = path::resolve_segments(&escaped);
+    if resolved != escaped {
+        return Err(format!(
+            "path `{value}` has `.` or `..` segments or `//`: write `{resolved}`"
+        ));
+    }
     Ok(match kind {
-        PathMatchType::Exact => PathRule::Exact(value.to_owned()),
-        PathMatchType::PathPrefix => PathRule::prefix(value),
+        PathMatchType::Exact => PathRule::Exact(escaped.into_owned()),
+        PathMatchType::PathPrefix => PathRule::prefix(&escaped),
     })
 }
 

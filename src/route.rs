@@ -1,6 +1,8 @@
 //! The immutable route table the data plane reads: lookup by host and path, and the compiled
 //! per-route policy. No API types, no Kubernetes, no I/O.
 
+pub mod path;
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -180,12 +182,19 @@ pub struct Limits {
 /// The routes of one hostname key, ordered for lookup.
 #[derive(Debug, Default, Clone)]
 struct HostRoutes {
+    /// A route on this hostname has `tls`: every path on it is served on the TLS listener
+    /// only, so a newer plain route cannot serve part of a TLS hostname in clear text.
+    tls_only: bool,
     exact: HashMap<String, Arc<Route>>,
     /// Longest prefix first.
     prefixes: Vec<(PathRule, Arc<Route>)>,
 }
 
 impl HostRoutes {
+    fn select(&self, path: &str) -> Option<(&Arc<Route>, bool)> {
+        self.find(path).map(|route| (route, self.tls_only))
+    }
+
     fn find(&self, path: &str) -> Option<&Arc<Route>> {
         if let Some(route) = self.exact.get(path) {
             return Some(route);
@@ -228,6 +237,7 @@ impl RouteTable {
                 Some(suffix) => self.wildcard_hosts.entry(suffix.to_owned()).or_default(),
                 None => self.exact_hosts.entry(hostname.clone()).or_default(),
             };
+            entry.tls_only |= route.tls_only;
             match path {
                 PathRule::Exact(value) => {
                     entry
@@ -251,14 +261,20 @@ impl RouteTable {
     /// wildcard suffix first), then an `Exact` path before the longest `PathPrefix`.
     /// `host` must already be lowercase and without a port.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Arc<Route>> {
-        if let Some(route) = self.exact_hosts.get(host).and_then(|h| h.find(path)) {
-            return Some(route);
+        self.select(host, path).map(|(route, _)| route)
+    }
+
+    /// [`RouteTable::lookup`], and whether the hostname key that matched is TLS-only (a
+    /// route on it has `tls`).
+    pub fn select(&self, host: &str, path: &str) -> Option<(&Arc<Route>, bool)> {
+        if let Some(found) = self.exact_hosts.get(host).and_then(|h| h.select(path)) {
+            return Some(found);
         }
         // `*.example.com` covers one or more labels, so try every proper suffix of the host.
         let mut rest = host;
         while let Some((_, suffix)) = rest.split_once('.') {
-            if let Some(route) = self.wildcard_hosts.get(suffix).and_then(|h| h.find(path)) {
-                return Some(route);
+            if let Some(found) = self.wildcard_hosts.get(suffix).and_then(|h| h.select(path)) {
+                return Some(found);
             }
             rest = suffix;
         }

@@ -54,6 +54,12 @@ fn valid_specs_pass_the_rules_and_compile() {
             .to_owned(),
         "  hostnames: [a.example.com]\n  upstream: {url: \"ws://backend.internal:9000/socket\"}\n"
             .to_owned(),
+        format!(
+            "  hostnames: [a.example.com]\n  path: {{value: \"/caf%C3%A9/a;v=1/.../.x/\"}}\n{UP}"
+        ),
+        format!(
+            "  hostnames: [a.example.com]\n  hostnameGrants: [{{namespace: team-b}}, {{namespace: b2}}]\n{UP}"
+        ),
     ] {
         let (route, json) = route(&spec);
         assert_eq!(cel_accepts(&json), Ok(()), "CEL refused\n{spec}");
@@ -81,6 +87,20 @@ fn every_spec_the_rules_refuse_compile_refuses_too() {
         "  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9000/x?y=1\"}\n".to_owned(),
         "  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9000\", service: {name: s, port: 80}}\n".to_owned(),
         "  hostnames: [a.example.com]\n  upstream: {}\n".to_owned(),
+        format!("  hostnames: [a.example.com]\n  path: {{value: /ws/../admin}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: /ws/.}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: \"/ws/%2E%2e/admin\"}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: \"/ws/..;x/admin\"}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: \"/ws/.%3b/admin\"}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: //ws}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: \"/ws%2fadmin\"}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: \"/ws%5Cadmin\"}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: \"/ws%00\"}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: '/ws\\\\admin'}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: \"/ws%zz\"}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  path: {{value: \"/ws%4\"}}\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  hostnameGrants: [{{namespace: Team_B}}]\n{UP}"),
+        format!("  hostnames: [a.example.com]\n  hostnameGrants: [{{namespace: -b}}]\n{UP}"),
     ] {
         let (route, json) = route(&spec);
         assert!(cel_accepts(&json).is_err(), "CEL accepted\n{spec}");

@@ -409,6 +409,230 @@ fn tls_route(
     ))
 }
 
+/// `route` with a grant of its hostnames to `namespace`.
+fn granting(mut route: WebSocketRoute, namespace: &str) -> WebSocketRoute {
+    route.spec.hostname_grants.push(crate::api::HostnameGrant {
+        namespace: namespace.to_owned(),
+    });
+    route
+}
+
+/// A plain route `namespace/name` on `host` with a path of `kind` (`Exact`, `PathPrefix`).
+fn tenant(
+    namespace: &str,
+    name: &str,
+    created: &str,
+    host: &str,
+    kind: &str,
+    path: &str,
+) -> WebSocketRoute {
+    route(&format!(
+        "metadata: {{name: {name}, namespace: {namespace}, creationTimestamp: \"{created}\"}}\nspec:\n  hostnames: [\"{host}\"]\n  path: {{type: {kind}, value: \"{path}\"}}\n  upstream: {{url: \"ws://127.0.0.1:9000\"}}\n"
+    ))
+}
+
+#[test]
+fn a_newer_route_from_another_namespace_cannot_take_a_path_of_an_owned_hostname() {
+    let strict = tenant(
+        "team-a",
+        "strict",
+        "2026-01-01T00:00:00Z",
+        "app.test",
+        "PathPrefix",
+        "/ws",
+    );
+    for (kind, path) in [
+        ("Exact", "/ws"),
+        ("PathPrefix", "/ws/sub"),
+        ("PathPrefix", "/other"),
+    ] {
+        let takeover = tenant(
+            "team-b",
+            "takeover",
+            "2026-02-01T00:00:00Z",
+            "app.test",
+            kind,
+            path,
+        );
+        let c = compile(&[takeover, strict.clone()], &Backends::standalone());
+        let a = cond(&c.verdicts[0], condition::ACCEPTED);
+        assert_eq!(
+            (a.status, a.reason),
+            (false, reason::CONFLICTED),
+            "{kind} {path}"
+        );
+        assert!(
+            a.message
+                .contains("hostname app.test belongs to namespace team-a")
+                && a.message.contains("team-a/strict")
+                && a.message.contains("hostnameGrants: [{namespace: team-b}]"),
+            "{}",
+            a.message
+        );
+        assert!(c.verdicts[1].accepted());
+        let served = c.table.lookup("app.test", path).map(|r| r.key.to_string());
+        let expected = path.starts_with("/ws").then(|| "team-a/strict".to_owned());
+        assert_eq!(served, expected, "{kind} {path}");
+    }
+}
+
+#[test]
+fn a_grant_from_the_owner_lets_another_namespace_serve_its_hostname() {
+    let strict = granting(
+        tenant(
+            "team-a",
+            "strict",
+            "2026-01-01T00:00:00Z",
+            "app.test",
+            "PathPrefix",
+            "/ws",
+        ),
+        "team-b",
+    );
+    let guest = tenant(
+        "team-b",
+        "guest",
+        "2026-02-01T00:00:00Z",
+        "app.test",
+        "Exact",
+        "/ws/b",
+    );
+    // A grant from a namespace that does not own the hostname counts for nothing.
+    let squatter = granting(
+        tenant(
+            "team-c",
+            "squat",
+            "2026-03-01T00:00:00Z",
+            "app.test",
+            "Exact",
+            "/ws/c",
+        ),
+        "team-c",
+    );
+    let c = compile(&[guest, strict, squatter], &Backends::standalone());
+    assert!(c.verdicts[0].accepted(), "{:?}", c.verdicts[0].conditions);
+    assert!(c.verdicts[1].accepted());
+    assert!(!c.verdicts[2].accepted());
+    assert_eq!(
+        c.table
+            .lookup("app.test", "/ws/b")
+            .map(|r| r.key.to_string()),
+        Some("team-b/guest".to_owned())
+    );
+}
+
+#[test]
+fn a_wildcard_owner_keeps_the_hostnames_under_it_and_the_same_namespace_needs_no_grant() {
+    let wild = tenant(
+        "team-a",
+        "wild",
+        "2026-01-01T00:00:00Z",
+        "*.example.com",
+        "PathPrefix",
+        "/",
+    );
+    let sibling = tenant(
+        "team-a",
+        "chat",
+        "2026-02-01T00:00:00Z",
+        "chat.example.com",
+        "Exact",
+        "/ws",
+    );
+    let under = tenant(
+        "team-b",
+        "talk",
+        "2026-02-01T00:00:00Z",
+        "talk.example.com",
+        "Exact",
+        "/ws",
+    );
+    let deeper = tenant(
+        "team-b",
+        "deep",
+        "2026-02-01T00:00:00Z",
+        "*.x.example.com",
+        "PathPrefix",
+        "/",
+    );
+    let elsewhere = tenant(
+        "team-b",
+        "other",
+        "2026-02-01T00:00:00Z",
+        "chat.example.org",
+        "PathPrefix",
+        "/",
+    );
+    let c = compile(
+        &[wild, sibling, under, deeper, elsewhere],
+        &Backends::standalone(),
+    );
+    let accepted: Vec<bool> = c.verdicts.iter().map(Verdict::accepted).collect();
+    assert_eq!(accepted, [true, true, false, false, true]);
+    let msg = &cond(&c.verdicts[2], condition::ACCEPTED).message;
+    assert!(
+        msg.contains(
+            "hostname talk.example.com is under *.example.com, which belongs to namespace team-a"
+        ),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_older_route_elsewhere_keeps_its_hostname_under_a_newer_wildcard() {
+    let exact = tenant(
+        "team-b",
+        "chat",
+        "2026-01-01T00:00:00Z",
+        "chat.example.com",
+        "PathPrefix",
+        "/",
+    );
+    let wild = tenant(
+        "team-a",
+        "wild",
+        "2026-02-01T00:00:00Z",
+        "*.example.com",
+        "PathPrefix",
+        "/",
+    );
+    let c = compile(&[exact, wild], &Backends::standalone());
+    assert!(c.verdicts.iter().all(Verdict::accepted));
+    assert_eq!(
+        c.table
+            .lookup("chat.example.com", "/")
+            .map(|r| r.key.to_string()),
+        Some("team-b/chat".to_owned())
+    );
+}
+
+#[test]
+fn a_tls_route_makes_every_path_of_its_hostname_tls_only() {
+    let mut backends = Backends::standalone();
+    tls_secret(&mut backends, "red", "chat-tls");
+    let plain = tenant(
+        "red",
+        "plain",
+        "2026-02-01T00:00:00Z",
+        "chat.example.com",
+        "Exact",
+        "/plain",
+    );
+    let c = compile(
+        &[
+            tls_route("red", "tls", "2026-01-01T00:00:00Z", "/ws", "chat-tls"),
+            plain,
+        ],
+        &backends,
+    );
+    assert!(c.verdicts.iter().all(Verdict::accepted));
+    let (route, tls_only) = c
+        .table
+        .select("chat.example.com", "/plain")
+        .expect("routed");
+    assert_eq!((route.key.name.as_str(), tls_only), ("plain", true));
+}
+
 fn tls_secret(backends: &mut Backends, namespace: &str, name: &str) -> Vec<u8> {
     let cert = rcgen::generate_simple_self_signed(vec!["chat.example.com".to_owned()])
         .expect("certificate");
@@ -436,7 +660,10 @@ fn a_hostnames_certificate_is_the_oldest_routes_and_a_later_tenant_is_told() {
                 "/other",
                 "chat-tls",
             ),
-            tls_route("red", "first", "2026-01-01T00:00:00Z", "/ws", "chat-tls"),
+            granting(
+                tls_route("red", "first", "2026-01-01T00:00:00Z", "/ws", "chat-tls"),
+                "blue",
+            ),
         ],
         &backends,
     );
