@@ -46,8 +46,8 @@ use admission::{Admissions, Denied, Slot};
 use client::TrustedProxies;
 use handshake::{AcceptKey, Reject};
 use http1::{HeadError, Headers, Prefixed};
-use registry::{CLOSE_POLICY, Registry};
-use relay::{Ended, Side};
+use registry::{CLOSE_POLICY, CLOSE_RESTART, Registry};
+use relay::{ConnControl, Ended, Side};
 use stream::Stream;
 use upstream::{ClientInfo, UpstreamTimeouts};
 
@@ -597,28 +597,7 @@ async fn handshake(
             .await;
         }
         Step::CloseAfterUpgrade(route, accept) => {
-            outcome(
-                &gateway,
-                Some(&route.label),
-                client,
-                origin,
-                "rejected",
-                Reject::OriginDenied.reason(),
-            );
-            tracing::debug!(client = %client.ip, route = %route.label, "origin not allowed: closing after upgrade");
-            let reply = switching_protocols(None, accept);
-            if stream.write_all(&reply).await.is_ok() {
-                let client_io = Prefixed::new(stream, leftover);
-                drop(buf);
-                drop(phase);
-                relay::reject_after_upgrade(
-                    client_io,
-                    CLOSE_POLICY,
-                    "origin not allowed",
-                    gateway.config.close_linger,
-                )
-                .await;
-            }
+            close_after_upgrade(stream, leftover, phase, &route, accept, client, origin).await;
         }
         Step::Forward {
             route,
@@ -627,21 +606,51 @@ async fn handshake(
             accept,
             admission,
         } => {
-            let answer = match upstream::send(
+            // Registered before the upstream is asked, so that a snapshot published while it
+            // answers applies to this connection as to the relayed ones.
+            let mut registration = gateway.connections.register(route.clone(), request_origin);
+            let control = registration.control();
+            let sent = upstream::send(
                 &route.upstream,
                 &request,
                 gateway.config.upstream,
                 &gateway.metrics.upstream_connect_seconds,
-            )
-            .await
-            {
+            );
+            let answer = tokio::select! {
+                answer = sent => answer,
+                code = revoked_in_flight(&control) => Err(revocation(code)),
+            };
+            let answer = match answer {
                 Ok(answer) => answer,
                 Err(reject) => {
-                    refuse(&mut stream, &gateway, Some(&route), reject, client, origin).await;
+                    refuse_decided(
+                        stream, leftover, phase, &route, reject, accept, client, origin,
+                    )
+                    .await;
                     return None;
                 }
             };
             drop(request);
+            // The newest snapshot decides, also one published between this handshake's
+            // decision and its registration, and whatever the route's revokeOnPolicyChange:
+            // nothing relays yet.
+            if let Some((code, _)) = gateway
+                .snapshot()
+                .and_then(|newest| registration.verdict(&newest.table))
+            {
+                refuse_decided(
+                    stream,
+                    leftover,
+                    phase,
+                    &route,
+                    revocation(code),
+                    accept,
+                    client,
+                    origin,
+                )
+                .await;
+                return None;
+            }
             let reply = match answer_client(&answer, accept) {
                 Ok(Reply::Upgrade(reply)) => reply,
                 Ok(Reply::Refusal(head, body)) => {
@@ -663,7 +672,7 @@ async fn handshake(
                     return None;
                 }
             };
-            let registration = gateway.connections.register(route.clone(), request_origin);
+            registration.relaying();
             outcome(
                 &gateway,
                 Some(&route.label),
@@ -689,6 +698,79 @@ async fn handshake(
         }
     }
     None
+}
+
+/// Resolves with the close code once a snapshot revokes a handshake waiting for its
+/// upstream. A drain (1012) does not: that handshake completes and its relay closes.
+async fn revoked_in_flight(control: &ConnControl) -> u16 {
+    match control.requested_close().await {
+        (CLOSE_RESTART, _) => std::future::pending().await,
+        (code, _) => code,
+    }
+}
+
+/// The refusal for a handshake whose route a newer snapshot no longer admits it to.
+fn revocation(code: u16) -> Reject {
+    match code {
+        CLOSE_POLICY => Reject::OriginDenied,
+        _ => Reject::NoRoute,
+    }
+}
+
+/// Answers a handshake refused after its decision: an origin refusal on a route with
+/// `rejection: Close` is a 101 and Close 1008, like one refused at once; anything else is
+/// its status.
+#[allow(clippy::too_many_arguments)]
+async fn refuse_decided(
+    mut stream: Stream,
+    leftover: &[u8],
+    phase: HttpPhase,
+    route: &Route,
+    reject: Reject,
+    accept: AcceptKey,
+    client: ClientInfo,
+    origin: Option<&str>,
+) {
+    if reject == Reject::OriginDenied && route.rejection == OriginRejection::Close {
+        close_after_upgrade(stream, leftover, phase, route, accept, client, origin).await;
+    } else {
+        refuse(&mut stream, &phase.0, Some(route), reject, client, origin).await;
+    }
+}
+
+/// `rejection: Close`: a 101, then Close 1008 `origin not allowed`.
+async fn close_after_upgrade(
+    mut stream: Stream,
+    leftover: &[u8],
+    phase: HttpPhase,
+    route: &Route,
+    accept: AcceptKey,
+    client: ClientInfo,
+    origin: Option<&str>,
+) {
+    let gateway = phase.0.clone();
+    outcome(
+        &gateway,
+        Some(&route.label),
+        client,
+        origin,
+        "rejected",
+        Reject::OriginDenied.reason(),
+    );
+    tracing::debug!(client = %client.ip, route = %route.label, "origin not allowed: closing after upgrade");
+    let reply = switching_protocols(None, accept);
+    if stream.write_all(&reply).await.is_ok() {
+        let client_io = Prefixed::new(stream, leftover);
+        // The connection is past its HTTP phase: a drain need not wait for the linger.
+        drop(phase);
+        relay::reject_after_upgrade(
+            client_io,
+            CLOSE_POLICY,
+            "origin not allowed",
+            gateway.config.close_linger,
+        )
+        .await;
+    }
 }
 
 /// Counts a connection closed before it asked anything answerable (no route known).
@@ -783,17 +865,46 @@ fn decide(
     let Some(snapshot) = gateway.snapshot.load_full() else {
         return Step::Refuse(None, Reject::NotReady);
     };
-    let (path, _) = http1::split_target(target);
-    let host = request_host(headers.get("host"), target);
+    let mut hosts = headers.get_all("host");
+    let (host_header, second_host) = (hosts.next(), hosts.next());
+    let absolute = http1::absolute_form(target);
+    // RFC 9112 §3.2: one Host; with an absolute-form target, its authority is the host. A
+    // request that names two hosts could be routed by one and served by the other.
+    if second_host.is_some()
+        || absolute
+            .zip(host_header)
+            .is_some_and(|((authority, _), host)| {
+                !host.trim_ascii().eq_ignore_ascii_case(authority.as_bytes())
+            })
+    {
+        return Step::Refuse(None, Reject::AmbiguousHost);
+    }
+    let host = request_host(host_header, target);
+    // Routed and forwarded in normal form, so the route that matches is the one whose
+    // backend serves the path.
+    let (raw_path, query) = http1::split_target(target);
+    let Ok(path) = crate::route::path::normalize(raw_path) else {
+        return Step::Refuse(None, Reject::BadPath);
+    };
+    let target = match (&path, absolute) {
+        (Cow::Borrowed(_), None) => Cow::Borrowed(target),
+        _ => Cow::Owned(match query {
+            Some(query) => format!("{path}?{query}"),
+            None => path.clone().into_owned(),
+        }),
+    };
+
     // A TLS client asks for one host in SNI and another in Host: refused, so one tenant's
     // certificate cannot front another tenant's route (RFC 9110 §15.5.20).
     if sni.is_some_and(|name| !name.trim_end_matches('.').eq_ignore_ascii_case(&host)) {
         return Step::Refuse(None, Reject::Misdirected);
     }
-    let Some(route) = snapshot.table.lookup(&host, path).cloned() else {
+    let Some((route, tls_only)) = snapshot.table.select(&host, &path) else {
         return Step::Refuse(None, Reject::NoRoute);
     };
-    if route.tls_only && sni.is_none() {
+    let route = route.clone();
+    // TLS-only is a property of the hostname: no route serves part of it in clear text.
+    if tls_only && sni.is_none() {
         return Step::Refuse(Some(route), Reject::TlsRequired);
     }
     // Snapshots are swapped whole; this handshake keeps the route it selected.
@@ -814,14 +925,22 @@ fn decide(
         };
     }
     let (target, claims) = match &route.auth {
-        None => (Cow::Borrowed(target), Vec::new()),
+        None => (target, Vec::new()),
         Some(RouteAuth::Unavailable) => return Step::Refuse(Some(route), Reject::AuthUnavailable),
         Some(RouteAuth::Jwt(jwt)) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            match jwt.check(target, headers, now) {
-                Ok(claims) => (jwt.strip_token_params(target), claims),
+            match jwt.check(&target, headers, now) {
+                Ok(claims) => {
+                    let stripped = match target {
+                        Cow::Borrowed(target) => jwt.strip_token_params(target),
+                        Cow::Owned(target) => {
+                            Cow::Owned(jwt.strip_token_params(&target).into_owned())
+                        }
+                    };
+                    (stripped, claims)
+                }
                 Err(AuthFailure::Missing) => {
                     return Step::Refuse(Some(route), Reject::Unauthorized);
                 }
@@ -863,11 +982,14 @@ fn decide(
         &target,
         headers,
         &route.upstream,
-        subprotocols.as_deref(),
-        client,
-        upstream::Claims {
-            dropped,
-            added: &claims,
+        upstream::Forwarding {
+            client,
+            trusted_peer: gateway.config.trusted_proxies.contains(client.addr.ip()),
+            subprotocols: subprotocols.as_deref(),
+            claims: upstream::Claims {
+                dropped,
+                added: &claims,
+            },
         },
     );
     Step::Forward {

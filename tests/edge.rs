@@ -282,14 +282,14 @@ async fn with_proxy_protocol_the_header_names_the_client_and_its_absence_closes(
 }
 
 #[tokio::test]
-async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
+async fn forwarding_headers_are_believed_and_extended_only_from_trusted_proxies() {
     let mut up = Upstream::start().await;
     let gate = Gate::start(
         &limited_route(&up, ""),
         &["--trusted-proxies", "127.0.0.2/32"],
     )
     .await;
-    let forwarded = "X-Forwarded-For: 6.6.6.6, 203.0.113.9\r\n";
+    let forwarded = "X-Forwarded-For: 6.6.6.6, 203.0.113.9\r\nForwarded: for=6.6.6.6\r\n";
 
     let (status, _, _untrusted) = handshake_from("127.0.0.1", gate.proxy, b"", forwarded).await;
     assert_eq!(status, 101);
@@ -299,8 +299,17 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
         "an untrusted peer is the client"
     );
     assert_eq!(
-        seen.headers["x-forwarded-for"],
-        "6.6.6.6, 203.0.113.9, 127.0.0.1"
+        seen.headers["x-forwarded-for"], "127.0.0.1",
+        "an untrusted peer's list is replaced"
+    );
+    let ours = seen.headers.get_all("forwarded").iter().collect::<Vec<_>>();
+    assert_eq!(ours.len(), 1, "{ours:?}");
+    assert!(
+        ours[0]
+            .to_str()
+            .expect("ascii")
+            .starts_with("for=127.0.0.1;proto=http;host="),
+        "{ours:?}"
     );
 
     let (status, _, _trusted) = handshake_from("127.0.0.2", gate.proxy, b"", forwarded).await;
@@ -313,5 +322,10 @@ async fn x_forwarded_for_is_believed_only_from_trusted_proxies() {
     assert_eq!(
         seen.headers["x-forwarded-for"],
         "6.6.6.6, 203.0.113.9, 127.0.0.2"
+    );
+    let theirs = seen.headers["forwarded"].to_str().expect("ascii");
+    assert!(
+        theirs.starts_with("for=6.6.6.6, for=127.0.0.2;proto=http"),
+        "{theirs}"
     );
 }

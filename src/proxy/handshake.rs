@@ -17,6 +17,11 @@ pub enum Reject {
     Malformed,
     /// The request head is over the size limit.
     HeadTooLarge,
+    /// The request names its host twice: two `Host` headers, or a `Host` that differs
+    /// from an absolute-form target's authority (RFC 9112 §3.2).
+    AmbiguousHost,
+    /// The request path cannot be normalized safely (`route::path`).
+    BadPath,
     /// No route for this host and path.
     NoRoute,
     /// The gateway has not loaded its first snapshot yet.
@@ -78,7 +83,7 @@ impl Reject {
     /// The HTTP status sent to the client.
     pub fn status(self) -> StatusCode {
         match self {
-            Reject::Malformed => StatusCode::BAD_REQUEST,
+            Reject::Malformed | Reject::AmbiguousHost | Reject::BadPath => StatusCode::BAD_REQUEST,
             Reject::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::Unauthorized | Reject::InvalidToken => StatusCode::UNAUTHORIZED,
@@ -107,6 +112,8 @@ impl Reject {
         match self {
             Reject::Malformed => "malformed_request",
             Reject::HeadTooLarge => "head_too_large",
+            Reject::AmbiguousHost => "ambiguous_host",
+            Reject::BadPath => "bad_path",
             Reject::NoRoute => "no_route",
             Reject::NotReady => "not_ready",
             Reject::NotWebSocket => "not_websocket",
@@ -136,6 +143,12 @@ impl Reject {
         match self {
             Reject::Malformed => "malformed HTTP/1.1 request\n",
             Reject::HeadTooLarge => "request head too large\n",
+            Reject::AmbiguousHost => {
+                "send one Host header, naming the same host as an absolute-form target\n"
+            }
+            Reject::BadPath => {
+                "path not accepted: no encoded / \\ or NUL (%2F %5C %00), no \\, and no ; parameters on . or .. segments\n"
+            }
             Reject::NoRoute => "no route for this host and path\n",
             Reject::NotReady => "gateway is starting: no routes loaded yet\n",
             Reject::NotWebSocket => "this endpoint only accepts WebSocket upgrades\n",

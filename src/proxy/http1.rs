@@ -111,7 +111,8 @@ impl<'a> Headers<'a> {
     }
 
     /// Whether `name` describes the connection rather than the message (RFC 9110 §7.6.1):
-    /// one of the standard hop-by-hop headers, or named by a `Connection` header. With
+    /// one of the standard hop-by-hop headers, or named by a `Connection` header (except
+    /// `Host`, `Origin` and `Sec-WebSocket-*`). With
     /// `keep_framing`, `Transfer-Encoding` is kept: a body passed on unchanged needs it.
     pub fn is_hop_by_hop(self, name: &str, keep_framing: bool) -> bool {
         const HOP_BY_HOP: [&str; 6] = [
@@ -127,6 +128,20 @@ impl<'a> Headers<'a> {
         }
         if name.eq_ignore_ascii_case("transfer-encoding") {
             return !keep_framing;
+        }
+        // Whatever `Connection` lists, the headers a WebSocket handshake is about go end to
+        // end: `Connection: Upgrade, Origin` must not hide the Origin from the upstream.
+        const END_TO_END: [&str; 7] = [
+            "host",
+            "origin",
+            "sec-websocket-key",
+            "sec-websocket-version",
+            "sec-websocket-protocol",
+            "sec-websocket-extensions",
+            "sec-websocket-accept",
+        ];
+        if END_TO_END.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            return false;
         }
         self.has_token("connection", name)
     }

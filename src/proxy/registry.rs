@@ -3,7 +3,7 @@
 //! does not touch sockets: it only signals each connection's [`ConnControl`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::Notify;
@@ -30,6 +30,8 @@ struct Entry {
 pub struct Registry {
     entries: Mutex<HashMap<u64, Entry>>,
     next_id: AtomicU64,
+    /// Registered connections that are relaying (past their 101).
+    relaying: AtomicUsize,
     draining: AtomicBool,
     emptied: Notify,
 }
@@ -39,17 +41,38 @@ pub struct Registration {
     registry: Arc<Registry>,
     id: u64,
     control: Arc<ConnControl>,
+    relaying: bool,
 }
 
 impl Registration {
-    /// The control handle the relay watches.
+    /// The control handle the handshake and then the relay watch.
     pub fn control(&self) -> Arc<ConnControl> {
         self.control.clone()
+    }
+
+    /// Whether `table` still admits this connection; if not, the close code and reason it
+    /// calls for, whatever the route's `revokeOnPolicyChange` (a handshake not yet answered
+    /// has nothing to keep).
+    pub fn verdict(&self, table: &RouteTable) -> Option<(u16, &'static str)> {
+        let entries = self.registry.lock();
+        let entry = entries.get(&self.id)?;
+        verdict(&entry.route, &entry.origin, table)
+    }
+
+    /// Counts the connection as relaying: its handshake is answered.
+    pub fn relaying(&mut self) {
+        if !self.relaying {
+            self.relaying = true;
+            self.registry.relaying.fetch_add(1, Ordering::AcqRel);
+        }
     }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        if self.relaying {
+            self.registry.relaying.fetch_sub(1, Ordering::AcqRel);
+        }
         let mut entries = self.registry.lock();
         entries.remove(&self.id);
         if entries.is_empty() {
@@ -74,8 +97,9 @@ impl Registry {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a connection admitted by `route` with `origin`. While draining, the new
-    /// connection is told to close with 1012 at once.
+    /// Adds a connection admitted by `route` with `origin`, from its decision on: a snapshot
+    /// published while its upstream is still answering applies to it too. While draining,
+    /// the new connection is told to close with 1012 at once.
     pub fn register(self: &Arc<Self>, route: Arc<Route>, origin: RequestOrigin) -> Registration {
         let control = Arc::new(ConnControl::new());
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -94,28 +118,31 @@ impl Registry {
             registry: self.clone(),
             id,
             control,
+            relaying: false,
         }
     }
 
     /// Closes the connections `table` no longer admits, for routes that ask for it
-    /// (`revokeOnPolicyChange`): 1001 when the route is gone (deleted, invalid or
-    /// conflicted), 1008 when the route no longer allows the connection's origin.
+    /// (`revokeOnPolicyChange`, as the route in `table` says, or as the removed route said):
+    /// 1001 when the route is gone (deleted, invalid or conflicted), 1008 when the route no
+    /// longer allows the connection's origin.
     pub fn revoke(&self, table: &RouteTable) -> Revoked {
         let mut revoked = Revoked::default();
         for entry in self.lock().values() {
-            if !entry.route.revoke_on_policy_change {
+            let asks = table
+                .get(&entry.route.key)
+                .map_or(entry.route.revoke_on_policy_change, |r| {
+                    r.revoke_on_policy_change
+                });
+            if !asks {
                 continue;
             }
-            match table.get(&entry.route.key) {
-                None => {
-                    entry.control.close(CLOSE_GOING_AWAY, "route removed");
-                    revoked.gone += 1;
+            if let Some((code, reason)) = verdict(&entry.route, &entry.origin, table) {
+                entry.control.close(code, reason);
+                match code {
+                    CLOSE_POLICY => revoked.policy += 1,
+                    _ => revoked.gone += 1,
                 }
-                Some(route) if !route.origins.allows(&entry.origin) => {
-                    entry.control.close(CLOSE_POLICY, "origin not allowed");
-                    revoked.policy += 1;
-                }
-                Some(_) => {}
             }
         }
         revoked
@@ -131,17 +158,18 @@ impl Registry {
         entries.len()
     }
 
-    /// How many connections are live.
+    /// How many connections are relaying (handshakes waiting for their upstream are not
+    /// counted: they are counted as handshakes).
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.relaying.load(Ordering::Acquire)
     }
 
-    /// Whether no connection is live.
+    /// Whether no connection is registered, relaying or waiting for its upstream.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.lock().is_empty()
     }
 
-    /// Resolves once no connection is live.
+    /// Resolves once no connection is registered.
     pub async fn wait_empty(&self) {
         loop {
             let emptied = self.emptied.notified();
@@ -150,6 +178,20 @@ impl Registry {
             }
             emptied.await;
         }
+    }
+}
+
+/// What `table` makes of a connection `route` admitted with `origin`: nothing while the
+/// route is there and allows the origin, else the close code and reason.
+fn verdict(
+    route: &Route,
+    origin: &RequestOrigin,
+    table: &RouteTable,
+) -> Option<(u16, &'static str)> {
+    match table.get(&route.key) {
+        None => Some((CLOSE_GOING_AWAY, "route removed")),
+        Some(now) if !now.origins.allows(origin) => Some((CLOSE_POLICY, "origin not allowed")),
+        Some(_) => None,
     }
 }
 
@@ -220,6 +262,53 @@ mod tests {
         );
         assert_eq!(registry.revoke(&RouteTable::default()), Revoked::default());
         assert_eq!(kept.control().requested(), None);
+    }
+
+    #[test]
+    fn the_new_routes_revocation_setting_decides() {
+        let registry = Arc::new(Registry::default());
+        let was_off = registry.register(
+            Arc::new(route("chat", &["https://a.com", "https://b.com"], false)),
+            origin("https://a.com"),
+        );
+        let revoked = registry.revoke(&table(vec![route("chat", &["https://b.com"], true)]));
+        assert_eq!(revoked, Revoked { policy: 1, gone: 0 });
+        assert_eq!(was_off.control().requested(), Some(CLOSE_POLICY));
+
+        let was_on = registry.register(
+            Arc::new(route("talk", &["https://a.com", "https://b.com"], true)),
+            origin("https://a.com"),
+        );
+        let revoked = registry.revoke(&table(vec![route("talk", &["https://b.com"], false)]));
+        assert_eq!(revoked, Revoked::default());
+        assert_eq!(was_on.control().requested(), None);
+    }
+
+    #[test]
+    fn a_handshake_in_flight_is_judged_by_the_newest_table_whatever_its_setting() {
+        let registry = Arc::new(Registry::default());
+        let mut pending = registry.register(
+            Arc::new(route("chat", &["https://a.com", "https://b.com"], false)),
+            origin("https://a.com"),
+        );
+        assert_eq!(registry.len(), 0, "not relaying yet");
+        assert!(!registry.is_empty());
+        let allowed = table(vec![route("chat", &["https://a.com"], false)]);
+        assert_eq!(pending.verdict(&allowed), None);
+        let narrowed = table(vec![route("chat", &["https://b.com"], false)]);
+        assert_eq!(
+            pending.verdict(&narrowed),
+            Some((CLOSE_POLICY, "origin not allowed"))
+        );
+        assert_eq!(
+            pending.verdict(&RouteTable::default()),
+            Some((CLOSE_GOING_AWAY, "route removed"))
+        );
+        pending.relaying();
+        assert_eq!(registry.len(), 1);
+        drop(pending);
+        assert_eq!(registry.len(), 0);
+        assert!(registry.is_empty());
     }
 
     #[tokio::test]

@@ -89,6 +89,19 @@ impl ConnControl {
     pub fn request(&self) -> Option<(u16, &'static str)> {
         self.request.get().copied()
     }
+
+    /// Resolves with the close code and reason once one is requested. One task at a time
+    /// waits: the handshake until the upstream answers, then the relay.
+    pub async fn requested_close(&self) -> (u16, &'static str) {
+        std::future::poll_fn(|cx| {
+            self.waker.register(cx.waker());
+            match self.request() {
+                Some(request) => Poll::Ready(request),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
 }
 
 /// One end of the relay.

@@ -17,12 +17,16 @@ use crate::route::{Target, Upstream};
 /// Largest upstream response head accepted, in bytes.
 const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
-/// Headers the gateway sets itself on the forwarded request; the client's are replaced.
-const FORWARDING: [&str; 4] = [
+/// Headers the gateway sets itself on the forwarded request; the client's are replaced
+/// (`X-Forwarded-For` and `Forwarded` are appended to when the peer is a trusted proxy).
+const FORWARDING: [&str; 7] = [
     "x-forwarded-for",
     "x-real-ip",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "forwarded",
+    "connection",
+    "upgrade",
 ];
 
 /// Timeouts for reaching an upstream.
@@ -56,20 +60,50 @@ pub struct Claims<'a> {
     pub added: &'a [(String, String)],
 }
 
+/// What the gateway adds to a forwarded request besides the client's own headers.
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The client, for `X-Forwarded-For`, `Forwarded` and `X-Real-IP`.
+    pub client: ClientInfo,
+    /// The connection came from a trusted proxy, whose `X-Forwarded-For` and `Forwarded`
+    /// are kept and appended to; anyone else's are replaced.
+    pub trusted_peer: bool,
+    /// The allowed subprotocols the client offered, when the route filters them.
+    pub subprotocols: Option<&'a str>,
+    /// The verified claims' headers.
+    pub claims: Claims<'a>,
+}
+
+/// Whether `name`, with `_` read as `-` (as CGI and WSGI backends read header names), is
+/// `set`: a client's `X-Real_IP` must not stand beside the gateway's `X-Real-IP`.
+fn collides(name: &str, set: &str) -> bool {
+    name.len() == set.len()
+        && name.bytes().zip(set.bytes()).all(|(n, s)| {
+            let n = if n == b'_' { b'-' } else { n };
+            n.eq_ignore_ascii_case(&s)
+        })
+}
+
 /// Writes the request sent upstream: the client's path and headers, without hop-by-hop
 /// headers, with the upgrade headers, the allowed subprotocols, forwarding headers and the
-/// verified claims' headers.
+/// verified claims' headers. A client header whose name differs from one the gateway sets
+/// only by `_` for `-` is dropped.
 ///
-/// The path and query go unchanged unless the upstream URL has a path, which then replaces
-/// the request path (the query is kept). `Host` and `Origin` pass through unchanged.
+/// `target` is the normalized request target; the path goes unless the upstream URL has a
+/// path, which then replaces it (the query is kept). `Host` and `Origin` pass through
+/// unchanged.
 pub fn forward_request(
     target: &str,
     headers: Headers<'_>,
     upstream: &Upstream,
-    subprotocols: Option<&str>,
-    client: ClientInfo,
-    claims: Claims<'_>,
+    forwarding: Forwarding<'_>,
 ) -> Vec<u8> {
+    let Forwarding {
+        client,
+        trusted_peer,
+        subprotocols,
+        claims,
+    } = forwarding;
     let mut out = Vec::with_capacity(768);
     out.extend_from_slice(b"GET ");
     let (path, query) = http1::split_target(target);
@@ -80,9 +114,9 @@ pub fn forward_request(
     }
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers.iter() {
-        let replaced = FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f))
-            || claims.dropped.iter().any(|d| name.eq_ignore_ascii_case(d))
-            || (subprotocols.is_some() && name.eq_ignore_ascii_case("sec-websocket-protocol"));
+        let replaced = FORWARDING.iter().any(|f| collides(name, f))
+            || claims.dropped.iter().any(|d| collides(name, d))
+            || (subprotocols.is_some() && collides(name, "sec-websocket-protocol"));
         if !replaced && !headers.is_hop_by_hop(name, false) {
             http1::put_header(&mut out, name, value);
         }
@@ -92,16 +126,35 @@ pub fn forward_request(
         http1::put_header(&mut out, "sec-websocket-protocol", p.as_bytes());
     }
 
-    let hop = client.addr.ip().to_string();
+    let hop = client.addr.ip().to_canonical();
     out.extend_from_slice(b"x-forwarded-for: ");
-    for prior in headers.get_all("x-forwarded-for") {
-        let prior = prior.trim_ascii();
-        if !prior.is_empty() {
-            out.extend_from_slice(prior);
-            out.extend_from_slice(b", ");
-        }
+    if trusted_peer {
+        put_prior(&mut out, headers.get_all("x-forwarded-for"));
     }
-    out.extend_from_slice(hop.as_bytes());
+    out.extend_from_slice(hop.to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    // RFC 7239 §4: `for` the address that connected, `proto`, and `host` as the client sent it.
+    out.extend_from_slice(b"forwarded: ");
+    if trusted_peer {
+        put_prior(&mut out, headers.get_all("forwarded"));
+    }
+    match hop {
+        IpAddr::V4(v4) => out.extend_from_slice(format!("for={v4}").as_bytes()),
+        IpAddr::V6(v6) => out.extend_from_slice(format!("for=\"[{v6}]\"").as_bytes()),
+    }
+    out.extend_from_slice(b";proto=");
+    out.extend_from_slice(client.proto.as_bytes());
+    if let Some(host) = headers.get("host") {
+        out.extend_from_slice(b";host=\"");
+        for &b in host.trim_ascii() {
+            // A quoted-string escapes `"` and `\` (RFC 9110 §5.6.4).
+            if b == b'"' || b == b'\\' {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+        out.push(b'"');
+    }
     out.extend_from_slice(b"\r\n");
     http1::put_header(&mut out, "x-real-ip", client.ip.to_string().as_bytes());
     http1::put_header(&mut out, "x-forwarded-proto", client.proto.as_bytes());
@@ -113,6 +166,17 @@ pub fn forward_request(
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// Writes each non-empty `prior` list followed by `, `: what a trusted proxy said before us.
+fn put_prior<'a>(out: &mut Vec<u8>, prior: impl Iterator<Item = &'a [u8]>) {
+    for value in prior {
+        let value = value.trim_ascii();
+        if !value.is_empty() {
+            out.extend_from_slice(value);
+            out.extend_from_slice(b", ");
+        }
+    }
 }
 
 /// The targets in the order one handshake tries them: from a uniformly random start, then
@@ -244,10 +308,13 @@ mod tests {
         http1::headers_from(&[
             ("Host", "chat.example.com"),
             ("Origin", "https://app.example.com"),
-            ("Connection", "keep-alive, Upgrade, x-secret"),
+            ("Connection", "keep-alive, Upgrade, x-secret, Origin, Host"),
             ("Upgrade", "websocket"),
             ("x-secret", "1"),
             ("X-Forwarded-For", "203.0.113.9"),
+            ("Forwarded", "for=203.0.113.9;proto=https"),
+            ("X-Real_IP", "203.0.113.66"),
+            ("X-User_Id", "mallory"),
             ("X-Forwarded-Proto", "https"),
             ("Sec-WebSocket-Protocol", "evil, chat"),
             ("X-User-Id", "mallory"),
@@ -264,16 +331,27 @@ mod tests {
         subprotocols: Option<&str>,
         claims: Claims<'_>,
     ) -> String {
-        let headers = client_headers();
-        let out = forward_request(
+        forward(
             target,
-            Headers::new(&headers),
             &upstream(path),
-            subprotocols,
-            client(),
-            claims,
-        );
+            Forwarding {
+                client: client(),
+                trusted_peer: false,
+                subprotocols,
+                claims,
+            },
+        )
+    }
+
+    fn forward(target: &str, upstream: &Upstream, forwarding: Forwarding<'_>) -> String {
+        let headers = client_headers();
+        let out = forward_request(target, Headers::new(&headers), upstream, forwarding);
         String::from_utf8(out).expect("utf-8")
+    }
+
+    /// The forwarded request's header lines equal to `want`, counted.
+    fn count(request: &str, want: &str) -> usize {
+        request.split("\r\n").filter(|l| *l == want).count()
     }
 
     #[test]
@@ -336,9 +414,9 @@ mod tests {
     #[test]
     fn forwarding_headers_are_set_and_origin_passes_through() {
         let r = forwarded("/", None, Some("chat"));
-        let lines: Vec<&str> = r.split("\r\n").collect();
         for want in [
-            "x-forwarded-for: 203.0.113.9, 192.0.2.7",
+            "x-forwarded-for: 192.0.2.7",
+            "forwarded: for=192.0.2.7;proto=http;host=\"chat.example.com\"",
             "x-real-ip: 192.0.2.7",
             "x-forwarded-proto: http",
             "x-forwarded-host: chat.example.com",
@@ -348,11 +426,7 @@ mod tests {
             "connection: Upgrade",
             "sec-websocket-protocol: chat",
         ] {
-            assert_eq!(
-                lines.iter().filter(|l| **l == want).count(),
-                1,
-                "{want} once in {r}"
-            );
+            assert_eq!(count(&r, want), 1, "{want} once in {r}");
         }
         assert!(
             !r.to_ascii_lowercase().contains("x-secret"),
@@ -361,5 +435,56 @@ mod tests {
         assert!(!r.contains("X-Forwarded-Proto: https"), "{r}");
         assert!(!r.contains("evil"), "{r}");
         assert!(r.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn an_untrusted_peers_forwarding_lists_and_underscore_spellings_are_dropped() {
+        let r = forwarded("/", None, None);
+        assert!(!r.contains("203.0.113"), "{r}");
+        assert!(!r.contains("X-Real_IP"), "{r}");
+        // Not a header the gateway sets here (no claim is forwarded): passed on.
+        assert!(r.contains("X-User_Id: mallory\r\n"), "{r}");
+    }
+
+    #[test]
+    fn a_trusted_peers_forwarding_lists_are_appended_to() {
+        let r = forward(
+            "/",
+            &upstream(None),
+            Forwarding {
+                client: client(),
+                trusted_peer: true,
+                subprotocols: None,
+                claims: Claims::default(),
+            },
+        );
+        assert_eq!(
+            count(&r, "x-forwarded-for: 203.0.113.9, 192.0.2.7"),
+            1,
+            "{r}"
+        );
+        let forwarded = "forwarded: for=203.0.113.9;proto=https, for=192.0.2.7;proto=http;host=\"chat.example.com\"";
+        assert_eq!(count(&r, forwarded), 1, "{r}");
+        assert!(!r.contains("203.0.113.66"), "{r}");
+    }
+
+    #[test]
+    fn an_ipv6_client_is_quoted_in_forwarded() {
+        let r = forward(
+            "/",
+            &upstream(None),
+            Forwarding {
+                client: ClientInfo {
+                    addr: "[2001:db8::7]:5555".parse().expect("addr"),
+                    ip: "2001:db8::7".parse().expect("ip"),
+                    proto: "https",
+                },
+                trusted_peer: false,
+                subprotocols: None,
+                claims: Claims::default(),
+            },
+        );
+        let want = "forwarded: for=\"[2001:db8::7]\";proto=https;host=\"chat.example.com\"";
+        assert_eq!(count(&r, want), 1, "{r}");
     }
 }
