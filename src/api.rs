@@ -118,7 +118,7 @@ pub struct WebSocketRouteSpec {
     #[schemars(length(max = 16))]
     pub hostname_grants: Vec<HostnameGrant>,
 
-    /// Terminate TLS (`wss://`) for this route's hostnames on the TLS listener. A route with `tls` is served only over TLS: on the plain listener its handshakes get 403. Default: plain only.
+    /// Terminate TLS (`wss://`) for this route's hostnames on the TLS listener. A route with `tls` makes its hostnames TLS-only: on the plain listener handshakes for any path of them get 403. Default: plain only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 }
