@@ -709,8 +709,11 @@ async fn watching_some_namespaces_serves_their_routes_and_ignores_the_rest() {
         &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
     )
     .await;
+    // One hostname each: a hostname belongs to one namespace.
+    let host = |ns: &str| format!("{ns}.example.test");
     for (ns, path) in [("red", "/red"), ("blue", "/blue"), ("green", "/green")] {
         let mut r = route("chat", &up.url());
+        r.spec.hostnames = vec![host(ns)];
         r.spec.path.value = path.into();
         Api::<WebSocketRoute>::namespaced(client.clone(), ns)
             .create(&PostParams::default(), &r)
@@ -720,17 +723,80 @@ async fn watching_some_namespaces_serves_their_routes_and_ignores_the_rest() {
     for ns in ["red", "blue"] {
         wait_ready(&Api::namespaced(client.clone(), ns), "chat", "True").await;
     }
-    for path in ["/red", "/blue"] {
-        echo(gate.proxy, HOST, path, APP, &[]).await;
+    for (ns, path) in [("red", "/red"), ("blue", "/blue")] {
+        echo(gate.proxy, &host(ns), path, APP, &[]).await;
     }
     assert_eq!(
-        connect(gate.proxy, HOST, "/green", Some(APP), &[])
+        connect(gate.proxy, &host("green"), "/green", Some(APP), &[])
             .await
             .err(),
         Some(404)
     );
     let green: Api<WebSocketRoute> = Api::namespaced(client, "green");
     assert_eq!(green.get("chat").await.expect("get").status, None);
+}
+
+#[tokio::test]
+async fn a_hostname_belongs_to_its_first_namespace_until_it_grants_another() {
+    use k8s_openapi::api::core::v1::Namespace;
+    let (plane, client) = ControlPlane::with_crd().await;
+    let up = Upstream::start().await;
+    for ns in ["team-a", "team-b"] {
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("create namespace");
+    }
+    let gate = controller(&plane, "solo").await;
+    let team_a: Api<WebSocketRoute> = Api::namespaced(client.clone(), "team-a");
+    let team_b: Api<WebSocketRoute> = Api::namespaced(client.clone(), "team-b");
+    create_ready(&team_a, route("strict", &up.url())).await;
+    let mut takeover = route("takeover", &up.url());
+    takeover.spec.path.match_type = wsgate::api::PathMatchType::Exact;
+    takeover.spec.origins.allow = vec!["https://evil.example.test".into()];
+    team_b
+        .create(&PostParams::default(), &takeover)
+        .await
+        .expect("create route");
+    let refused = wait_ready(&team_b, "takeover", "False").await;
+    let accepted = condition(&refused, "Accepted");
+    assert_eq!(accepted.reason, "Conflicted");
+    assert!(
+        accepted.message.contains("belongs to namespace team-a")
+            && accepted.message.contains("team-a/strict"),
+        "{}",
+        accepted.message
+    );
+    assert_eq!(
+        connect(
+            gate.proxy,
+            HOST,
+            "/ws",
+            Some("https://evil.example.test"),
+            &[]
+        )
+        .await
+        .err(),
+        Some(403),
+        "/ws stays team-a's"
+    );
+
+    let patch = serde_json::json!({"spec": {"hostnameGrants": [{"namespace": "team-b"}]}});
+    team_a
+        .patch("strict", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("grant");
+    wait_ready(&team_b, "takeover", "True").await;
+    echo(gate.proxy, HOST, "/ws", "https://evil.example.test", &[]).await;
+
+    let bad = serde_json::json!({"spec": {"hostnameGrants": [{"namespace": "Team_B"}]}});
+    let refused = team_a
+        .patch("strict", &PatchParams::default(), &Patch::Merge(&bad))
+        .await
+        .expect_err("the API server refuses a grant that names no namespace");
+    assert!(refused.to_string().contains("namespace name"), "{refused}");
 }
 
 #[tokio::test]

@@ -1,11 +1,13 @@
-//! Routes from the Kubernetes API server: reflectors over `WebSocketRoute`, `Service`,
-//! `EndpointSlice` and `Secret` objects feed the same pure compile step as standalone mode. Every change
+//! Routes from the Kubernetes API server: reflectors over `WebSocketRoute`, `Service` and
+//! `EndpointSlice` objects, and over the metadata of `Secret`s, feed the same pure compile
+//! step as standalone mode. Only the Secrets routes name are read in full (fetched when their
+//! resourceVersion changes), so the controller never holds other Secrets' data. Every change
 //! that can alter a verdict publishes a new snapshot; changes that cannot (a route's status,
 //! a Service no route names) are ignored. Writing status back is `controller::report`'s job.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::stream::BoxStream;
 use futures_util::{FutureExt, Stream, StreamExt};
@@ -13,6 +15,7 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Secret, Service, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointSlice};
 use kube::api::{Api, ListParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
@@ -49,7 +52,10 @@ pub struct KubeRoutes {
     routes: Stores<WebSocketRoute>,
     services: Stores<Service>,
     slices: Stores<EndpointSlice>,
-    secrets: Stores<Secret>,
+    /// Secrets' metadata only: which exist, and their resourceVersions.
+    secrets: Stores<PartialObjectMeta<Secret>>,
+    /// Fetches the Secrets routes name.
+    client: Client,
     /// Every watch's events, merged; `Listed(i)` counts up to `watches`.
     events: BoxStream<'static, Change>,
     watches: usize,
@@ -97,6 +103,8 @@ enum Change {
     Route,
     /// A Service or EndpointSlice of this Service changed, or the Secret of this name.
     Backend(ServiceKey),
+    /// Secrets that could not be fetched are due to be tried again.
+    Retry,
     /// Nothing a verdict depends on (a status write, a bookmark, initial-list items).
     Nothing,
 }
@@ -126,6 +134,7 @@ impl KubeRoutes {
         let (services, service_events) = watch_kind(&client, &scopes, n, &all);
         let (slices, slice_events) = watch_kind(&client, &scopes, 2 * n, &all);
         let usable = watcher::Config::default().fields(&format!("type!={HELM_RELEASE_TYPE}"));
+        // `PartialObjectMeta` makes it a metadata-only watch: no Secret's data is sent.
         let (secrets, secret_events) = watch_kind(&client, &scopes, 3 * n, &usable);
         let events = futures_util::stream::select(
             futures_util::stream::select(route_events, service_events),
@@ -138,6 +147,7 @@ impl KubeRoutes {
             services,
             slices,
             secrets,
+            client,
             events,
             watches: 4 * n,
         })
@@ -159,14 +169,26 @@ impl KubeRoutes {
             services,
             slices,
             secrets,
+            client,
             mut events,
             watches,
         } = self;
         let mut listed = vec![false; watches];
         let mut generations: HashMap<RouteKey, RouteVersion> = HashMap::new();
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
+        let mut fetched = SecretCache::default();
         let mut version = 0;
-        while let Some(first) = events.next().await {
+        loop {
+            // A Secret that could not be fetched is tried again after a pause, without waiting
+            // for another change.
+            let first = match fetched.retry {
+                Some(pause) => tokio::select! {
+                    event = events.next() => event,
+                    () = tokio::time::sleep(pause) => Some(Change::Retry),
+                },
+                None => events.next().await,
+            };
+            let Some(first) = first else { break };
             let started = Instant::now();
             let (mut relevant, mut route_event) = (false, false);
             // Take every event already waiting too, so a burst of changes compiles once.
@@ -180,6 +202,7 @@ impl KubeRoutes {
                     }
                     Change::Route => route_event = true,
                     Change::Backend(service) => relevant |= referenced.contains(&service),
+                    Change::Retry => relevant = true,
                     Change::Nothing => {}
                 }
             }
@@ -197,7 +220,8 @@ impl KubeRoutes {
                 &services.owned_if(|s| named(s)),
                 &slices.owned_if(|s| named(s)),
             );
-            backends.insert_cluster_secrets(&secrets.owned_if(|s| named(s)));
+            let present = secrets.owned_if(|s| named(s));
+            backends.insert_cluster_secrets(&fetched.refresh(&client, &present).await);
             version += 1;
             gateway.publish(Snapshot::new(
                 version,
@@ -252,6 +276,69 @@ where
         streams.push(watched(writer, events, first + i).boxed());
     }
     (Stores(stores), futures_util::stream::select_all(streams))
+}
+
+/// The referenced Secrets' full objects, fetched when their resourceVersion changes.
+#[derive(Default)]
+struct SecretCache {
+    /// By namespace and name: the resourceVersion fetched and the Secret.
+    secrets: HashMap<ServiceKey, (Option<String>, Secret)>,
+    /// Set when a fetch failed: when to try again.
+    retry: Option<Duration>,
+}
+
+/// How long to wait before fetching a Secret again after a failure.
+const SECRET_RETRY: Duration = Duration::from_secs(2);
+
+impl SecretCache {
+    /// The full Secrets for `present` (the referenced ones that exist, by their metadata):
+    /// fetched again only when their resourceVersion moved. Secrets no longer present are
+    /// forgotten. A Secret that cannot be fetched keeps its last copy, if any, and is tried
+    /// again after [`SECRET_RETRY`].
+    async fn refresh(
+        &mut self,
+        client: &Client,
+        present: &[PartialObjectMeta<Secret>],
+    ) -> Vec<Secret> {
+        let keys: HashSet<ServiceKey> = present
+            .iter()
+            .map(|m| (m.namespace().unwrap_or_default(), m.name_any()))
+            .collect();
+        self.secrets.retain(|key, _| keys.contains(key));
+        self.retry = None;
+        let stale: Vec<ServiceKey> = present
+            .iter()
+            .filter_map(|meta| {
+                let key = (meta.namespace().unwrap_or_default(), meta.name_any());
+                let current = self.secrets.get(&key).map(|(fetched, _)| fetched);
+                (current != Some(&meta.metadata.resource_version)).then_some(key)
+            })
+            .collect();
+        // A few at a time: many Secrets change at once only on the first list.
+        let got: Vec<_> = futures_util::stream::iter(stale)
+            .map(|key| fetch_secret(client.clone(), key))
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for (key, got) in got {
+            match got {
+                Ok(Some(mut secret)) => {
+                    trim_secret(&mut secret);
+                    let version = secret.metadata.resource_version.clone();
+                    self.secrets.insert(key, (version, secret));
+                }
+                Ok(None) => {
+                    self.secrets.remove(&key);
+                }
+                Err(e) => {
+                    let (namespace, name) = &key;
+                    tracing::warn!(secret = %format!("{namespace}/{name}"), error = %e, "cannot read a Secret a route names; trying again shortly");
+                    self.retry = Some(SECRET_RETRY);
+                }
+            }
+        }
+        self.secrets.values().map(|(_, s)| s.clone()).collect()
+    }
 }
 
 /// A reflector over `events` that keeps only what wsgate reads of each object, each event
@@ -341,7 +428,7 @@ impl Watched for EndpointSlice {
     }
 }
 
-impl Watched for Secret {
+impl Watched for PartialObjectMeta<Secret> {
     fn change(&self) -> Change {
         Change::Backend((self.namespace().unwrap_or_default(), self.name_any()))
     }
@@ -350,8 +437,26 @@ impl Watched for Secret {
         self.metadata.managed_fields = None;
         self.metadata.annotations = None;
         self.metadata.labels = None;
-        self.string_data = None;
     }
+}
+
+/// Secret `key` as the API server has it now.
+async fn fetch_secret(
+    client: Client,
+    key: ServiceKey,
+) -> (ServiceKey, Result<Option<Secret>, kube::Error>) {
+    let got = Api::<Secret>::namespaced(client, &key.0)
+        .get_opt(&key.1)
+        .await;
+    (key, got)
+}
+
+/// Drops what the compile step never reads of a Secret: only its data is used.
+fn trim_secret(secret: &mut Secret) {
+    secret.metadata.managed_fields = None;
+    secret.metadata.annotations = None;
+    secret.metadata.labels = None;
+    secret.string_data = None;
 }
 
 /// Whether the set of routes or any route's spec differs from `generations`, which it then
