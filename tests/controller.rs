@@ -67,6 +67,19 @@ fn condition(route: &WebSocketRoute, type_: &str) -> Condition {
         .unwrap_or_else(|| panic!("no {type_} condition: {:?}", route.status))
 }
 
+/// Creates namespaces `names`.
+async fn create_namespaces(client: &kube::Client, names: &[&str]) {
+    use k8s_openapi::api::core::v1::Namespace;
+    for name in names {
+        let namespace: Namespace =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).expect("ns");
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("create namespace");
+    }
+}
+
 /// A controller against `plane`, with a short Lease so failover tests stay quick.
 async fn controller(plane: &ControlPlane, identity: &str) -> Gate {
     Gate::launch(
@@ -693,17 +706,9 @@ async fn readyz_waits_for_every_initial_list_and_the_documented_rbac_suffices() 
 
 #[tokio::test]
 async fn watching_some_namespaces_serves_their_routes_and_ignores_the_rest() {
-    use k8s_openapi::api::core::v1::Namespace;
     let (plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
-    for ns in ["red", "blue", "green"] {
-        let namespace: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .expect("create namespace");
-    }
+    create_namespaces(&client, &["red", "blue", "green"]).await;
     let gate = Gate::launch(
         &["controller".into(), "--namespace".into(), "red,blue".into()],
         &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
@@ -738,17 +743,9 @@ async fn watching_some_namespaces_serves_their_routes_and_ignores_the_rest() {
 
 #[tokio::test]
 async fn a_hostname_belongs_to_its_first_namespace_until_it_grants_another() {
-    use k8s_openapi::api::core::v1::Namespace;
     let (plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
-    for ns in ["team-a", "team-b"] {
-        let namespace: Namespace =
-            serde_json::from_value(serde_json::json!({"metadata": {"name": ns}})).expect("ns");
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &namespace)
-            .await
-            .expect("create namespace");
-    }
+    create_namespaces(&client, &["team-a", "team-b"]).await;
     let gate = controller(&plane, "solo").await;
     let team_a: Api<WebSocketRoute> = Api::namespaced(client.clone(), "team-a");
     let team_b: Api<WebSocketRoute> = Api::namespaced(client.clone(), "team-b");

@@ -409,6 +409,11 @@ fn tls_route(
     ))
 }
 
+/// The key of the route serving `host` and `path`, as `namespace/name`.
+fn served(c: &Compiled, host: &str, path: &str) -> Option<String> {
+    c.table.lookup(host, path).map(|r| r.key.to_string())
+}
+
 /// `route` with a grant of its hostnames to `namespace`.
 fn granting(mut route: WebSocketRoute, namespace: &str) -> WebSocketRoute {
     route.spec.hostname_grants.push(crate::api::HostnameGrant {
@@ -470,7 +475,7 @@ fn a_newer_route_from_another_namespace_cannot_take_a_path_of_an_owned_hostname(
             a.message
         );
         assert!(c.verdicts[1].accepted());
-        let served = c.table.lookup("app.test", path).map(|r| r.key.to_string());
+        let served = served(&c, "app.test", path);
         let expected = path.starts_with("/ws").then(|| "team-a/strict".to_owned());
         assert_eq!(served, expected, "{kind} {path}");
     }
@@ -514,9 +519,7 @@ fn a_grant_from_the_owner_lets_another_namespace_serve_its_hostname() {
     assert!(c.verdicts[1].accepted());
     assert!(!c.verdicts[2].accepted());
     assert_eq!(
-        c.table
-            .lookup("app.test", "/ws/b")
-            .map(|r| r.key.to_string()),
+        served(&c, "app.test", "/ws/b"),
         Some("team-b/guest".to_owned())
     );
 }
@@ -599,9 +602,7 @@ fn an_older_route_elsewhere_keeps_its_hostname_under_a_newer_wildcard() {
     let c = compile(&[exact, wild], &Backends::standalone());
     assert!(c.verdicts.iter().all(Verdict::accepted));
     assert_eq!(
-        c.table
-            .lookup("chat.example.com", "/")
-            .map(|r| r.key.to_string()),
+        served(&c, "chat.example.com", "/"),
         Some("team-b/chat".to_owned())
     );
 }
