@@ -58,6 +58,9 @@ pub enum AuthFailure {
     Missing,
     /// A token was present but is not valid; the reason is for logs, never the token.
     Invalid(&'static str),
+    /// A token was given more than once (twice in one place, or in two places): which copy
+    /// the upstream reads is unknowable, so none is trusted.
+    Repeated,
 }
 
 /// One place a token may be.
@@ -112,7 +115,13 @@ impl JwtAuth {
                 (None, None, Some(c)) => Some(Source::Cookie(c.clone())),
                 _ => None,
             })
-            .collect();
+            .fold(Vec::new(), |mut sources, source| {
+                // A place listed twice is one place: its token is not "given twice".
+                if !sources.contains(&source) {
+                    sources.push(source);
+                }
+                sources
+            });
         let (mut forward_claims, mut forward_headers) = (Vec::new(), Vec::new());
         for f in &spec.forward_claims {
             let header = f.header.to_ascii_lowercase();
@@ -162,10 +171,16 @@ impl JwtAuth {
         headers: Headers<'_>,
         now: u64,
     ) -> Result<Vec<(String, String)>, AuthFailure> {
-        let token = self
-            .sources
-            .iter()
-            .find_map(|s| find_token(s, target, headers))
+        let mut token = None;
+        for source in &self.sources {
+            match find_token(source, target, headers) {
+                Copies::None => {}
+                Copies::One(copy) if token.is_none() => token = Some(copy),
+                Copies::One(_) | Copies::Many => return Err(AuthFailure::Repeated),
+            }
+        }
+        let token = token
+            .filter(|t| !t.is_empty())
             .ok_or(AuthFailure::Missing)?;
         let claims = self.verify(&token, now)?;
         Ok(self
@@ -372,39 +387,62 @@ fn hmac_algorithms() -> Vec<Algorithm> {
     vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]
 }
 
-/// The token in `source`, if present.
-fn find_token(source: &Source, target: &str, headers: Headers<'_>) -> Option<String> {
+/// The copies of a token in one place.
+enum Copies {
+    None,
+    One(String),
+    Many,
+}
+
+impl Copies {
+    fn of(mut copies: impl Iterator<Item = String>) -> Copies {
+        match (copies.next(), copies.next()) {
+            (None, _) => Copies::None,
+            (Some(one), None) => Copies::One(one),
+            (Some(_), Some(_)) => Copies::Many,
+        }
+    }
+}
+
+/// The token in `source`, counting empty copies too (an empty copy beside a real one is
+/// still a second copy an upstream might read).
+fn find_token(source: &Source, target: &str, headers: Headers<'_>) -> Copies {
     match source {
         Source::Query(name) => {
             let (_, query) = crate::proxy::http1::split_target(target);
-            form_urlencoded::parse(query?.as_bytes())
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
+            Copies::of(
+                form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned()),
+            )
         }
-        Source::Header(name) => {
-            let value = headers
+        Source::Header(name) => Copies::of(
+            headers
                 .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)?;
-            let value = std::str::from_utf8(value).ok()?.trim();
-            if name == "authorization" {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| token.trim().to_owned())
-            } else {
-                Some(value.to_owned())
-            }
-        }
-        Source::Cookie(name) => headers
-            .get_all("cookie")
-            .filter_map(|v| std::str::from_utf8(v).ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.trim_matches('"').to_owned()),
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .filter_map(|(_, value)| {
+                    let value = std::str::from_utf8(value).ok()?.trim();
+                    if name == "authorization" {
+                        // Other schemes (Basic, ...) carry no token of ours.
+                        let (scheme, token) = value.split_once(' ')?;
+                        scheme
+                            .eq_ignore_ascii_case("bearer")
+                            .then(|| token.trim().to_owned())
+                    } else {
+                        Some(value.to_owned())
+                    }
+                }),
+        ),
+        Source::Cookie(name) => Copies::of(
+            headers
+                .get_all("cookie")
+                .filter_map(|v| std::str::from_utf8(v).ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.trim_matches('"').to_owned()),
+        ),
     }
-    .filter(|t| !t.is_empty())
 }
 
 /// `target` without the query parameters whose (decoded) name is `named` (every occurrence);

@@ -818,6 +818,9 @@ fn decide(
                 Err(AuthFailure::Missing) => {
                     return Step::Refuse(Some(route), Reject::Unauthorized);
                 }
+                Err(AuthFailure::Repeated) => {
+                    return Step::Refuse(Some(route), Reject::TokenRepeated);
+                }
                 Err(AuthFailure::Invalid(why)) => {
                     tracing::debug!(client = %client.ip, route = %route.label, reason = why, "token refused");
                     return Step::Refuse(Some(route), Reject::InvalidToken);

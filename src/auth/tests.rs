@@ -211,7 +211,7 @@ fn times_issuer_and_audience_are_checked_with_leeway() {
 }
 
 #[test]
-fn tokens_come_from_each_source_and_the_first_present_one_decides() {
+fn tokens_come_from_each_source() {
     let token = hs256(&claims());
     let auth = JwtAuth::new(
         &spec(&[query("access_token"), cookie("session"), header("X-Token")]),
@@ -237,11 +237,6 @@ fn tokens_come_from_each_source_and_the_first_present_one_decides() {
     );
     assert!(check(&auth, "/ws", &[("x-token", &token)]).is_ok());
     assert_eq!(check(&auth, "/ws", &[]), Err(AuthFailure::Missing));
-    // A bad token in the first source is refused even though a good one follows.
-    assert!(
-        check(&auth, "/ws?access_token=bad", &[("x-token", &token)]).is_err(),
-        "no fallback past a present token"
-    );
     // Percent-encoded query values are decoded.
     let auth = JwtAuth::new(&spec(&[header("authorization")]), SECRET).expect("keys");
     assert!(check(&auth, "/", &[("Authorization", &format!("bEaReR {token}"))]).is_ok());
@@ -249,6 +244,71 @@ fn tokens_come_from_each_source_and_the_first_present_one_decides() {
         check(&auth, "/", &[("Authorization", &format!("Basic {token}"))]),
         Err(AuthFailure::Missing)
     );
+}
+
+#[test]
+fn a_token_given_twice_in_one_place_or_in_two_places_is_refused_as_repeated() {
+    let token = hs256(&claims());
+    let auth = JwtAuth::new(
+        &spec(&[
+            query("access_token"),
+            cookie("session"),
+            header("Authorization"),
+        ]),
+        SECRET,
+    )
+    .expect("keys");
+    let bearer = bearer(&token);
+    let both = format!("session={token}; session=x");
+    let one = format!("session={token}");
+    let twice: [(String, Vec<(&str, &str)>); 7] = [
+        (
+            format!("/ws?access_token={token}&access_token={token}"),
+            vec![],
+        ),
+        (format!("/ws?access_token=&access_token={token}"), vec![]),
+        (format!("/ws?access%5Ftoken=x&access_token={token}"), vec![]),
+        (
+            "/ws".into(),
+            vec![("authorization", &bearer), ("Authorization", &bearer)],
+        ),
+        ("/ws".into(), vec![("cookie", &both)]),
+        (
+            "/ws".into(),
+            vec![("cookie", &one), ("cookie", "session=x")],
+        ),
+        (
+            format!("/ws?access_token={token}"),
+            vec![("authorization", &bearer)],
+        ),
+    ];
+    for (target, headers) in &twice {
+        assert_eq!(
+            check(&auth, target, headers),
+            Err(AuthFailure::Repeated),
+            "{target} {headers:?}"
+        );
+    }
+    // Another scheme in a second Authorization header carries no token of ours.
+    assert!(
+        check(
+            &auth,
+            "/ws",
+            &[("authorization", "Basic YTpi"), ("authorization", &bearer)]
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn a_place_listed_twice_in_token_sources_is_one_place() {
+    let token = hs256(&claims());
+    let auth = JwtAuth::new(
+        &spec(&[header("Authorization"), header("authorization")]),
+        SECRET,
+    )
+    .expect("keys");
+    assert!(check(&auth, "/ws", &[("authorization", &bearer(&token))]).is_ok());
 }
 
 #[test]
