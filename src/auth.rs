@@ -224,15 +224,18 @@ impl JwtAuth {
             }
         }
         let claims = verified.ok_or(AuthFailure::Invalid("signature or algorithm not accepted"))?;
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_u64)
+        // NumericDates may have fractions (RFC 7519 §2); f64 holds every whole second up to
+        // 2^53 exactly, so whole-second dates compare as they would as integers.
+        let (now, leeway) = (now as f64, self.leeway as f64);
+        let exp = numeric_date(&claims, "exp")
+            .ok_or(AuthFailure::Invalid("exp is not a number"))?
             .ok_or(AuthFailure::Invalid("no exp claim"))?;
-        if exp.saturating_add(self.leeway) <= now {
+        if exp + leeway <= now {
             return Err(AuthFailure::Invalid("expired"));
         }
-        if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64)
-            && nbf > now.saturating_add(self.leeway)
+        if numeric_date(&claims, "nbf")
+            .ok_or(AuthFailure::Invalid("nbf is not a number"))?
+            .is_some_and(|nbf| nbf > now + leeway)
         {
             return Err(AuthFailure::Invalid("not yet valid"));
         }
@@ -256,6 +259,14 @@ impl JwtAuth {
             }
         }
         Ok(claims)
+    }
+}
+
+/// The NumericDate claim `name`: `Some(None)` if absent, `None` if it is not a number.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Option<Option<f64>> {
+    match claims.get(name) {
+        None => Some(None),
+        Some(value) => value.as_f64().map(Some),
     }
 }
 

@@ -211,6 +211,40 @@ fn times_issuer_and_audience_are_checked_with_leeway() {
 }
 
 #[test]
+fn fractional_numeric_dates_are_accepted_and_checked_with_leeway() {
+    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    let with = |patch: serde_json::Value| {
+        let mut c = claims();
+        c.as_object_mut()
+            .expect("object")
+            .extend(patch.as_object().expect("object").clone());
+        check(&auth, "/", &[("authorization", &bearer(&hs256(&c)))]).map(|_| ())
+    };
+    let now = NOW as f64;
+    assert_eq!(
+        with(json!({"exp": now + 60.5, "nbf": now - 0.25, "iat": now - 0.25})),
+        Ok(())
+    );
+    assert_eq!(with(json!({"exp": now - 29.5})), Ok(()), "within leeway");
+    assert_eq!(
+        with(json!({"exp": now - 30.5})),
+        Err(AuthFailure::Invalid("expired"))
+    );
+    assert_eq!(
+        with(json!({"nbf": now + 30.5})),
+        Err(AuthFailure::Invalid("not yet valid"))
+    );
+    assert_eq!(
+        with(json!({"exp": "soon"})),
+        Err(AuthFailure::Invalid("exp is not a number"))
+    );
+    assert_eq!(
+        with(json!({"nbf": "later"})),
+        Err(AuthFailure::Invalid("nbf is not a number"))
+    );
+}
+
+#[test]
 fn tokens_come_from_each_source() {
     let token = hs256(&claims());
     let auth = JwtAuth::new(
