@@ -198,16 +198,62 @@ impl JwtAuth {
             .collect())
     }
 
+    /// The keys a token with `alg` and `kid` is checked against:
+    /// - with a `kid`, only the keys of that kid (none: refused), when the keys carry kids
+    ///   at all; a PEM key, a secret or a JWKS without kids has no kid to compare, so its
+    ///   tokens are taken as kid-less;
+    /// - without one, the kid-less keys; if there are none, the one key for `alg` if there
+    ///   is exactly one; otherwise refused, rather than trying every key (which would let a
+    ///   token pass with a key its issuer never meant, and costs a verification per key).
+    fn candidates<'k>(
+        &'k self,
+        alg: Algorithm,
+        kid: Option<&'k str>,
+    ) -> Result<impl Iterator<Item = &'k VerifyKey> + 'k, AuthFailure> {
+        enum Pick<'a> {
+            Kid(&'a str),
+            KidLess,
+            Only(usize),
+        }
+        let of_alg = move |k: &VerifyKey| k.algorithms.contains(&alg);
+        let mut keys = self.keys.iter().enumerate().filter(move |(_, k)| of_alg(k));
+        let pick = match kid {
+            Some(kid) if self.keys.iter().any(|k| k.kid.is_some()) => {
+                if !keys.clone().any(|(_, k)| k.kid.as_deref() == Some(kid)) {
+                    return Err(AuthFailure::Invalid("no key with the token's kid"));
+                }
+                Pick::Kid(kid)
+            }
+            _ if keys.clone().any(|(_, k)| k.kid.is_none()) => Pick::KidLess,
+            _ => match (keys.next(), keys.next()) {
+                (Some((only, _)), None) => Pick::Only(only),
+                (None, _) => return Err(AuthFailure::Invalid("no key for the token's alg")),
+                (Some(_), Some(_)) => {
+                    return Err(AuthFailure::Invalid(
+                        "no kid in the token and several keys for its alg",
+                    ));
+                }
+            },
+        };
+        Ok(self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(move |(i, k)| {
+                of_alg(k)
+                    && match pick {
+                        Pick::Kid(kid) => k.kid.as_deref() == Some(kid),
+                        Pick::KidLess => k.kid.is_none(),
+                        Pick::Only(only) => *i == only,
+                    }
+            })
+            .map(|(_, k)| k))
+    }
+
     fn verify(&self, token: &str, now: u64) -> Result<Map<String, Value>, AuthFailure> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthFailure::Invalid("malformed token"))?;
-        let candidates = self.keys.iter().filter(|k| {
-            k.algorithms.contains(&header.alg)
-                && match (&header.kid, &k.kid) {
-                    (Some(wanted), Some(kid)) => wanted == kid,
-                    _ => true,
-                }
-        });
+        let candidates = self.candidates(header.alg, header.kid.as_deref())?;
         let mut verified = None;
         for key in candidates {
             let mut validation = Validation::new(header.alg);

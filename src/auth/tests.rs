@@ -172,6 +172,65 @@ fn jwks_keys_are_chosen_by_kid() {
 }
 
 #[test]
+fn a_kid_picks_only_its_keys_and_a_kidless_token_needs_an_unambiguous_key() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let other = b"another-secret-of-thirty-two-byt";
+    let signed = |kid: Option<&str>| {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = kid.map(str::to_owned);
+        bearer(&encode(&h, &claims(), &EncodingKey::from_secret(SECRET)).expect("token"))
+    };
+    let with_keys = |keys: serde_json::Value| {
+        let jwks = json!({ "keys": keys }).to_string();
+        JwtAuth::new(&spec(&[header("Authorization")]), jwks.as_bytes()).expect("JWKS")
+    };
+    let verify = |auth: &JwtAuth, kid: Option<&str>| {
+        check(auth, "/", &[("authorization", &signed(kid))]).map(|_| ())
+    };
+
+    let two_kids = with_keys(json!([
+        {"kty": "oct", "kid": "one", "alg": "HS256", "k": b64.encode(other)},
+        {"kty": "oct", "kid": "two", "alg": "HS256", "k": b64.encode(SECRET)},
+    ]));
+    assert_eq!(
+        verify(&two_kids, Some("three")),
+        Err(AuthFailure::Invalid("no key with the token's kid"))
+    );
+    assert_eq!(
+        verify(&two_kids, None),
+        Err(AuthFailure::Invalid(
+            "no kid in the token and several keys for its alg"
+        )),
+        "a kid-less token does not try every key"
+    );
+
+    // One kid-less key: kid-less tokens are checked against it alone, and a kid never
+    // falls back to it.
+    let mixed = with_keys(json!([
+        {"kty": "oct", "kid": "one", "alg": "HS256", "k": b64.encode(other)},
+        {"kty": "oct", "alg": "HS256", "k": b64.encode(SECRET)},
+    ]));
+    assert_eq!(verify(&mixed, None), Ok(()));
+    assert_eq!(
+        verify(&mixed, Some("one")),
+        Err(AuthFailure::Invalid("signature or algorithm not accepted"))
+    );
+
+    // No kid-less key: the one key of the token's alg.
+    let one_per_alg = with_keys(json!([
+        {"kty": "oct", "kid": "hs256", "alg": "HS256", "k": b64.encode(SECRET)},
+        {"kty": "oct", "kid": "hs384", "alg": "HS384", "k": b64.encode(other)},
+    ]));
+    assert_eq!(verify(&one_per_alg, None), Ok(()));
+
+    // A secret (or PEM key) has no kid to compare: a token's kid does not matter.
+    let secret = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("secret");
+    assert_eq!(verify(&secret, Some("any")), Ok(()));
+    assert_eq!(verify(&secret, None), Ok(()));
+}
+
+#[test]
 fn times_issuer_and_audience_are_checked_with_leeway() {
     let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
     let with = |patch: serde_json::Value| {
