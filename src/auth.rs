@@ -6,12 +6,14 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, Validation};
 use serde_json::{Map, Value};
 
 use crate::api::JwtSpec;
+use crate::memo::ContentMemo;
 use crate::proxy::http1::Headers;
 
 /// Headers a forwarded claim may not be sent in: the gateway's own, and those that steer the
@@ -82,7 +84,8 @@ struct VerifyKey {
 /// A route's compiled JWT check.
 pub struct JwtAuth {
     sources: Vec<Source>,
-    keys: Vec<VerifyKey>,
+    /// Shared with every route (in this and later snapshots) whose key material is the same.
+    keys: Arc<[VerifyKey]>,
     issuer: Option<String>,
     audiences: Vec<String>,
     leeway: u64,
@@ -147,6 +150,12 @@ impl JwtAuth {
             forward_claims,
             forward_headers,
         })
+    }
+
+    /// Whether `other` verifies with the very same parsed keys (not merely equal ones).
+    #[cfg(test)]
+    pub(crate) fn shares_keys_with(&self, other: &JwtAuth) -> bool {
+        Arc::ptr_eq(&self.keys, &other.keys)
     }
 
     /// `target` without the query parameters tokens may come in: a token is never forwarded.
@@ -316,8 +325,18 @@ fn numeric_date(claims: &Map<String, Value>, name: &str) -> Option<Option<f64>> 
     }
 }
 
+/// Most parsed key sets remembered across compiles.
+const MEMO_CAPACITY: usize = 256;
+
+/// The keys in `material`; the same bytes again give the same keys without parsing again.
+fn keys(material: &[u8]) -> Result<Arc<[VerifyKey]>, KeyError> {
+    static MEMO: LazyLock<ContentMemo<Result<Arc<[VerifyKey]>, KeyError>>> =
+        LazyLock::new(|| ContentMemo::new(MEMO_CAPACITY));
+    MEMO.get_or_parse(&[material], || parse_keys(material).map(Arc::from))
+}
+
 /// The keys in `material`: a JWKS document, a PEM public key, or an HMAC secret.
-fn keys(material: &[u8]) -> Result<Vec<VerifyKey>, KeyError> {
+fn parse_keys(material: &[u8]) -> Result<Vec<VerifyKey>, KeyError> {
     let trimmed = material.trim_ascii();
     if trimmed.starts_with(b"{") {
         let set: JwkSet =
