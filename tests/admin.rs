@@ -95,3 +95,67 @@ async fn an_admin_connection_that_sends_no_head_is_closed_after_the_head_timeout
     closed_by_gateway(&mut silent).await;
     closed_by_gateway(&mut partial).await;
 }
+
+/// The "accept failed" lines logged so far, and the largest count of failures one of them
+/// says it left out.
+fn accept_failures(log: &str) -> (usize, u64) {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("accept failed"))
+        .collect();
+    let suppressed = lines
+        .iter()
+        .filter_map(|l| {
+            l.split("suppressed=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .max()
+        .unwrap_or(0);
+    (lines.len(), suppressed)
+}
+
+#[tokio::test]
+async fn at_the_descriptor_limit_accept_failures_back_off_and_are_logged_with_a_count() {
+    let gate = Gate::start(&[], &["--handshake-timeout", "600"]).await;
+    let pid = gate.pid();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the gateway's descriptors")
+        .count();
+    let limit = open + 8;
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .expect("prlimit runs");
+    assert!(status.success(), "prlimit");
+    // More connections than descriptors left: the rest wait in the backlog, and every
+    // accept fails with EMFILE until one is freed.
+    let mut held = Vec::new();
+    for _ in 0..32 {
+        held.push(TcpStream::connect(gate.proxy).await.expect("connect"));
+    }
+    gate.wait_for(
+        || async { accept_failures(&gate.log()).1 > 0 },
+        "an accept-failed line that counts the failures it stands for",
+    )
+    .await;
+    let (lines, _) = accept_failures(&gate.log());
+    assert!(
+        lines < 200,
+        "{lines} accept-failed lines: the log is not rate-limited"
+    );
+    // Descriptors freed, both listeners accept again.
+    drop(held);
+    gate.wait_for(
+        || async { gate.admin_get("/healthz").await.0 == 200 },
+        "the admin answering once descriptors are free",
+    )
+    .await;
+}
