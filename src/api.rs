@@ -147,7 +147,7 @@ pub struct AuthSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct JwtSpec {
-    /// Where the token is, tried in order; the first present is used (a bad one is 401, never a fallback). Browsers can send one only as a query parameter or a cookie. Default: `[{header: Authorization}]` (`Bearer <token>`).
+    /// Where the token may be; a request gives it in one place, once (in two places, or twice in one, it is 400 `invalid_request`, never a choice between copies). Browsers can send one only as a query parameter or a cookie. Default: `[{header: Authorization}]` (`Bearer <token>`).
     #[serde(default = "default_token_sources")]
     #[schemars(length(min = 1, max = 3))]
     pub token_sources: Vec<TokenSource>,

@@ -6,12 +6,14 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, Validation};
 use serde_json::{Map, Value};
 
 use crate::api::JwtSpec;
+use crate::memo::ContentMemo;
 use crate::proxy::http1::Headers;
 
 /// Headers a forwarded claim may not be sent in: the gateway's own, and those that steer the
@@ -58,6 +60,9 @@ pub enum AuthFailure {
     Missing,
     /// A token was present but is not valid; the reason is for logs, never the token.
     Invalid(&'static str),
+    /// A token was given more than once (twice in one place, or in two places): which copy
+    /// the upstream reads is unknowable, so none is trusted.
+    Repeated,
 }
 
 /// One place a token may be.
@@ -79,7 +84,8 @@ struct VerifyKey {
 /// A route's compiled JWT check.
 pub struct JwtAuth {
     sources: Vec<Source>,
-    keys: Vec<VerifyKey>,
+    /// Shared with every route (in this and later snapshots) whose key material is the same.
+    keys: Arc<[VerifyKey]>,
     issuer: Option<String>,
     audiences: Vec<String>,
     leeway: u64,
@@ -112,7 +118,13 @@ impl JwtAuth {
                 (None, None, Some(c)) => Some(Source::Cookie(c.clone())),
                 _ => None,
             })
-            .collect();
+            .fold(Vec::new(), |mut sources, source| {
+                // A place listed twice is one place: its token is not "given twice".
+                if !sources.contains(&source) {
+                    sources.push(source);
+                }
+                sources
+            });
         let (mut forward_claims, mut forward_headers) = (Vec::new(), Vec::new());
         for f in &spec.forward_claims {
             let header = f.header.to_ascii_lowercase();
@@ -140,6 +152,12 @@ impl JwtAuth {
         })
     }
 
+    /// Whether `other` verifies with the very same parsed keys (not merely equal ones).
+    #[cfg(test)]
+    pub(crate) fn shares_keys_with(&self, other: &JwtAuth) -> bool {
+        Arc::ptr_eq(&self.keys, &other.keys)
+    }
+
     /// `target` without the query parameters tokens may come in: a token is never forwarded.
     pub fn strip_token_params<'a>(&self, target: &'a str) -> Cow<'a, str> {
         strip_query_params(target, |name| {
@@ -162,10 +180,16 @@ impl JwtAuth {
         headers: Headers<'_>,
         now: u64,
     ) -> Result<Vec<(String, String)>, AuthFailure> {
-        let token = self
-            .sources
-            .iter()
-            .find_map(|s| find_token(s, target, headers))
+        let mut token = None;
+        for source in &self.sources {
+            match find_token(source, target, headers) {
+                Copies::None => {}
+                Copies::One(copy) if token.is_none() => token = Some(copy),
+                Copies::One(_) | Copies::Many => return Err(AuthFailure::Repeated),
+            }
+        }
+        let token = token
+            .filter(|t| !t.is_empty())
             .ok_or(AuthFailure::Missing)?;
         let claims = self.verify(&token, now)?;
         Ok(self
@@ -183,16 +207,62 @@ impl JwtAuth {
             .collect())
     }
 
+    /// The keys a token with `alg` and `kid` is checked against:
+    /// - with a `kid`, only the keys of that kid (none: refused), when the keys carry kids
+    ///   at all; a PEM key, a secret or a JWKS without kids has no kid to compare, so its
+    ///   tokens are taken as kid-less;
+    /// - without one, the kid-less keys; if there are none, the one key for `alg` if there
+    ///   is exactly one; otherwise refused, rather than trying every key (which would let a
+    ///   token pass with a key its issuer never meant, and costs a verification per key).
+    fn candidates<'k>(
+        &'k self,
+        alg: Algorithm,
+        kid: Option<&'k str>,
+    ) -> Result<impl Iterator<Item = &'k VerifyKey> + 'k, AuthFailure> {
+        enum Pick<'a> {
+            Kid(&'a str),
+            KidLess,
+            Only(usize),
+        }
+        let of_alg = move |k: &VerifyKey| k.algorithms.contains(&alg);
+        let mut keys = self.keys.iter().enumerate().filter(move |(_, k)| of_alg(k));
+        let pick = match kid {
+            Some(kid) if self.keys.iter().any(|k| k.kid.is_some()) => {
+                if !keys.clone().any(|(_, k)| k.kid.as_deref() == Some(kid)) {
+                    return Err(AuthFailure::Invalid("no key with the token's kid"));
+                }
+                Pick::Kid(kid)
+            }
+            _ if keys.clone().any(|(_, k)| k.kid.is_none()) => Pick::KidLess,
+            _ => match (keys.next(), keys.next()) {
+                (Some((only, _)), None) => Pick::Only(only),
+                (None, _) => return Err(AuthFailure::Invalid("no key for the token's alg")),
+                (Some(_), Some(_)) => {
+                    return Err(AuthFailure::Invalid(
+                        "no kid in the token and several keys for its alg",
+                    ));
+                }
+            },
+        };
+        Ok(self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(move |(i, k)| {
+                of_alg(k)
+                    && match pick {
+                        Pick::Kid(kid) => k.kid.as_deref() == Some(kid),
+                        Pick::KidLess => k.kid.is_none(),
+                        Pick::Only(only) => *i == only,
+                    }
+            })
+            .map(|(_, k)| k))
+    }
+
     fn verify(&self, token: &str, now: u64) -> Result<Map<String, Value>, AuthFailure> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthFailure::Invalid("malformed token"))?;
-        let candidates = self.keys.iter().filter(|k| {
-            k.algorithms.contains(&header.alg)
-                && match (&header.kid, &k.kid) {
-                    (Some(wanted), Some(kid)) => wanted == kid,
-                    _ => true,
-                }
-        });
+        let candidates = self.candidates(header.alg, header.kid.as_deref())?;
         let mut verified = None;
         for key in candidates {
             let mut validation = Validation::new(header.alg);
@@ -209,15 +279,18 @@ impl JwtAuth {
             }
         }
         let claims = verified.ok_or(AuthFailure::Invalid("signature or algorithm not accepted"))?;
-        let exp = claims
-            .get("exp")
-            .and_then(Value::as_u64)
+        // NumericDates may have fractions (RFC 7519 §2); f64 holds every whole second up to
+        // 2^53 exactly, so whole-second dates compare as they would as integers.
+        let (now, leeway) = (now as f64, self.leeway as f64);
+        let exp = numeric_date(&claims, "exp")
+            .ok_or(AuthFailure::Invalid("exp is not a number"))?
             .ok_or(AuthFailure::Invalid("no exp claim"))?;
-        if exp.saturating_add(self.leeway) <= now {
+        if exp + leeway <= now {
             return Err(AuthFailure::Invalid("expired"));
         }
-        if let Some(nbf) = claims.get("nbf").and_then(Value::as_u64)
-            && nbf > now.saturating_add(self.leeway)
+        if numeric_date(&claims, "nbf")
+            .ok_or(AuthFailure::Invalid("nbf is not a number"))?
+            .is_some_and(|nbf| nbf > now + leeway)
         {
             return Err(AuthFailure::Invalid("not yet valid"));
         }
@@ -244,8 +317,26 @@ impl JwtAuth {
     }
 }
 
+/// The NumericDate claim `name`: `Some(None)` if absent, `None` if it is not a number.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Option<Option<f64>> {
+    match claims.get(name) {
+        None => Some(None),
+        Some(value) => value.as_f64().map(Some),
+    }
+}
+
+/// Most parsed key sets remembered across compiles.
+const MEMO_CAPACITY: usize = 256;
+
+/// The keys in `material`; the same bytes again give the same keys without parsing again.
+fn keys(material: &[u8]) -> Result<Arc<[VerifyKey]>, KeyError> {
+    static MEMO: LazyLock<ContentMemo<Result<Arc<[VerifyKey]>, KeyError>>> =
+        LazyLock::new(|| ContentMemo::new(MEMO_CAPACITY));
+    MEMO.get_or_parse(&[material], || parse_keys(material).map(Arc::from))
+}
+
 /// The keys in `material`: a JWKS document, a PEM public key, or an HMAC secret.
-fn keys(material: &[u8]) -> Result<Vec<VerifyKey>, KeyError> {
+fn parse_keys(material: &[u8]) -> Result<Vec<VerifyKey>, KeyError> {
     let trimmed = material.trim_ascii();
     if trimmed.starts_with(b"{") {
         let set: JwkSet =
@@ -372,39 +463,62 @@ fn hmac_algorithms() -> Vec<Algorithm> {
     vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512]
 }
 
-/// The token in `source`, if present.
-fn find_token(source: &Source, target: &str, headers: Headers<'_>) -> Option<String> {
+/// The copies of a token in one place.
+enum Copies {
+    None,
+    One(String),
+    Many,
+}
+
+impl Copies {
+    fn of(mut copies: impl Iterator<Item = String>) -> Copies {
+        match (copies.next(), copies.next()) {
+            (None, _) => Copies::None,
+            (Some(one), None) => Copies::One(one),
+            (Some(_), Some(_)) => Copies::Many,
+        }
+    }
+}
+
+/// The token in `source`, counting empty copies too (an empty copy beside a real one is
+/// still a second copy an upstream might read).
+fn find_token(source: &Source, target: &str, headers: Headers<'_>) -> Copies {
     match source {
         Source::Query(name) => {
             let (_, query) = crate::proxy::http1::split_target(target);
-            form_urlencoded::parse(query?.as_bytes())
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.into_owned())
+            Copies::of(
+                form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                    .filter(|(k, _)| k == name)
+                    .map(|(_, v)| v.into_owned()),
+            )
         }
-        Source::Header(name) => {
-            let value = headers
+        Source::Header(name) => Copies::of(
+            headers
                 .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v)?;
-            let value = std::str::from_utf8(value).ok()?.trim();
-            if name == "authorization" {
-                let (scheme, token) = value.split_once(' ')?;
-                scheme
-                    .eq_ignore_ascii_case("bearer")
-                    .then(|| token.trim().to_owned())
-            } else {
-                Some(value.to_owned())
-            }
-        }
-        Source::Cookie(name) => headers
-            .get_all("cookie")
-            .filter_map(|v| std::str::from_utf8(v).ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.trim_matches('"').to_owned()),
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .filter_map(|(_, value)| {
+                    let value = std::str::from_utf8(value).ok()?.trim();
+                    if name == "authorization" {
+                        // Other schemes (Basic, ...) carry no token of ours.
+                        let (scheme, token) = value.split_once(' ')?;
+                        scheme
+                            .eq_ignore_ascii_case("bearer")
+                            .then(|| token.trim().to_owned())
+                    } else {
+                        Some(value.to_owned())
+                    }
+                }),
+        ),
+        Source::Cookie(name) => Copies::of(
+            headers
+                .get_all("cookie")
+                .filter_map(|v| std::str::from_utf8(v).ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .filter(|(k, _)| k == name)
+                .map(|(_, v)| v.trim_matches('"').to_owned()),
+        ),
     }
-    .filter(|t| !t.is_empty())
 }
 
 /// `target` without the query parameters whose (decoded) name is `named` (every occurrence);

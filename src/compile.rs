@@ -841,7 +841,7 @@ fn certificate(
             ),
         ));
     };
-    tls::certified_key(chain, key).map(Arc::new).map_err(|e| {
+    tls::certified_key(chain, key).map_err(|e| {
         (
             reason::INVALID_SECRET,
             format!("Secret {namespace}/{name}: {e}"),

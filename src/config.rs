@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 
 use ipnet::IpNet;
 
+use crate::admin::AdminConfig;
 use crate::proxy::ProxyConfig;
 use crate::proxy::client::TrustedProxies;
 use crate::proxy::upstream::UpstreamTimeouts;
@@ -125,6 +126,22 @@ pub struct ServeArgs {
     /// Admin listener address (`/healthz`, `/readyz`, `/metrics`, `/routes`).
     #[arg(long, env = "WSGATE_ADMIN", default_value = "127.0.0.1:9090")]
     pub admin: SocketAddr,
+    /// A host name the admin endpoints answer to besides IP addresses, `localhost` and
+    /// in-cluster Service names (repeatable; comma-separated in the environment). Requests
+    /// for any other `Host` get 421, so a page cannot read them through DNS rebinding.
+    #[arg(long = "admin-host", env = "WSGATE_ADMIN_HOST", value_delimiter = ',', value_parser = parse_admin_host)]
+    pub admin_hosts: Vec<String>,
+    /// Most admin connections open at once; one beyond is closed at once, so idle admin
+    /// sockets cannot use up the descriptors the proxy needs.
+    #[arg(long, env = "WSGATE_ADMIN_MAX_CONNECTIONS", default_value = "64", value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_max_connections: u32,
+    /// Seconds an admin client may take to send its request head (and an idle keep-alive
+    /// admin connection stays open).
+    #[arg(long, env = "WSGATE_ADMIN_HEAD_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
+    pub admin_head_timeout: Duration,
+    /// Seconds an admin connection may make no progress reading or writing.
+    #[arg(long, env = "WSGATE_ADMIN_IDLE_TIMEOUT", default_value = "30", value_parser = parse_seconds)]
+    pub admin_idle_timeout: Duration,
     /// Seconds between SIGTERM (readyz turns 503) and closing the listener, so load
     /// balancers notice.
     #[arg(long, env = "WSGATE_SHUTDOWN_DELAY", default_value = "2", value_parser = parse_seconds)]
@@ -169,6 +186,16 @@ impl ServeArgs {
             trusted_proxies: TrustedProxies::new(self.trusted_proxies.clone()),
             proxy_protocol: self.proxy_protocol,
             ..ProxyConfig::default()
+        }
+    }
+
+    /// The admin listener's limits these flags describe.
+    pub fn admin_config(&self) -> AdminConfig {
+        AdminConfig {
+            hosts: self.admin_hosts.clone(),
+            max_connections: self.admin_max_connections as usize,
+            head_timeout: self.admin_head_timeout,
+            idle_timeout: self.admin_idle_timeout,
         }
     }
 }
@@ -228,6 +255,16 @@ fn parse_cidr(s: &str) -> Result<IpNet, String> {
         .map_err(|_| format!("`{s}` is not an address range: write a CIDR such as 10.0.0.0/8 or fd00::/8, or one address"))
 }
 
+fn parse_admin_host(s: &str) -> Result<String, String> {
+    let name = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() || name.contains([':', '/', ' ']) {
+        return Err(format!(
+            "`{s}` is not a host name: write the name alone, e.g. wsgate-admin.example.com"
+        ));
+    }
+    Ok(name)
+}
+
 fn parse_seconds(s: &str) -> Result<Duration, String> {
     s.parse::<f64>()
         .ok()
@@ -273,6 +310,16 @@ mod tests {
         );
         let err = parse_cidr("10.0.0.0/33").expect_err("bad prefix");
         assert!(err.contains("CIDR"), "{err}");
+    }
+
+    #[test]
+    fn admin_hosts_are_lower_case_names_without_port_or_trailing_dot() {
+        assert_eq!(
+            parse_admin_host("Admin.Example.com.").as_deref(),
+            Ok("admin.example.com")
+        );
+        assert!(parse_admin_host("admin.example.com:9090").is_err());
+        assert!(parse_admin_host("").is_err());
     }
 
     #[test]

@@ -15,8 +15,10 @@
 //! - [`source`] is where resources come from (files in standalone mode).
 //! - [`proxy`] is the data plane: listener, handshake policy, upstream, frame relay;
 //!   [`tls`] its certificates and upstream verification, [`auth`] its JWT check.
-//! - [`admin`] serves health, readiness, metrics and the active snapshot.
+//! - [`admin`] serves health, readiness, metrics and the active snapshot; [`accept`] is the
+//!   accept loop step both listeners share.
 
+pub mod accept;
 pub mod access;
 pub mod admin;
 pub mod api;
@@ -25,6 +27,7 @@ pub mod check;
 pub mod compile;
 pub mod config;
 pub mod controller;
+mod memo;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -36,6 +36,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::accept::{AcceptErrors, accept};
 use crate::access::{AccessLog, Handshake};
 use crate::auth::AuthFailure;
 use crate::metrics::{CloseLabels, EndLabels, Metrics, RouteLabels, TrafficLabels};
@@ -269,19 +270,11 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let mut errors = AcceptErrors::new(if tls.is_some() { "tls" } else { "proxy" });
     loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
+        let (stream, peer) = tokio::select! {
+            accepted = accept(&listener, &mut errors) => accepted,
             () = stopped(&mut stop) => break,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Typically EMFILE: back off instead of spinning.
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
         };
         let _ = stream.set_nodelay(true);
         if !gateway.has_room() {
@@ -943,6 +936,9 @@ fn decide(
                 }
                 Err(AuthFailure::Missing) => {
                     return Step::Refuse(Some(route), Reject::Unauthorized);
+                }
+                Err(AuthFailure::Repeated) => {
+                    return Step::Refuse(Some(route), Reject::TokenRepeated);
                 }
                 Err(AuthFailure::Invalid(why)) => {
                     tracing::debug!(client = %client.ip, route = %route.label, reason = why, "token refused");

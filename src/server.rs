@@ -84,7 +84,12 @@ impl Server {
                 Some(crate::proxy::tls_acceptor(gateway.clone())),
                 stop_rx.clone(),
             )),
-            tokio::spawn(crate::admin::serve(admin, gateway.clone(), stop_rx)),
+            tokio::spawn(crate::admin::serve(
+                admin,
+                gateway.clone(),
+                serve.admin_config(),
+                stop_rx,
+            )),
         ];
         Ok(Server {
             gateway,

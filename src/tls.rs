@@ -1,19 +1,22 @@
 //! TLS material and configuration (DESIGN §6 `tls`, `wss://` upstreams): PEM certificates
 //! and keys from Secrets made into what rustls serves, the certificates of a snapshot by
 //! hostname for SNI, and the client configuration that verifies an upstream. Parsing is pure
-//! (compile calls it); only [`system_roots`] reads the machine's trust store, once.
+//! (compile calls it, and the same bytes are parsed only once); only [`system_roots`] reads
+//! the machine's trust store, once.
 //!
 //! TLS 1.2 and 1.3 only, with rustls' `ring` provider, whose suites are all AEAD with forward
 //! secrecy: nothing legacy to switch off.
 
 use std::fmt;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, LazyLock, OnceLock};
 
 use rustls::crypto::CryptoProvider;
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::memo::ContentMemo;
 
 /// The Secret keys of a `kubernetes.io/tls` Secret.
 pub const CERT_KEY: &str = "tls.crt";
@@ -52,8 +55,20 @@ pub fn provider() -> Arc<CryptoProvider> {
         .clone()
 }
 
-/// A certificate chain (end entity first) and its private key, both PEM, ready to serve.
-pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, MaterialError> {
+/// Most parsed certificates, and CA bundles, remembered across compiles.
+const MEMO_CAPACITY: usize = 256;
+
+/// A certificate chain (end entity first) and its private key, both PEM, ready to serve;
+/// the same bytes again give the same `Arc` without parsing again.
+pub fn certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<Arc<CertifiedKey>, MaterialError> {
+    static MEMO: LazyLock<ContentMemo<Result<Arc<CertifiedKey>, MaterialError>>> =
+        LazyLock::new(|| ContentMemo::new(MEMO_CAPACITY));
+    MEMO.get_or_parse(&[chain_pem, key_pem], || {
+        parse_certified_key(chain_pem, key_pem).map(Arc::new)
+    })
+}
+
+fn parse_certified_key(chain_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, MaterialError> {
     let chain = CertificateDer::pem_slice_iter(chain_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| MaterialError::NoCertificate(CERT_KEY))?;
@@ -179,8 +194,15 @@ pub fn system_roots() -> Arc<ClientConfig> {
         .clone()
 }
 
-/// A client configuration trusting only the CA certificates in `bundle_pem`.
+/// A client configuration trusting only the CA certificates in `bundle_pem`; the same bytes
+/// again give the same `Arc` without parsing again.
 pub fn ca_bundle(bundle_pem: &[u8]) -> Result<Arc<ClientConfig>, MaterialError> {
+    static MEMO: LazyLock<ContentMemo<Result<Arc<ClientConfig>, MaterialError>>> =
+        LazyLock::new(|| ContentMemo::new(MEMO_CAPACITY));
+    MEMO.get_or_parse(&[bundle_pem], || parse_ca_bundle(bundle_pem))
+}
+
+fn parse_ca_bundle(bundle_pem: &[u8]) -> Result<Arc<ClientConfig>, MaterialError> {
     let certs = CertificateDer::pem_slice_iter(bundle_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| MaterialError::NoCertificate(CA_KEY))?;
@@ -246,9 +268,9 @@ mod tests {
     #[test]
     fn sni_picks_the_exact_name_then_the_nearest_wildcard() {
         let (cert, key) = self_signed(&["x.test"]);
-        let a = Arc::new(certified_key(cert.as_bytes(), key.as_bytes()).expect("a"));
+        let a = certified_key(cert.as_bytes(), key.as_bytes()).expect("a");
         let (cert, key) = self_signed(&["y.test"]);
-        let b = Arc::new(certified_key(cert.as_bytes(), key.as_bytes()).expect("b"));
+        let b = certified_key(cert.as_bytes(), key.as_bytes()).expect("b");
         let mut certs = Certificates::default();
         certs.insert("chat.example.test", a.clone());
         certs.insert("*.example.test", b.clone());

@@ -254,3 +254,57 @@ async fn an_rs256_token_verifies_with_the_routes_pem_public_key() {
     .await;
     assert_eq!(refused.status, 401);
 }
+
+#[tokio::test]
+async fn a_token_given_twice_gets_400_invalid_request_before_the_upstream_is_contacted() {
+    let mut up = Upstream::start().await;
+    let secrets = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(secrets.path().join("jwt")).expect("dir");
+    std::fs::write(secrets.path().join("jwt/secret"), SECRET).expect("key");
+    let gate = gate(&up, secrets.path()).await;
+    let good = token(json!({}), SECRET);
+    let forged = token(
+        json!({"sub": "mallory"}),
+        "another-secret-of-thirty-two-byt",
+    );
+
+    for (path, extra) in [
+        (
+            format!("/ws?access_token={good}&access_token={forged}"),
+            String::new(),
+        ),
+        (
+            "/ws".to_owned(),
+            format!("Authorization: Bearer {good}\r\nAuthorization: Bearer {forged}\r\n"),
+        ),
+        (
+            "/ws".to_owned(),
+            format!("Cookie: session={good}; session={forged}\r\n"),
+        ),
+        (
+            format!("/ws?access_token={good}"),
+            format!("Cookie: session={forged}\r\n"),
+        ),
+    ] {
+        let refused = raw_request(gate.proxy, &request(&path, &extra)).await;
+        assert_eq!(refused.status, 400, "{path} {extra}");
+        assert!(
+            refused
+                .head
+                .contains("www-authenticate: Bearer realm=\"wsgate\", error=\"invalid_request\""),
+            "{}",
+            refused.head
+        );
+        assert!(!refused.body.contains(&good), "the token is never echoed");
+    }
+    assert_eq!(up.handshakes(), 0, "no repeated token reached the upstream");
+    let (_, metrics) = gate.admin_get("/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("wsgate_handshakes_total{")
+                && l.contains("reason=\"token_repeated\"")
+                && l.ends_with(" 4")),
+        "{metrics}"
+    );
+}

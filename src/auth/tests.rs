@@ -172,6 +172,65 @@ fn jwks_keys_are_chosen_by_kid() {
 }
 
 #[test]
+fn a_kid_picks_only_its_keys_and_a_kidless_token_needs_an_unambiguous_key() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let other = b"another-secret-of-thirty-two-byt";
+    let signed = |kid: Option<&str>| {
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = kid.map(str::to_owned);
+        bearer(&encode(&h, &claims(), &EncodingKey::from_secret(SECRET)).expect("token"))
+    };
+    let with_keys = |keys: serde_json::Value| {
+        let jwks = json!({ "keys": keys }).to_string();
+        JwtAuth::new(&spec(&[header("Authorization")]), jwks.as_bytes()).expect("JWKS")
+    };
+    let verify = |auth: &JwtAuth, kid: Option<&str>| {
+        check(auth, "/", &[("authorization", &signed(kid))]).map(|_| ())
+    };
+
+    let two_kids = with_keys(json!([
+        {"kty": "oct", "kid": "one", "alg": "HS256", "k": b64.encode(other)},
+        {"kty": "oct", "kid": "two", "alg": "HS256", "k": b64.encode(SECRET)},
+    ]));
+    assert_eq!(
+        verify(&two_kids, Some("three")),
+        Err(AuthFailure::Invalid("no key with the token's kid"))
+    );
+    assert_eq!(
+        verify(&two_kids, None),
+        Err(AuthFailure::Invalid(
+            "no kid in the token and several keys for its alg"
+        )),
+        "a kid-less token does not try every key"
+    );
+
+    // One kid-less key: kid-less tokens are checked against it alone, and a kid never
+    // falls back to it.
+    let mixed = with_keys(json!([
+        {"kty": "oct", "kid": "one", "alg": "HS256", "k": b64.encode(other)},
+        {"kty": "oct", "alg": "HS256", "k": b64.encode(SECRET)},
+    ]));
+    assert_eq!(verify(&mixed, None), Ok(()));
+    assert_eq!(
+        verify(&mixed, Some("one")),
+        Err(AuthFailure::Invalid("signature or algorithm not accepted"))
+    );
+
+    // No kid-less key: the one key of the token's alg.
+    let one_per_alg = with_keys(json!([
+        {"kty": "oct", "kid": "hs256", "alg": "HS256", "k": b64.encode(SECRET)},
+        {"kty": "oct", "kid": "hs384", "alg": "HS384", "k": b64.encode(other)},
+    ]));
+    assert_eq!(verify(&one_per_alg, None), Ok(()));
+
+    // A secret (or PEM key) has no kid to compare: a token's kid does not matter.
+    let secret = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("secret");
+    assert_eq!(verify(&secret, Some("any")), Ok(()));
+    assert_eq!(verify(&secret, None), Ok(()));
+}
+
+#[test]
 fn times_issuer_and_audience_are_checked_with_leeway() {
     let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
     let with = |patch: serde_json::Value| {
@@ -211,7 +270,41 @@ fn times_issuer_and_audience_are_checked_with_leeway() {
 }
 
 #[test]
-fn tokens_come_from_each_source_and_the_first_present_one_decides() {
+fn fractional_numeric_dates_are_accepted_and_checked_with_leeway() {
+    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    let with = |patch: serde_json::Value| {
+        let mut c = claims();
+        c.as_object_mut()
+            .expect("object")
+            .extend(patch.as_object().expect("object").clone());
+        check(&auth, "/", &[("authorization", &bearer(&hs256(&c)))]).map(|_| ())
+    };
+    let now = NOW as f64;
+    assert_eq!(
+        with(json!({"exp": now + 60.5, "nbf": now - 0.25, "iat": now - 0.25})),
+        Ok(())
+    );
+    assert_eq!(with(json!({"exp": now - 29.5})), Ok(()), "within leeway");
+    assert_eq!(
+        with(json!({"exp": now - 30.5})),
+        Err(AuthFailure::Invalid("expired"))
+    );
+    assert_eq!(
+        with(json!({"nbf": now + 30.5})),
+        Err(AuthFailure::Invalid("not yet valid"))
+    );
+    assert_eq!(
+        with(json!({"exp": "soon"})),
+        Err(AuthFailure::Invalid("exp is not a number"))
+    );
+    assert_eq!(
+        with(json!({"nbf": "later"})),
+        Err(AuthFailure::Invalid("nbf is not a number"))
+    );
+}
+
+#[test]
+fn tokens_come_from_each_source() {
     let token = hs256(&claims());
     let auth = JwtAuth::new(
         &spec(&[query("access_token"), cookie("session"), header("X-Token")]),
@@ -237,11 +330,6 @@ fn tokens_come_from_each_source_and_the_first_present_one_decides() {
     );
     assert!(check(&auth, "/ws", &[("x-token", &token)]).is_ok());
     assert_eq!(check(&auth, "/ws", &[]), Err(AuthFailure::Missing));
-    // A bad token in the first source is refused even though a good one follows.
-    assert!(
-        check(&auth, "/ws?access_token=bad", &[("x-token", &token)]).is_err(),
-        "no fallback past a present token"
-    );
     // Percent-encoded query values are decoded.
     let auth = JwtAuth::new(&spec(&[header("authorization")]), SECRET).expect("keys");
     assert!(check(&auth, "/", &[("Authorization", &format!("bEaReR {token}"))]).is_ok());
@@ -249,6 +337,71 @@ fn tokens_come_from_each_source_and_the_first_present_one_decides() {
         check(&auth, "/", &[("Authorization", &format!("Basic {token}"))]),
         Err(AuthFailure::Missing)
     );
+}
+
+#[test]
+fn a_token_given_twice_in_one_place_or_in_two_places_is_refused_as_repeated() {
+    let token = hs256(&claims());
+    let auth = JwtAuth::new(
+        &spec(&[
+            query("access_token"),
+            cookie("session"),
+            header("Authorization"),
+        ]),
+        SECRET,
+    )
+    .expect("keys");
+    let bearer = bearer(&token);
+    let both = format!("session={token}; session=x");
+    let one = format!("session={token}");
+    let twice: [(String, Vec<(&str, &str)>); 7] = [
+        (
+            format!("/ws?access_token={token}&access_token={token}"),
+            vec![],
+        ),
+        (format!("/ws?access_token=&access_token={token}"), vec![]),
+        (format!("/ws?access%5Ftoken=x&access_token={token}"), vec![]),
+        (
+            "/ws".into(),
+            vec![("authorization", &bearer), ("Authorization", &bearer)],
+        ),
+        ("/ws".into(), vec![("cookie", &both)]),
+        (
+            "/ws".into(),
+            vec![("cookie", &one), ("cookie", "session=x")],
+        ),
+        (
+            format!("/ws?access_token={token}"),
+            vec![("authorization", &bearer)],
+        ),
+    ];
+    for (target, headers) in &twice {
+        assert_eq!(
+            check(&auth, target, headers),
+            Err(AuthFailure::Repeated),
+            "{target} {headers:?}"
+        );
+    }
+    // Another scheme in a second Authorization header carries no token of ours.
+    assert!(
+        check(
+            &auth,
+            "/ws",
+            &[("authorization", "Basic YTpi"), ("authorization", &bearer)]
+        )
+        .is_ok()
+    );
+}
+
+#[test]
+fn a_place_listed_twice_in_token_sources_is_one_place() {
+    let token = hs256(&claims());
+    let auth = JwtAuth::new(
+        &spec(&[header("Authorization"), header("authorization")]),
+        SECRET,
+    )
+    .expect("keys");
+    assert!(check(&auth, "/ws", &[("authorization", &bearer(&token))]).is_ok());
 }
 
 #[test]

@@ -710,3 +710,47 @@ fn a_route_cannot_use_another_namespaces_secret() {
     );
     assert!(refs.message.contains("blue/chat-tls"), "{}", refs.message);
 }
+
+#[test]
+fn a_second_compile_of_the_same_secrets_parses_nothing_again() {
+    let mut backends = Backends::standalone();
+    tls_secret(&mut backends, "red", "chat-tls");
+    let mut data = SecretData::new();
+    data.insert(
+        "secret".into(),
+        b"0123456789abcdef0123456789abcdef".to_vec(),
+    );
+    backends.insert_secret("red", "jwt", data);
+    let ca = rcgen::generate_simple_self_signed(vec!["ca.example.com".to_owned()]).expect("CA");
+    let mut data = SecretData::new();
+    data.insert("ca.crt".into(), ca.cert.pem().into_bytes());
+    backends.insert_secret("red", "upstream-ca", data);
+    let routes = [route(
+        "metadata: {name: chat, namespace: red}\nspec:\n  hostnames: [chat.example.com]\n  path: {type: PathPrefix, value: /ws}\n  upstream: {url: \"wss://10.0.0.5:8443\", tls: {caSecretName: upstream-ca}}\n  tls: {secretName: chat-tls}\n  auth:\n    jwt:\n      keys: {secretName: jwt}\n",
+    )];
+    let first = compile(&routes, &backends);
+    let second = compile(&routes, &backends);
+    assert!(first.verdicts[0].accepted(), "{:?}", first.verdicts[0]);
+    let certificate = |c: &Compiled| {
+        c.table
+            .certificates()
+            .lookup("chat.example.com")
+            .expect("certificate")
+            .clone()
+    };
+    assert!(Arc::ptr_eq(&certificate(&first), &certificate(&second)));
+    let route = |c: &Compiled| c.table.routes().next().expect("route").clone();
+    let (a, b) = (route(&first), route(&second));
+    let (Some(RouteAuth::Jwt(a_auth)), Some(RouteAuth::Jwt(b_auth))) = (&a.auth, &b.auth) else {
+        panic!("JWT auth on both");
+    };
+    assert!(a_auth.shares_keys_with(b_auth));
+    let roots = |r: &Route| {
+        r.upstream
+            .tls
+            .as_ref()
+            .and_then(|t| t.roots.clone())
+            .expect("CA roots")
+    };
+    assert!(Arc::ptr_eq(&roots(&a), &roots(&b)));
+}

@@ -49,6 +49,8 @@ pub enum Reject {
     Unauthorized,
     /// The request's token is not valid (signature, time, issuer or audience).
     InvalidToken,
+    /// The request gives its token more than once (twice in one place, or in two places).
+    TokenRepeated,
     /// The route requires a token but its keys are missing or unusable.
     AuthUnavailable,
     /// A TLS client's `Host` is not the name it asked for in SNI.
@@ -94,7 +96,7 @@ impl Reject {
                 StatusCode::TOO_MANY_REQUESTS
             }
             Reject::NotWebSocket | Reject::BadVersion => StatusCode::UPGRADE_REQUIRED,
-            Reject::BadKey => StatusCode::BAD_REQUEST,
+            Reject::BadKey | Reject::TokenRepeated => StatusCode::BAD_REQUEST,
             Reject::OriginDenied | Reject::SubprotocolDenied | Reject::TlsRequired => {
                 StatusCode::FORBIDDEN
             }
@@ -127,6 +129,7 @@ impl Reject {
             Reject::Overloaded => "gateway_full",
             Reject::Unauthorized => "token_missing",
             Reject::InvalidToken => "token_invalid",
+            Reject::TokenRepeated => "token_repeated",
             Reject::AuthUnavailable => "auth_unavailable",
             Reject::Misdirected => "misdirected_request",
             Reject::TlsRequired => "tls_required",
@@ -162,6 +165,7 @@ impl Reject {
             Reject::Overloaded => "gateway at its connection limit: retry later\n",
             Reject::Unauthorized => "authentication required\n",
             Reject::InvalidToken => "invalid token\n",
+            Reject::TokenRepeated => "token given more than once: send it in one place\n",
             Reject::AuthUnavailable => "authentication is not available: retry later\n",
             Reject::Misdirected => "Host does not match the TLS server name\n",
             Reject::TlsRequired => "this route is served over TLS only: use wss://\n",
@@ -224,6 +228,12 @@ impl Reject {
                 out,
                 "www-authenticate",
                 b"Bearer realm=\"wsgate\", error=\"invalid_token\"",
+            ),
+            // RFC 6750 §3.1: more than one method of passing the token is `invalid_request`.
+            Reject::TokenRepeated => http1::put_header(
+                out,
+                "www-authenticate",
+                b"Bearer realm=\"wsgate\", error=\"invalid_request\"",
             ),
             Reject::NotReady
             | Reject::AuthUnavailable

@@ -1,0 +1,170 @@
+//! Accepting connections without spinning: the proxy and admin listeners share one loop step
+//! that backs off after a failed `accept` (at the descriptor limit, `EMFILE`/`ENFILE`, it
+//! fails at once and forever until a descriptor is freed) and logs the failure at most once
+//! a second, with how many failures went unlogged.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// Wait after the first failed accept in a row; doubled per further failure.
+const FIRST_BACK_OFF: Duration = Duration::from_millis(10);
+/// Longest wait between accept attempts: a freed descriptor is used within this.
+const MAX_BACK_OFF: Duration = Duration::from_secs(1);
+/// At most one "accept failed" line per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Accept failures of one listener: the back-off in effect and the log line's rate limit.
+#[derive(Debug)]
+pub struct AcceptErrors {
+    /// `proxy`, `tls` or `admin`, for the log line.
+    listener: &'static str,
+    back_off: Duration,
+    log: RateLimit,
+}
+
+impl AcceptErrors {
+    /// No failures yet on the listener named `listener` in log lines.
+    pub fn new(listener: &'static str) -> AcceptErrors {
+        AcceptErrors {
+            listener,
+            back_off: Duration::ZERO,
+            log: RateLimit::new(LOG_INTERVAL),
+        }
+    }
+
+    /// Notes a failure: logs it unless a line was written less than a second ago, and
+    /// returns how long to wait before the next attempt.
+    fn failed(&mut self, error: &io::Error) -> Duration {
+        if let Some(suppressed) = self.log.allow(Instant::now()) {
+            tracing::warn!(
+                listener = self.listener,
+                error = %error,
+                suppressed,
+                "accept failed; backing off"
+            );
+        }
+        self.back_off = (self.back_off * 2).clamp(FIRST_BACK_OFF, MAX_BACK_OFF);
+        self.back_off
+    }
+
+    /// Notes a success: the next failure starts the back-off afresh.
+    fn succeeded(&mut self) {
+        self.back_off = Duration::ZERO;
+    }
+}
+
+/// Accepts the next connection on `listener`, waiting out failures (see the module doc).
+/// Cancel-safe, so it can race a stop signal in `select!`.
+pub async fn accept(listener: &TcpListener, errors: &mut AcceptErrors) -> (TcpStream, SocketAddr) {
+    retry(|| listener.accept(), errors).await
+}
+
+/// The loop behind [`accept`], over any fallible accept, so it can be tested without
+/// exhausting descriptors.
+async fn retry<T, F, Fut>(mut attempt: F, errors: &mut AcceptErrors) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = io::Result<T>>,
+{
+    loop {
+        match attempt().await {
+            Ok(accepted) => {
+                errors.succeeded();
+                return accepted;
+            }
+            Err(e) => tokio::time::sleep(errors.failed(&e)).await,
+        }
+    }
+}
+
+/// Allows one event per interval and counts those refused in between.
+#[derive(Debug)]
+struct RateLimit {
+    interval: Duration,
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimit {
+    fn new(interval: Duration) -> RateLimit {
+        RateLimit {
+            interval,
+            next: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(events refused since the last allowed one)` if an event at `now` is allowed.
+    fn allow(&mut self, now: Instant) -> Option<u64> {
+        if self.next.is_some_and(|next| now < next) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next = Some(now + self.interval);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_allows_one_event_per_interval_and_reports_the_rest() {
+        let start = Instant::now();
+        let mut limit = RateLimit::new(Duration::from_secs(1));
+        assert_eq!(limit.allow(start), Some(0));
+        for ms in [1, 500, 999] {
+            assert_eq!(limit.allow(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(limit.allow(start + Duration::from_secs(1)), Some(3));
+        assert_eq!(limit.allow(start + Duration::from_millis(1500)), None);
+        assert_eq!(limit.allow(start + Duration::from_secs(5)), Some(1));
+    }
+
+    fn emfile() -> io::Error {
+        io::Error::from_raw_os_error(24)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failed_accepts_back_off_doubling_up_to_a_second() {
+        let mut errors = AcceptErrors::new("test");
+        let mut failures = 12;
+        let mut attempts = Vec::new();
+        let start = Instant::now();
+        let accepted = retry(
+            || {
+                attempts.push(Instant::now() - start);
+                let result = if failures > 0 { Err(emfile()) } else { Ok(7) };
+                failures -= 1;
+                std::future::ready(result)
+            },
+            &mut errors,
+        )
+        .await;
+        assert_eq!(accepted, 7);
+        let gaps: Vec<u128> = attempts
+            .windows(2)
+            .map(|w| (w[1] - w[0]).as_millis())
+            .collect();
+        assert_eq!(
+            gaps,
+            [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000, 1000, 1000]
+        );
+    }
+
+    #[test]
+    fn a_success_resets_the_back_off() {
+        let mut errors = AcceptErrors::new("test");
+        for _ in 0..5 {
+            errors.failed(&emfile());
+        }
+        errors.succeeded();
+        assert_eq!(errors.failed(&emfile()), FIRST_BACK_OFF);
+    }
+}
