@@ -139,14 +139,15 @@ fn host_name(host: &str) -> Option<&str> {
 
 fn respond(req: &Request<Incoming>, gateway: &Gateway, hosts: &[String]) -> Response<Full<Bytes>> {
     // A request without a Host cannot come from a browser, so it cannot be a rebinding.
-    let host = match req.uri().authority() {
-        Some(authority) => Some(authority.as_str()),
-        None => req
-            .headers()
-            .get(header::HOST)
+    // Every host a request names must be allowed (an absolute target's and each `Host`), so
+    // a second `Host` cannot carry the one a proxy in front routes by.
+    let named = req.uri().authority().map(|a| a.as_str()).into_iter().chain(
+        req.headers()
+            .get_all(header::HOST)
+            .iter()
             .map(|h| h.to_str().unwrap_or("")),
-    };
-    if let Some(host) = host.filter(|h| !host_allowed(h, hosts)) {
+    );
+    if let Some(host) = named.into_iter().find(|h| !host_allowed(h, hosts)) {
         return refuse_host(host);
     }
     match req.uri().path() {
