@@ -43,11 +43,9 @@ async fn a_rebinding_host_is_refused_while_addresses_and_localhost_are_answered(
             "{host}"
         );
     }
-    let two = format!(
-        "GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
-    );
+    let two = "GET /healthz HTTP/1.1\r\nHost: localhost\r\nHost: evil.example\r\nConnection: close\r\n\r\n";
     assert_eq!(
-        raw_request(gate.admin, &two).await.status,
+        raw_request(gate.admin, two).await.status,
         421,
         "a second Host is checked too"
     );
