@@ -9,7 +9,9 @@
 // Repeated `printcolumn(type_ = ...)` entries are distinct columns, not duplicate attributes.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, CustomResourceExt, KubeSchema};
 use schemars::JsonSchema;
@@ -466,7 +468,50 @@ pub struct WebSocketRouteStatus {
 
 /// The CustomResourceDefinition for `WebSocketRoute`.
 pub fn crd() -> CustomResourceDefinition {
-    WebSocketRoute::crd()
+    let mut crd = WebSocketRoute::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            keep_known_formats(schema);
+        }
+    }
+    crd
+}
+
+/// Drops integer formats Kubernetes does not know (schemars writes `uint32` for a `u32`):
+/// the API server keeps them but warns about each on every `kubectl apply` and `helm
+/// install`. The bounds that matter are in `minimum` and `maximum`.
+fn keep_known_formats(schema: &mut JSONSchemaProps) {
+    if schema.type_.as_deref() == Some("integer")
+        && !matches!(schema.format.as_deref(), None | Some("int32" | "int64"))
+    {
+        schema.format = None;
+    }
+    let nested = schema
+        .properties
+        .iter_mut()
+        .flat_map(|p| p.values_mut())
+        .chain(match &mut schema.items {
+            Some(JSONSchemaPropsOrArray::Schema(s)) => vec![s.as_mut()],
+            Some(JSONSchemaPropsOrArray::Schemas(list)) => list.iter_mut().collect(),
+            None => Vec::new(),
+        })
+        .chain(match &mut schema.additional_properties {
+            Some(JSONSchemaPropsOrBool::Schema(s)) => Some(s.as_mut()),
+            _ => None,
+        })
+        .chain(
+            [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of]
+                .into_iter()
+                .flatten()
+                .flatten(),
+        );
+    for inner in nested {
+        keep_known_formats(inner);
+    }
 }
 
 /// The CRD as YAML, headed by a comment line, as `wsgate crd` prints it and `crds/` holds it.

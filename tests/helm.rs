@@ -38,7 +38,8 @@ fn helm_dir() -> &'static Path {
     })
 }
 
-/// Runs a command, returning its output; panics with stderr when it fails.
+/// Runs a command, returning its output; panics with stderr when it fails or when the API
+/// server warned about the schema.
 fn run_ok(cmd: &mut Command) -> String {
     let out = run(cmd);
     assert!(
@@ -47,7 +48,17 @@ fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    no_schema_warnings(&out);
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A CRD the API server finds fault with makes every apply print warnings; ours must not.
+fn no_schema_warnings(out: &Output) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("unrecognized format"),
+        "the API server warned:\n{stderr}"
+    );
 }
 
 fn run(cmd: &mut Command) -> Output {
@@ -101,6 +112,7 @@ fn apply(plane: &ControlPlane, args: &[&str], yaml: &str) -> String {
         "kubectl apply {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    no_schema_warnings(&out);
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
