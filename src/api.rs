@@ -64,12 +64,12 @@ const SCHEME: &str = "[A-Za-z][A-Za-z0-9+.-]*";
 #[serde(rename_all = "camelCase")]
 pub struct WebSocketRouteSpec {
     /// Hostnames this route serves, 1 to 16, each listed once: an exact lowercase DNS name like `chat.example.com`, or a wildcard like `*.example.com`, where `*` is the whole leftmost label, stands for one or more labels, and is followed by at least two labels. Write internationalized names in punycode (`xn--...`).
-    #[schemars(length(min = 1, max = 16), inner(length(min = 1, max = 253)))]
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(length(min = 1, max = 253)),
+        transform = hostname_rules
+    )]
     #[x_kube(
-        validation = Rule::new(format!(r"self.all(h, h.matches(r'^(\*\.)?{DNS_LABEL}(\.{DNS_LABEL})*$'))"))
-            .message("each hostname must be a lowercase DNS name like `chat.example.com`, or a wildcard like `*.example.com` with `*` only as the whole leftmost label; write internationalized names in punycode (`xn--...`)"),
-        validation = Rule::new(r"self.all(h, !h.startsWith('*.') || h.matches(r'^\*\.[^.]+\.[^.]+'))")
-            .message("a wildcard hostname needs at least two labels after `*.`: write `*.example.com`, not `*.com`"),
         validation = Rule::new("self.all(h, self.exists_one(x, x == h))")
             .message("hostnames must be unique: list each hostname once")
     )]
@@ -356,17 +356,10 @@ pub enum PathMatchType {
 pub struct OriginsSpec {
     /// Allowed origin patterns, up to 64: an exact origin (`https://app.example.com`), any subdomain (`https://*.example.com`), any port (`http://localhost:*`), or `*` alone for every origin (which turns the protection off). Each is `scheme://host[:port]` with no path and no trailing slash; Unicode hostnames are allowed. Default: empty, so no browser origin may connect.
     #[serde(default)]
-    #[schemars(length(max = 64), inner(length(min = 1, max = 300)))]
-    #[x_kube(
-        validation = Rule::new("!self.exists(o, o == 'null')")
-            .message("`null` is not an origin pattern: remove it from `allow` and set `allowNull: true` instead")
-            .reason(Reason::FieldValueForbidden),
-        validation = Rule::new(format!(
-            r"self.all(o, o == '*' || o.matches(r'^{SCHEME}://((\*\.)?{ORIGIN_LABEL}(\.{ORIGIN_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(:({PORT}|\*))?$'))"
-        ))
-            .message("each origin pattern must be `scheme://host[:port]` with no path or trailing slash, like `https://app.example.com`, `https://*.example.com` or `http://localhost:*` (port 1-65535 or `*`), or `*` alone"),
-        validation = Rule::new(r"self.all(o, !o.contains('://*.') || o.matches(r'://\*\.[^.:]+\.[^.:]+'))")
-            .message("a wildcard origin needs at least two labels after `*.`: write `https://*.example.com`, not `https://*.com`")
+    #[schemars(
+        length(max = 64),
+        inner(length(min = 1, max = 300)),
+        transform = origin_rules
     )]
     pub allow: Vec<String>,
 
@@ -464,6 +457,70 @@ pub struct WebSocketRouteStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+}
+
+/// Rules on each entry of a list, so that the API server names the entry and its value
+/// (`spec.origins.allow[2]: Invalid value: "https://*.com": ...`): `(rule, message, reason)`,
+/// each rule about `self`, one entry.
+fn each_entry(schema: &mut schemars::Schema, rules: &[(String, &str, Option<kube::core::Reason>)]) {
+    let rules: Vec<serde_json::Value> = rules
+        .iter()
+        .map(|(rule, message, reason)| {
+            let mut r = serde_json::json!({"rule": rule, "message": message});
+            if let Some(reason) = reason {
+                r["reason"] = serde_json::to_value(reason).unwrap_or_default();
+            }
+            r
+        })
+        .collect();
+    if let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) {
+        items.insert("x-kubernetes-validations".into(), rules.into());
+    }
+}
+
+/// The rules each hostname follows.
+fn hostname_rules(schema: &mut schemars::Schema) {
+    each_entry(
+        schema,
+        &[
+            (
+                format!(r"self.matches(r'^(\*\.)?{DNS_LABEL}(\.{DNS_LABEL})*$')"),
+                "a hostname must be a lowercase DNS name like `chat.example.com`, or a wildcard like `*.example.com` with `*` only as the whole leftmost label; write internationalized names in punycode (`xn--...`)",
+                None,
+            ),
+            (
+                r"!self.startsWith('*.') || self.matches(r'^\*\.[^.]+\.[^.]+')".to_owned(),
+                "a wildcard hostname needs at least two labels after `*.`: write `*.example.com`, not `*.com`",
+                None,
+            ),
+        ],
+    );
+}
+
+/// The rules each origin pattern follows.
+fn origin_rules(schema: &mut schemars::Schema) {
+    each_entry(
+        schema,
+        &[
+            (
+                "self != 'null'".to_owned(),
+                "`null` is not an origin pattern: remove it from `allow` and set `allowNull: true` instead",
+                Some(kube::core::Reason::FieldValueForbidden),
+            ),
+            (
+                format!(
+                    r"self == '*' || self == 'null' || self.matches(r'^{SCHEME}://((\*\.)?{ORIGIN_LABEL}(\.{ORIGIN_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(:({PORT}|\*))?$')"
+                ),
+                "an origin pattern must be `scheme://host[:port]` with no path or trailing slash, like `https://app.example.com`, `https://*.example.com` or `http://localhost:*` (port 1-65535 or `*`), or `*` alone",
+                None,
+            ),
+            (
+                r"!self.contains('://*.') || self.matches(r'://\*\.[^.:]+\.[^.:]+')".to_owned(),
+                "a wildcard origin needs at least two labels after `*.`: write `https://*.example.com`, not `https://*.com`",
+                None,
+            ),
+        ],
+    );
 }
 
 /// The CustomResourceDefinition for `WebSocketRoute`.

@@ -66,8 +66,8 @@ async fn crd_installs_stores_defaults_and_refuses_invalid_routes_with_its_messag
         ),
         (
             "host-case",
-            "  hostnames: [Chat.Example.com]\n  upstream: {url: \"ws://a:1\"}\n",
-            "each hostname must be a lowercase DNS name",
+            "  hostnames: [a.example.com, Chat.Example.com]\n  upstream: {url: \"ws://a:1\"}\n",
+            "spec.hostnames[1]: Invalid value: \"Chat.Example.com\": a hostname must be a lowercase DNS name",
         ),
         (
             "host-twice",
@@ -91,8 +91,8 @@ async fn crd_installs_stores_defaults_and_refuses_invalid_routes_with_its_messag
         ),
         (
             "origin-wild",
-            "  hostnames: [a.example.com]\n  origins: {allow: [\"https://*.com\"]}\n  upstream: {url: \"ws://a:1\"}\n",
-            "a wildcard origin needs at least two labels",
+            "  hostnames: [a.example.com]\n  origins: {allow: [\"https://a.example.com\", \"https://b.example.com\", \"https://*.com\"]}\n  upstream: {url: \"ws://a:1\"}\n",
+            "spec.origins.allow[2]: Invalid value: \"https://*.com\": a wildcard origin needs at least two labels",
         ),
         (
             "limit-zero",
