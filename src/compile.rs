@@ -89,8 +89,34 @@ pub struct Verdict {
     pub generation: Option<i64>,
     /// Accepted, ResolvedRefs, Programmed and Ready, in that order.
     pub conditions: Vec<ConditionState>,
-    /// Things that do not stop the route but deserve a warning (`*` origins).
-    pub warnings: Vec<String>,
+    /// Things that do not stop the route but deserve a warning.
+    pub warnings: Vec<Warning>,
+}
+
+/// Something that does not stop a route but that its author should know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// A CamelCase reason, used as the Event reason (`warning::ANY_ORIGIN`, ...).
+    pub reason: &'static str,
+    /// What is wrong and what to write instead.
+    pub message: String,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// Warning reasons.
+pub mod warning {
+    /// `*` in `origins.allow`: every web page may connect.
+    pub const ANY_ORIGIN: &str = "AnyOrigin";
+    /// Nothing may connect: `origins.allow` is empty and neither `null` nor a missing
+    /// `Origin` is admitted.
+    pub const NO_ORIGINS: &str = "NoOrigins";
+    /// The hostname's certificate is another, older route's.
+    pub const CERTIFICATE_SHADOWED: &str = "CertificateShadowed";
 }
 
 impl Verdict {
@@ -363,9 +389,12 @@ pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
             if let Some((key, secret)) = &valid.certificate {
                 for h in &valid.hostnames {
                     match certificate_of.get(h) {
-                        Some((owner, theirs)) if theirs != secret => c.warnings.push(format!(
-                            "hostname {h} is served with the certificate of route {owner} (Secret {theirs}), which is older; this route's Secret {secret} is not used for it"
-                        )),
+                        Some((owner, theirs)) if theirs != secret => c.warnings.push(Warning {
+                            reason: warning::CERTIFICATE_SHADOWED,
+                            message: format!(
+                                "hostname {h} is served with the certificate of route {owner} (Secret {theirs}), which is older; this route's Secret {secret} is not used for it"
+                            ),
+                        }),
                         Some(_) => {}
                         None => {
                             certificate_of.insert(h.clone(), (c.key.clone(), secret.clone()));
@@ -425,7 +454,7 @@ struct Checked {
     valid: Option<ValidRoute>,
     problems: Vec<String>,
     refs: Result<(), (&'static str, String)>,
-    warnings: Vec<String>,
+    warnings: Vec<Warning>,
     conflict: Option<String>,
     programmed: bool,
     summary: String,
@@ -454,7 +483,7 @@ impl Checked {
                 let mut msg = format!("route serves {}", self.summary);
                 for w in &self.warnings {
                     msg.push_str("; warning: ");
-                    msg.push_str(w);
+                    msg.push_str(&w.message);
                 }
                 cond(condition::ACCEPTED, true, reason::ACCEPTED, msg)
             }
@@ -559,9 +588,21 @@ fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
     ) {
         Ok(policy) => {
             if policy.allows_any_origin() {
-                warnings.push(
-                    "origin `*` admits every web page, which disables the cross-site WebSocket protection; list the origins instead".to_owned(),
-                );
+                warnings.push(Warning {
+                    reason: warning::ANY_ORIGIN,
+                    message: "origin `*` admits every web page, which disables the cross-site WebSocket protection; list the origins instead".to_owned(),
+                });
+            }
+            // An empty list is valid (and the default), but a route nothing can reach is
+            // more often a misspelt or dropped field than an intent.
+            if spec.origins.allow.is_empty()
+                && !spec.origins.allow_null
+                && !spec.origins.allow_missing
+            {
+                warnings.push(Warning {
+                    reason: warning::NO_ORIGINS,
+                    message: "origins.allow is empty, so every handshake is refused with 403: list the origins that may connect, like `origins: {allow: [\"https://app.example.com\"]}`".to_owned(),
+                });
             }
             Some(policy)
         }

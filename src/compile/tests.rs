@@ -155,6 +155,28 @@ fn different_path_type_or_value_is_no_conflict() {
 }
 
 #[test]
+fn a_route_nothing_may_reach_is_accepted_with_a_warning_that_says_so() {
+    let nobody = route(
+        "metadata: {name: quiet, namespace: apps}\nspec:\n  hostnames: [a.example.com]\n  upstream: {url: \"ws://127.0.0.1:9000\"}\n",
+    );
+    let v = one(nobody);
+    assert!(v.accepted());
+    assert_eq!(v.warnings.len(), 1);
+    assert_eq!(v.warnings[0].reason, warning::NO_ORIGINS);
+    assert!(
+        cond(&v, condition::ACCEPTED)
+            .message
+            .contains("origins.allow is empty, so every handshake is refused with 403"),
+        "{}",
+        cond(&v, condition::ACCEPTED).message
+    );
+    let machines = route(
+        "metadata: {name: api, namespace: apps}\nspec:\n  hostnames: [a.example.com]\n  origins: {allowMissing: true}\n  upstream: {url: \"ws://127.0.0.1:9000\"}\n",
+    );
+    assert!(one(machines).warnings.is_empty());
+}
+
+#[test]
 fn unmapped_service_is_backend_not_found_but_still_owns_its_path() {
     let r = route(
         "metadata: {name: svc, namespace: apps}\nspec:\n  hostnames: [a.example.com]\n  upstream: {service: {name: chat, port: 8080}}\n",
@@ -680,11 +702,17 @@ fn a_hostnames_certificate_is_the_oldest_routes_and_a_later_tenant_is_told() {
         later
             .warnings
             .iter()
-            .any(|w| w.contains("route red/first (Secret red/chat-tls)")),
+            .any(|w| w.reason == warning::CERTIFICATE_SHADOWED
+                && w.message.contains("route red/first (Secret red/chat-tls)")),
         "{:?}",
         later.warnings
     );
-    assert!(c.verdicts[1].warnings.is_empty());
+    assert!(
+        c.verdicts[1]
+            .warnings
+            .iter()
+            .all(|w| w.reason != warning::CERTIFICATE_SHADOWED)
+    );
 }
 
 #[test]

@@ -31,8 +31,6 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Writes in flight at once, so a thousand routes do not queue behind one another.
 const CONCURRENT_WRITES: usize = 8;
-/// The Event reason for a route that admits every origin.
-const ANY_ORIGIN: &str = "AnyOrigin";
 
 /// Writes status and Events for the routes of the active snapshot.
 pub struct StatusReporter {
@@ -243,8 +241,7 @@ async fn write(client: &Client, recorder: &Recorder, metrics: &Metrics, w: Write
 }
 
 /// The Events a verdict calls for, given what the route showed before: a Warning when it
-/// becomes refused or is refused for a new reason, and one per `*` origin warning when its
-/// spec is new.
+/// becomes refused or is refused for a new reason, and one per warning when its spec is new.
 fn events_for(verdict: &Verdict, previous: Option<&Shown>) -> Vec<Event> {
     let mut events = Vec::new();
     if let Some(accepted) = verdict.condition(condition::ACCEPTED)
@@ -273,8 +270,8 @@ fn events_for(verdict: &Verdict, previous: Option<&Shown>) -> Vec<Event> {
     if new_spec {
         events.extend(verdict.warnings.iter().map(|w| Event {
             type_: EventType::Warning,
-            reason: ANY_ORIGIN.to_owned(),
-            note: Some(truncate(w)),
+            reason: w.reason.to_owned(),
+            note: Some(truncate(&w.message)),
             action: "Validate".to_owned(),
             secondary: None,
         }));
@@ -313,7 +310,13 @@ mod tests {
                 reason,
                 message: message.into(),
             }],
-            warnings: warnings.iter().map(|w| (*w).to_owned()).collect(),
+            warnings: warnings
+                .iter()
+                .map(|w| crate::compile::Warning {
+                    reason: crate::compile::warning::ANY_ORIGIN,
+                    message: (*w).to_owned(),
+                })
+                .collect(),
         }
     }
 
@@ -357,7 +360,7 @@ mod tests {
         );
         let events = events_for(&any, None);
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].reason, ANY_ORIGIN);
+        assert_eq!(events[0].reason, crate::compile::warning::ANY_ORIGIN);
         assert!(events_for(&any, Some(&shown_for(&any))).is_empty());
         let mut older = shown_for(&any);
         older.generation = Some(1);
