@@ -57,8 +57,9 @@ pub struct Claims<'a> {
 }
 
 /// Writes the request sent upstream: the client's path and headers, without hop-by-hop
-/// headers, with the upgrade headers, the allowed subprotocols, forwarding headers and the
-/// verified claims' headers.
+/// headers, with the upgrade headers, the allowed subprotocols, the extension offers the
+/// gateway lets through (the client's own `Sec-WebSocket-Extensions` never passes),
+/// forwarding headers and the verified claims' headers.
 ///
 /// The path and query go unchanged unless the upstream URL has a path, which then replaces
 /// the request path (the query is kept). `Host` and `Origin` pass through unchanged.
@@ -67,6 +68,7 @@ pub fn forward_request(
     headers: Headers<'_>,
     upstream: &Upstream,
     subprotocols: Option<&str>,
+    extensions: Option<&str>,
     client: ClientInfo,
     claims: Claims<'_>,
 ) -> Vec<u8> {
@@ -82,7 +84,8 @@ pub fn forward_request(
     for (name, value) in headers.iter() {
         let replaced = FORWARDING.iter().any(|f| name.eq_ignore_ascii_case(f))
             || claims.dropped.iter().any(|d| name.eq_ignore_ascii_case(d))
-            || (subprotocols.is_some() && name.eq_ignore_ascii_case("sec-websocket-protocol"));
+            || (subprotocols.is_some() && name.eq_ignore_ascii_case("sec-websocket-protocol"))
+            || name.eq_ignore_ascii_case("sec-websocket-extensions");
         if !replaced && !headers.is_hop_by_hop(name, false) {
             http1::put_header(&mut out, name, value);
         }
@@ -90,6 +93,9 @@ pub fn forward_request(
     out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n");
     if let Some(p) = subprotocols {
         http1::put_header(&mut out, "sec-websocket-protocol", p.as_bytes());
+    }
+    if let Some(e) = extensions {
+        http1::put_header(&mut out, "sec-websocket-extensions", e.as_bytes());
     }
 
     let hop = client.addr.ip().to_string();
@@ -250,6 +256,7 @@ mod tests {
             ("X-Forwarded-For", "203.0.113.9"),
             ("X-Forwarded-Proto", "https"),
             ("Sec-WebSocket-Protocol", "evil, chat"),
+            ("Sec-WebSocket-Extensions", "x-evil, permessage-deflate"),
             ("X-User-Id", "mallory"),
         ])
     }
@@ -270,6 +277,7 @@ mod tests {
             Headers::new(&headers),
             &upstream(path),
             subprotocols,
+            Some("permessage-deflate"),
             client(),
             claims,
         );
@@ -347,6 +355,7 @@ mod tests {
             "upgrade: websocket",
             "connection: Upgrade",
             "sec-websocket-protocol: chat",
+            "sec-websocket-extensions: permessage-deflate",
         ] {
             assert_eq!(
                 lines.iter().filter(|l| **l == want).count(),
