@@ -566,9 +566,8 @@ impl Half {
     ///
     /// A data frame that takes its message over the limit is not forwarded at all: the
     /// direction is cut where its header began, and `too_big` set. So is a frame that breaks
-    /// the protocol, with `violation` set. The Pong answering the
-    /// gateway's own Ping is taken out of `data` (the bytes after it move up), so the other
-    /// side never sees it.
+    /// the protocol, with `violation` set. The Pong answering the gateway's own Ping is taken
+    /// out of `data` (the bytes after it move up), so the other side never sees it.
     fn track(&mut self, data: &mut [u8], closing: bool) -> usize {
         let mut len = data.len();
         let mut cut_at = self.cut.then_some(0);
@@ -868,7 +867,10 @@ where
             const GOING_AWAY: (u16, &str) = (1001, "going away");
             const IDLE: (u16, &str) = (1001, "idle timeout");
             const PROTOCOL: (u16, &str) = (1002, "protocol error");
-            let violation = (this.c2u.violation.map(|v| (Side::Client, v)))
+            let violation = this
+                .c2u
+                .violation
+                .map(|v| (Side::Client, v))
                 .or_else(|| this.u2c.violation.map(|v| (Side::Upstream, v)));
             if let Some((side, violation)) = violation {
                 tracing::debug!(side = side.label(), %violation, "protocol error");
