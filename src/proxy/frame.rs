@@ -216,6 +216,12 @@ impl FrameTracker {
         usize::from(self.have)
     }
 
+    /// The header bytes collected so far of a header not yet complete (empty at a boundary
+    /// and inside a payload).
+    pub fn partial_bytes(&self) -> &[u8] {
+        &self.header[..usize::from(self.have)]
+    }
+
     /// Payload bytes of the current frame still to come.
     pub fn remaining(&self) -> u64 {
         self.remaining

@@ -1,7 +1,8 @@
 //! The frame relay: once the WebSocket upgrade has succeeded on both sides, copies frames both
 //! ways between the client and the upstream until either side closes, following RFC 6455
-//! frame boundaries so a Close can be injected between frames. Owns bytes and frames only:
-//! no HTTP, no policy, no Kubernetes.
+//! frame boundaries so a Close can be injected between frames, and checking each frame header
+//! before any of the frame goes on (a header split across reads is held back until it is
+//! complete). Owns bytes and frames only: no HTTP, no policy, no Kubernetes.
 //!
 //! One hand-written future polls both directions; nothing is spawned.
 //!
@@ -25,8 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::frame::{
-    FrameTracker, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PONG, PING_PAYLOAD, Rules, Violation,
-    apply_mask, close_frame, ping_frame,
+    FrameTracker, MAX_HEADER, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PONG, PING_PAYLOAD, Rules,
+    Violation, apply_mask, close_frame, ping_frame,
 };
 use crate::route::Limits;
 
@@ -276,9 +277,6 @@ struct Half {
     cut: bool,
     /// A Close frame from the sender was forwarded.
     close_forwarded: bool,
-    /// Forwarding stopped inside a frame header (part of it went out in an earlier read):
-    /// nothing, not even a Close, can follow on the destination's stream.
-    broken: bool,
     /// The route's largest message, if limited.
     max_message: Option<u64>,
     /// Bytes of the message in progress, across its continuation frames.
@@ -350,7 +348,6 @@ impl Half {
             inject: Inject::Idle,
             cut: false,
             close_forwarded: false,
-            broken: false,
             max_message,
             message_len: 0,
             messages: 0,
@@ -447,10 +444,11 @@ impl Half {
             }
 
             // 2. A gateway Ping goes out at a frame boundary, unless the connection is
-            //    closing; once begun, it is finished before anything else.
+            //    closing; once begun, it is finished before anything else. Outside a payload
+            //    the destination is between frames: a header not complete yet is withheld.
             if let Some((payload, key)) = self.ping_out
                 && (self.ping_done > 0
-                    || (injection.is_none() && !self.cut && self.tracker.at_boundary()))
+                    || (injection.is_none() && !self.cut && self.tracker.remaining() == 0))
             {
                 let mask = (self.from == Side::Client).then_some(key);
                 let (frame, len) = ping_frame(payload, mask);
@@ -472,9 +470,9 @@ impl Half {
             //    frame): RFC 6455 §5.5.1, unmasked to the client, masked to the upstream
             //    (§5.3: every client-to-server frame is masked).
             if let Some(inj) = injection {
-                if self.inject == Inject::Idle && (self.cut || self.tracker.at_boundary()) {
+                if self.inject == Inject::Idle && (self.cut || self.tracker.remaining() == 0) {
                     self.cut = true;
-                    self.inject = if self.close_forwarded || self.broken {
+                    self.inject = if self.close_forwarded {
                         Inject::Skipped
                     } else {
                         Inject::Writing(0)
@@ -513,9 +511,10 @@ impl Half {
             }
 
             // 5. Read. A read that is not ready writes nothing into the buffer (AsyncRead
-            //    contract), so the buffer goes straight back to the pool.
+            //    contract), so the buffer goes straight back to the pool. The read lands
+            //    after room for the start of a header withheld from the last read.
             let mut buf = take_buffer();
-            let mut read = ReadBuf::new(&mut buf);
+            let mut read = ReadBuf::new(&mut buf[MAX_HEADER..]);
             match Pin::new(&mut *src).poll_read(cx, &mut read) {
                 Poll::Pending => {
                     give_buffer(buf);
@@ -544,14 +543,21 @@ impl Half {
             }
             self.bytes += n as u64;
             self.heard = true;
-            let forward = self.track(&mut buf[..n], injection.is_some());
+            let carried = self.tracker.partial_header();
+            let start = MAX_HEADER - carried;
+            buf[start..MAX_HEADER].copy_from_slice(self.tracker.partial_bytes());
+            let forward = self.track(
+                &mut buf[MAX_HEADER..MAX_HEADER + n],
+                carried,
+                injection.is_some(),
+            );
             if forward == 0 {
                 give_buffer(buf);
             } else {
                 self.held = Some(Held {
                     buf,
-                    start: 0,
-                    end: forward,
+                    start,
+                    end: start + forward,
                 });
             }
         }
@@ -560,15 +566,17 @@ impl Half {
         Poll::Pending
     }
 
-    /// Walks the frames in `data` (RFC 6455 §5.2) and returns how many of its bytes to
-    /// forward: all of them, or with a close requested, those up to the end of the frame in
-    /// progress (the rest is only tracked).
+    /// Walks the frames in `data` (RFC 6455 §5.2) and returns how many bytes to forward of
+    /// the `carried` bytes of a header withheld from the last read followed by `data`: all
+    /// of them, or with a close requested, those up to the end of the frame in progress (the
+    /// rest is only tracked). A header not complete at the end of `data` is withheld until
+    /// it is, so that no part of a frame goes out before its header is checked.
     ///
     /// A data frame that takes its message over the limit is not forwarded at all: the
     /// direction is cut where its header began, and `too_big` set. So is a frame that breaks
     /// the protocol, with `violation` set. The Pong answering the gateway's own Ping is taken
     /// out of `data` (the bytes after it move up), so the other side never sees it.
-    fn track(&mut self, data: &mut [u8], closing: bool) -> usize {
+    fn track(&mut self, data: &mut [u8], carried: usize, closing: bool) -> usize {
         let mut len = data.len();
         let mut cut_at = self.cut.then_some(0);
         let mut pos = 0;
@@ -584,7 +592,6 @@ impl Half {
                 {
                     self.violation = Some(violation);
                     self.cut = true;
-                    self.broken = earlier > 0;
                     cut_at = Some(start);
                     continue;
                 }
@@ -616,7 +623,6 @@ impl Half {
                     {
                         self.too_big = true;
                         self.cut = true;
-                        self.broken = earlier > 0;
                         cut_at = Some(start);
                     }
                 }
@@ -629,7 +635,12 @@ impl Half {
                 self.cut = true;
             }
         }
-        cut_at.unwrap_or(len)
+        match cut_at {
+            // Cut before anything of this read, or where a header carried over begins.
+            Some(0) => 0,
+            Some(at) => carried + at,
+            None => carried + len - self.tracker.partial_header(),
+        }
     }
 
     /// Whether the frame whose header was just read is the Pong to the gateway's Ping, with
@@ -991,7 +1002,7 @@ mod tests {
     use std::sync::Arc;
     use std::task::Waker;
 
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::{FutureExt, SinkExt, StreamExt};
     use tokio::io::{DuplexStream, duplex};
     use tokio::net::{TcpListener, TcpStream};
     use tokio_tungstenite::WebSocketStream;
@@ -1663,7 +1674,11 @@ mod tests {
             .held
             .as_ref()
             .expect("held while the upstream is full");
-        assert_eq!((held.start, held.end), (1024, frame.len()));
+        // The read lands after room for a withheld header.
+        assert_eq!(
+            (held.start, held.end),
+            (MAX_HEADER + 1024, MAX_HEADER + frame.len())
+        );
 
         let mut got = Vec::new();
         while got.len() < frame.len() {
@@ -1832,5 +1847,46 @@ mod tests {
         assert_eq!(read_n(&mut client, back.len()).await, back);
         drop((client, upstream));
         assert_eq!(task.await.expect("relay").ended, Ended::Client);
+    }
+
+    /// Whether nothing is waiting to be read from `io`.
+    fn nothing_to_read(io: &mut DuplexStream) -> bool {
+        let mut byte = [0u8; 1];
+        io.read(&mut byte).now_or_never().is_none()
+    }
+
+    #[tokio::test]
+    async fn a_header_split_across_reads_is_withheld_until_it_is_checked() {
+        let (mut client, gw_client) = duplex(256 * 1024);
+        let (gw_upstream, mut upstream) = duplex(64 * 1024);
+        let control = Arc::new(ConnControl::new());
+        let mut relay = Relay::new(
+            gw_client,
+            gw_upstream,
+            control,
+            LINGER,
+            Limits::default(),
+            false,
+        );
+        // A good frame whose header comes in two reads goes on whole once it is complete.
+        let good = raw_frame(0x81, b"hello", Some(CLIENT_KEY));
+        client.write_all(&good[..3]).await.expect("write");
+        assert!(poll_once(&mut relay).is_pending());
+        assert!(nothing_to_read(&mut upstream));
+        client.write_all(&good[3..]).await.expect("write");
+        assert!(poll_once(&mut relay).is_pending());
+        assert_eq!(read_n(&mut upstream, good.len()).await, good);
+        // A 70 kB Ping (a 14-byte header) whose header comes in two reads: none of it ever
+        // goes on, and the upstream still gets its Close, as no frame was left unfinished.
+        let bad = raw_frame(0x89, &[0x42; 70_000], Some(CLIENT_KEY));
+        client.write_all(&bad[..5]).await.expect("write");
+        assert!(poll_once(&mut relay).is_pending());
+        assert!(nothing_to_read(&mut upstream));
+        client.write_all(&bad[5..]).await.expect("write");
+        assert!(poll_once(&mut relay).is_pending());
+        assert!(poll_once(&mut relay).is_pending());
+        assert_eq!(read_close(&mut upstream).await, 1001);
+        assert_eq!(read_close(&mut client).await, 1002);
+        assert_eq!(relay.first, Some(Ended::ProtocolError(Side::Client)));
     }
 }
