@@ -269,7 +269,7 @@ pub const MAX_IDLE_TIMEOUT_SECONDS: u32 = 604_800;
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct LimitsSpec {
-    /// Largest message, in bytes, counted across its continuation frames. A sender that goes over it gets Close 1009 and the other side Close 1001.
+    /// Largest message, in bytes, counted across its continuation frames. A sender that goes over it gets Close 1009 and the other side Close 1001. A route with this limit never negotiates permessage-deflate, so the limit bounds what the upstream receives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_message_bytes: Option<u64>,

@@ -12,6 +12,7 @@
 
 pub mod admission;
 pub mod client;
+pub mod extensions;
 pub mod frame;
 pub mod handshake;
 pub mod http1;
@@ -433,6 +434,7 @@ impl Relaying {
             client,
             client_io,
             upstream_io,
+            deflate,
             registration,
             admission,
         } = upgraded;
@@ -450,6 +452,7 @@ impl Relaying {
             registration.control(),
             gateway.config.close_linger,
             route.limits,
+            deflate,
         );
         Relaying {
             relay,
@@ -482,6 +485,8 @@ struct Upgraded {
     client: ClientInfo,
     client_io: Prefixed<Stream>,
     upstream_io: Prefixed<Stream>,
+    /// The upstream accepted `permessage-deflate`.
+    deflate: bool,
     registration: registry::Registration,
     admission: Option<Box<Slot>>,
 }
@@ -595,6 +600,7 @@ async fn handshake(
         Step::Forward {
             route,
             request,
+            extensions,
             origin: request_origin,
             accept,
             admission,
@@ -644,8 +650,8 @@ async fn handshake(
                 .await;
                 return None;
             }
-            let reply = match answer_client(&answer, accept) {
-                Ok(Reply::Upgrade(reply)) => reply,
+            let (reply, deflate) = match answer_client(&answer, accept, extensions.as_deref()) {
+                Ok(Reply::Upgrade(reply, deflate)) => (reply, deflate),
                 Ok(Reply::Refusal(head, body)) => {
                     // The upstream refused: its status and body go back to the client.
                     outcome(
@@ -685,6 +691,7 @@ async fn handshake(
                 client,
                 client_io,
                 upstream_io,
+                deflate,
                 registration,
                 admission,
             });
@@ -801,6 +808,8 @@ enum Step {
     Forward {
         route: Arc<Route>,
         request: Vec<u8>,
+        /// The `Sec-WebSocket-Extensions` offers in `request`, if any.
+        extensions: Option<String>,
         origin: RequestOrigin,
         accept: AcceptKey,
         /// The connection's place under its route's limits.
@@ -974,6 +983,8 @@ fn decide(
         Some(RouteAuth::Jwt(jwt)) => jwt.forwarded_headers(),
         _ => &[],
     };
+    // No compression under a message limit: the limit counts what the upstream receives.
+    let extensions = extensions::offers(headers, route.limits.max_message_bytes.is_none());
     let request = upstream::forward_request(
         &target,
         headers,
@@ -982,6 +993,7 @@ fn decide(
             client,
             trusted_peer: gateway.config.trusted_proxies.contains(client.addr.ip()),
             subprotocols: subprotocols.as_deref(),
+            extensions: extensions.as_deref(),
             claims: upstream::Claims {
                 dropped,
                 added: &claims,
@@ -991,6 +1003,7 @@ fn decide(
     Step::Forward {
         route,
         request,
+        extensions,
         origin,
         accept,
         admission,
@@ -1022,8 +1035,8 @@ fn request_host<'a>(host: Option<&'a [u8]>, target: &'a str) -> Cow<'a, str> {
 
 /// What the client is sent for an upstream's response.
 enum Reply {
-    /// A 101 head.
-    Upgrade(Vec<u8>),
+    /// A 101 head, and whether it negotiated `permessage-deflate`.
+    Upgrade(Vec<u8>, bool),
     /// The head of the upstream's refusal, and how much body follows it.
     Refusal(Vec<u8>, RefusalBody),
 }
@@ -1066,9 +1079,14 @@ impl RefusalBody {
 
 /// The client's answer to an upstream response: a 101 with the upstream's headers but
 /// hop-by-hop ones, or the head of the upstream's refusal. A 101 whose accept value does not
-/// match the client's key is refused here, where a status code still can be sent: the
-/// client would fail the connection (RFC 6455 §4.1).
-fn answer_client(answer: &upstream::Answer, accept: AcceptKey) -> Result<Reply, Reject> {
+/// match the client's key, or that accepts an extension not among the `extensions` offered
+/// to the upstream, is refused here, where a status code still can be sent: the client would
+/// fail the connection (RFC 6455 §4.1), and the relay could not check its frames.
+fn answer_client(
+    answer: &upstream::Answer,
+    accept: AcceptKey,
+    extensions: Option<&str>,
+) -> Result<Reply, Reject> {
     let mut slots = [httparse::EMPTY_HEADER; http1::MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     match resp.parse(&answer.buf[..answer.head_len]) {
@@ -1091,7 +1109,14 @@ fn answer_client(answer: &upstream::Answer, accept: AcceptKey) -> Result<Reply, 
     if headers.get("sec-websocket-accept") != Some(accept.as_bytes()) {
         return Err(Reject::UpstreamInvalid);
     }
-    Ok(Reply::Upgrade(switching_protocols(Some(headers), accept)))
+    let deflate = extensions::negotiated(headers, extensions).map_err(|e| {
+        tracing::debug!(error = %e, "upstream 101 refused");
+        Reject::UpstreamInvalid
+    })?;
+    Ok(Reply::Upgrade(
+        switching_protocols(Some(headers), accept),
+        deflate,
+    ))
 }
 
 /// A 101 answer: the upstream's headers but hop-by-hop ones (or just the accept value when
@@ -1263,6 +1288,7 @@ fn close_of(stats: &relay::RelayStats) -> (&'static str, u16) {
         Ended::MessageTooBig(_) => ("gateway", 1009),
         Ended::IdleTimeout | Ended::HeartbeatTimeout(Side::Client) => ("gateway", 1001),
         Ended::HeartbeatTimeout(Side::Upstream) => ("gateway", 1011),
+        Ended::ProtocolError(_) => ("gateway", 1002),
     }
 }
 

@@ -38,6 +38,7 @@ fn relaying_frames_allocates_nothing_after_warm_up() {
             control,
             Duration::from_secs(1),
             Limits::default(),
+            false,
         ));
         let (masked, plain) = frames();
         let mut buf = vec![0u8; masked.len()];

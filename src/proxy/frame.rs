@@ -2,7 +2,9 @@
 //! Owns framing only: no I/O, no HTTP, no policy, no Kubernetes, and no allocation.
 //!
 //! [`FrameTracker`] follows frame headers (§5.2) and counts payload bytes without copying or
-//! unmasking them, so the relay can tell where one frame ends and the next begins.
+//! unmasking them, so the relay can tell where one frame ends and the next begins. Given
+//! [`Rules`], it also checks each header against RFC 6455 and RFC 7692 and names what is
+//! wrong with it ([`Violation`]) as soon as the header is complete, before any of its payload.
 
 /// Opcode of a continuation frame (RFC 6455 §5.2, §5.4).
 pub const OPCODE_CONTINUATION: u8 = 0x0;
@@ -46,6 +48,92 @@ impl FrameHeader {
     }
 }
 
+/// What frames from one side may carry, for [`FrameTracker::checked`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    /// Frames come from a client, so each must be masked; from a server, none may be
+    /// (RFC 6455 §5.1, §5.3).
+    pub from_client: bool,
+    /// `permessage-deflate` was negotiated: RSV1 may mark the first frame of a data message
+    /// (RFC 7692 §6).
+    pub deflate: bool,
+}
+
+/// What makes a frame header a protocol error (RFC 6455 §7.4.1: Close 1002).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    /// An opcode RFC 6455 reserves: 0x3-0x7 and 0xB-0xF (§5.2).
+    #[error("reserved opcode {0:#x}")]
+    ReservedOpcode(u8),
+    /// A control frame with more than 125 payload bytes (§5.5). Its length is not kept, so
+    /// the tracker stays small.
+    #[error("control frame over 125 bytes")]
+    ControlTooLong,
+    /// A control frame without FIN: control frames are never fragmented (§5.5).
+    #[error("fragmented control frame")]
+    FragmentedControl,
+    /// A Close payload of one byte: half a status code (§5.5.1).
+    #[error("Close frame with a 1-byte payload")]
+    CloseCodeCut,
+    /// A client frame without a masking key (§5.1).
+    #[error("unmasked frame from the client")]
+    Unmasked,
+    /// A server frame with a masking key (§5.1).
+    #[error("masked frame from the server")]
+    Masked,
+    /// RSV bits no negotiated extension defines (§5.2; RFC 7692 §6 for RSV1).
+    #[error("reserved bits {0:#05b} set")]
+    ReservedBits(u8),
+    /// A continuation frame with no fragmented message open (§5.4).
+    #[error("continuation frame outside a message")]
+    StrayContinuation,
+    /// A text or binary frame while a fragmented message is still open (§5.4).
+    #[error("new message inside a fragmented one")]
+    InterleavedMessage,
+}
+
+impl Rules {
+    /// What is wrong with `h`, if anything, given whether a fragmented data message is open
+    /// before it.
+    fn check(self, h: &FrameHeader, in_message: bool) -> Option<Violation> {
+        let reserved_opcode = !matches!(
+            h.opcode,
+            OPCODE_CONTINUATION
+                | OPCODE_TEXT
+                | OPCODE_BINARY
+                | OPCODE_CLOSE
+                | OPCODE_PING
+                | OPCODE_PONG
+        );
+        // RFC 7692 §6: RSV1 ("Per-Message Compressed") only on a message's first frame.
+        let rsv1_allowed = self.deflate && matches!(h.opcode, OPCODE_TEXT | OPCODE_BINARY);
+        let allowed_rsv = if rsv1_allowed { 0b100 } else { 0 };
+        if reserved_opcode {
+            Some(Violation::ReservedOpcode(h.opcode))
+        } else if h.mask.is_some() != self.from_client {
+            Some(if self.from_client {
+                Violation::Unmasked
+            } else {
+                Violation::Masked
+            })
+        } else if h.rsv & !allowed_rsv != 0 {
+            Some(Violation::ReservedBits(h.rsv))
+        } else if h.is_control() && h.payload_len > MAX_CONTROL_PAYLOAD as u64 {
+            Some(Violation::ControlTooLong)
+        } else if h.is_control() && !h.fin {
+            Some(Violation::FragmentedControl)
+        } else if h.opcode == OPCODE_CLOSE && h.payload_len == 1 {
+            Some(Violation::CloseCodeCut)
+        } else if h.opcode == OPCODE_CONTINUATION && !in_message {
+            Some(Violation::StrayContinuation)
+        } else if matches!(h.opcode, OPCODE_TEXT | OPCODE_BINARY) && in_message {
+            Some(Violation::InterleavedMessage)
+        } else {
+            None
+        }
+    }
+}
+
 /// What one call of [`FrameTracker::feed`] consumed and found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fed {
@@ -82,12 +170,34 @@ pub struct FrameTracker {
     code_bytes: [u8; 2],
     /// The status code of the first Close frame, once its two bytes are in.
     close_code: Option<u16>,
+    /// What each header is checked against; `None`: headers are only followed.
+    rules: Option<Rules>,
+    /// A data message's first frame without FIN went by and its final frame has not (§5.4).
+    in_message: bool,
+    /// What is wrong with the last header completed, if it was checked.
+    violation: Option<Violation>,
 }
 
 impl FrameTracker {
     /// A tracker at the start of a stream (a frame boundary).
     pub fn new() -> FrameTracker {
         FrameTracker::default()
+    }
+
+    /// A tracker at the start of a stream that also checks every header against `rules`;
+    /// see [`FrameTracker::violation`].
+    pub fn checked(rules: Rules) -> FrameTracker {
+        FrameTracker {
+            rules: Some(rules),
+            ..FrameTracker::default()
+        }
+    }
+
+    /// What is wrong with the header of the current frame (the last one completed), if it
+    /// was checked. A frame in violation does not change the fragmentation state, so the
+    /// frames after it are checked as if it had not been sent.
+    pub fn violation(&self) -> Option<Violation> {
+        self.violation
     }
 
     /// Whether the stream is between two frames.
@@ -104,6 +214,12 @@ impl FrameTracker {
     /// inside a payload).
     pub fn partial_header(&self) -> usize {
         usize::from(self.have)
+    }
+
+    /// The header bytes collected so far of a header not yet complete (empty at a boundary
+    /// and inside a payload).
+    pub fn partial_bytes(&self) -> &[u8] {
+        &self.header[..usize::from(self.have)]
     }
 
     /// Payload bytes of the current frame still to come.
@@ -198,6 +314,13 @@ impl FrameTracker {
                 self.have = 0;
                 self.remaining = self.current.payload_len;
                 self.frames += 1;
+                self.violation = self
+                    .rules
+                    .and_then(|rules| rules.check(&self.current, self.in_message));
+                if self.violation.is_none() && !self.current.is_control() {
+                    // §5.4: a message runs from its first frame to the one with FIN.
+                    self.in_message = !self.current.fin;
+                }
                 if self.current.opcode == OPCODE_CLOSE && !self.close_seen {
                     self.close_seen = true;
                     // §5.5.1: a Close payload, if any, starts with a 2-byte status code.
@@ -526,5 +649,166 @@ mod tests {
         assert_eq!(usize::from(l[1] & 0x7f), ln - 6);
         assert!(ln - 6 <= MAX_CONTROL_PAYLOAD);
         assert_eq!(ln - 6, 2 + 122);
+    }
+
+    const CLIENT: Rules = Rules {
+        from_client: true,
+        deflate: false,
+    };
+    const SERVER: Rules = Rules {
+        from_client: false,
+        deflate: false,
+    };
+
+    /// Feeds `data` whole to a tracker checking `rules`; the violation found at each header.
+    fn violations(rules: Rules, data: &[u8]) -> Vec<Option<Violation>> {
+        let mut t = FrameTracker::checked(rules);
+        let mut found = Vec::new();
+        let mut pos = 0;
+        while pos < data.len() {
+            let fed = t.feed(&data[pos..]);
+            pos += fed.consumed;
+            if fed.header {
+                found.push(t.violation());
+            }
+        }
+        found
+    }
+
+    /// A header with `first` as its first byte (FIN, RSV, opcode) and no payload.
+    fn raw(first: u8, mask: Option<[u8; 4]>) -> Vec<u8> {
+        let mut h = header(false, 0, 0, mask);
+        h[0] = first;
+        h
+    }
+
+    #[test]
+    fn reserved_opcodes_are_protocol_errors() {
+        for opcode in (0x3..=0x7).chain(0xB..=0xF) {
+            assert_eq!(
+                violations(CLIENT, &frame(opcode, 0, Some(KEY))),
+                [Some(Violation::ReservedOpcode(opcode))]
+            );
+        }
+        for opcode in [OPCODE_TEXT, OPCODE_BINARY, OPCODE_PING, OPCODE_PONG] {
+            assert_eq!(violations(CLIENT, &frame(opcode, 0, Some(KEY))), [None]);
+        }
+    }
+
+    #[test]
+    fn control_frames_over_125_bytes_or_without_fin_are_protocol_errors() {
+        for opcode in [OPCODE_CLOSE, OPCODE_PING, OPCODE_PONG] {
+            assert_eq!(violations(SERVER, &frame(opcode, 125, None)), [None]);
+            assert_eq!(
+                violations(SERVER, &frame(opcode, 126, None)),
+                [Some(Violation::ControlTooLong)]
+            );
+            assert_eq!(
+                violations(SERVER, &header(false, opcode, 0, None)),
+                [Some(Violation::FragmentedControl)]
+            );
+        }
+        // Found at the header: a 1 MiB Ping is refused before any of its payload.
+        let mut t = FrameTracker::checked(CLIENT);
+        let fed = t.feed(&header(true, OPCODE_PING, 1 << 20, Some(KEY)));
+        assert!(fed.header);
+        assert_eq!(t.violation(), Some(Violation::ControlTooLong));
+    }
+
+    #[test]
+    fn a_close_with_a_one_byte_payload_is_a_protocol_error() {
+        assert_eq!(
+            violations(SERVER, &frame(OPCODE_CLOSE, 1, None)),
+            [Some(Violation::CloseCodeCut)]
+        );
+        assert_eq!(violations(SERVER, &frame(OPCODE_CLOSE, 0, None)), [None]);
+        assert_eq!(violations(SERVER, &frame(OPCODE_CLOSE, 2, None)), [None]);
+    }
+
+    #[test]
+    fn client_frames_must_be_masked_and_server_frames_must_not() {
+        assert_eq!(
+            violations(CLIENT, &frame(OPCODE_TEXT, 3, None)),
+            [Some(Violation::Unmasked)]
+        );
+        assert_eq!(
+            violations(SERVER, &frame(OPCODE_TEXT, 3, Some(KEY))),
+            [Some(Violation::Masked)]
+        );
+        assert_eq!(
+            violations(CLIENT, &frame(OPCODE_TEXT, 3, Some(KEY))),
+            [None]
+        );
+        assert_eq!(violations(SERVER, &frame(OPCODE_TEXT, 3, None)), [None]);
+    }
+
+    #[test]
+    fn rsv_bits_without_an_extension_are_protocol_errors() {
+        for rsv in [0x40, 0x20, 0x10] {
+            assert_eq!(
+                violations(SERVER, &raw(0x80 | rsv | OPCODE_TEXT, None)),
+                [Some(Violation::ReservedBits(rsv >> 4))]
+            );
+        }
+    }
+
+    #[test]
+    fn with_permessage_deflate_rsv1_marks_only_a_first_data_frame() {
+        let deflate = Rules {
+            from_client: false,
+            deflate: true,
+        };
+        // A compressed message in two fragments: RSV1 on the first only (RFC 7692 §6.1).
+        let mut data = raw(0x40 | OPCODE_TEXT, None);
+        data.extend(raw(0x80 | OPCODE_CONTINUATION, None));
+        data.extend(raw(0x80 | 0x40 | OPCODE_BINARY, None));
+        assert_eq!(violations(deflate, &data), [None, None, None]);
+        // Not on a continuation, a control frame, or as RSV2/RSV3.
+        let mut data = raw(OPCODE_TEXT, None);
+        data.extend(raw(0x80 | 0x40 | OPCODE_CONTINUATION, None));
+        assert_eq!(
+            violations(deflate, &data),
+            [None, Some(Violation::ReservedBits(0b100))]
+        );
+        assert_eq!(
+            violations(deflate, &raw(0x80 | 0x40 | OPCODE_PING, None)),
+            [Some(Violation::ReservedBits(0b100))]
+        );
+        assert_eq!(
+            violations(deflate, &raw(0x80 | 0x60 | OPCODE_TEXT, None)),
+            [Some(Violation::ReservedBits(0b110))]
+        );
+    }
+
+    #[test]
+    fn fragments_must_continue_an_open_message_and_only_that() {
+        let stray = header(true, OPCODE_CONTINUATION, 0, None);
+        assert_eq!(
+            violations(SERVER, &stray),
+            [Some(Violation::StrayContinuation)]
+        );
+        // A control frame may come between fragments; a new message may not (§5.4).
+        let mut data = header(false, OPCODE_TEXT, 0, None);
+        data.extend(frame(OPCODE_PING, 1, None));
+        data.extend(header(true, OPCODE_BINARY, 0, None));
+        data.extend(header(true, OPCODE_CONTINUATION, 0, None));
+        data.extend(stray.clone());
+        assert_eq!(
+            violations(SERVER, &data),
+            [
+                None,
+                None,
+                Some(Violation::InterleavedMessage),
+                None,
+                Some(Violation::StrayContinuation)
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unchecked_tracker_finds_no_violation() {
+        let mut t = FrameTracker::new();
+        t.feed(&frame(0x3, 0, None));
+        assert_eq!(t.violation(), None);
     }
 }

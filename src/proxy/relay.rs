@@ -1,7 +1,8 @@
 //! The frame relay: once the WebSocket upgrade has succeeded on both sides, copies frames both
 //! ways between the client and the upstream until either side closes, following RFC 6455
-//! frame boundaries so a Close can be injected between frames. Owns bytes and frames only:
-//! no HTTP, no policy, no Kubernetes.
+//! frame boundaries so a Close can be injected between frames, and checking each frame header
+//! before any of the frame goes on (a header split across reads is held back until it is
+//! complete). Owns bytes and frames only: no HTTP, no policy, no Kubernetes.
 //!
 //! One hand-written future polls both directions; nothing is spawned.
 //!
@@ -25,8 +26,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::frame::{
-    FrameTracker, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PONG, PING_PAYLOAD, apply_mask,
-    close_frame, ping_frame,
+    FrameTracker, MAX_HEADER, OPCODE_CLOSE, OPCODE_CONTINUATION, OPCODE_PONG, PING_PAYLOAD, Rules,
+    Violation, apply_mask, close_frame, ping_frame,
 };
 use crate::route::Limits;
 
@@ -164,6 +165,9 @@ pub enum Ended {
     IdleTimeout,
     /// This side did not answer the gateway's Ping in time (route `heartbeat`).
     HeartbeatTimeout(Side),
+    /// This side sent a frame RFC 6455 forbids (a [`Violation`]): it got Close 1002, the
+    /// other side 1001, and the frame was not forwarded.
+    ProtocolError(Side),
 }
 
 impl Ended {
@@ -183,6 +187,8 @@ impl Ended {
             Ended::IdleTimeout => "idle_timeout",
             Ended::HeartbeatTimeout(Side::Client) => "client_heartbeat_timeout",
             Ended::HeartbeatTimeout(Side::Upstream) => "upstream_heartbeat_timeout",
+            Ended::ProtocolError(Side::Client) => "client_protocol_error",
+            Ended::ProtocolError(Side::Upstream) => "upstream_protocol_error",
         }
     }
 }
@@ -284,9 +290,6 @@ struct Half {
     cut: bool,
     /// A Close frame from the sender was forwarded.
     close_forwarded: bool,
-    /// Forwarding stopped inside a frame header (part of it went out in an earlier read):
-    /// nothing, not even a Close, can follow on the destination's stream.
-    broken: bool,
     /// The route's largest message, if limited.
     max_message: Option<u64>,
     /// Bytes of the message in progress, across its continuation frames.
@@ -295,6 +298,8 @@ struct Half {
     messages: u64,
     /// The sender went over `max_message`.
     too_big: bool,
+    /// The sender broke the protocol with a frame, which was not forwarded.
+    violation: Option<Violation>,
     /// A data frame (not Ping, Pong or Close) began since the relay last looked.
     data_seen: bool,
     /// A read returned data since the relay last looked (heartbeat: the sender is alive).
@@ -345,19 +350,22 @@ fn poll_write_all<D: AsyncWrite + Unpin>(
 }
 
 impl Half {
-    fn new(from: Side, max_message: Option<u64>) -> Half {
+    fn new(from: Side, max_message: Option<u64>, deflate: bool) -> Half {
         Half {
             from,
-            tracker: FrameTracker::new(),
+            tracker: FrameTracker::checked(Rules {
+                from_client: from == Side::Client,
+                deflate,
+            }),
             held: None,
             inject: Inject::Idle,
             cut: false,
             close_forwarded: false,
-            broken: false,
             max_message,
             message_len: 0,
             messages: 0,
             too_big: false,
+            violation: None,
             data_seen: false,
             heard: false,
             ping_out: None,
@@ -449,10 +457,11 @@ impl Half {
             }
 
             // 2. A gateway Ping goes out at a frame boundary, unless the connection is
-            //    closing; once begun, it is finished before anything else.
+            //    closing; once begun, it is finished before anything else. Outside a payload
+            //    the destination is between frames: a header not complete yet is withheld.
             if let Some((payload, key)) = self.ping_out
                 && (self.ping_done > 0
-                    || (injection.is_none() && !self.cut && self.tracker.at_boundary()))
+                    || (injection.is_none() && !self.cut && self.tracker.remaining() == 0))
             {
                 let mask = (self.from == Side::Client).then_some(key);
                 let (frame, len) = ping_frame(payload, mask);
@@ -474,9 +483,9 @@ impl Half {
             //    frame): RFC 6455 §5.5.1, unmasked to the client, masked to the upstream
             //    (§5.3: every client-to-server frame is masked).
             if let Some(inj) = injection {
-                if self.inject == Inject::Idle && (self.cut || self.tracker.at_boundary()) {
+                if self.inject == Inject::Idle && (self.cut || self.tracker.remaining() == 0) {
                     self.cut = true;
-                    self.inject = if self.close_forwarded || self.broken {
+                    self.inject = if self.close_forwarded {
                         Inject::Skipped
                     } else {
                         Inject::Writing(0)
@@ -515,9 +524,10 @@ impl Half {
             }
 
             // 5. Read. A read that is not ready writes nothing into the buffer (AsyncRead
-            //    contract), so the buffer goes straight back to the pool.
+            //    contract), so the buffer goes straight back to the pool. The read lands
+            //    after room for the start of a header withheld from the last read.
             let mut buf = take_buffer();
-            let mut read = ReadBuf::new(&mut buf);
+            let mut read = ReadBuf::new(&mut buf[MAX_HEADER..]);
             match Pin::new(&mut *src).poll_read(cx, &mut read) {
                 Poll::Pending => {
                     give_buffer(buf);
@@ -546,14 +556,21 @@ impl Half {
             }
             self.bytes += n as u64;
             self.heard = true;
-            let forward = self.track(&mut buf[..n], injection.is_some());
+            let carried = self.tracker.partial_header();
+            let start = MAX_HEADER - carried;
+            buf[start..MAX_HEADER].copy_from_slice(self.tracker.partial_bytes());
+            let forward = self.track(
+                &mut buf[MAX_HEADER..MAX_HEADER + n],
+                carried,
+                injection.is_some(),
+            );
             if forward == 0 {
                 give_buffer(buf);
             } else {
                 self.held = Some(Held {
                     buf,
-                    start: 0,
-                    end: forward,
+                    start,
+                    end: start + forward,
                 });
             }
         }
@@ -562,15 +579,17 @@ impl Half {
         Poll::Pending
     }
 
-    /// Walks the frames in `data` (RFC 6455 §5.2) and returns how many of its bytes to
-    /// forward: all of them, or with a close requested, those up to the end of the frame in
-    /// progress (the rest is only tracked).
+    /// Walks the frames in `data` (RFC 6455 §5.2) and returns how many bytes to forward of
+    /// the `carried` bytes of a header withheld from the last read followed by `data`: all
+    /// of them, or with a close requested, those up to the end of the frame in progress (the
+    /// rest is only tracked). A header not complete at the end of `data` is withheld until
+    /// it is, so that no part of a frame goes out before its header is checked.
     ///
     /// A data frame that takes its message over the limit is not forwarded at all: the
-    /// direction is cut where its header began, and `too_big` set. The Pong answering the
-    /// gateway's own Ping is taken out of `data` (the bytes after it move up), so the other
-    /// side never sees it.
-    fn track(&mut self, data: &mut [u8], closing: bool) -> usize {
+    /// direction is cut where its header began, and `too_big` set. So is a frame that breaks
+    /// the protocol, with `violation` set. The Pong answering the gateway's own Ping is taken
+    /// out of `data` (the bytes after it move up), so the other side never sees it.
+    fn track(&mut self, data: &mut [u8], carried: usize, closing: bool) -> usize {
         let mut len = data.len();
         let mut cut_at = self.cut.then_some(0);
         let mut pos = 0;
@@ -581,6 +600,14 @@ impl Half {
             pos += fed.consumed;
             if fed.header {
                 let header = self.tracker.current();
+                if cut_at.is_none()
+                    && let Some(violation) = self.tracker.violation()
+                {
+                    self.violation = Some(violation);
+                    self.cut = true;
+                    cut_at = Some(start);
+                    continue;
+                }
                 if earlier == 0 && self.is_our_pong(&data[pos..len]) {
                     let end = pos + PING_PAYLOAD;
                     self.tracker.feed(&data[pos..end]);
@@ -609,7 +636,6 @@ impl Half {
                     {
                         self.too_big = true;
                         self.cut = true;
-                        self.broken = earlier > 0;
                         cut_at = Some(start);
                     }
                 }
@@ -622,7 +648,12 @@ impl Half {
                 self.cut = true;
             }
         }
-        cut_at.unwrap_or(len)
+        match cut_at {
+            // Cut before anything of this read, or where a header carried over begins.
+            Some(0) => 0,
+            Some(at) => carried + at,
+            None => carried + len - self.tracker.partial_header(),
+        }
     }
 
     /// Whether the frame whose header was just read is the Pong to the gateway's Ping, with
@@ -714,13 +745,14 @@ impl<C, U> Relay<C, U> {
         control: Arc<ConnControl>,
         linger: Duration,
         limits: Limits,
+        deflate: bool,
     ) -> Self {
         Relay {
             client,
             upstream,
             control,
-            c2u: Half::new(Side::Client, limits.max_message_bytes),
-            u2c: Half::new(Side::Upstream, limits.max_message_bytes),
+            c2u: Half::new(Side::Client, limits.max_message_bytes, deflate),
+            u2c: Half::new(Side::Upstream, limits.max_message_bytes, deflate),
             closing: None,
             first: None,
             linger,
@@ -858,7 +890,20 @@ where
             const TOO_BIG: (u16, &str) = (1009, "message too big");
             const GOING_AWAY: (u16, &str) = (1001, "going away");
             const IDLE: (u16, &str) = (1001, "idle timeout");
-            if this.c2u.too_big {
+            const PROTOCOL: (u16, &str) = (1002, "protocol error");
+            let violation = this
+                .c2u
+                .violation
+                .map(|v| (Side::Client, v))
+                .or_else(|| this.u2c.violation.map(|v| (Side::Upstream, v)));
+            if let Some((side, violation)) = violation {
+                tracing::debug!(side = side.label(), %violation, "protocol error");
+                let closing = match side {
+                    Side::Client => Closing::new(PROTOCOL, GOING_AWAY),
+                    Side::Upstream => Closing::new(GOING_AWAY, PROTOCOL),
+                };
+                this.close(closing, Ended::ProtocolError(side), cx);
+            } else if this.c2u.too_big {
                 let why = Ended::MessageTooBig(Side::Client);
                 this.close(Closing::new(TOO_BIG, GOING_AWAY), why, cx);
             } else if this.u2c.too_big {
@@ -909,8 +954,9 @@ where
 
 /// Relays frames between `client` and `upstream` (both already upgraded) until both
 /// directions end or both Close frames have gone by; at most `close_linger` after either
-/// side sent a Close, ended its stream or failed, `control` asked for a close, or a limit
-/// of `limits` was reached.
+/// side sent a Close, ended its stream or failed, `control` asked for a close, a limit
+/// of `limits` was reached, or a side broke the protocol. `deflate`: the handshake
+/// negotiated `permessage-deflate`, so RSV1 may mark a message's first frame.
 ///
 /// It returns the hand-written future itself, which is smaller per connection than an
 /// `async fn` wrapping it and can be held in another hand-written future.
@@ -920,12 +966,13 @@ pub fn relay<C, U>(
     control: Arc<ConnControl>,
     close_linger: Duration,
     limits: Limits,
+    deflate: bool,
 ) -> Relay<C, U>
 where
     C: AsyncRead + AsyncWrite + Unpin + Send,
     U: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    Relay::new(client, upstream, control, close_linger, limits)
+    Relay::new(client, upstream, control, close_linger, limits, deflate)
 }
 
 /// For a handshake already answered with 101: sends a Close frame with `code` and `reason`
@@ -968,7 +1015,7 @@ mod tests {
     use std::sync::Arc;
     use std::task::Waker;
 
-    use futures_util::{SinkExt, StreamExt};
+    use futures_util::{FutureExt, SinkExt, StreamExt};
     use tokio::io::{DuplexStream, duplex};
     use tokio::net::{TcpListener, TcpStream};
     use tokio_tungstenite::WebSocketStream;
@@ -1001,7 +1048,9 @@ mod tests {
         let control = Arc::new(ConnControl::new());
         let c = control.clone();
         let task =
-            tokio::spawn(async move { relay(gw_client, gw_upstream, c, LINGER, limits).await });
+            tokio::spawn(
+                async move { relay(gw_client, gw_upstream, c, LINGER, limits, false).await },
+            );
         (control, task)
     }
 
@@ -1500,7 +1549,15 @@ mod tests {
         let control = Arc::new(ConnControl::new());
         control.close(1012, "service restart");
         // Nobody answers the Close: the relay gives up after the linger.
-        let stats = relay(gw_client, gw_upstream, control, LINGER, Limits::default()).await;
+        let stats = relay(
+            gw_client,
+            gw_upstream,
+            control,
+            LINGER,
+            Limits::default(),
+            false,
+        )
+        .await;
         assert_eq!(
             (stats.ended, stats.timed_out),
             (Ended::Injected(1012), true)
@@ -1521,7 +1578,7 @@ mod tests {
         let control = Arc::new(ConnControl::new());
         let c = control.clone();
         let task = tokio::spawn(async move {
-            relay(gw_client, gw_upstream, c, LINGER, Limits::default()).await
+            relay(gw_client, gw_upstream, c, LINGER, Limits::default(), false).await
         });
         upstream
             .write_all(&[0x82, 100, 1, 2, 3])
@@ -1610,7 +1667,14 @@ mod tests {
         // Room for 1 KiB only towards the upstream.
         let (gw_upstream, mut upstream) = duplex(1024);
         let control = Arc::new(ConnControl::new());
-        let mut relay = Relay::new(gw_client, gw_upstream, control, LINGER, Limits::default());
+        let mut relay = Relay::new(
+            gw_client,
+            gw_upstream,
+            control,
+            LINGER,
+            Limits::default(),
+            false,
+        );
         assert!(poll_once(&mut relay).is_pending());
         assert!(relay.c2u.held.is_none() && relay.u2c.held.is_none());
 
@@ -1623,7 +1687,11 @@ mod tests {
             .held
             .as_ref()
             .expect("held while the upstream is full");
-        assert_eq!((held.start, held.end), (1024, frame.len()));
+        // The read lands after room for a withheld header.
+        assert_eq!(
+            (held.start, held.end),
+            (MAX_HEADER + 1024, MAX_HEADER + frame.len())
+        );
 
         let mut got = Vec::new();
         while got.len() < frame.len() {
@@ -1636,5 +1704,202 @@ mod tests {
         assert!(relay.c2u.held.is_none(), "returned once written");
         assert_eq!(relay.c2u.tracker.frames(), 1);
         assert!(relay.c2u.tracker.at_boundary());
+    }
+
+    /// A frame with `first` as its first byte (FIN, RSV, opcode) and `payload`, masked with
+    /// `mask` if given (RFC 6455 §5.2, §5.3).
+    fn raw_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        let mut f = vec![first];
+        match payload.len() {
+            n @ 0..=125 => f.push(m | n as u8),
+            n @ 126..=0xffff => {
+                f.push(m | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(m | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let mut body = payload.to_vec();
+        if let Some(key) = mask {
+            f.extend_from_slice(&key);
+            apply_mask(&mut body, mask);
+        }
+        f.extend(body);
+        f
+    }
+
+    /// Reads one frame, which must be a Close; its code.
+    async fn read_close(io: &mut DuplexStream) -> u16 {
+        let head = read_n(io, 2).await;
+        assert_eq!(head[0], 0x88, "expected a Close, got {head:?}");
+        let key = if head[1] & 0x80 != 0 {
+            Some(read_n(io, 4).await.try_into().expect("key"))
+        } else {
+            None
+        };
+        let mut payload = read_n(io, usize::from(head[1] & 0x7f)).await;
+        apply_mask(&mut payload, key);
+        u16::from_be_bytes([payload[0], payload[1]])
+    }
+
+    const CLIENT_KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// `from` sends a good text frame and then `bad` in one write. Checks that the other
+    /// side gets the good frame and then, with nothing of `bad`, Close 1001, while `from`
+    /// gets Close 1002; both answer the Close; returns how the relay ended.
+    async fn refused(from: Side, bad: Vec<u8>, deflate: bool) -> Ended {
+        let (mut client, gw_client) = duplex(64 * 1024);
+        let (gw_upstream, mut upstream) = duplex(64 * 1024);
+        let control = Arc::new(ConnControl::new());
+        let task = tokio::spawn(relay(
+            gw_client,
+            gw_upstream,
+            control,
+            LINGER,
+            Limits::default(),
+            deflate,
+        ));
+        let (sender, receiver, key, receiver_key) = match from {
+            Side::Client => (&mut client, &mut upstream, Some(CLIENT_KEY), None),
+            Side::Upstream => (&mut upstream, &mut client, None, Some(CLIENT_KEY)),
+        };
+        let good = raw_frame(0x81, b"ok", key);
+        let mut data = good.clone();
+        data.extend_from_slice(&bad);
+        let (written, got) = tokio::join!(sender.write_all(&data), async {
+            let got = read_n(receiver, good.len()).await;
+            (got, read_close(receiver).await)
+        });
+        written.expect("write");
+        assert_eq!(got.0, good, "the good frame passes");
+        assert_eq!(got.1, 1001, "the other side gets 1001, not the bad frame");
+        assert_eq!(read_close(sender).await, 1002);
+        let (reply, n) = close_frame(1002, "", key);
+        sender.write_all(&reply[..n]).await.expect("reply");
+        let (reply, n) = close_frame(1001, "", receiver_key);
+        receiver.write_all(&reply[..n]).await.expect("reply");
+        let stats = task.await.expect("relay");
+        let mut rest = Vec::new();
+        receiver.read_to_end(&mut rest).await.expect("eof");
+        assert!(rest.is_empty(), "forwarded after the close: {rest:?}");
+        assert!(!stats.timed_out);
+        stats.ended
+    }
+
+    #[tokio::test]
+    async fn a_one_mib_ping_from_the_client_never_reaches_the_upstream_and_gets_1002() {
+        let bad = raw_frame(0x89, &vec![0x42; 1 << 20], Some(CLIENT_KEY));
+        let ended = refused(Side::Client, bad, false).await;
+        assert_eq!(ended, Ended::ProtocolError(Side::Client));
+        assert_eq!(ended.label(), "client_protocol_error");
+    }
+
+    #[tokio::test]
+    async fn frames_that_break_rfc_6455_get_their_sender_1002_and_the_other_side_1001() {
+        let k = Some(CLIENT_KEY);
+        for (from, bad) in [
+            (Side::Client, raw_frame(0x83, b"x", k)),
+            (Side::Client, raw_frame(0x8B, b"", k)),
+            (Side::Client, raw_frame(0x81, b"unmasked", None)),
+            (Side::Client, raw_frame(0x09, b"", k)),
+            (Side::Client, raw_frame(0x88, b"\x03", k)),
+            (Side::Client, raw_frame(0x80, b"stray", k)),
+            (Side::Upstream, raw_frame(0x81, b"masked", k)),
+            (Side::Upstream, raw_frame(0xC1, b"rsv1", None)),
+            (Side::Upstream, raw_frame(0x8A, &[0; 126], None)),
+        ] {
+            assert_eq!(
+                refused(from, bad.clone(), false).await,
+                Ended::ProtocolError(from),
+                "{bad:?}"
+            );
+        }
+        let ended = refused(Side::Upstream, raw_frame(0xA1, b"rsv2", None), true).await;
+        assert_eq!(ended.label(), "upstream_protocol_error");
+    }
+
+    #[tokio::test]
+    async fn a_new_message_inside_a_fragmented_one_is_a_protocol_error() {
+        // The open fragment passes; the text frame that interrupts it does not.
+        let mut bad = raw_frame(0x01, b"frag", Some(CLIENT_KEY));
+        bad.extend(raw_frame(0x81, b"new", Some(CLIENT_KEY)));
+        let (mut client, gw_client) = duplex(1024);
+        let (gw_upstream, mut upstream) = duplex(1024);
+        let (_control, task) = spawn_relay(gw_client, gw_upstream, Limits::default());
+        client.write_all(&bad).await.expect("write");
+        let first = raw_frame(0x01, b"frag", Some(CLIENT_KEY));
+        assert_eq!(read_n(&mut upstream, first.len()).await, first);
+        assert_eq!(read_close(&mut upstream).await, 1001);
+        assert_eq!(read_close(&mut client).await, 1002);
+        drop((client, upstream));
+        assert_eq!(
+            task.await.expect("relay").ended,
+            Ended::ProtocolError(Side::Client)
+        );
+    }
+
+    #[tokio::test]
+    async fn with_permessage_deflate_compressed_messages_pass_both_ways() {
+        let (mut client, gw_client) = duplex(1024);
+        let (gw_upstream, mut upstream) = duplex(1024);
+        let control = Arc::new(ConnControl::new());
+        let c = control.clone();
+        let task = tokio::spawn(async move {
+            relay(gw_client, gw_upstream, c, LINGER, Limits::default(), true).await
+        });
+        // RSV1 on the first fragment only (RFC 7692 §6.1); payloads are opaque here.
+        let mut sent = raw_frame(0x41, b"\xf2\x48", Some(CLIENT_KEY));
+        sent.extend(raw_frame(0x80, b"\xcd\xc9", Some(CLIENT_KEY)));
+        client.write_all(&sent).await.expect("write");
+        assert_eq!(read_n(&mut upstream, sent.len()).await, sent);
+        let back = raw_frame(0xC2, b"\x03\x00", None);
+        upstream.write_all(&back).await.expect("write");
+        assert_eq!(read_n(&mut client, back.len()).await, back);
+        drop((client, upstream));
+        assert_eq!(task.await.expect("relay").ended, Ended::Client);
+    }
+
+    /// Whether nothing is waiting to be read from `io`.
+    fn nothing_to_read(io: &mut DuplexStream) -> bool {
+        let mut byte = [0u8; 1];
+        io.read(&mut byte).now_or_never().is_none()
+    }
+
+    #[tokio::test]
+    async fn a_header_split_across_reads_is_withheld_until_it_is_checked() {
+        let (mut client, gw_client) = duplex(256 * 1024);
+        let (gw_upstream, mut upstream) = duplex(64 * 1024);
+        let control = Arc::new(ConnControl::new());
+        let mut relay = Relay::new(
+            gw_client,
+            gw_upstream,
+            control,
+            LINGER,
+            Limits::default(),
+            false,
+        );
+        // A good frame whose header comes in two reads goes on whole once it is complete.
+        let good = raw_frame(0x81, b"hello", Some(CLIENT_KEY));
+        client.write_all(&good[..3]).await.expect("write");
+        assert!(poll_once(&mut relay).is_pending());
+        assert!(nothing_to_read(&mut upstream));
+        client.write_all(&good[3..]).await.expect("write");
+        assert!(poll_once(&mut relay).is_pending());
+        assert_eq!(read_n(&mut upstream, good.len()).await, good);
+        // A 70 kB Ping (a 14-byte header) whose header comes in two reads: none of it ever
+        // goes on, and the upstream still gets its Close, as no frame was left unfinished.
+        let bad = raw_frame(0x89, &[0x42; 70_000], Some(CLIENT_KEY));
+        client.write_all(&bad[..5]).await.expect("write");
+        assert!(poll_once(&mut relay).is_pending());
+        assert!(nothing_to_read(&mut upstream));
+        client.write_all(&bad[5..]).await.expect("write");
+        assert!(poll_once(&mut relay).is_pending());
+        assert!(poll_once(&mut relay).is_pending());
+        assert_eq!(read_close(&mut upstream).await, 1001);
+        assert_eq!(read_close(&mut client).await, 1002);
+        assert_eq!(relay.first, Some(Ended::ProtocolError(Side::Client)));
     }
 }

@@ -70,6 +70,8 @@ pub struct Forwarding<'a> {
     pub trusted_peer: bool,
     /// The allowed subprotocols the client offered, when the route filters them.
     pub subprotocols: Option<&'a str>,
+    /// The extension offers passed on (`extensions::offer`), if any.
+    pub extensions: Option<&'a str>,
     /// The verified claims' headers.
     pub claims: Claims<'a>,
 }
@@ -85,9 +87,10 @@ fn collides(name: &str, set: &str) -> bool {
 }
 
 /// Writes the request sent upstream: the client's path and headers, without hop-by-hop
-/// headers, with the upgrade headers, the allowed subprotocols, forwarding headers and the
-/// verified claims' headers. A client header whose name differs from one the gateway sets
-/// only by `_` for `-` is dropped.
+/// headers, with the upgrade headers, the allowed subprotocols, the extension offers the
+/// gateway lets through (the client's own `Sec-WebSocket-Extensions` never passes),
+/// forwarding headers and the verified claims' headers. A client header whose name differs
+/// from one the gateway sets only by `_` for `-` is dropped.
 ///
 /// `target` is the normalized request target; the path goes unless the upstream URL has a
 /// path, which then replaces it (the query is kept). `Host` and `Origin` pass through
@@ -102,6 +105,7 @@ pub fn forward_request(
         client,
         trusted_peer,
         subprotocols,
+        extensions,
         claims,
     } = forwarding;
     let mut out = Vec::with_capacity(768);
@@ -116,7 +120,8 @@ pub fn forward_request(
     for (name, value) in headers.iter() {
         let replaced = FORWARDING.iter().any(|f| collides(name, f))
             || claims.dropped.iter().any(|d| collides(name, d))
-            || (subprotocols.is_some() && collides(name, "sec-websocket-protocol"));
+            || (subprotocols.is_some() && collides(name, "sec-websocket-protocol"))
+            || collides(name, "sec-websocket-extensions");
         if !replaced && !headers.is_hop_by_hop(name, false) {
             http1::put_header(&mut out, name, value);
         }
@@ -124,6 +129,9 @@ pub fn forward_request(
     out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n");
     if let Some(p) = subprotocols {
         http1::put_header(&mut out, "sec-websocket-protocol", p.as_bytes());
+    }
+    if let Some(e) = extensions {
+        http1::put_header(&mut out, "sec-websocket-extensions", e.as_bytes());
     }
 
     let hop = client.addr.ip().to_canonical();
@@ -317,6 +325,7 @@ mod tests {
             ("X-User_Id", "mallory"),
             ("X-Forwarded-Proto", "https"),
             ("Sec-WebSocket-Protocol", "evil, chat"),
+            ("Sec-WebSocket-Extensions", "x-evil, permessage-deflate"),
             ("X-User-Id", "mallory"),
         ])
     }
@@ -338,6 +347,7 @@ mod tests {
                 client: client(),
                 trusted_peer: false,
                 subprotocols,
+                extensions: Some("permessage-deflate"),
                 claims,
             },
         )
@@ -425,6 +435,7 @@ mod tests {
             "upgrade: websocket",
             "connection: Upgrade",
             "sec-websocket-protocol: chat",
+            "sec-websocket-extensions: permessage-deflate",
         ] {
             assert_eq!(count(&r, want), 1, "{want} once in {r}");
         }
@@ -455,6 +466,7 @@ mod tests {
                 client: client(),
                 trusted_peer: true,
                 subprotocols: None,
+                extensions: None,
                 claims: Claims::default(),
             },
         );
@@ -481,6 +493,7 @@ mod tests {
                 },
                 trusted_peer: false,
                 subprotocols: None,
+                extensions: None,
                 claims: Claims::default(),
             },
         );
