@@ -1039,22 +1039,19 @@ async fn metrics_and_the_access_log_tell_a_scripted_sequence() {
 async fn refused_handshake_lines_are_capped_per_second_and_json_logs_parse() {
     let up = Upstream::start().await;
     let gate = chat_gate(&up, app_only(), &["--log-format", "json"]).await;
-    for _ in 0..60 {
+    // Refused until some second had more than the cap and the next one reported it: how
+    // many that takes depends on how fast this machine is today, so no count is assumed.
+    let mut sent = 0;
+    while sent % 10 != 0 || !gate.log().contains("\"left_out\"") {
+        assert!(sent < 20_000, "no report of left-out lines after {sent} refusals");
         assert_eq!(
             connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
                 .await
                 .err(),
             Some(403)
         );
+        sent += 1;
     }
-    // The report of what was left out comes with the first refused line of a later second.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(
-        connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
-            .await
-            .err(),
-        Some(403)
-    );
     let log = gate.log();
     let lines: Vec<serde_json::Value> = log
         .lines()
@@ -1066,15 +1063,14 @@ async fn refused_handshake_lines_are_capped_per_second_and_json_logs_parse() {
             l["target"] == "wsgate::access" && l["fields"]["reason"] == "origin_not_allowed"
         })
         .count();
+    let left_out: u64 = lines
+        .iter()
+        .filter_map(|l| l["fields"]["left_out"].as_u64())
+        .sum();
+    assert!(left_out > 0, "{log}");
     assert!(
-        (1..=41).contains(&refused),
-        "{refused} refused lines for 61 refusals"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l["fields"]["left_out"].as_u64().is_some_and(|n| n > 0)),
-        "no report of left-out lines:\n{log}"
+        refused < sent && refused as u64 + left_out <= sent as u64,
+        "{refused} lines and {left_out} left out for {sent} refusals"
     );
 }
 

@@ -109,11 +109,12 @@ async fn a_rotated_certificate_serves_new_handshakes_while_a_live_connection_con
     let new_cert = tls_secret(secrets.path(), &ca, "a-tls", "a.example.test");
     let new = der(&new_cert);
     gate.wait_for(
+        // The two files are written one after the other, so for a moment the certificate
+        // and key do not match and the hostname has none: not yet rotated, not a failure.
         || async {
-            let tls = tls_connect(gate.tls, "a.example.test", &ca)
+            tls_connect(gate.tls, "a.example.test", &ca)
                 .await
-                .expect("TLS");
-            presented(&tls) == new
+                .is_ok_and(|tls| presented(&tls) == new)
         },
         "new handshakes get the rotated certificate",
     )
