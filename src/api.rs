@@ -47,18 +47,41 @@ const SCHEME: &str = "[A-Za-z][A-Za-z0-9+.-]*";
     shortname = "wsr",
     status = "WebSocketRouteStatus",
     derive = "PartialEq",
-    printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hostnames"),
+    printcolumn(name = "Hosts", type_ = "string", json_path = ".status.hostnames"),
     printcolumn(name = "Path", type_ = "string", json_path = ".spec.path.value"),
-    printcolumn(name = "Origins", type_ = "string", json_path = ".spec.origins.allow"),
+    printcolumn(name = "Origins", type_ = "string", json_path = ".status.origins"),
     printcolumn(
         name = "Ready",
         type_ = "string",
         json_path = r#".status.conditions[?(@.type=="Ready")].status"#
     ),
     printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].reason"#
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
+    ),
+    printcolumn(
+        name = "Upstream",
+        type_ = "string",
+        json_path = ".status.upstream",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Snapshot",
+        type_ = "integer",
+        json_path = ".status.snapshotVersion",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Generation",
+        type_ = "integer",
+        json_path = ".status.observedGeneration",
+        priority = 1
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -457,6 +480,23 @@ pub struct WebSocketRouteStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+
+    /// The hostnames, comma-separated, for `kubectl get wsr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostnames: Option<String>,
+
+    /// What may connect, comma-separated (`null` and `(no Origin)` when admitted; `(none)`
+    /// when nothing may), for `kubectl get wsr`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origins: Option<String>,
+
+    /// The upstream (`ws://...` or `service NAME:PORT`), for `kubectl get wsr -o wide`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<String>,
+
+    /// The version of the gateway snapshot these conditions were computed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_version: Option<i64>,
 }
 
 /// Rules on each entry of a list, so that the API server names the entry and its value
@@ -768,24 +808,25 @@ status:
                 .and_then(|s| s.status.as_ref())
                 .is_some()
         );
-        let columns: Vec<(&str, &str, &str)> = version
+        let columns: Vec<(&str, &str, Option<i32>)> = version
             .additional_printer_columns
             .iter()
             .flatten()
-            .map(|c| (c.name.as_str(), c.type_.as_str(), c.json_path.as_str()))
+            .map(|c| (c.name.as_str(), c.json_path.as_str(), c.priority))
             .collect();
+        // Lists come from status strings (a column shows a list as JSON); `-o wide` adds three.
         assert_eq!(
             columns,
             [
-                ("Hosts", "string", ".spec.hostnames"),
-                ("Path", "string", ".spec.path.value"),
-                ("Origins", "string", ".spec.origins.allow"),
-                (
-                    "Ready",
-                    "string",
-                    r#".status.conditions[?(@.type=="Ready")].status"#
-                ),
-                ("Age", "date", ".metadata.creationTimestamp"),
+                ("Hosts", ".status.hostnames", None),
+                ("Path", ".spec.path.value", None),
+                ("Origins", ".status.origins", None),
+                ("Ready", r#".status.conditions[?(@.type=="Ready")].status"#, None),
+                ("Reason", r#".status.conditions[?(@.type=="Ready")].reason"#, None),
+                ("Age", ".metadata.creationTimestamp", None),
+                ("Upstream", ".status.upstream", Some(1)),
+                ("Snapshot", ".status.snapshotVersion", Some(1)),
+                ("Generation", ".status.observedGeneration", Some(1)),
             ]
         );
 

@@ -1,10 +1,49 @@
 //! Turns compile verdicts into Kubernetes status conditions (Gateway API conventions):
-//! `lastTransitionTime` moves only when a condition's status flips. Pure.
+//! `lastTransitionTime` moves only when a condition's status flips; and a route's spec into
+//! the status strings `kubectl get wsr` shows. Pure.
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::api::WebSocketRouteSpec;
 use crate::compile::Verdict;
+
+/// What `kubectl get wsr` shows of a route's spec: lists as one readable string each, since
+/// a printer column shows a list as JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Columns {
+    /// The hostnames, comma-separated.
+    pub hostnames: String,
+    /// What may connect: the patterns, `null` and `(no Origin)` when admitted, else `(none)`.
+    pub origins: String,
+    /// The `url`, or `service NAME:PORT`.
+    pub upstream: String,
+}
+
+/// The columns for `spec`.
+pub fn columns(spec: &WebSocketRouteSpec) -> Columns {
+    let mut origins: Vec<&str> = spec.origins.allow.iter().map(String::as_str).collect();
+    if spec.origins.allow_null {
+        origins.push("null");
+    }
+    if spec.origins.allow_missing {
+        origins.push("(no Origin)");
+    }
+    let upstream = match (&spec.upstream.url, &spec.upstream.service) {
+        (Some(url), _) => url.clone(),
+        (None, Some(service)) => format!("service {}:{}", service.name, service.port),
+        (None, None) => String::new(),
+    };
+    Columns {
+        hostnames: spec.hostnames.join(", "),
+        origins: if origins.is_empty() {
+            "(none)".to_owned()
+        } else {
+            origins.join(", ")
+        },
+        upstream,
+    }
+}
 
 /// The conditions for `verdict`, keeping each previous `lastTransitionTime` whose status
 /// did not change and stamping `now` on the others.
@@ -34,6 +73,25 @@ pub fn conditions(verdict: &Verdict, previous: &[Condition], now: Timestamp) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn columns_show_lists_as_text_and_say_when_nothing_may_connect() {
+        let spec =
+            |yaml: &str| -> WebSocketRouteSpec { serde_saphyr::from_str(yaml).expect("spec") };
+        let c = columns(&spec(
+            "hostnames: [a.example.com, \"*.example.com\"]\norigins: {allow: [\"https://a.example.com\"], allowNull: true, allowMissing: true}\nupstream: {service: {name: chat, port: 8080}}\n",
+        ));
+        assert_eq!(c.hostnames, "a.example.com, *.example.com");
+        assert_eq!(c.origins, "https://a.example.com, null, (no Origin)");
+        assert_eq!(c.upstream, "service chat:8080");
+        let c = columns(&spec(
+            "hostnames: [a.example.com]\nupstream: {url: \"ws://10.0.0.5:80/ws\"}\n",
+        ));
+        assert_eq!(
+            (c.origins.as_str(), c.upstream.as_str()),
+            ("(none)", "ws://10.0.0.5:80/ws")
+        );
+    }
     use crate::compile::ConditionState;
     use crate::route::RouteKey;
 

@@ -1043,7 +1043,10 @@ async fn refused_handshake_lines_are_capped_per_second_and_json_logs_parse() {
     // many that takes depends on how fast this machine is today, so no count is assumed.
     let mut sent = 0;
     while sent % 10 != 0 || !gate.log().contains("\"left_out\"") {
-        assert!(sent < 20_000, "no report of left-out lines after {sent} refusals");
+        assert!(
+            sent < 20_000,
+            "no report of left-out lines after {sent} refusals"
+        );
         assert_eq!(
             connect(gate.proxy, HOST, "/ws", Some("https://evil.example"), &[])
                 .await

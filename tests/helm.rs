@@ -340,16 +340,32 @@ async fn walk_the_users_path(watch_namespaces: &[&str]) {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "HOSTS", "PATH", "ORIGINS", "READY", "AGE"],
+        ["NAME", "HOSTS", "PATH", "ORIGINS", "READY", "REASON", "AGE"],
         "{table}"
     );
+    // Lists read as lists, not JSON.
     assert!(
-        table
-            .lines()
-            .nth(1)
-            .is_some_and(|l| l.starts_with("chat ") && l.contains("True")),
+        table.lines().nth(1).is_some_and(|l| l.starts_with("chat ")
+            && l.contains("chat.example.com, chat.localhost")
+            && l.contains("https://app.example.com, https://*.example.com")
+            && l.contains("True")
+            && l.contains("Ready")),
         "{table}"
     );
+    let wide =
+        run_ok(kubectl(&plane, &admin).args(["get", "wsr", "--namespace", "demo", "-o", "wide"]));
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header[header.len() - 3..],
+        ["UPSTREAM", "SNAPSHOT", "GENERATION"],
+        "{wide}"
+    );
+    assert!(wide.contains("ws://127.0.0.1:9001/chat"), "{wide}");
     drop(up);
 
     // A conflicting copy is refused with a Warning Event (the chart grants Events).

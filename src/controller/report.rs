@@ -22,6 +22,7 @@ use crate::metrics::{Metrics, WriteLabels};
 use crate::proxy::Gateway;
 use crate::route::RouteKey;
 use crate::source::kube::Stores;
+use crate::status::{Columns, columns};
 
 /// The field manager that owns the status wsgate writes.
 pub const FIELD_MANAGER: &str = "wsgate";
@@ -49,6 +50,7 @@ pub struct StatusReporter {
 struct Shown {
     generation: Option<i64>,
     conditions: Vec<Condition>,
+    columns: Columns,
 }
 
 /// One route's pending write.
@@ -58,6 +60,8 @@ struct Write {
     shown: Shown,
     /// False when the object already shows `shown` and only Events are due.
     patch: bool,
+    /// The snapshot the verdict comes from.
+    version: u64,
     events: Vec<Event>,
 }
 
@@ -136,6 +140,11 @@ impl StatusReporter {
             let stored = route.status.as_ref().map(|s| Shown {
                 generation: s.observed_generation,
                 conditions: s.conditions.clone(),
+                columns: Columns {
+                    hostnames: s.hostnames.clone().unwrap_or_default(),
+                    origins: s.origins.clone().unwrap_or_default(),
+                    upstream: s.upstream.clone().unwrap_or_default(),
+                },
             });
             let uid = route.metadata.uid.clone();
             let previous = self
@@ -153,6 +162,7 @@ impl StatusReporter {
                         .unwrap_or_default(),
                     now,
                 ),
+                columns: columns(&route.spec),
             };
             let events = events_for(verdict, previous);
             let patch = stored.as_ref() != Some(&shown);
@@ -165,6 +175,7 @@ impl StatusReporter {
                 key: verdict.key.clone(),
                 shown,
                 patch,
+                version: snapshot.version,
                 events,
             });
         }
@@ -199,6 +210,10 @@ async fn write(client: &Client, recorder: &Recorder, metrics: &Metrics, w: Write
             "status": {
                 "observedGeneration": w.shown.generation,
                 "conditions": w.shown.conditions,
+                "hostnames": w.shown.columns.hostnames,
+                "origins": w.shown.columns.origins,
+                "upstream": w.shown.columns.upstream,
+                "snapshotVersion": w.version,
             },
         });
         let api = Api::<WebSocketRoute>::namespaced(client.clone(), &w.key.namespace);
@@ -324,6 +339,7 @@ mod tests {
         Shown {
             generation: v.generation,
             conditions: crate::status::conditions(v, &[], Timestamp::UNIX_EPOCH),
+            columns: Columns::default(),
         }
     }
 
