@@ -821,8 +821,16 @@ status:
                 ("Hosts", ".status.hostnames", None),
                 ("Path", ".spec.path.value", None),
                 ("Origins", ".status.origins", None),
-                ("Ready", r#".status.conditions[?(@.type=="Ready")].status"#, None),
-                ("Reason", r#".status.conditions[?(@.type=="Ready")].reason"#, None),
+                (
+                    "Ready",
+                    r#".status.conditions[?(@.type=="Ready")].status"#,
+                    None
+                ),
+                (
+                    "Reason",
+                    r#".status.conditions[?(@.type=="Ready")].reason"#,
+                    None
+                ),
                 ("Age", ".metadata.creationTimestamp", None),
                 ("Upstream", ".status.upstream", Some(1)),
                 ("Snapshot", ".status.snapshotVersion", Some(1)),

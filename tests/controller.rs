@@ -943,3 +943,62 @@ async fn a_tls_route_waits_for_its_secret_then_serves_and_follows_its_rotation()
         Message::text("still here")
     );
 }
+
+#[tokio::test]
+async fn a_jwt_route_reads_its_keys_from_the_secret_it_names() {
+    use k8s_openapi::api::core::v1::Secret;
+    use wsgate::api::{AuthSpec, JwtSpec};
+    const KEY: &str = "0123456789abcdef0123456789abcdef";
+    let (plane, client) = ControlPlane::with_crd().await;
+    let up = Upstream::start().await;
+    let gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
+    let mut r = route("chat", &up.url());
+    r.spec.auth = Some(AuthSpec {
+        jwt: serde_json::from_value::<JwtSpec>(serde_json::json!({
+            "keys": {"secretName": "jwt-keys"},
+            "tokenSources": [{"query": "access_token"}],
+        }))
+        .expect("jwt spec"),
+    });
+    api.create(&PostParams::default(), &r)
+        .await
+        .expect("create route");
+    let waiting = wait_ready(&api, "chat", "False").await;
+    assert_eq!(condition(&waiting, "ResolvedRefs").reason, "SecretNotFound");
+
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "jwt-keys"},
+        "stringData": {"key": KEY},
+    }))
+    .expect("secret");
+    Api::<Secret>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("create secret");
+    wait_ready(&api, "chat", "True").await;
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(401)
+    );
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        + 300;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"sub": "alice", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+    )
+    .expect("token");
+    echo(
+        gate.proxy,
+        HOST,
+        &format!("/ws?access_token={token}"),
+        APP,
+        &[],
+    )
+    .await;
+}

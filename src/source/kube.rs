@@ -490,6 +490,7 @@ fn references_of(routes: &[WebSocketRoute]) -> HashSet<ServiceKey> {
                 .tls
                 .as_ref()
                 .and_then(|t| t.ca_secret_name.as_ref()),
+            spec.auth.as_ref().map(|a| &a.jwt.keys.secret_name),
         ];
         for name in referenced.into_iter().flatten() {
             names.insert((namespace.clone(), name.clone()));
@@ -569,11 +570,15 @@ mod tests {
                 "upstream": {"url": "wss://b.internal", "tls": {"caSecretName": "b-ca"}},
                 "tls": {"secretName": "a-tls"},
             })),
+            route(serde_json::json!({
+                "upstream": {"url": "ws://10.0.0.1:80"},
+                "auth": {"jwt": {"keys": {"secretName": "jwt-keys"}}},
+            })),
         ]);
         let key = |name: &str| ("apps".to_owned(), name.to_owned());
         assert_eq!(
             named,
-            HashSet::from([key("chat"), key("a-tls"), key("b-ca")])
+            HashSet::from([key("chat"), key("a-tls"), key("b-ca"), key("jwt-keys")])
         );
     }
 }
