@@ -1002,3 +1002,68 @@ async fn a_jwt_route_reads_its_keys_from_the_secret_it_names() {
     )
     .await;
 }
+
+/// Runs `wsgate controller` with `kubeconfig` and returns its exit code and log; it must
+/// exit on its own (a start-up error).
+async fn controller_fails(kubeconfig: &std::path::Path) -> (Option<i32>, String) {
+    let run = tokio::process::Command::new(bin())
+        .args([
+            "controller",
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin", "127.0.0.1:0"])
+        .env("KUBECONFIG", kubeconfig)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("wsgate exits on a start-up error")
+        .expect("run wsgate");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn start_up_errors_say_what_to_fix() {
+    let plane = ControlPlane::start();
+    let admin = std::fs::read_to_string(&plane.kubeconfig).expect("kubeconfig");
+    let (code, log) = controller_fails(&plane.kubeconfig).await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("has no WebSocketRoute resource: install the CRD"),
+        "{log}"
+    );
+
+    let client = plane.client().await;
+    plane.install_crd(&client).await;
+    let anonymous = plane.kubeconfig.with_file_name("kubeconfig-anonymous");
+    std::fs::write(&anonymous, admin.replace("{token: admin-token}", "{}")).expect("write");
+    let (code, log) = controller_fails(&anonymous).await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("not allowed to list WebSocketRoutes")
+            && log.contains("carried no credentials"),
+        "{log}"
+    );
+    assert!(!log.contains("install the CRD"), "{log}");
+
+    let wrong = plane.kubeconfig.with_file_name("kubeconfig-wrong");
+    std::fs::write(&wrong, admin.replace("admin-token", "no-such-token")).expect("write");
+    let (code, log) = controller_fails(&wrong).await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("did not accept the credentials (401"), "{log}");
+
+    let (code, log) = controller_fails(&plane.kubeconfig_wsgate()).await;
+    assert_eq!(code, Some(1), "{log}");
+    assert!(
+        log.contains("not allowed to list WebSocketRoutes")
+            && log.contains("grant get/list/watch on websocketroutes.wsgate.dev")
+            && !log.contains("carried no credentials"),
+        "{log}"
+    );
+}

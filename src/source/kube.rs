@@ -35,11 +35,53 @@ const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Why the controller cannot watch routes.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeSourceError {
-    /// The CRD is not installed (or the API server refused to list routes).
+    /// The API server does not know the WebSocketRoute resource.
     #[error(
-        "cannot list WebSocketRoutes: {0}; install the CRD with `kubectl apply -f crds/websocketroutes.wsgate.dev.yaml` (or `wsgate crd | kubectl apply -f -`) and check RBAC"
+        "the API server has no WebSocketRoute resource: install the CRD with `kubectl apply -f crds/websocketroutes.wsgate.dev.yaml` (or `wsgate crd | kubectl apply -f -`)"
     )]
-    NoCrd(kube::Error),
+    NoCrd,
+    /// The API server did not accept the credentials.
+    #[error(
+        "the API server did not accept the credentials (401 {0}): check the user and token of the kubeconfig in use (KUBECONFIG), or the pod's ServiceAccount token"
+    )]
+    Unauthorized(String),
+    /// The credentials may not list routes.
+    #[error(
+        "not allowed to list WebSocketRoutes{scope}: {message}; grant get/list/watch on websocketroutes.wsgate.dev (see the README's RBAC list){anonymous}"
+    )]
+    Forbidden {
+        /// ` in NAMESPACE`, or empty for all namespaces.
+        scope: String,
+        /// The API server's message, which names the user.
+        message: String,
+        /// A hint when the request carried no credentials at all.
+        anonymous: &'static str,
+    },
+    /// Anything else: the API server cannot be reached, or failed.
+    #[error("cannot list WebSocketRoutes: {0}")]
+    Unreachable(#[source] kube::Error),
+}
+
+impl KubeSourceError {
+    /// What the error from listing routes in `namespace` (all when `None`) means.
+    fn of(error: kube::Error, namespace: Option<&str>) -> KubeSourceError {
+        match error {
+            kube::Error::Api(status) if status.code == 404 => KubeSourceError::NoCrd,
+            kube::Error::Api(status) if status.code == 401 => {
+                KubeSourceError::Unauthorized(status.message)
+            }
+            kube::Error::Api(status) if status.code == 403 => KubeSourceError::Forbidden {
+                scope: namespace.map(|ns| format!(" in {ns}")).unwrap_or_default(),
+                anonymous: if status.message.contains("system:anonymous") {
+                    "; the request carried no credentials (system:anonymous): the kubeconfig has no user token or certificate"
+                } else {
+                    ""
+                },
+                message: status.message,
+            },
+            other => KubeSourceError::Unreachable(other),
+        }
+    }
 }
 
 /// Helm keeps every release's manifests in Secrets of this type, often large; no route can
@@ -126,7 +168,7 @@ impl KubeRoutes {
             api::<WebSocketRoute>(&client, *scope)
                 .list(&ListParams::default().limit(1))
                 .await
-                .map_err(KubeSourceError::NoCrd)?;
+                .map_err(|e| KubeSourceError::of(e, *scope))?;
         }
         let n = scopes.len();
         let all = watcher::Config::default();
