@@ -45,8 +45,9 @@ pub struct LeaseSettings {
     pub namespace: String,
     /// This replica's holder identity (pod name, or host name and process id).
     pub identity: String,
-    /// How long a holder's claim lasts without renewal. It renews every third of this, and
-    /// stops acting as holder a fifth of it before the claim could run out.
+    /// How long a holder's claim lasts without renewal, in whole seconds, at least 3. It
+    /// renews every third of this, and stops acting as holder a fifth of it before the
+    /// claim could run out.
     pub duration: Duration,
 }
 
@@ -180,7 +181,8 @@ impl Campaign {
         Campaign {
             name: settings.name.clone(),
             identity: settings.identity.clone(),
-            duration: settings.duration,
+            // What the Lease can state (whole seconds), and room for renewals and the margin.
+            duration: Duration::from_secs(settings.duration.as_secs().max(3)),
             seen: None,
             vanished_claim_until: None,
             sent: None,
@@ -406,7 +408,7 @@ impl Runner {
                             self.campaign.observe(found, Instant::now());
                         }
                     }
-                    Some(Err(e)) => tracing::debug!(error = %e, "lease watch failed; retrying"),
+                    Some(Err(e)) => tracing::warn!(error = %e, "lease watch failed; retrying"),
                     None => break,
                 },
                 () = tokio::time::sleep_until(wake) => {
@@ -547,6 +549,28 @@ mod tests {
         assert!(b.next_attempt() >= t0 + ms(5) + DURATION);
         assert!(b.next_attempt() > until);
         assert!(!b.is_leader(b.next_attempt()));
+    }
+
+    #[test]
+    fn claims_last_whole_seconds_and_at_least_three() {
+        let t0 = Instant::now();
+        let mut settings = LeaseSettings {
+            name: "wsgate".to_owned(),
+            namespace: "default".to_owned(),
+            identity: "a".to_owned(),
+            duration: Duration::from_millis(3500),
+        };
+        assert_eq!(
+            Campaign::new(&settings, t0).duration,
+            Duration::from_secs(3)
+        );
+        settings.duration = Duration::from_secs(1);
+        let a = Campaign::new(&settings, t0);
+        let Step::Create(created) = a.step(Timestamp::from_second(200).unwrap()) else {
+            panic!("a missing Lease is created");
+        };
+        let spec = created.spec.expect("spec");
+        assert_eq!(spec.lease_duration_seconds, Some(3));
     }
 
     #[test]
