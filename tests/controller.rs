@@ -82,22 +82,25 @@ async fn create_namespaces(client: &kube::Client, names: &[&str]) {
 
 /// A controller against `plane`, with a short Lease so failover tests stay quick.
 async fn controller(plane: &ControlPlane, identity: &str) -> Gate {
-    controller_with_lease(plane, identity, 3).await
+    controller_with_lease(plane, identity, 3, &[]).await
 }
 
-/// A controller against `plane` whose Lease claims last `seconds`.
-async fn controller_with_lease(plane: &ControlPlane, identity: &str, seconds: u64) -> Gate {
-    Gate::launch(
-        &[
-            "controller".into(),
-            "--identity".into(),
-            identity.into(),
-            "--lease-duration".into(),
-            seconds.to_string().into(),
-        ],
-        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
-    )
-    .await
+/// A controller against `plane` whose Lease claims last `seconds`, with `extra` flags.
+async fn controller_with_lease(
+    plane: &ControlPlane,
+    identity: &str,
+    seconds: u64,
+    extra: &[&str],
+) -> Gate {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "controller".into(),
+        "--identity".into(),
+        identity.into(),
+        "--lease-duration".into(),
+        seconds.to_string().into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    Gate::launch(&args, &[("KUBECONFIG", plane.kubeconfig.as_os_str())]).await
 }
 
 /// A non-loopback IPv4 address of this machine: the API server refuses loopback addresses
@@ -957,8 +960,16 @@ async fn leads(admin: std::net::SocketAddr) -> Option<bool> {
         let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
         let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
         stream.write_all(request.as_bytes()).await.ok()?;
+        // OpenMetrics ends with `# EOF`; the connection may stay open after it.
         let mut text = String::new();
-        stream.read_to_string(&mut text).await.ok()?;
+        let mut chunk = [0u8; 4096];
+        while !text.contains("# EOF") {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
         text.lines()
             .find_map(|l| l.strip_prefix("wsgate_leader "))
             .map(|v| v.trim() == "1")
@@ -1024,12 +1035,16 @@ async fn wait_leading(gate: &Gate, client: &kube::Client, identity: &str) {
     .await;
 }
 
-/// Two replicas, "a" leading and "b" following, both ready; claims last `seconds`.
-async fn leader_and_follower(seconds: u64) -> (ControlPlane, kube::Client, Gate, Gate) {
+/// Two replicas, "a" leading and "b" following, both ready; claims last `seconds`; both
+/// with `extra` flags.
+async fn leader_and_follower(
+    seconds: u64,
+    extra: &[&str],
+) -> (ControlPlane, kube::Client, Gate, Gate) {
     let (plane, client) = ControlPlane::with_crd().await;
-    let a = controller_with_lease(&plane, "a", seconds).await;
+    let a = controller_with_lease(&plane, "a", seconds, extra).await;
     wait_leading(&a, &client, "a").await;
-    let b = controller_with_lease(&plane, "b", seconds).await;
+    let b = controller_with_lease(&plane, "b", seconds, extra).await;
     b.wait_for(
         || async { b.admin_get("/readyz").await.0 == 200 },
         "b to be ready",
@@ -1042,7 +1057,7 @@ async fn leader_and_follower(seconds: u64) -> (ControlPlane, kube::Client, Gate,
 #[tokio::test]
 async fn a_deleted_lease_is_recreated_and_never_two_replicas_lead() {
     use k8s_openapi::api::coordination::v1::Lease;
-    let (_plane, client, a, b) = leader_and_follower(3).await;
+    let (_plane, client, a, b) = leader_and_follower(3, &[]).await;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
     never_two_leaders(&[a.admin, b.admin], async {
         for round in 1..=3 {
@@ -1089,8 +1104,9 @@ fn lease_holder_of(lease: &k8s_openapi::api::coordination::v1::Lease) -> Option<
 
 #[tokio::test]
 async fn a_terminated_leader_releases_the_lease_and_the_other_takes_it_before_it_would_expire() {
-    // Claims last longer than PATIENCE: a takeover within it needs the release.
-    let (_plane, client, mut a, b) = leader_and_follower(60).await;
+    // Claims last longer than PATIENCE: a takeover within it needs the release. a keeps
+    // answering /metrics while it drains, as a pod does, so an overlap would show.
+    let (_plane, client, mut a, b) = leader_and_follower(60, &["--shutdown-delay", "2"]).await;
     never_two_leaders(&[a.admin, b.admin], async {
         let terminated = tokio::time::Instant::now();
         a.terminate();
@@ -1107,7 +1123,7 @@ async fn a_terminated_leader_releases_the_lease_and_the_other_takes_it_before_it
 
 #[tokio::test]
 async fn a_killed_leader_is_replaced_once_its_claim_runs_out() {
-    let (_plane, client, a, b) = leader_and_follower(3).await;
+    let (_plane, client, a, b) = leader_and_follower(3, &[]).await;
     let a_admin = a.admin;
     let killed = tokio::time::Instant::now();
     drop(a);
