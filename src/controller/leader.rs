@@ -408,7 +408,12 @@ impl Runner {
                             self.campaign.observe(found, Instant::now());
                         }
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "lease watch failed; retrying"),
+                    // Without the watch a release is seen only when the claim runs out.
+                    Some(Err(e)) => tracing::warn!(
+                        error = %e,
+                        namespace = %self.settings.namespace,
+                        "lease watch failed; retrying (it needs list/watch on leases.coordination.k8s.io there)"
+                    ),
                     None => break,
                 },
                 () = tokio::time::sleep_until(wake) => {
