@@ -1090,6 +1090,24 @@ async fn a_deleted_lease_is_recreated_and_never_two_replicas_lead() {
         }
     })
     .await;
+
+    // With its holder gone, the other replica recreates it once the last claim ran out.
+    let a_admin = a.admin;
+    wait_leading(&a, &client, "a").await;
+    drop(a);
+    never_two_leaders(&[a_admin, b.admin], async {
+        let deleted = tokio::time::Instant::now();
+        leases
+            .delete("wsgate", &DeleteParams::default())
+            .await
+            .expect("delete lease");
+        wait_leading(&b, &client, "b").await;
+        eprintln!(
+            "holder killed, Lease deleted: b recreated it and leads {:?} after deletion",
+            deleted.elapsed()
+        );
+    })
+    .await;
 }
 
 /// The holder `lease` names, if any.
