@@ -59,7 +59,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         identity: identity.clone(),
         duration: args.lease_duration,
     };
-    let leadership = Leadership::campaign(client.clone(), &lease).await?;
+    let leadership =
+        Leadership::campaign(client.clone(), &lease, gateway.metrics().leader.clone()).await?;
     tracing::info!(identity, lease = %format!("{}/{}", lease.namespace, lease.name), "competing for the status lease");
     let server = Server::start(&args.serve, gateway.clone()).await?;
 
@@ -70,7 +71,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     stop.await;
     watch.abort();
     report.abort();
-    // Both tasks must be gone before resigning: the Lease is released once nobody listens.
+    // No status or Event write may follow the release: the reporter goes first.
     let _ = watch.await;
     let _ = report.await;
     tokio::join!(

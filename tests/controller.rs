@@ -82,17 +82,25 @@ async fn create_namespaces(client: &kube::Client, names: &[&str]) {
 
 /// A controller against `plane`, with a short Lease so failover tests stay quick.
 async fn controller(plane: &ControlPlane, identity: &str) -> Gate {
-    Gate::launch(
-        &[
-            "controller".into(),
-            "--identity".into(),
-            identity.into(),
-            "--lease-duration".into(),
-            "3".into(),
-        ],
-        &[("KUBECONFIG", plane.kubeconfig.as_os_str())],
-    )
-    .await
+    controller_with_lease(plane, identity, 3, &[]).await
+}
+
+/// A controller against `plane` whose Lease claims last `seconds`, with `extra` flags.
+async fn controller_with_lease(
+    plane: &ControlPlane,
+    identity: &str,
+    seconds: u64,
+    extra: &[&str],
+) -> Gate {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "controller".into(),
+        "--identity".into(),
+        identity.into(),
+        "--lease-duration".into(),
+        seconds.to_string().into(),
+    ];
+    args.extend(extra.iter().map(Into::into));
+    Gate::launch(&args, &[("KUBECONFIG", plane.kubeconfig.as_os_str())]).await
 }
 
 /// A non-loopback IPv4 address of this machine: the API server refuses loopback addresses
@@ -636,7 +644,7 @@ fn cluster_role(with_slices: bool) -> k8s_openapi::api::rbac::v1::ClusterRole {
         serde_json::json!({"apiGroups": ["wsgate.dev"], "resources": ["websocketroutes/status"], "verbs": ["patch"]}),
         serde_json::json!({"apiGroups": [""], "resources": ["services"], "verbs": ["get", "list", "watch"]}),
         serde_json::json!({"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list", "watch"]}),
-        serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]}),
+        serde_json::json!({"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "list", "watch", "create", "update"]}),
         serde_json::json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
     ];
     if with_slices {
@@ -1066,4 +1074,229 @@ async fn start_up_errors_say_what_to_fix() {
             && !log.contains("carried no credentials"),
         "{log}"
     );
+}
+
+/// Whether the replica at `admin` reports `wsgate_leader 1`; `None` when it does not answer
+/// (stopped or stopping).
+async fn leads(admin: std::net::SocketAddr) -> Option<bool> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let read = async {
+        let mut stream = tokio::net::TcpStream::connect(admin).await.ok()?;
+        let request = "GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
+        stream.write_all(request.as_bytes()).await.ok()?;
+        // OpenMetrics ends with `# EOF`; the connection may stay open after it.
+        let mut text = String::new();
+        let mut chunk = [0u8; 4096];
+        while !text.contains("# EOF") {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+        text.lines()
+            .find_map(|l| l.strip_prefix("wsgate_leader "))
+            .map(|v| v.trim() == "1")
+    };
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// Runs `during` while reading every replica's (admin address's) `wsgate_leader` in turn, as fast as they
+/// answer. Fails if one replica read 1 both just before and just after another read 1:
+/// then both led at the same moment.
+async fn never_two_leaders<T>(
+    admins: &[std::net::SocketAddr],
+    during: impl std::future::Future<Output = T>,
+) -> T {
+    let sample = async {
+        let mut last: Vec<(usize, bool)> = Vec::new();
+        let mut samples = 0u64;
+        for turn in (0..admins.len()).cycle() {
+            let leading = leads(admins[turn]).await == Some(true);
+            samples += 1;
+            last.push((turn, leading));
+            if last.len() > 3 {
+                last.remove(0);
+            }
+            if let [(x, true), (y, true), (z, true)] = last[..] {
+                assert!(
+                    x != z || x == y,
+                    "replicas {x} and {y} both reported wsgate_leader 1 (sample {samples})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    tokio::select! {
+        out = during => out,
+        () = sample => unreachable!("sampling never ends"),
+    }
+}
+
+/// The Lease's holder, if it exists and names one.
+async fn lease_holder(client: &kube::Client) -> Option<String> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    Api::<Lease>::namespaced(client.clone(), "default")
+        .get_opt("wsgate")
+        .await
+        .expect("get lease")
+        .as_ref()
+        .and_then(lease_holder_of)
+}
+
+/// Waits until `gate` holds the Lease and reports it.
+async fn wait_leading(gate: &Gate, client: &kube::Client, identity: &str) {
+    gate.wait_for(
+        || async {
+            lease_holder(client).await.as_deref() == Some(identity)
+                && gate.metric("wsgate_leader").await == Some(1.0)
+        },
+        &format!("{identity} to lead"),
+    )
+    .await;
+}
+
+/// Two replicas, "a" leading and "b" following, both ready; claims last `seconds`; both
+/// with `extra` flags.
+async fn leader_and_follower(
+    seconds: u64,
+    extra: &[&str],
+) -> (ControlPlane, kube::Client, Gate, Gate) {
+    let (plane, client) = ControlPlane::with_crd().await;
+    let a = controller_with_lease(&plane, "a", seconds, extra).await;
+    wait_leading(&a, &client, "a").await;
+    let b = controller_with_lease(&plane, "b", seconds, extra).await;
+    b.wait_for(
+        || async { b.admin_get("/readyz").await.0 == 200 },
+        "b to be ready",
+    )
+    .await;
+    assert_eq!(b.metric("wsgate_leader").await, Some(0.0));
+    (plane, client, a, b)
+}
+
+#[tokio::test]
+async fn a_deleted_lease_is_recreated_and_never_two_replicas_lead() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (_plane, client, a, b) = leader_and_follower(3, &[]).await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    never_two_leaders(&[a.admin, b.admin], async {
+        for round in 1..=3 {
+            let before = leases.get("wsgate").await.expect("lease").metadata.uid;
+            let deleted = tokio::time::Instant::now();
+            leases
+                .delete("wsgate", &DeleteParams::default())
+                .await
+                .expect("delete lease");
+            a.wait_for(
+                || async {
+                    let now = leases.get_opt("wsgate").await.expect("get lease");
+                    let Some(holder) = now.as_ref().and_then(lease_holder_of) else {
+                        return false;
+                    };
+                    let gate = if holder == "a" { &a } else { &b };
+                    now.and_then(|l| l.metadata.uid) != before
+                        && gate.metric("wsgate_leader").await == Some(1.0)
+                },
+                "the Lease to be recreated and its holder to lead",
+            )
+            .await;
+            eprintln!(
+                "round {round}: Lease recreated and held {:?} after deletion, by {:?}",
+                deleted.elapsed(),
+                lease_holder(&client).await
+            );
+            // Past any claim that could still be running, the other replica included.
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+    })
+    .await;
+
+    // With its holder gone, the other replica recreates it once the last claim ran out.
+    let a_admin = a.admin;
+    wait_leading(&a, &client, "a").await;
+    drop(a);
+    never_two_leaders(&[a_admin, b.admin], async {
+        let deleted = tokio::time::Instant::now();
+        leases
+            .delete("wsgate", &DeleteParams::default())
+            .await
+            .expect("delete lease");
+        wait_leading(&b, &client, "b").await;
+        eprintln!(
+            "holder killed, Lease deleted: b recreated it and leads {:?} after deletion",
+            deleted.elapsed()
+        );
+    })
+    .await;
+}
+
+/// The holder `lease` names, if any.
+fn lease_holder_of(lease: &k8s_openapi::api::coordination::v1::Lease) -> Option<String> {
+    lease
+        .spec
+        .as_ref()?
+        .holder_identity
+        .clone()
+        .filter(|h| !h.is_empty())
+}
+
+#[tokio::test]
+async fn a_terminated_leader_releases_the_lease_and_the_other_takes_it_before_it_would_expire() {
+    // Claims last longer than PATIENCE: a takeover within it needs the release. a keeps
+    // answering /metrics while it drains, as a pod does, so an overlap would show.
+    let (_plane, client, mut a, b) = leader_and_follower(60, &["--shutdown-delay", "2"]).await;
+    never_two_leaders(&[a.admin, b.admin], async {
+        let terminated = tokio::time::Instant::now();
+        a.terminate();
+        wait_leading(&b, &client, "b").await;
+        eprintln!(
+            "hand-over after SIGTERM: b leads {:?} after a was terminated",
+            terminated.elapsed()
+        );
+        assert_eq!(a.wait_exit().await, Some(0));
+    })
+    .await;
+    assert!(a.log().contains("released the lease"), "{}", a.log());
+}
+
+#[tokio::test]
+async fn a_killed_leader_is_replaced_once_its_claim_runs_out() {
+    let (_plane, client, a, b) = leader_and_follower(3, &[]).await;
+    let a_admin = a.admin;
+    let killed = tokio::time::Instant::now();
+    drop(a);
+    never_two_leaders(&[a_admin, b.admin], async {
+        wait_leading(&b, &client, "b").await;
+    })
+    .await;
+    eprintln!(
+        "hand-over after SIGKILL: b leads {:?} after a was killed (claims last 3 s)",
+        killed.elapsed()
+    );
+    assert_eq!(leads(a_admin).await, None);
+}
+
+#[tokio::test]
+async fn a_leader_cut_off_from_the_api_server_stops_leading_and_leads_again_after() {
+    let (mut plane, client) = ControlPlane::with_crd().await;
+    let a = controller(&plane, "a").await;
+    wait_leading(&a, &client, "a").await;
+    let stopped = tokio::time::Instant::now();
+    plane.stop_apiserver();
+    a.wait_for(
+        || async { a.metric("wsgate_leader").await == Some(0.0) },
+        "a to stop leading",
+    )
+    .await;
+    eprintln!(
+        "cut off: a stopped leading {:?} after the API server went away (claims last 3 s)",
+        stopped.elapsed()
+    );
+    plane.start_apiserver();
+    let client = plane.client().await;
+    wait_leading(&a, &client, "a").await;
 }

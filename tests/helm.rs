@@ -310,6 +310,8 @@ async fn walk_the_users_path(watch_namespaces: &[&str]) {
         "demo",
         "--timeout=30s",
     ]));
+    // The Lease is watched too (by name, which the chart's Role is limited to).
+    assert!(!gate.log().contains("lease watch failed"), "{}", gate.log());
     let chat_v2 = [("Sec-WebSocket-Protocol", "chat.v2")];
     echo(
         gate.proxy,

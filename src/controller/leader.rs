@@ -1,12 +1,40 @@
-//! Leadership among replicas: one `coordination.k8s.io` Lease; only its holder writes route
-//! status and Events, every replica serves traffic. Built on `kube-lease-manager`.
+//! Leadership among replicas: one `coordination.k8s.io/v1` Lease; only its holder writes
+//! route status and Events, every replica serves traffic.
+//!
+//! Written here rather than on `kube-lease-manager` (0.13), because measurements showed it
+//! falls short: a holder that cannot renew (API server away, Lease deleted) kept reporting
+//! itself leader indefinitely; a deleted Lease was never recreated; followers polled only
+//! when the claim they last saw ran out, so a released Lease waited ~12 s for a new holder;
+//! and takeover patched without `resourceVersion`, so two replicas could both believe they
+//! won. This loop follows client-go's leader election instead:
+//! - every write is a `replace` with the `resourceVersion` last read (or a `create`), so of
+//!   two competitors exactly one succeeds;
+//! - a holder counts as leader only until `sent + duration − margin`, where `sent` is when
+//!   its last successful renewal left; every competitor waits `duration` from when it
+//!   *saw* that renewal (always later), so even with the API server unreachable there are
+//!   never two writers;
+//! - the Lease is watched, so a release or deletion is seen at once;
+//! - on shutdown the holder releases it (holder cleared, as client-go's `ReleaseOnCancel`).
 
 use std::time::Duration;
 
-use kube::Client;
-use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
-use tokio::sync::watch;
+use futures_util::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client};
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// How long one API request may take when nothing sooner bounds it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause after a failed attempt before the next one.
+const RETRY_AFTER: Duration = Duration::from_millis(500);
 
 /// Which Lease to hold, and as whom.
 #[derive(Debug, Clone)]
@@ -17,65 +45,652 @@ pub struct LeaseSettings {
     pub namespace: String,
     /// This replica's holder identity (pod name, or host name and process id).
     pub identity: String,
-    /// How long a holder's claim lasts without renewal; it renews a third of this early.
+    /// How long a holder's claim lasts without renewal, in whole seconds, at least 3. It
+    /// renews every third of this, and stops acting as holder a fifth of it before the
+    /// claim could run out.
     pub duration: Duration,
 }
 
-/// Why the Lease could not be set up.
+/// Why the Lease cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "cannot use Lease {namespace}/{name}: {source}; grant get/create/patch on leases.coordination.k8s.io in {namespace}, or pick another with --lease-namespace"
+    "cannot use Lease {namespace}/{name}: {source}; grant get/list/watch/create/update on leases.coordination.k8s.io in {namespace}, or pick another with --lease-namespace"
 )]
 pub struct LeaderError {
     name: String,
     namespace: String,
     #[source]
-    source: LeaseManagerError,
+    source: kube::Error,
 }
 
 /// A running campaign for the Lease.
 pub struct Leadership {
     is_leader: watch::Receiver<bool>,
-    task: JoinHandle<Result<LeaseManager, LeaseManagerError>>,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
 }
 
 impl Leadership {
-    /// Starts competing for the Lease (creating it if needed) and keeps renewing it while
-    /// held. A holder that cannot reach the API server stays holder until it can again.
+    /// Starts competing for the Lease (creating it when missing), keeps renewing it while
+    /// held, and sets `gauge` to 1 exactly while this replica acts as holder. Fails if the
+    /// Lease cannot even be read.
     pub async fn campaign(
         client: Client,
         settings: &LeaseSettings,
+        gauge: Gauge,
     ) -> Result<Leadership, LeaderError> {
-        let seconds = settings.duration.as_secs().max(3);
-        let manager = LeaseManagerBuilder::new(client, &settings.name)
-            .with_namespace(&settings.namespace)
-            .with_identity(&settings.identity)
-            .with_duration(seconds)
-            .with_grace(seconds / 3)
-            .build()
-            .await
-            .map_err(|source| LeaderError {
-                name: settings.name.clone(),
-                namespace: settings.namespace.clone(),
-                source,
-            })?;
-        let (is_leader, task) = manager.watch().await;
-        Ok(Leadership { is_leader, task })
+        let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
+        let error = |source| LeaderError {
+            name: settings.name.clone(),
+            namespace: settings.namespace.clone(),
+            source,
+        };
+        let found = api.get_opt(&settings.name).await.map_err(error)?;
+        let mut campaign = Campaign::new(settings, Instant::now());
+        campaign.observe(found, Instant::now());
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", settings.name));
+        let events = watcher::watcher(api.clone(), config).default_backoff();
+        let (publish, is_leader) = watch::channel(false);
+        let (stop, stopped) = oneshot::channel();
+        let runner = Runner {
+            api,
+            settings: settings.clone(),
+            campaign,
+            publish,
+            gauge,
+        };
+        let task = tokio::spawn(runner.run(events, stopped));
+        Ok(Leadership {
+            is_leader,
+            stop,
+            task,
+        })
     }
 
-    /// Whether this replica holds the Lease, updated as that changes.
+    /// Whether this replica acts as holder, updated as that changes.
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.is_leader.clone()
     }
 
-    /// Gives the Lease up, if held, once every subscriber is gone; waits at most `within`.
+    /// Stops acting as holder and releases the Lease if this replica holds it, so another
+    /// replica takes it at once; waits at most `within`.
     pub async fn resign(self, within: Duration) {
-        drop(self.is_leader);
+        let _ = self.stop.send(());
         match tokio::time::timeout(within, self.task).await {
-            Ok(Ok(Ok(_))) => tracing::debug!("lease released"),
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "releasing the lease failed"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "lease task failed"),
             Err(_) => tracing::warn!("lease not released in time; it expires on its own"),
         }
+    }
+}
+
+/// The Lease fields that show whether a claim is being renewed.
+#[derive(Debug, Clone, PartialEq)]
+struct Record {
+    holder: Option<String>,
+    renewed: Option<MicroTime>,
+    seconds: Option<i32>,
+}
+
+impl Record {
+    fn of(lease: &Lease) -> Record {
+        let spec = lease.spec.clone().unwrap_or_default();
+        Record {
+            // client-go releases by writing an empty holder.
+            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            renewed: spec.renew_time,
+            seconds: spec.lease_duration_seconds,
+        }
+    }
+}
+
+/// The Lease as last read or written, and when this replica first saw its current record.
+#[derive(Debug, Clone)]
+struct Seen {
+    lease: Lease,
+    record: Record,
+    since: Instant,
+}
+
+/// What to send next.
+#[derive(Debug)]
+enum Step {
+    Create(Lease),
+    Replace(Lease),
+}
+
+/// The decisions of the election, on an explicit clock so they can be tested without one.
+#[derive(Debug)]
+struct Campaign {
+    name: String,
+    identity: String,
+    duration: Duration,
+    /// The Lease, or `None` while it is known not to exist.
+    seen: Option<Seen>,
+    /// After the Lease vanished: when the last claim seen on it could run out. Recreating
+    /// it earlier could make a second writer if its holder has not noticed yet.
+    vanished_claim_until: Option<Instant>,
+    /// When the last successful acquisition or renewal was sent, while this replica holds.
+    sent: Option<Instant>,
+    /// No attempt before this (after a failure).
+    retry_at: Instant,
+}
+
+impl Campaign {
+    fn new(settings: &LeaseSettings, now: Instant) -> Campaign {
+        Campaign {
+            name: settings.name.clone(),
+            identity: settings.identity.clone(),
+            // What the Lease can state (whole seconds), and room for renewals and the margin.
+            duration: Duration::from_secs(settings.duration.as_secs().max(3)),
+            seen: None,
+            vanished_claim_until: None,
+            sent: None,
+            retry_at: now,
+        }
+    }
+
+    /// Margin for clock-rate differences and scheduling between this replica and the
+    /// others: the holder stops this long before any competitor could take over.
+    fn margin(&self) -> Duration {
+        self.duration / 5
+    }
+
+    /// Until when this replica may act as holder (`None`: it does not hold the Lease).
+    fn leading_until(&self) -> Option<Instant> {
+        self.sent.map(|sent| sent + self.duration - self.margin())
+    }
+
+    /// Whether this replica may act as holder at `now`.
+    fn is_leader(&self, now: Instant) -> bool {
+        self.leading_until().is_some_and(|until| now < until)
+    }
+
+    fn holds_record(&self) -> bool {
+        self.seen
+            .as_ref()
+            .is_some_and(|s| s.record.holder.as_deref() == Some(self.identity.as_str()))
+    }
+
+    /// Takes in the Lease as read, written or watched at `now` (`None`: it does not exist).
+    /// Anything older than what is known already is ignored.
+    fn observe(&mut self, lease: Option<Lease>, now: Instant) {
+        let Some(lease) = lease else {
+            if let Some(seen) = self.seen.take() {
+                let mine = seen.record.holder.as_deref() == Some(self.identity.as_str());
+                self.vanished_claim_until = match seen.record.holder {
+                    // Its own claim ends when it stops acting on it, which is now.
+                    Some(_) if mine => None,
+                    Some(_) => Some(seen.since + self.claim(&seen.record)),
+                    None => None,
+                };
+                if mine {
+                    tracing::warn!(lease = %self.name, "the lease was deleted; no longer leader");
+                }
+            }
+            self.sent = None;
+            return;
+        };
+        if let Some(seen) = &self.seen
+            && is_older(&lease, &seen.lease)
+        {
+            return;
+        }
+        let record = Record::of(&lease);
+        let since = match &self.seen {
+            Some(seen) if seen.record == record => seen.since,
+            _ => now,
+        };
+        if record.holder.as_deref() != Some(self.identity.as_str()) {
+            if self.sent.is_some() {
+                tracing::warn!(lease = %self.name, holder = ?record.holder, "the lease was taken over; no longer leader");
+            }
+            self.sent = None;
+        }
+        self.vanished_claim_until = None;
+        self.seen = Some(Seen {
+            lease,
+            record,
+            since,
+        });
+    }
+
+    /// Takes in a watched deletion of `lease`, unless what is known is newer (a Lease
+    /// recreated since).
+    fn deleted(&mut self, lease: &Lease, now: Instant) {
+        if self
+            .seen
+            .as_ref()
+            .is_some_and(|seen| is_older(lease, &seen.lease))
+        {
+            return;
+        }
+        self.observe(None, now);
+    }
+
+    /// How long a claim lasts unrenewed: the duration it states, or ours.
+    fn claim(&self, record: &Record) -> Duration {
+        record
+            .seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(self.duration, Duration::from_secs)
+    }
+
+    /// When to send the next acquisition or renewal.
+    fn next_attempt(&self) -> Instant {
+        let due = match (&self.seen, self.sent) {
+            // Renew a third of the way in: two more chances before the margin.
+            (_, Some(sent)) => sent + self.duration / 3,
+            (None, _) => self.vanished_claim_until.unwrap_or(self.retry_at),
+            (Some(seen), None) => match &seen.record.holder {
+                None => self.retry_at,
+                // Still ours on record: a write against its resourceVersion is safe.
+                Some(h) if *h == self.identity => self.retry_at,
+                Some(_) => seen.since + self.claim(&seen.record),
+            },
+        };
+        due.max(self.retry_at)
+    }
+
+    /// The request that acquires, recreates or renews the Lease, stamped `wall`.
+    fn step(&self, wall: Timestamp) -> Step {
+        let seconds = i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX);
+        let now = Some(MicroTime(wall));
+        let Some(seen) = &self.seen else {
+            let mut lease = Lease::default();
+            lease.metadata.name = Some(self.name.clone());
+            lease.spec = Some(LeaseSpec {
+                holder_identity: Some(self.identity.clone()),
+                acquire_time: now.clone(),
+                renew_time: now,
+                lease_duration_seconds: Some(seconds),
+                lease_transitions: Some(0),
+                ..LeaseSpec::default()
+            });
+            return Step::Create(lease);
+        };
+        let mut lease = seen.lease.clone();
+        let spec = lease.spec.get_or_insert_default();
+        if !self.holds_record() {
+            spec.holder_identity = Some(self.identity.clone());
+            spec.acquire_time = now.clone();
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        spec.renew_time = now;
+        spec.lease_duration_seconds = Some(seconds);
+        Step::Replace(lease)
+    }
+
+    /// The request that gives the Lease up, if this replica is its holder on record.
+    fn release(&self, wall: Timestamp) -> Option<Lease> {
+        if !self.holds_record() {
+            return None;
+        }
+        let mut lease = self.seen.as_ref()?.lease.clone();
+        let spec = lease.spec.get_or_insert_default();
+        let now = Some(MicroTime(wall));
+        spec.holder_identity = None;
+        spec.acquire_time = now.clone();
+        spec.renew_time = now;
+        spec.lease_duration_seconds = Some(1);
+        Some(lease)
+    }
+
+    /// A write sent at `sent` succeeded and the server answered `lease` at `now`.
+    fn won(&mut self, lease: Lease, sent: Instant, now: Instant) {
+        self.observe(Some(lease), now);
+        if self.holds_record() {
+            if self.sent.is_none() {
+                tracing::info!(lease = %self.name, "acquired the lease; now leader");
+            }
+            self.sent = Some(sent);
+        }
+    }
+
+    /// Another write got in first: stop acting as holder until the Lease is read again.
+    fn lost(&mut self, now: Instant) {
+        self.sent = None;
+        self.retry_at = now + RETRY_AFTER;
+    }
+
+    /// The attempt failed for another reason; the claim stands until it runs out.
+    fn failed(&mut self, now: Instant) {
+        self.retry_at = now + RETRY_AFTER;
+    }
+}
+
+/// Whether `lease` is an older version than `known`, as when the watch delivers what this
+/// replica's own write already replaced. Resource versions are opaque, but the API
+/// server's are etcd revisions, ordered across deletion and recreation; anything else
+/// counts as newer.
+fn is_older(lease: &Lease, known: &Lease) -> bool {
+    let version = |l: &Lease| l.metadata.resource_version.as_deref()?.parse::<u64>().ok();
+    matches!((version(lease), version(known)), (Some(a), Some(b)) if a < b)
+}
+
+/// The task behind [`Leadership`].
+struct Runner {
+    api: Api<Lease>,
+    settings: LeaseSettings,
+    campaign: Campaign,
+    publish: watch::Sender<bool>,
+    gauge: Gauge,
+}
+
+impl Runner {
+    async fn run(
+        mut self,
+        events: impl Stream<Item = Result<Event<Lease>, watcher::Error>>,
+        mut stopped: oneshot::Receiver<()>,
+    ) {
+        let mut events = std::pin::pin!(events);
+        // Objects of a relist, until it completes: absent from it means deleted.
+        let mut relist: Option<Option<Lease>> = None;
+        loop {
+            let now = Instant::now();
+            self.set_leader(self.campaign.is_leader(now));
+            let attempt = self.campaign.next_attempt();
+            let wake = self
+                .campaign
+                .leading_until()
+                .filter(|until| *until > now)
+                .map_or(attempt, |until| until.min(attempt));
+            tokio::select! {
+                biased;
+                _ = &mut stopped => break,
+                event = events.next() => match event {
+                    Some(Ok(Event::Apply(lease))) => self.campaign.observe(Some(lease), Instant::now()),
+                    Some(Ok(Event::Delete(lease))) => self.campaign.deleted(&lease, Instant::now()),
+                    Some(Ok(Event::Init)) => relist = Some(None),
+                    Some(Ok(Event::InitApply(lease))) => relist = Some(Some(lease)),
+                    Some(Ok(Event::InitDone)) => {
+                        if let Some(found) = relist.take() {
+                            self.campaign.observe(found, Instant::now());
+                        }
+                    }
+                    // Without the watch a release is seen only when the claim runs out.
+                    Some(Err(e)) => tracing::warn!(
+                        error = %e,
+                        namespace = %self.settings.namespace,
+                        "lease watch failed; retrying (it needs list/watch on leases.coordination.k8s.io there)"
+                    ),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(wake) => {
+                    if Instant::now() >= self.campaign.next_attempt() {
+                        self.attempt().await;
+                    }
+                }
+            }
+        }
+        self.set_leader(false);
+        self.release().await;
+    }
+
+    fn set_leader(&self, leading: bool) {
+        self.gauge.set(i64::from(leading));
+        self.publish
+            .send_if_modified(|l| std::mem::replace(l, leading) != leading);
+    }
+
+    /// Sends one acquisition, creation or renewal; a holder gives up waiting for it when its
+    /// claim would otherwise outlast what it can be sure of.
+    async fn attempt(&mut self) {
+        let sent = Instant::now();
+        let limit = self
+            .campaign
+            .leading_until()
+            .filter(|until| *until > sent)
+            .map_or(sent + REQUEST_TIMEOUT, |until| {
+                until.min(sent + REQUEST_TIMEOUT)
+            });
+        let params = PostParams::default();
+        let name = &self.settings.name;
+        let request = async {
+            match self.campaign.step(Timestamp::now()) {
+                Step::Create(lease) => self.api.create(&params, &lease).await,
+                Step::Replace(lease) => self.api.replace(name, &params, &lease).await,
+            }
+        };
+        let result = tokio::time::timeout_at(limit, request).await;
+        let now = Instant::now();
+        match result {
+            Ok(Ok(lease)) => self.campaign.won(lease, sent, now),
+            Ok(Err(kube::Error::Api(s))) if s.is_conflict() || s.is_already_exists() => {
+                self.campaign.lost(now);
+                self.reread().await;
+            }
+            Ok(Err(kube::Error::Api(s))) if s.is_not_found() => {
+                self.campaign.observe(None, now);
+            }
+            Ok(Err(source)) => {
+                self.campaign.failed(now);
+                let error = LeaderError {
+                    name: self.settings.name.clone(),
+                    namespace: self.settings.namespace.clone(),
+                    source,
+                };
+                tracing::warn!(%error, "lease attempt failed");
+            }
+            Err(_) => {
+                self.campaign.failed(now);
+                tracing::warn!(lease = %self.settings.name, "lease request timed out");
+            }
+        }
+    }
+
+    /// Reads the Lease after losing a race, so the next decision starts from the winner's.
+    async fn reread(&mut self) {
+        let read = tokio::time::timeout(REQUEST_TIMEOUT, self.api.get_opt(&self.settings.name));
+        if let Ok(Ok(found)) = read.await {
+            self.campaign.observe(found, Instant::now());
+        }
+    }
+
+    /// Gives the Lease up if this replica is its holder on record.
+    async fn release(&self) {
+        let Some(lease) = self.campaign.release(Timestamp::now()) else {
+            return;
+        };
+        let params = PostParams::default();
+        let request = self.api.replace(&self.settings.name, &params, &lease);
+        match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
+            Ok(Ok(_)) => tracing::info!(lease = %self.settings.name, "released the lease"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "releasing the lease failed; it expires on its own")
+            }
+            Err(_) => tracing::warn!("releasing the lease timed out; it expires on its own"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DURATION: Duration = Duration::from_secs(15);
+
+    fn campaign(identity: &str, now: Instant) -> Campaign {
+        let settings = LeaseSettings {
+            name: "wsgate".to_owned(),
+            namespace: "default".to_owned(),
+            identity: identity.to_owned(),
+            duration: DURATION,
+        };
+        Campaign::new(&settings, now)
+    }
+
+    /// The Lease as the API server would return it: held by `holder` at `version`.
+    fn lease(holder: Option<&str>, version: u64, renewed_second: i64) -> Lease {
+        let mut lease = Lease::default();
+        lease.metadata.name = Some("wsgate".to_owned());
+        lease.metadata.resource_version = Some(version.to_string());
+        lease.spec = Some(LeaseSpec {
+            holder_identity: holder.map(str::to_owned),
+            renew_time: Some(MicroTime(Timestamp::from_second(renewed_second).unwrap())),
+            lease_duration_seconds: Some(15),
+            ..LeaseSpec::default()
+        });
+        lease
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_holder_stops_leading_before_any_competitor_may_take_over() {
+        let t0 = Instant::now();
+        let mut a = campaign("a", t0);
+        let mut b = campaign("b", t0);
+        // a's renewal leaves at t0; the server stores it; b sees it no earlier.
+        a.won(lease(Some("a"), 10, 100), t0, t0 + ms(300));
+        b.observe(Some(lease(Some("a"), 10, 100)), t0 + ms(5));
+        // Then nothing more gets through: the API server is away.
+        let until = a.leading_until().expect("a leads");
+        assert!(a.is_leader(until - ms(1)));
+        assert!(!a.is_leader(until));
+        assert!(until <= t0 + DURATION - DURATION / 5);
+        assert!(b.next_attempt() >= t0 + ms(5) + DURATION);
+        assert!(b.next_attempt() > until);
+        assert!(!b.is_leader(b.next_attempt()));
+    }
+
+    #[test]
+    fn claims_last_whole_seconds_and_at_least_three() {
+        let t0 = Instant::now();
+        let mut settings = LeaseSettings {
+            name: "wsgate".to_owned(),
+            namespace: "default".to_owned(),
+            identity: "a".to_owned(),
+            duration: Duration::from_millis(3500),
+        };
+        assert_eq!(
+            Campaign::new(&settings, t0).duration,
+            Duration::from_secs(3)
+        );
+        settings.duration = Duration::from_secs(1);
+        let a = Campaign::new(&settings, t0);
+        let Step::Create(created) = a.step(Timestamp::from_second(200).unwrap()) else {
+            panic!("a missing Lease is created");
+        };
+        let spec = created.spec.expect("spec");
+        assert_eq!(spec.lease_duration_seconds, Some(3));
+    }
+
+    #[test]
+    fn failed_renewals_do_not_extend_the_claim() {
+        let t0 = Instant::now();
+        let mut a = campaign("a", t0);
+        a.won(lease(Some("a"), 10, 100), t0, t0 + ms(20));
+        let until = a.leading_until().expect("a leads");
+        assert_eq!(a.next_attempt(), t0 + DURATION / 3);
+        for k in 1..20 {
+            a.failed(t0 + DURATION / 3 + ms(k * 500));
+        }
+        assert_eq!(a.leading_until(), Some(until));
+        assert!(!a.is_leader(until));
+    }
+
+    #[test]
+    fn a_lease_held_by_another_is_taken_only_after_its_claim_runs_out_unrenewed() {
+        let t0 = Instant::now();
+        let mut b = campaign("b", t0);
+        b.observe(Some(lease(Some("a"), 10, 100)), t0);
+        assert_eq!(b.next_attempt(), t0 + DURATION);
+        // A renewal seen restarts the wait; the same record seen again does not.
+        b.observe(Some(lease(Some("a"), 11, 105)), t0 + ms(5000));
+        b.observe(Some(lease(Some("a"), 11, 105)), t0 + ms(9000));
+        assert_eq!(b.next_attempt(), t0 + ms(5000) + DURATION);
+        let Step::Replace(taken) = b.step(Timestamp::from_second(200).unwrap()) else {
+            panic!("expected a replace of the version seen");
+        };
+        assert_eq!(taken.metadata.resource_version.as_deref(), Some("11"));
+        let spec = taken.spec.expect("spec");
+        assert_eq!(spec.holder_identity.as_deref(), Some("b"));
+        assert_eq!(spec.lease_transitions, Some(1));
+    }
+
+    #[test]
+    fn a_released_lease_is_taken_at_once() {
+        let t0 = Instant::now();
+        let mut b = campaign("b", t0);
+        b.observe(Some(lease(Some("a"), 10, 100)), t0);
+        b.observe(Some(lease(Some(""), 11, 101)), t0 + ms(100));
+        assert!(b.next_attempt() <= t0 + ms(100));
+        b.observe(Some(lease(None, 12, 101)), t0 + ms(200));
+        assert!(b.next_attempt() <= t0 + ms(200));
+    }
+
+    #[test]
+    fn the_holder_releases_only_a_lease_it_holds_on_record() {
+        let t0 = Instant::now();
+        let mut a = campaign("a", t0);
+        a.observe(Some(lease(Some("b"), 10, 100)), t0);
+        assert!(a.release(Timestamp::from_second(200).unwrap()).is_none());
+        a.won(lease(Some("a"), 11, 100), t0, t0);
+        let released = a
+            .release(Timestamp::from_second(200).unwrap())
+            .expect("release");
+        assert_eq!(released.metadata.resource_version.as_deref(), Some("11"));
+        let spec = released.spec.expect("spec");
+        assert_eq!(spec.holder_identity, None);
+        assert_eq!(spec.lease_duration_seconds, Some(1));
+    }
+
+    #[test]
+    fn a_deleted_lease_stops_its_holder_which_may_recreate_it_at_once() {
+        let t0 = Instant::now();
+        let mut a = campaign("a", t0);
+        a.won(lease(Some("a"), 10, 100), t0, t0);
+        a.deleted(&lease(Some("a"), 12, 100), t0 + ms(1000));
+        assert!(!a.is_leader(t0 + ms(1000)));
+        assert!(a.next_attempt() <= t0 + ms(1000));
+        assert!(matches!(
+            a.step(Timestamp::from_second(200).unwrap()),
+            Step::Create(_)
+        ));
+    }
+
+    #[test]
+    fn others_recreate_a_deleted_lease_only_once_its_last_claim_ran_out() {
+        let t0 = Instant::now();
+        let mut b = campaign("b", t0);
+        b.observe(Some(lease(Some("a"), 10, 100)), t0);
+        b.deleted(&lease(Some("a"), 12, 100), t0 + ms(1000));
+        assert_eq!(b.next_attempt(), t0 + DURATION);
+        assert!(matches!(
+            b.step(Timestamp::from_second(200).unwrap()),
+            Step::Create(_)
+        ));
+        // A replica that never saw a holder creates it at once.
+        let c = campaign("c", t0);
+        assert!(c.next_attempt() <= t0);
+    }
+
+    #[test]
+    fn a_stale_watch_event_does_not_undo_a_newer_write() {
+        let t0 = Instant::now();
+        let mut a = campaign("a", t0);
+        a.won(lease(Some("a"), 20, 100), t0, t0);
+        // The release a replaced, and the deletion before a recreated it, arrive late.
+        a.observe(Some(lease(None, 19, 99)), t0 + ms(10));
+        a.deleted(&lease(Some("b"), 18, 98), t0 + ms(20));
+        assert!(a.is_leader(t0 + ms(30)));
+    }
+
+    #[test]
+    fn a_takeover_or_a_lost_race_stops_leading_at_once() {
+        let t0 = Instant::now();
+        let mut a = campaign("a", t0);
+        a.won(lease(Some("a"), 10, 100), t0, t0);
+        a.observe(Some(lease(Some("b"), 11, 101)), t0 + ms(10));
+        assert!(!a.is_leader(t0 + ms(10)));
+
+        let mut a = campaign("a", t0);
+        a.won(lease(Some("a"), 10, 100), t0, t0);
+        a.lost(t0 + ms(10));
+        assert!(!a.is_leader(t0 + ms(10)));
+        assert!(a.next_attempt() >= t0 + ms(10) + RETRY_AFTER);
     }
 }

@@ -100,9 +100,12 @@ impl StatusReporter {
         loop {
             let leading = *leader.borrow_and_update();
             published.borrow_and_update();
-            self.gateway.metrics().leader.set(i64::from(leading));
             let failed = if leading {
-                !self.report().await
+                // Leadership can end mid-write (its claim about to run out): stop writing at once.
+                tokio::select! {
+                    ok = self.report() => !ok,
+                    _ = leader.wait_for(|l| !*l) => false,
+                }
             } else {
                 // Another replica writes meanwhile; what this one wrote may be stale.
                 self.written.clear();
