@@ -51,6 +51,20 @@ pub enum Command {
     Check(CheckArgs),
     /// Print the WebSocketRoute CustomResourceDefinition.
     Crd,
+    /// Check that a running gateway answers: admin `/readyz` is 200, and the proxy answers
+    /// a handshake for an unrouted host with its 404 (what `helm test` runs).
+    Probe(ProbeArgs),
+}
+
+/// Flags of `wsgate probe`.
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The admin listener, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub admin: String,
+    /// The proxy listener, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub proxy: String,
 }
 
 /// Flags of `wsgate standalone`.

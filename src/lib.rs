@@ -30,6 +30,7 @@ pub mod controller;
 mod memo;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
 pub mod proxy;
 pub mod route;
 pub mod server;

@@ -43,6 +43,19 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Probe(args) => {
+            let probe = wsgate::probe::run(&args.admin, &args.proxy);
+            match block_on(probe) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wsgate probe: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Controller(args) => match block_on(wsgate::controller::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -61,7 +74,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs `future` on a multi-threaded runtime.
-fn block_on<E>(future: impl std::future::Future<Output = Result<(), E>>) -> anyhow::Result<()>
+fn block_on<T, E>(future: impl std::future::Future<Output = Result<T, E>>) -> anyhow::Result<T>
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -69,6 +82,5 @@ where
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(future)?;
-    Ok(())
+    Ok(runtime.block_on(future)?)
 }

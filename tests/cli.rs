@@ -1,4 +1,4 @@
-//! The `wsgate` commands that do not serve: `check` and `crd`, through the real binary.
+//! The `wsgate` commands that do not serve: `check`, `crd` and `probe`, through the real binary.
 
 mod support;
 
@@ -153,4 +153,53 @@ fn standalone_with_a_missing_routes_path_fails_with_a_hint() {
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--routes"));
+}
+
+/// Runs `wsgate probe` against these listeners.
+async fn probe(
+    admin: std::net::SocketAddr,
+    proxy: std::net::SocketAddr,
+) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(support::bin())
+        .args([
+            "probe",
+            "--admin",
+            &admin.to_string(),
+            "--proxy",
+            &proxy.to_string(),
+        ])
+        .output()
+        .await
+        .expect("run probe");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn probe_passes_on_a_serving_gateway_and_fails_on_anything_else() {
+    let up = support::Upstream::start().await;
+    let gate = support::Gate::start(
+        &[("a.yaml", route("a", "a.example.test", "{allow: []}"))],
+        &[],
+    )
+    .await;
+    let (code, out, err) = probe(gate.admin, gate.proxy).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("admin /readyz: 200 OK: ready"), "{out}");
+    assert!(
+        out.contains("proxy: 404 Not Found: no route for this host and path"),
+        "{out}"
+    );
+
+    // Another WebSocket server where the proxy should be is not wsgate.
+    let (code, out, err) = probe(gate.admin, up.addr).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("expected 404 no route"), "{err}");
+    drop(gate);
+    let (code, _, err) = probe(up.addr, up.addr).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("expected 200 ready"), "{err}");
 }

@@ -234,14 +234,38 @@ async fn the_chart_lints_renders_and_every_manifest_is_accepted_by_the_api_serve
         assert!(rendered_objects >= 9, "{rendered}");
     }
 
-    // A typo in values fails with a message naming it.
-    let out = run(helm(None).args(["template", "wsgate", CHART, "--set", "replicaCont=3"]));
-    assert!(!out.status.success());
+    // A typo in values fails with a message naming it; so does one inside `resources`, and
+    // a quantity Kubernetes would refuse.
+    for (set, says) in [
+        ("replicaCont=3", "'replicaCont' not allowed"),
+        ("resources.requets.cpu=1", "'requets' not allowed"),
+        ("resources.requests.cpu=lots", "resources/requests/cpu"),
+    ] {
+        let out = run(helm(None).args(["template", "wsgate", CHART, "--set", set]));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(stderr.contains(says), "{set}: {stderr}");
+    }
+
+    // By default the replicas prefer different nodes, and `helm test` probes the gateway
+    // with its own image; a chosen affinity replaces the default one.
+    let default = run_ok(helm(None).args(["template", "wsgate", CHART]));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("'replicaCont' not allowed"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        default.contains("podAntiAffinity:")
+            && default.contains("topologyKey: kubernetes.io/hostname"),
+        "{default}"
     );
+    assert!(default.contains("\"helm.sh/hook\": test"), "{default}");
+    assert!(default.contains("- probe\n"), "{default}");
+    assert!(default.contains("ephemeral-storage: 64Mi"), "{default}");
+    let unspread = run_ok(helm(None).args([
+        "template",
+        "wsgate",
+        CHART,
+        "--set",
+        "spreadAcrossNodes=false",
+    ]));
+    assert!(!unspread.contains("podAntiAffinity:"), "{unspread}");
 }
 
 /// The example upstream's port is fixed, so the end-to-end tests take turns.
