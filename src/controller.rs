@@ -23,9 +23,13 @@ const RESIGN_WITHIN: Duration = Duration::from_secs(5);
 /// Why controller mode could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
-    /// No usable kubeconfig or in-cluster configuration.
-    #[error("cannot configure a Kubernetes client: {0}; set KUBECONFIG or run in a cluster")]
-    Config(#[source] kube::Error),
+    /// No usable kubeconfig or in-cluster configuration. Not a `#[source]`: the message
+    /// says it.
+    #[error(
+        "cannot configure a Kubernetes client: {}; set KUBECONFIG or run in a cluster",
+        crate::apierror::brief(.0)
+    )]
+    Config(kube::Error),
     /// The routes cannot be listed.
     #[error(transparent)]
     Source(#[from] KubeSourceError),

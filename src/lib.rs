@@ -22,6 +22,7 @@ pub mod accept;
 pub mod access;
 pub mod admin;
 pub mod api;
+pub mod apierror;
 pub mod auth;
 pub mod check;
 pub mod compile;

@@ -1074,6 +1074,44 @@ async fn start_up_errors_say_what_to_fix() {
             && !log.contains("carried no credentials"),
         "{log}"
     );
+
+    // Everything but the Lease: one short line that says what to grant, no debug dump.
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    let mut role = cluster_role(true);
+    role.rules.iter_mut().flatten().for_each(|r| {
+        r.resources.iter_mut().flatten().for_each(|res| {
+            if res == "leases" {
+                *res = "configmaps".to_owned();
+            }
+        })
+    });
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), &role)
+        .await
+        .expect("create role");
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "wsgate"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "wsgate"},
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "wsgate"}]
+    }))
+    .expect("binding");
+    Api::<ClusterRoleBinding>::all(client)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("create binding");
+    let (code, log) = controller_fails(&plane.kubeconfig_wsgate()).await;
+    assert_eq!(code, Some(1), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("cannot use Lease"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        line.contains("grant get/list/watch/create/update on leases.coordination.k8s.io")
+            && line.contains("(403)")
+            && !line.contains("Status {")
+            && line.len() < 500,
+        "{line}"
+    );
 }
 
 /// Whether the replica at `admin` reports `wsgate_leader 1`; `None` when it does not answer

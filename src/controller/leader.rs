@@ -54,13 +54,14 @@ pub struct LeaseSettings {
 /// Why the Lease cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "cannot use Lease {namespace}/{name}: {source}; grant get/list/watch/create/update on leases.coordination.k8s.io in {namespace}, or pick another with --lease-namespace"
+    "cannot use Lease {namespace}/{name}: {}; grant get/list/watch/create/update on leases.coordination.k8s.io in {namespace}, or pick another with --lease-namespace",
+    crate::apierror::brief(cause)
 )]
 pub struct LeaderError {
     name: String,
     namespace: String,
-    #[source]
-    source: kube::Error,
+    /// Not a `#[source]`: the message already says it, briefly (`apierror::brief`).
+    cause: kube::Error,
 }
 
 /// A running campaign for the Lease.
@@ -80,10 +81,10 @@ impl Leadership {
         gauge: Gauge,
     ) -> Result<Leadership, LeaderError> {
         let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
-        let error = |source| LeaderError {
+        let error = |cause| LeaderError {
             name: settings.name.clone(),
             namespace: settings.namespace.clone(),
-            source,
+            cause,
         };
         let found = api.get_opt(&settings.name).await.map_err(error)?;
         let mut campaign = Campaign::new(settings, Instant::now());
@@ -463,12 +464,12 @@ impl Runner {
             Ok(Err(kube::Error::Api(s))) if s.is_not_found() => {
                 self.campaign.observe(None, now);
             }
-            Ok(Err(source)) => {
+            Ok(Err(cause)) => {
                 self.campaign.failed(now);
                 let error = LeaderError {
                     name: self.settings.name.clone(),
                     namespace: self.settings.namespace.clone(),
-                    source,
+                    cause,
                 };
                 tracing::warn!(%error, "lease attempt failed");
             }
@@ -497,7 +498,8 @@ impl Runner {
         match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
             Ok(Ok(_)) => tracing::info!(lease = %self.settings.name, "released the lease"),
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "releasing the lease failed; it expires on its own")
+                let error = crate::apierror::brief(&e);
+                tracing::warn!(%error, "releasing the lease failed; it expires on its own")
             }
             Err(_) => tracing::warn!("releasing the lease timed out; it expires on its own"),
         }

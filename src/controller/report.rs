@@ -228,7 +228,7 @@ async fn write(client: &Client, recorder: &Recorder, metrics: &Metrics, w: Write
         .await;
         let error = match result {
             Ok(Ok(_)) => None,
-            Ok(Err(e)) => Some(e.to_string()),
+            Ok(Err(e)) => Some(crate::apierror::brief(&e)),
             Err(_) => Some(format!("no answer within {}s", WRITE_TIMEOUT.as_secs())),
         };
         metrics
@@ -249,7 +249,8 @@ async fn write(client: &Client, recorder: &Recorder, metrics: &Metrics, w: Write
             match tokio::time::timeout(WRITE_TIMEOUT, recorder.publish(event, &reference)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!(route = %w.key, error = %e, "publishing an Event failed")
+                    let error = crate::apierror::brief(&e);
+                    tracing::warn!(route = %w.key, %error, "publishing an Event failed")
                 }
                 Err(_) => tracing::warn!(route = %w.key, "publishing an Event timed out"),
             }

@@ -57,9 +57,10 @@ pub enum KubeSourceError {
         /// A hint when the request carried no credentials at all.
         anonymous: &'static str,
     },
-    /// Anything else: the API server cannot be reached, or failed.
-    #[error("cannot list WebSocketRoutes: {0}")]
-    Unreachable(#[source] kube::Error),
+    /// Anything else: the API server cannot be reached, or failed. Not a `#[source]`: the
+    /// message already says it, briefly.
+    #[error("cannot list WebSocketRoutes: {}", crate::apierror::brief(.0))]
+    Unreachable(kube::Error),
 }
 
 impl KubeSourceError {
@@ -374,7 +375,8 @@ impl SecretCache {
                 }
                 Err(e) => {
                     let (namespace, name) = &key;
-                    tracing::warn!(secret = %format!("{namespace}/{name}"), error = %e, "cannot read a Secret a route names; trying again shortly");
+                    let error = crate::apierror::brief(&e);
+                    tracing::warn!(secret = %format!("{namespace}/{name}"), %error, "cannot read a Secret a route names; trying again shortly");
                     self.retry = Some(SECRET_RETRY);
                 }
             }
