@@ -654,19 +654,16 @@ fn cluster_role(with_slices: bool) -> k8s_openapi::api::rbac::v1::ClusterRole {
         .expect("cluster role")
 }
 
-#[tokio::test]
-async fn readyz_waits_for_every_initial_list_and_the_documented_rbac_suffices() {
+/// Creates ClusterRole `role` and binds it to the user `wsgate`.
+async fn grant_wsgate(client: &kube::Client, role: &k8s_openapi::api::rbac::v1::ClusterRole) {
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-    let (plane, client) = ControlPlane::with_crd().await;
-    let up = Upstream::start().await;
-    let roles: Api<ClusterRole> = Api::all(client.clone());
-    roles
-        .create(&PostParams::default(), &cluster_role(false))
+    Api::<ClusterRole>::all(client.clone())
+        .create(&PostParams::default(), role)
         .await
         .expect("create role");
     let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
         "metadata": {"name": "wsgate"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "wsgate"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role.metadata.name},
         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "wsgate"}]
     }))
     .expect("binding");
@@ -674,6 +671,14 @@ async fn readyz_waits_for_every_initial_list_and_the_documented_rbac_suffices() 
         .create(&PostParams::default(), &binding)
         .await
         .expect("create binding");
+}
+
+#[tokio::test]
+async fn readyz_waits_for_every_initial_list_and_the_documented_rbac_suffices() {
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    let (plane, client) = ControlPlane::with_crd().await;
+    let up = Upstream::start().await;
+    grant_wsgate(&client, &cluster_role(false)).await;
     let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
     api.create(&PostParams::default(), &route("chat", &up.url()))
         .await
@@ -699,7 +704,7 @@ async fn readyz_waits_for_every_initial_list_and_the_documented_rbac_suffices() 
 
     // Granted: the list completes, the first snapshot serves, status is written.
     let grant = serde_json::json!({"rules": cluster_role(true).rules});
-    roles
+    Api::<ClusterRole>::all(client.clone())
         .patch("wsgate", &PatchParams::default(), &Patch::Merge(&grant))
         .await
         .expect("grant endpointslices");
@@ -1076,7 +1081,6 @@ async fn start_up_errors_say_what_to_fix() {
     );
 
     // Everything but the Lease: one short line that says what to grant, no debug dump.
-    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
     let mut role = cluster_role(true);
     role.rules.iter_mut().flatten().for_each(|r| {
         r.resources.iter_mut().flatten().for_each(|res| {
@@ -1085,20 +1089,7 @@ async fn start_up_errors_say_what_to_fix() {
             }
         })
     });
-    Api::<ClusterRole>::all(client.clone())
-        .create(&PostParams::default(), &role)
-        .await
-        .expect("create role");
-    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
-        "metadata": {"name": "wsgate"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "wsgate"},
-        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "wsgate"}]
-    }))
-    .expect("binding");
-    Api::<ClusterRoleBinding>::all(client)
-        .create(&PostParams::default(), &binding)
-        .await
-        .expect("create binding");
+    grant_wsgate(&client, &role).await;
     let (code, log) = controller_fails(&plane.kubeconfig_wsgate()).await;
     assert_eq!(code, Some(1), "{log}");
     let line = log
