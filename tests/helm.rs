@@ -573,3 +573,76 @@ async fn the_pods_pass_the_restricted_pod_security_standard_and_drain_in_time() 
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The (resource, verb) pairs a README sentence grants: `verb`, ... on `resource`, ...
+/// statements separated by `;`, notes in parentheses left out, API groups dropped.
+fn documented_rights(text: &str) -> std::collections::BTreeSet<(String, String)> {
+    let mut plain = String::new();
+    let mut depth = 0;
+    for c in text.chars() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            _ if depth == 0 => plain.push(c),
+            _ => {}
+        }
+    }
+    let ticked =
+        |s: &str| -> Vec<String> { s.split('`').skip(1).step_by(2).map(str::to_owned).collect() };
+    let mut rights = std::collections::BTreeSet::new();
+    for statement in plain.split(';') {
+        let Some((verbs, resources)) = statement.split_once(" on ") else {
+            continue;
+        };
+        for resource in ticked(resources) {
+            // `discovery.k8s.io/endpointslices` → endpointslices; `websocketroutes.wsgate.dev`
+            // → websocketroutes; `websocketroutes/status` stays.
+            let resource = match resource.split_once('/') {
+                Some((group, rest)) if group.contains('.') => rest.to_owned(),
+                _ => resource.split('.').next().unwrap_or_default().to_owned(),
+            };
+            for verb in ticked(verbs) {
+                rights.insert((resource.clone(), verb));
+            }
+        }
+    }
+    rights
+}
+
+#[test]
+fn the_readmes_rbac_list_is_what_the_chart_grants() {
+    let readme = std::fs::read_to_string(format!("{ROOT}/README.md")).expect("README");
+    let bullet: String = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("- **RBAC** the controller needs:"))
+        .take_while(|l| !l.trim().is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let documented =
+        documented_rights(bullet.trim_start_matches("- **RBAC** the controller needs:"));
+    let rendered = run_ok(helm(None).args(["template", "wsgate", CHART]));
+    let mut granted = std::collections::BTreeSet::new();
+    for doc in rendered.split("\n---") {
+        let Ok(object) = serde_saphyr::from_str::<serde_json::Value>(doc) else {
+            continue;
+        };
+        if !matches!(object["kind"].as_str(), Some("ClusterRole" | "Role")) {
+            continue;
+        }
+        for rule in object["rules"].as_array().into_iter().flatten() {
+            for resource in rule["resources"].as_array().into_iter().flatten() {
+                for verb in rule["verbs"].as_array().into_iter().flatten() {
+                    granted.insert((
+                        resource.as_str().expect("resource").to_owned(),
+                        verb.as_str().expect("verb").to_owned(),
+                    ));
+                }
+            }
+        }
+    }
+    assert!(!granted.is_empty(), "{rendered}");
+    assert_eq!(
+        documented, granted,
+        "README's RBAC list and the chart's Roles differ"
+    );
+}
