@@ -588,7 +588,7 @@ async fn an_api_server_outage_drops_nothing_and_the_controller_resyncs_after() {
 
     plane.stop_apiserver();
     gate.wait_for(
-        || async { gate.log().contains("watch failed") },
+        || async { gate.log().contains("watch stale") },
         "the controller to notice",
     )
     .await;
@@ -941,5 +941,53 @@ async fn a_tls_route_waits_for_its_secret_then_serves_and_follows_its_rotation()
     assert_eq!(
         live.next().await.expect("reply").expect("ok"),
         Message::text("still here")
+    );
+}
+
+#[tokio::test]
+async fn an_edit_right_after_an_api_server_outage_is_enforced_within_seconds() {
+    let (mut plane, client) = ControlPlane::with_crd().await;
+    let up = Upstream::start().await;
+    let gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    let other = "https://other.example.test";
+    let mut chat = route("chat", &up.url());
+    chat.spec.origins.allow = vec![APP.into(), other.into()];
+    create_ready(&api, chat).await;
+    let (mut from_other, _) = connect(gate.proxy, HOST, "/ws", Some(other), &[])
+        .await
+        .expect("other is allowed");
+
+    plane.stop_apiserver();
+    gate.wait_for(
+        || async { gate.log().contains("watch stale") },
+        "the controller to notice",
+    )
+    .await;
+    // Long enough for an unbounded backoff to grow past several seconds; longer outages
+    // (e.g. 30 s, to measure) through WSGATE_TEST_OUTAGE_SECS.
+    let outage = std::env::var("WSGATE_TEST_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    tokio::time::sleep(Duration::from_secs(outage)).await;
+
+    plane.start_apiserver();
+    let answering = tokio::time::Instant::now();
+    let api: Api<WebSocketRoute> = Api::namespaced(plane.client().await, "default");
+    let patch = serde_json::json!({"spec": {"origins": {"allow": [APP]}}});
+    api.patch("chat", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("edit allowlist");
+    assert_eq!(close_code(&mut from_other).await.0, 1008);
+    eprintln!(
+        "after a {outage} s outage, the edit was enforced {:.2} s after the API server answered",
+        answering.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(other), &[])
+            .await
+            .err(),
+        Some(403)
     );
 }
