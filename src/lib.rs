@@ -27,6 +27,7 @@ pub mod check;
 pub mod compile;
 pub mod config;
 pub mod controller;
+pub mod logging;
 mod memo;
 pub mod metrics;
 pub mod policy;

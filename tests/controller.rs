@@ -944,8 +944,16 @@ async fn a_tls_route_waits_for_its_secret_then_serves_and_follows_its_rotation()
     );
 }
 
+/// The kinds the controller watches, as `wsgate_watch_stale_seconds` labels them.
+const KINDS: [&str; 4] = ["WebSocketRoute", "Service", "EndpointSlice", "Secret"];
+
+/// `kind`'s staleness sample.
+fn stale_seconds(kind: &str) -> String {
+    format!("wsgate_watch_stale_seconds{{kind=\"{kind}\"}}")
+}
+
 #[tokio::test]
-async fn an_edit_right_after_an_api_server_outage_is_enforced_within_seconds() {
+async fn an_edit_after_an_api_server_outage_applies_at_once_and_staleness_is_reported() {
     let (mut plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
     let gate = controller(&plane, "solo").await;
@@ -957,11 +965,18 @@ async fn an_edit_right_after_an_api_server_outage_is_enforced_within_seconds() {
     let (mut from_other, _) = connect(gate.proxy, HOST, "/ws", Some(other), &[])
         .await
         .expect("other is allowed");
+    for kind in KINDS {
+        assert_eq!(gate.metric(&stale_seconds(kind)).await, Some(0.0), "{kind}");
+    }
 
     plane.stop_apiserver();
+    let before_outage = gate.log().len();
     gate.wait_for(
-        || async { gate.log().contains("watch stale") },
-        "the controller to notice",
+        || async {
+            let stale = gate.metric(&stale_seconds("WebSocketRoute")).await;
+            stale.is_some_and(|s| s >= 1.0)
+        },
+        "the routes' staleness to grow",
     )
     .await;
     // Long enough for an unbounded backoff to grow past several seconds; longer outages
@@ -989,5 +1004,36 @@ async fn an_edit_right_after_an_api_server_outage_is_enforced_within_seconds() {
             .await
             .err(),
         Some(403)
+    );
+
+    for kind in KINDS {
+        gate.wait_for(
+            || async { gate.metric(&stale_seconds(kind)).await == Some(0.0) },
+            &format!("{kind} to be current again"),
+        )
+        .await;
+    }
+    let log = gate.log().split_off(before_outage);
+    for kind in KINDS {
+        let lines = |what: &str| {
+            log.lines()
+                .filter(|l| l.contains(what) && l.contains(&format!("kind=\"{kind}\"")))
+                .count()
+        };
+        assert_eq!(
+            lines(" WARN "),
+            1,
+            "one warning that {kind} is stale:\n{log}"
+        );
+        assert_eq!(lines("watch caught up"), 1, "{kind} caught up:\n{log}");
+    }
+    // Besides those four, the client libraries' own complaints, at most one per call site.
+    let loud = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .count();
+    assert!(
+        loud <= KINDS.len() + 4,
+        "{loud} warnings and errors:\n{log}"
     );
 }
