@@ -199,6 +199,11 @@ async fn ready(client: &Client) -> Result<(), kube::Error> {
         .body(Vec::new())
         .map_err(kube::Error::HttpError)?;
     match client.request_text(request).await {
+        // Its body lists every check, one a line: too much for a log line.
+        Err(kube::Error::Api(status)) if Trouble::of_code(status.code).unready() => {
+            let brief = kube::core::Status::failure("/readyz: not ready", "NotReady");
+            Err(kube::Error::Api(Box::new(brief.with_code(status.code))))
+        }
         Err(e) if Trouble::of(&e).unready() => Err(e),
         _ => Ok(()),
     }
