@@ -969,8 +969,8 @@ async fn an_edit_after_an_api_server_outage_applies_at_once_and_staleness_is_rep
         assert_eq!(gate.metric(&stale_seconds(kind)).await, Some(0.0), "{kind}");
     }
 
-    plane.stop_apiserver();
     let before_outage = gate.log().len();
+    plane.stop_apiserver();
     gate.wait_for(
         || async {
             let stale = gate.metric(&stale_seconds("WebSocketRoute")).await;
@@ -987,6 +987,7 @@ async fn an_edit_after_an_api_server_outage_applies_at_once_and_staleness_is_rep
         .unwrap_or(8);
     tokio::time::sleep(Duration::from_secs(outage)).await;
 
+    // Returns once the API server's /readyz is 200: "answered" below.
     plane.start_apiserver();
     let answering = tokio::time::Instant::now();
     let api: Api<WebSocketRoute> = Api::namespaced(plane.client().await, "default");

@@ -4,7 +4,7 @@
 //! resourceVersion changes), so the controller never holds other Secrets' data. Every change
 //! that can alter a verdict publishes a new snapshot; changes that cannot (a route's status,
 //! a Service no route names) are ignored. Writing status back is `controller::report`'s job.
-//! How the watches ride out API server trouble is in [`resync`].
+//! How the watches ride out API server trouble is in `resync`.
 
 mod resync;
 
