@@ -126,9 +126,9 @@ impl Backoff {
     }
 }
 
-/// How many times in a row a relist waits for `/readyz` before it goes ahead anyway (about
-/// ten seconds of not-ready answers), so an API server that serves but never reports ready
-/// cannot keep a watch stale for good.
+/// How many not-ready answers from `/readyz` in a row a relist waits through before it goes
+/// ahead anyway (about ten seconds of them), so an API server that serves but never reports
+/// ready cannot keep a watch stale for good.
 const READY_CHECKS: u32 = 50;
 
 /// `watcher(api, config)`, started over from a fresh list after every error, following a
@@ -159,15 +159,14 @@ where
         if let Some(checks) = s.unready {
             match ready(&s.client).await {
                 Err(e) if checks < READY_CHECKS => {
-                    s.unready = Some(checks + 1);
                     let trouble = Trouble::of(&e);
                     let pause = s.backoff.after(trouble);
                     // A server that answers is asked again soon: the check is cheap, and it
                     // is ready any moment now.
-                    s.pause = if trouble == Trouble::Unreachable {
-                        pause
+                    (s.pause, s.unready) = if trouble == Trouble::Unreachable {
+                        (pause, Some(checks))
                     } else {
-                        FIRST_RETRY
+                        (FIRST_RETRY, Some(checks + 1))
                     };
                     return Some((Err(watcher::Error::InitialListFailed(e)), s));
                 }
