@@ -953,18 +953,21 @@ fn stale_seconds(kind: &str) -> String {
 }
 
 #[tokio::test]
-async fn an_edit_after_an_api_server_outage_applies_at_once_and_staleness_is_reported() {
+async fn edits_during_and_after_an_api_server_outage_apply_at_once_and_staleness_is_reported() {
     let (mut plane, client) = ControlPlane::with_crd().await;
     let up = Upstream::start().await;
     let gate = controller(&plane, "solo").await;
     let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
-    let other = "https://other.example.test";
+    let (during, after) = ("https://during.example.test", "https://after.example.test");
     let mut chat = route("chat", &up.url());
-    chat.spec.origins.allow = vec![APP.into(), other.into()];
+    chat.spec.origins.allow = vec![APP.into(), during.into(), after.into()];
     create_ready(&api, chat).await;
-    let (mut from_other, _) = connect(gate.proxy, HOST, "/ws", Some(other), &[])
+    let (mut from_during, _) = connect(gate.proxy, HOST, "/ws", Some(during), &[])
         .await
-        .expect("other is allowed");
+        .expect("allowed before the outage");
+    let (mut from_after, _) = connect(gate.proxy, HOST, "/ws", Some(after), &[])
+        .await
+        .expect("allowed before the outage");
     for kind in KINDS {
         assert_eq!(gate.metric(&stale_seconds(kind)).await, Some(0.0), "{kind}");
     }
@@ -985,27 +988,40 @@ async fn an_edit_after_an_api_server_outage_applies_at_once_and_staleness_is_rep
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
-    tokio::time::sleep(Duration::from_secs(outage)).await;
+    tokio::time::sleep(Duration::from_secs(outage / 2)).await;
+    // As another API server in front of the same etcd would.
+    plane.edit_in_etcd("/registry/wsgate.dev/websocketroutes/default/chat", |r| {
+        r["spec"]["origins"]["allow"] = serde_json::json!([APP, after]);
+        r["metadata"]["generation"] =
+            (r["metadata"]["generation"].as_i64().unwrap_or(1) + 1).into();
+    });
+    tokio::time::sleep(Duration::from_secs(outage - outage / 2)).await;
 
     // Returns once the API server's /readyz is 200: "answered" below.
     plane.start_apiserver();
     let answering = tokio::time::Instant::now();
     let api: Api<WebSocketRoute> = Api::namespaced(plane.client().await, "default");
+    let enforced = async |ws: &mut Client, what: &str| {
+        assert_eq!(close_code(ws).await.0, 1008, "{what}");
+        eprintln!(
+            "after a {outage} s outage, the edit {what} was enforced {:.2} s after the API server answered",
+            answering.elapsed().as_secs_f64()
+        );
+    };
+    enforced(&mut from_during, "made during it").await;
     let patch = serde_json::json!({"spec": {"origins": {"allow": [APP]}}});
     api.patch("chat", &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .expect("edit allowlist");
-    assert_eq!(close_code(&mut from_other).await.0, 1008);
-    eprintln!(
-        "after a {outage} s outage, the edit was enforced {:.2} s after the API server answered",
-        answering.elapsed().as_secs_f64()
-    );
-    assert_eq!(
-        connect(gate.proxy, HOST, "/ws", Some(other), &[])
-            .await
-            .err(),
-        Some(403)
-    );
+    enforced(&mut from_after, "made right after it").await;
+    for origin in [during, after] {
+        assert_eq!(
+            connect(gate.proxy, HOST, "/ws", Some(origin), &[])
+                .await
+                .err(),
+            Some(403)
+        );
+    }
 
     for kind in KINDS {
         gate.wait_for(
