@@ -28,6 +28,7 @@ pub mod check;
 pub mod compile;
 pub mod config;
 pub mod controller;
+pub mod logging;
 mod memo;
 pub mod metrics;
 pub mod policy;

@@ -6,12 +6,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use wsgate::config::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
+    let filter = wsgate::logging::filter(&cli.log).unwrap_or_else(|e| {
         eprintln!(
             "wsgate: --log `{}` is not a valid filter ({e}); using `info`",
             cli.log
@@ -21,9 +23,14 @@ fn main() -> ExitCode {
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    let quiet = wsgate::logging::QuietLibraries::default();
     match cli.log_format {
-        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(quiet)
+            .init(),
+        LogFormat::Json => logs.json().finish().with(quiet).init(),
     }
 
     match cli.command {

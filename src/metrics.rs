@@ -1,12 +1,15 @@
 //! The Prometheus metric families wsgate exports on `/metrics`, and the one registry that
 //! holds them. Counting only; no HTTP here.
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -61,6 +64,50 @@ pub struct WriteLabels {
     pub result: &'static str,
 }
 
+/// Labels of per-kind watch metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    /// `WebSocketRoute`, `Service`, `EndpointSlice` or `Secret`.
+    kind: &'static str,
+}
+
+/// Since when each watched kind's view has not been known current (controller mode), for
+/// `wsgate_watch_stale_seconds`; computed at scrape time, so it grows between changes.
+#[derive(Clone, Debug, Default)]
+pub struct WatchStaleness(Arc<Mutex<BTreeMap<&'static str, Option<Instant>>>>);
+
+impl WatchStaleness {
+    /// Records that `kind`'s view is current (`None`) or has not been since `since`.
+    pub fn set(&self, kind: &'static str, since: Option<Instant>) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(kind, since);
+    }
+}
+
+impl Collector for WatchStaleness {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let kinds = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let gauge = ConstGauge::new(0.0);
+        let mut family = encoder.encode_descriptor(
+            "watch_stale_seconds",
+            "Seconds since this kind's view of the API server was last known current; 0 while its watches are up",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (kind, since) in kinds {
+            let seconds = since.map_or(0.0, |s| s.elapsed().as_secs_f64());
+            ConstGauge::new(seconds).encode(family.encode_family(&KindLabels { kind })?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Every metric family, registered once.
 #[derive(Clone)]
 pub struct Metrics {
@@ -93,6 +140,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// Route status writes by result (controller mode, leader only).
     pub status_writes: Family<WriteLabels, Counter>,
+    /// How stale each watched kind is (controller mode).
+    pub watch_staleness: WatchStaleness,
     /// The route label of handshakes no route matched (empty), made once.
     no_route: Arc<str>,
 }
@@ -134,6 +183,7 @@ impl Metrics {
             ),
             leader: Gauge::default(),
             status_writes: Family::default(),
+            watch_staleness: WatchStaleness::default(),
             no_route: Arc::from(""),
         };
         registry.register(
@@ -206,6 +256,7 @@ impl Metrics {
             "Route status writes to the API server, by result",
             m.status_writes.clone(),
         );
+        registry.register_collector(Box::new(m.watch_staleness.clone()));
         Metrics {
             registry: Arc::new(registry),
             ..m
@@ -251,5 +302,30 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn watch_staleness_is_zero_while_current_and_grows_while_not() {
+        let m = Metrics::new();
+        m.watch_staleness.set("Service", None);
+        m.watch_staleness.set(
+            "Secret",
+            Instant::now().checked_sub(std::time::Duration::from_secs(5)),
+        );
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE wsgate_watch_stale_seconds gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"wsgate_watch_stale_seconds{kind="Service"} 0.0"#),
+            "{text}"
+        );
+        let secret: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(r#"wsgate_watch_stale_seconds{kind="Secret"} "#))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Secret sample: {text}"));
+        assert!((5.0..60.0).contains(&secret), "{secret}");
     }
 }

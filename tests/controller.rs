@@ -596,7 +596,7 @@ async fn an_api_server_outage_drops_nothing_and_the_controller_resyncs_after() {
 
     plane.stop_apiserver();
     gate.wait_for(
-        || async { gate.log().contains("watch failed") },
+        || async { gate.log().contains("watch stale") },
         "the controller to notice",
     )
     .await;
@@ -1328,4 +1328,115 @@ async fn a_leader_cut_off_from_the_api_server_stops_leading_and_leads_again_afte
     plane.start_apiserver();
     let client = plane.client().await;
     wait_leading(&a, &client, "a").await;
+}
+
+/// The kinds the controller watches, as `wsgate_watch_stale_seconds` labels them.
+const KINDS: [&str; 4] = ["WebSocketRoute", "Service", "EndpointSlice", "Secret"];
+
+/// `kind`'s staleness sample.
+fn stale_seconds(kind: &str) -> String {
+    format!("wsgate_watch_stale_seconds{{kind=\"{kind}\"}}")
+}
+
+#[tokio::test]
+async fn edits_during_and_after_an_api_server_outage_apply_at_once_and_staleness_is_reported() {
+    let (mut plane, client) = ControlPlane::with_crd().await;
+    let up = Upstream::start().await;
+    let gate = controller(&plane, "solo").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    let (during, after) = ("https://during.example.test", "https://after.example.test");
+    let mut chat = route("chat", &up.url());
+    chat.spec.origins.allow = vec![APP.into(), during.into(), after.into()];
+    create_ready(&api, chat).await;
+    let (mut from_during, _) = connect(gate.proxy, HOST, "/ws", Some(during), &[])
+        .await
+        .expect("allowed before the outage");
+    let (mut from_after, _) = connect(gate.proxy, HOST, "/ws", Some(after), &[])
+        .await
+        .expect("allowed before the outage");
+    for kind in KINDS {
+        assert_eq!(gate.metric(&stale_seconds(kind)).await, Some(0.0), "{kind}");
+    }
+
+    let before_outage = gate.log().len();
+    plane.stop_apiserver();
+    gate.wait_for(
+        || async {
+            let stale = gate.metric(&stale_seconds("WebSocketRoute")).await;
+            stale.is_some_and(|s| s >= 1.0)
+        },
+        "the routes' staleness to grow",
+    )
+    .await;
+    // Long enough for an unbounded backoff to grow past several seconds; longer outages
+    // (e.g. 30 s, to measure) through WSGATE_TEST_OUTAGE_SECS.
+    let outage = std::env::var("WSGATE_TEST_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8);
+    tokio::time::sleep(Duration::from_secs(outage / 2)).await;
+    // As another API server in front of the same etcd would.
+    plane.edit_in_etcd("/registry/wsgate.dev/websocketroutes/default/chat", |r| {
+        r["spec"]["origins"]["allow"] = serde_json::json!([APP, after]);
+        r["metadata"]["generation"] =
+            (r["metadata"]["generation"].as_i64().unwrap_or(1) + 1).into();
+    });
+    tokio::time::sleep(Duration::from_secs(outage - outage / 2)).await;
+
+    // Returns once the API server's /readyz is 200: "answered" below.
+    plane.start_apiserver();
+    let answering = tokio::time::Instant::now();
+    let api: Api<WebSocketRoute> = Api::namespaced(plane.client().await, "default");
+    let enforced = async |ws: &mut Client, what: &str| {
+        assert_eq!(close_code(ws).await.0, 1008, "{what}");
+        eprintln!(
+            "after a {outage} s outage, the edit {what} was enforced {:.2} s after the API server answered",
+            answering.elapsed().as_secs_f64()
+        );
+    };
+    enforced(&mut from_during, "made during it").await;
+    let patch = serde_json::json!({"spec": {"origins": {"allow": [APP]}}});
+    api.patch("chat", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .expect("edit allowlist");
+    enforced(&mut from_after, "made right after it").await;
+    for origin in [during, after] {
+        assert_eq!(
+            connect(gate.proxy, HOST, "/ws", Some(origin), &[])
+                .await
+                .err(),
+            Some(403)
+        );
+    }
+
+    for kind in KINDS {
+        gate.wait_for(
+            || async { gate.metric(&stale_seconds(kind)).await == Some(0.0) },
+            &format!("{kind} to be current again"),
+        )
+        .await;
+    }
+    let log = gate.log().split_off(before_outage);
+    for kind in KINDS {
+        let lines = |what: &str| {
+            log.lines()
+                .filter(|l| l.contains(what) && l.contains(&format!("kind=\"{kind}\"")))
+                .count()
+        };
+        assert_eq!(
+            lines(" WARN "),
+            1,
+            "one warning that {kind} is stale:\n{log}"
+        );
+        assert_eq!(lines("watch caught up"), 1, "{kind} caught up:\n{log}");
+    }
+    // Besides those four, the client libraries' own complaints, at most one per call site.
+    let loud = log
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .count();
+    assert!(
+        loud <= KINDS.len() + 4,
+        "{loud} warnings and errors:\n{log}"
+    );
 }

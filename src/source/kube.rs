@@ -4,6 +4,9 @@
 //! resourceVersion changes), so the controller never holds other Secrets' data. Every change
 //! that can alter a verdict publishes a new snapshot; changes that cannot (a route's status,
 //! a Service no route names) are ignored. Writing status back is `controller::report`'s job.
+//! How the watches ride out API server trouble is in `resync`.
+
+mod resync;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use crate::compile::{Backends, compile, key_of};
 use crate::proxy::Gateway;
 use crate::route::RouteKey;
 use crate::snapshot::Snapshot;
+use resync::{Freshness, Trouble};
 
 /// The label that ties an EndpointSlice to its Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -173,12 +177,13 @@ impl KubeRoutes {
         }
         let n = scopes.len();
         let all = watcher::Config::default();
-        let (routes, route_events) = watch_kind(&client, &scopes, 0, &all);
-        let (services, service_events) = watch_kind(&client, &scopes, n, &all);
-        let (slices, slice_events) = watch_kind(&client, &scopes, 2 * n, &all);
+        let fresh = Freshness::new(gateway.metrics().watch_staleness.clone());
+        let (routes, route_events) = watch_kind(&client, &scopes, 0, &all, &fresh);
+        let (services, service_events) = watch_kind(&client, &scopes, n, &all, &fresh);
+        let (slices, slice_events) = watch_kind(&client, &scopes, 2 * n, &all, &fresh);
         let usable = watcher::Config::default().fields(&format!("type!={HELM_RELEASE_TYPE}"));
         // `PartialObjectMeta` makes it a metadata-only watch: no Secret's data is sent.
-        let (secrets, secret_events) = watch_kind(&client, &scopes, 3 * n, &usable);
+        let (secrets, secret_events) = watch_kind(&client, &scopes, 3 * n, &usable, &fresh);
         let events = futures_util::stream::select(
             futures_util::stream::select(route_events, service_events),
             futures_util::stream::select(slice_events, secret_events),
@@ -203,8 +208,8 @@ impl KubeRoutes {
 
     /// Runs until the watch streams end: the first snapshot is published once every initial
     /// list is complete, then one per batch of relevant changes; each publication sends its
-    /// version on `published`. Watch errors are retried with backoff; the last snapshot keeps
-    /// serving meanwhile.
+    /// version on `published`. A failed watch relists after at most a second; the last
+    /// snapshot keeps serving meanwhile.
     pub async fn run(self, published: watch::Sender<u64>) {
         let KubeRoutes {
             gateway,
@@ -293,12 +298,13 @@ where
 }
 
 /// One watch of kind `K` per scope, each into its own store; their `Listed` indexes start
-/// at `first`.
+/// at `first`, and each reports its health to `fresh`.
 fn watch_kind<K>(
     client: &Client,
     scopes: &[Option<&str>],
     first: usize,
     config: &watcher::Config,
+    fresh: &Freshness,
 ) -> (Stores<K>, impl Stream<Item = Change> + Send + 'static)
 where
     K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
@@ -315,8 +321,9 @@ where
     for (i, scope) in scopes.iter().enumerate() {
         let (store, writer) = reflector::store();
         stores.push(store);
-        let events = watcher::watcher(api::<K>(client, *scope), config.clone());
-        streams.push(watched(writer, events, first + i).boxed());
+        let events = resync::relisting(api::<K>(client, *scope), config.clone());
+        fresh.watching(first + i, K::name());
+        streams.push(watched(writer, events, first + i, fresh.clone()).boxed());
     }
     (Stores(stores), futures_util::stream::select_all(streams))
 }
@@ -328,10 +335,15 @@ struct SecretCache {
     secrets: HashMap<ServiceKey, (Option<String>, Secret)>,
     /// Set when a fetch failed: when to try again.
     retry: Option<Duration>,
+    /// When a failed fetch was last logged as a warning, and how many failures since.
+    warned: Option<(Instant, u64)>,
 }
 
 /// How long to wait before fetching a Secret again after a failure.
 const SECRET_RETRY: Duration = Duration::from_secs(2);
+
+/// At most one warning this often about Secrets that cannot be read; the rest go to debug.
+const SECRET_WARN_EVERY: Duration = Duration::from_secs(60);
 
 impl SecretCache {
     /// The full Secrets for `present` (the referenced ones that exist, by their metadata):
@@ -374,43 +386,68 @@ impl SecretCache {
                     self.secrets.remove(&key);
                 }
                 Err(e) => {
-                    let (namespace, name) = &key;
-                    let error = crate::apierror::brief(&e);
-                    tracing::warn!(secret = %format!("{namespace}/{name}"), %error, "cannot read a Secret a route names; trying again shortly");
+                    self.failed(&key, &e);
                     self.retry = Some(SECRET_RETRY);
                 }
             }
         }
         self.secrets.values().map(|(_, s)| s.clone()).collect()
     }
+
+    /// Logs a failed fetch: a warning at most every [`SECRET_WARN_EVERY`], with how many
+    /// failed in between, so an outage does not repeat it every [`SECRET_RETRY`].
+    fn failed(&mut self, (namespace, name): &ServiceKey, e: &kube::Error) {
+        let secret = format!("{namespace}/{name}");
+        let cause = Trouble::of(e);
+        match &mut self.warned {
+            Some((at, since)) if at.elapsed() < SECRET_WARN_EVERY => {
+                *since += 1;
+                let error = crate::apierror::brief(e);
+                tracing::debug!(secret, %cause, %error, "cannot read a Secret a route names");
+            }
+            warned => {
+                let failures_since_last_warning = warned.map_or(0, |(_, since)| since);
+                *warned = Some((Instant::now(), 0));
+                let error = crate::apierror::brief(e);
+                tracing::warn!(secret, %cause, %error, failures_since_last_warning, "cannot read a Secret a route names; trying again every 2 s, its last copy keeps serving");
+            }
+        }
+    }
 }
 
 /// A reflector over `events` that keeps only what wsgate reads of each object, each event
-/// turned into the `Change` it means.
+/// turned into the `Change` it means; failures and completed lists go to `fresh`.
 fn watched<K, S>(
     writer: reflector::store::Writer<K>,
     events: S,
     index: usize,
+    fresh: Freshness,
 ) -> impl Stream<Item = Change>
 where
     K: Resource<DynamicType = ()> + Clone + Watched + 'static,
     S: Stream<Item = Result<Event<K>, watcher::Error>>,
 {
-    reflector::reflector(writer, events.default_backoff().modify(K::trim)).map(
-        move |event| match event {
-            Ok(Event::InitDone) => Change::Listed(index),
-            Ok(Event::Apply(o) | Event::Delete(o)) => o.change(),
-            Ok(Event::Init | Event::InitApply(_)) => Change::Nothing,
-            Err(e) => {
-                tracing::warn!(error = %e, "watch failed; retrying, the last snapshot keeps serving");
-                Change::Nothing
-            }
-        },
-    )
+    reflector::reflector(writer, events.modify(K::trim)).map(move |event| match event {
+        Ok(Event::InitDone) => {
+            fresh.synced(index);
+            Change::Listed(index)
+        }
+        Ok(Event::Apply(o) | Event::Delete(o)) => o.change(),
+        Ok(Event::Init | Event::InitApply(_)) => Change::Nothing,
+        Err(e) => {
+            fresh.failed(index, &e);
+            Change::Nothing
+        }
+    })
 }
 
 /// What wsgate needs of a watched kind.
 trait Watched {
+    /// The kind's name in logs and metrics.
+    fn name() -> &'static str
+    where
+        Self: Sized;
+
     /// What a change to this object can affect.
     fn change(&self) -> Change;
     /// Drops every field the compile step and the status writer never read (managed
@@ -419,6 +456,10 @@ trait Watched {
 }
 
 impl Watched for WebSocketRoute {
+    fn name() -> &'static str {
+        "WebSocketRoute"
+    }
+
     fn change(&self) -> Change {
         Change::Route
     }
@@ -430,6 +471,10 @@ impl Watched for WebSocketRoute {
 }
 
 impl Watched for Service {
+    fn name() -> &'static str {
+        "Service"
+    }
+
     fn change(&self) -> Change {
         Change::Backend((self.namespace().unwrap_or_default(), self.name_any()))
     }
@@ -447,6 +492,10 @@ impl Watched for Service {
 }
 
 impl Watched for EndpointSlice {
+    fn name() -> &'static str {
+        "EndpointSlice"
+    }
+
     fn change(&self) -> Change {
         match self.labels().get(SERVICE_NAME_LABEL) {
             Some(service) => {
@@ -473,6 +522,10 @@ impl Watched for EndpointSlice {
 }
 
 impl Watched for PartialObjectMeta<Secret> {
+    fn name() -> &'static str {
+        "Secret"
+    }
+
     fn change(&self) -> Change {
         Change::Backend((self.namespace().unwrap_or_default(), self.name_any()))
     }

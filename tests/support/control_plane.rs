@@ -337,6 +337,39 @@ impl ControlPlane {
         let _ = self.apiserver.wait();
     }
 
+    /// Rewrites the stored object at `key` (under `/registry/`, stored as JSON, as custom
+    /// resources are) straight in etcd, so it changes even while the API server is down.
+    pub fn edit_in_etcd(&self, key: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let etcd = self
+            .apiserver_args
+            .iter()
+            .find_map(|a| a.strip_prefix("--etcd-servers="))
+            .expect("--etcd-servers");
+        let post = |path: &str, body: serde_json::Value| -> serde_json::Value {
+            let out = Command::new("curl")
+                .args(["-sf", "-X", "POST", &format!("{etcd}{path}"), "-d"])
+                .arg(body.to_string())
+                .output()
+                .expect("run curl");
+            assert!(out.status.success(), "etcd {path}: {out:?}");
+            serde_json::from_slice(&out.stdout).expect("etcd answers JSON")
+        };
+        let key = b64.encode(key);
+        let got = post("/v3/kv/range", serde_json::json!({"key": key}));
+        let value = got["kvs"][0]["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no such key in etcd: {got}"));
+        let mut object: serde_json::Value =
+            serde_json::from_slice(&b64.decode(value).expect("base64")).expect("stored as JSON");
+        edit(&mut object);
+        post(
+            "/v3/kv/put",
+            serde_json::json!({"key": key, "value": b64.encode(object.to_string())}),
+        );
+    }
+
     /// A kubeconfig for the user `wsgate`, who may do only what RBAC grants it.
     pub fn kubeconfig_wsgate(&self) -> PathBuf {
         let admin = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
