@@ -91,15 +91,19 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     // No status or Event write may follow the release: the reporter goes first.
     let _ = watch.await;
     let _ = report.await;
-    let leading = *leadership.subscribe().borrow();
+    let mut leader = leadership.subscribe();
+    let leading = *leader.borrow_and_update();
     let leave = async {
         if let (true, Some(deployment)) = (leading, &deployment) {
             let last_words = say_last_words(deployment, &last_words);
-            if tokio::time::timeout(LAST_WORDS_WITHIN, last_words)
-                .await
-                .is_err()
-            {
-                tracing::warn!("marking the routes stopped timed out");
+            // Only the holder writes status: a claim that lapses meanwhile ends the writes.
+            tokio::select! {
+                done = tokio::time::timeout(LAST_WORDS_WITHIN, last_words) => if done.is_err() {
+                    tracing::warn!("marking the routes stopped timed out");
+                },
+                _ = leader.wait_for(|l| !*l) => {
+                    tracing::warn!("lost the lease while marking the routes stopped");
+                }
             }
         }
         leadership.resign(RESIGN_WITHIN).await;
