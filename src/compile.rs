@@ -60,6 +60,9 @@ pub mod reason {
     pub const PROGRAMMED: &str = "Programmed";
     /// The route is not in the active snapshot.
     pub const NOT_PROGRAMMED: &str = "NotProgrammed";
+    /// No wsgate replica is left to serve the route (its Deployment was deleted or scaled
+    /// to 0); written by the last replica as it stops.
+    pub const GATEWAY_STOPPED: &str = "GatewayStopped";
     /// Ready=True.
     pub const READY: &str = "Ready";
 }

@@ -110,6 +110,12 @@ pub struct ControllerArgs {
     /// process id; set it to the pod name).
     #[arg(long, env = "WSGATE_IDENTITY")]
     pub identity: Option<String>,
+    /// The Deployment running these replicas, in the Lease's namespace. On SIGTERM the
+    /// Lease holder reads it: when it is gone, being deleted or scaled to 0, no replica
+    /// remains, so the holder marks every route it reports on not Ready (`GatewayStopped`)
+    /// and deletes the Lease instead of releasing it. Unset: it only releases the Lease.
+    #[arg(long, env = "WSGATE_DEPLOYMENT")]
+    pub deployment: Option<String>,
     /// Listener options.
     #[command(flatten)]
     pub serve: ServeArgs,

@@ -2,6 +2,7 @@
 //! standalone mode on every replica; the replica holding the Lease (`leader`) writes status
 //! and Events back on the routes (`report`).
 
+pub mod deployment;
 pub mod leader;
 pub mod report;
 
@@ -14,11 +15,15 @@ use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::server::{BindError, Server, termination};
 use crate::source::kube::{KubeRoutes, KubeSourceError};
+use deployment::{Outlook, OwnDeployment};
 use leader::{LeaderError, Leadership, LeaseSettings};
 use report::StatusReporter;
 
 /// How long shutdown waits for the Lease to be given up.
 const RESIGN_WITHIN: Duration = Duration::from_secs(5);
+/// How long the last replica may take to read its Deployment and mark the routes stopped,
+/// before it gives up the Lease.
+const LAST_WORDS_WITHIN: Duration = Duration::from_secs(3);
 
 /// Why controller mode could not start.
 #[derive(Debug, thiserror::Error)]
@@ -63,24 +68,71 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         identity: identity.clone(),
         duration: args.lease_duration,
     };
-    let leadership =
-        Leadership::campaign(client.clone(), &lease, gateway.metrics().leader.clone()).await?;
+    let deployment = args
+        .deployment
+        .as_deref()
+        .map(|name| OwnDeployment::new(client.clone(), &lease.namespace, name));
+    let leadership = Leadership::campaign(
+        client.clone(),
+        &lease,
+        gateway.metrics().leader.clone(),
+        deployment.clone(),
+    )
+    .await?;
     tracing::info!(identity, lease = %format!("{}/{}", lease.namespace, lease.name), "competing for the status lease");
     let server = Server::start(&args.serve, gateway.clone()).await?;
 
     let (published, on_publish) = watch::channel(0);
-    let reporter = StatusReporter::new(client, routes.store(), gateway, &identity);
+    let last_words =
+        StatusReporter::new(client.clone(), routes.store(), gateway.clone(), &identity);
+    let reporter = StatusReporter::new(client.clone(), routes.store(), gateway, &identity);
     let report = tokio::spawn(reporter.run(on_publish, leadership.subscribe()));
     let watch = tokio::spawn(routes.run(published));
     stop.await;
+    leadership.wind_down();
     watch.abort();
     report.abort();
     // No status or Event write may follow the release: the reporter goes first.
     let _ = watch.await;
     let _ = report.await;
+    let mut leader = leadership.subscribe();
+    let leading = *leader.borrow_and_update();
+    let leave = async {
+        if let (true, Some(deployment)) = (leading, &deployment) {
+            let last_words = say_last_words(deployment, &last_words);
+            // Only the holder writes status: a claim that lapses meanwhile ends the writes.
+            tokio::select! {
+                done = tokio::time::timeout(LAST_WORDS_WITHIN, last_words) => if done.is_err() {
+                    tracing::warn!("marking the routes stopped timed out");
+                },
+                _ = leader.wait_for(|l| !*l) => {
+                    tracing::warn!("lost the lease while marking the routes stopped");
+                }
+            }
+        }
+        leadership.resign(RESIGN_WITHIN).await;
+    };
     tokio::join!(
-        leadership.resign(RESIGN_WITHIN),
+        leave,
         server.shutdown(args.serve.shutdown_delay, args.serve.shutdown_grace),
     );
     Ok(())
+}
+
+/// When `deployment` wants no replicas (it is gone, being deleted or scaled to 0), this is
+/// the last one: writes every route as stopped. In a rolling update or a scale-down other
+/// replicas remain and serve, so the routes stay as they are.
+async fn say_last_words(deployment: &OwnDeployment, reporter: &StatusReporter) {
+    let message = match deployment.outlook().await {
+        Outlook::Ends(message) => message,
+        Outlook::Continues => return,
+        Outlook::Unknown(e) => {
+            tracing::warn!(error = %e, deployment = %deployment.path(), "cannot read the Deployment (it needs get on it); assuming other replicas remain");
+            return;
+        }
+    };
+    tracing::info!(%message, "last replica: marking the routes stopped");
+    if !reporter.report_stopped(&message).await {
+        tracing::warn!("some routes could not be marked stopped");
+    }
 }

@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::WebSocketRouteSpec;
-use crate::compile::Verdict;
+use crate::compile::{Verdict, condition, reason};
 
 /// What `kubectl get wsr` shows of a route's spec: lists as one readable string each, since
 /// a printer column shows a list as JSON.
@@ -70,6 +70,21 @@ pub fn conditions(verdict: &Verdict, previous: &[Condition], now: Timestamp) -> 
         .collect()
 }
 
+/// `verdict` as the last replica leaves it: `Programmed` and `Ready` False with reason
+/// `GatewayStopped` and `message`, since nothing serves the route any more; `Accepted` and
+/// `ResolvedRefs` still describe the spec and stay as they were.
+pub fn stopped(verdict: &Verdict, message: &str) -> Verdict {
+    let mut stopped = verdict.clone();
+    for c in &mut stopped.conditions {
+        if c.type_ == condition::PROGRAMMED || c.type_ == condition::READY {
+            c.status = false;
+            c.reason = reason::GATEWAY_STOPPED;
+            c.message = message.to_owned();
+        }
+    }
+    stopped
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,6 +124,31 @@ mod tests {
                 message: "m".into(),
             }],
             warnings: vec![],
+        }
+    }
+
+    #[test]
+    fn a_stopped_route_is_neither_programmed_nor_ready_but_keeps_its_other_conditions() {
+        let state = |type_, reason| ConditionState {
+            type_,
+            status: true,
+            reason,
+            message: "m".into(),
+        };
+        let mut served = verdict(true);
+        served.conditions = vec![
+            state(condition::ACCEPTED, reason::ACCEPTED),
+            state(condition::RESOLVED_REFS, reason::RESOLVED_REFS),
+            state(condition::PROGRAMMED, reason::PROGRAMMED),
+            state(condition::READY, reason::READY),
+        ];
+        let gone = stopped(&served, "no replica");
+        assert_eq!(gone.conditions[..2], served.conditions[..2]);
+        for c in &gone.conditions[2..] {
+            assert_eq!(
+                (c.status, c.reason, c.message.as_str()),
+                (false, reason::GATEWAY_STOPPED, "no replica")
+            );
         }
     }
 

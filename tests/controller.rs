@@ -1440,3 +1440,149 @@ async fn edits_during_and_after_an_api_server_outage_apply_at_once_and_staleness
         "{loud} warnings and errors:\n{log}"
     );
 }
+
+/// A Deployment named `wsgate` in `default` wanting `replicas`, standing for the one the
+/// chart runs the controllers in (nothing here starts its pods).
+async fn own_deployment(client: &kube::Client, replicas: i32) {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "wsgate"},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": "wsgate"}},
+            "template": {
+                "metadata": {"labels": {"app": "wsgate"}},
+                "spec": {"containers": [{"name": "wsgate", "image": "wsgate"}]}
+            }
+        }
+    }))
+    .expect("deployment");
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .create(&PostParams::default(), &deployment)
+        .await
+        .expect("create deployment");
+}
+
+/// A controller run by that Deployment, as the chart sets it up (`WSGATE_DEPLOYMENT`).
+async fn replica(plane: &ControlPlane, identity: &str) -> Gate {
+    let args: Vec<std::ffi::OsString> = vec![
+        "controller".into(),
+        "--identity".into(),
+        identity.into(),
+        "--lease-duration".into(),
+        "3".into(),
+    ];
+    Gate::launch(
+        &args,
+        &[
+            ("KUBECONFIG", plane.kubeconfig.as_os_str()),
+            ("WSGATE_DEPLOYMENT", "wsgate".as_ref()),
+        ],
+    )
+    .await
+}
+
+#[tokio::test]
+async fn only_the_last_replica_to_stop_says_the_routes_are_not_served() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    let (plane, client) = ControlPlane::with_crd().await;
+    let up = Upstream::start().await;
+    own_deployment(&client, 2).await;
+    let mut a = replica(&plane, "a").await;
+    wait_leading(&a, &client, "a").await;
+    let mut b = replica(&plane, "b").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client.clone(), "default");
+    let served = create_ready(&api, route("chat", &up.url())).await;
+    let ready_since = condition(&served, "Ready").last_transition_time;
+
+    // A rolling update or a scale-down: the Deployment wants replicas, so the holder only
+    // releases the Lease and the routes stay Ready, never flipping.
+    a.terminate();
+    assert_eq!(a.wait_exit().await, Some(0), "{}", a.log());
+    assert!(a.log().contains("released the lease"), "{}", a.log());
+    wait_leading(&b, &client, "b").await;
+    let route = wait_ready(&api, "chat", "True").await;
+    assert_eq!(
+        condition(&route, "Ready").last_transition_time,
+        ready_since,
+        "Ready flipped while replicas remained: {}",
+        a.log()
+    );
+
+    // Scaled to 0: the last one says so before it releases the Lease.
+    let zero = serde_json::json!({"spec": {"replicas": 0}});
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .patch("wsgate", &PatchParams::default(), &Patch::Merge(&zero))
+        .await
+        .expect("scale to 0");
+    b.terminate();
+    assert_eq!(b.wait_exit().await, Some(0), "{}", b.log());
+    let stopped = api.get("chat").await.expect("get route");
+    for type_ in ["Programmed", "Ready"] {
+        let c = condition(&stopped, type_);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "GatewayStopped"),
+            "{}",
+            b.log()
+        );
+        assert!(
+            c.message
+                .contains("the Deployment default/wsgate was scaled to 0"),
+            "{}",
+            c.message
+        );
+    }
+    for type_ in ["Accepted", "ResolvedRefs"] {
+        assert_eq!(condition(&stopped, type_).status, "True");
+    }
+    assert_eq!(lease_holder(&client).await, None, "{}", b.log());
+}
+
+#[tokio::test]
+async fn a_lease_deleted_once_the_deployment_is_gone_is_not_recreated() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::coordination::v1::Lease;
+    let (plane, client) = ControlPlane::with_crd().await;
+    own_deployment(&client, 1).await;
+    let a = replica(&plane, "a").await;
+    wait_leading(&a, &client, "a").await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+
+    // While the Deployment runs, a deleted Lease is recreated.
+    let before = leases.get("wsgate").await.expect("lease").metadata.uid;
+    leases
+        .delete("wsgate", &DeleteParams::default())
+        .await
+        .expect("delete lease");
+    a.wait_for(
+        || async {
+            leases
+                .get_opt("wsgate")
+                .await
+                .expect("get lease")
+                .and_then(|l| l.metadata.uid)
+                .is_some_and(|uid| Some(uid) != before)
+        },
+        "the Lease to be recreated",
+    )
+    .await;
+    wait_leading(&a, &client, "a").await;
+
+    // `helm uninstall` deletes the Deployment, then the Lease: it stays deleted.
+    Api::<Deployment>::namespaced(client.clone(), "default")
+        .delete("wsgate", &DeleteParams::default())
+        .await
+        .expect("delete deployment");
+    leases
+        .delete("wsgate", &DeleteParams::default())
+        .await
+        .expect("delete lease");
+    a.wait_for(
+        || async { a.log().contains("not recreating the deleted lease") },
+        "a to decide not to recreate the Lease",
+    )
+    .await;
+    assert!(leases.get_opt("wsgate").await.expect("get lease").is_none());
+    assert_eq!(a.metric("wsgate_leader").await, Some(0.0));
+}

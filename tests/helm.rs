@@ -316,12 +316,14 @@ async fn walk_the_users_path(watch_namespaces: &[&str]) {
     let mut env: Vec<(&str, &std::ffi::OsStr)> = vec![
         ("KUBECONFIG", as_sa.as_os_str()),
         ("WSGATE_LEASE_NAMESPACE", RELEASE_NS.as_ref()),
+        // As the chart's Deployment sets it.
+        ("WSGATE_DEPLOYMENT", "wsgate".as_ref()),
     ];
     if !watch_namespaces.is_empty() {
         env.push(("WSGATE_NAMESPACE", namespaces.as_ref()));
     }
     let up = Upstream::start_on_addr(EXAMPLE_UPSTREAM).await;
-    let gate = Gate::launch(&["controller".into()], &env).await;
+    let mut gate = Gate::launch(&["controller".into()], &env).await;
 
     let example = std::fs::read_to_string(format!("{ROOT}/examples/routes/chat.yaml"))
         .expect("example route");
@@ -498,9 +500,43 @@ async fn walk_the_users_path(watch_namespaces: &[&str]) {
     ]));
     assert_eq!(replicas, "3");
 
-    // Uninstall leaves nothing but the CRD (Helm never deletes what `crds/` installed).
-    drop(gate);
+    // Scaled to 0, the last replica to stop says the routes are not served.
+    run_ok(kubectl(&plane, &admin).args([
+        "scale",
+        "deployment/wsgate",
+        "--namespace",
+        RELEASE_NS,
+        "--replicas=0",
+    ]));
+    gate.terminate();
+    assert_eq!(gate.wait_exit().await, Some(0), "{}", gate.log());
+    let conditions = run_ok(kubectl(&plane, &admin).args([
+        "get",
+        "wsr/chat",
+        "--namespace",
+        "demo",
+        "-o",
+        "jsonpath={range .status.conditions[*]}{.type}={.status}/{.reason} {end}",
+    ]));
+    assert_eq!(
+        conditions.trim(),
+        "Accepted=True/Accepted ResolvedRefs=True/ResolvedRefs Programmed=False/GatewayStopped Ready=False/GatewayStopped",
+        "{}",
+        gate.log()
+    );
+
+    // Uninstall leaves nothing but the CRD (Helm never deletes what `crds/` installed), and
+    // no Lease at all, labelled or not.
     run_ok(helm(Some(&admin)).args(["uninstall", "wsgate", "--namespace", RELEASE_NS]));
+    let leases = run_ok(kubectl(&plane, &admin).args([
+        "get",
+        "leases",
+        "--namespace",
+        RELEASE_NS,
+        "-o",
+        "name",
+    ]));
+    assert_eq!(leases, "", "a Lease outlived the release");
     let left = run_ok(kubectl(&plane, &admin).args([
         "get",
         "deployments,services,serviceaccounts,roles,rolebindings,clusterroles,clusterrolebindings,poddisruptionbudgets,horizontalpodautoscalers,networkpolicies,leases",

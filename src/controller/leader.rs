@@ -14,8 +14,12 @@
 //!   *saw* that renewal (always later), so even with the API server unreachable there are
 //!   never two writers;
 //! - the Lease is watched, so a release or deletion is seen at once;
-//! - on shutdown the holder releases it (holder cleared, as client-go's `ReleaseOnCancel`).
+//! - on shutdown the holder releases it (holder cleared, as client-go's `ReleaseOnCancel`);
+//!   a stopping replica never recreates it, and neither does any once their Deployment is
+//!   gone (`helm uninstall` deletes the Lease too).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
@@ -30,6 +34,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+
+use super::deployment::{Outlook, OwnDeployment};
 
 /// How long one API request may take when nothing sooner bounds it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -67,6 +73,7 @@ pub struct LeaderError {
 /// A running campaign for the Lease.
 pub struct Leadership {
     is_leader: watch::Receiver<bool>,
+    winding_down: Arc<AtomicBool>,
     stop: oneshot::Sender<()>,
     task: JoinHandle<()>,
 }
@@ -74,11 +81,13 @@ pub struct Leadership {
 impl Leadership {
     /// Starts competing for the Lease (creating it when missing), keeps renewing it while
     /// held, and sets `gauge` to 1 exactly while this replica acts as holder. Fails if the
-    /// Lease cannot even be read.
+    /// Lease cannot even be read. With the replicas' `deployment`, a Lease deleted once it
+    /// wants no replicas is not recreated.
     pub async fn campaign(
         client: Client,
         settings: &LeaseSettings,
         gauge: Gauge,
+        deployment: Option<OwnDeployment>,
     ) -> Result<Leadership, LeaderError> {
         let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
         let error = |cause| LeaderError {
@@ -93,16 +102,21 @@ impl Leadership {
         let events = watcher::watcher(api.clone(), config).default_backoff();
         let (publish, is_leader) = watch::channel(false);
         let (stop, stopped) = oneshot::channel();
+        let winding_down = Arc::new(AtomicBool::new(false));
         let runner = Runner {
             api,
             settings: settings.clone(),
             campaign,
             publish,
             gauge,
+            winding_down: winding_down.clone(),
+            deployment,
+            failing: Failing::default(),
         };
         let task = tokio::spawn(runner.run(events, stopped));
         Ok(Leadership {
             is_leader,
+            winding_down,
             stop,
             task,
         })
@@ -113,9 +127,17 @@ impl Leadership {
         self.is_leader.clone()
     }
 
+    /// From now on never creates the Lease, but keeps renewing it while held: this replica
+    /// is stopping, and a Lease it recreated (say, one `helm uninstall` deleted) would
+    /// outlive it.
+    pub fn wind_down(&self) {
+        self.winding_down.store(true, Ordering::Relaxed);
+    }
+
     /// Stops acting as holder and releases the Lease if this replica holds it, so another
     /// replica takes it at once; waits at most `within`.
     pub async fn resign(self, within: Duration) {
+        self.wind_down();
         let _ = self.stop.send(());
         match tokio::time::timeout(within, self.task).await {
             Ok(Ok(())) => {}
@@ -175,6 +197,8 @@ struct Campaign {
     sent: Option<Instant>,
     /// No attempt before this (after a failure).
     retry_at: Instant,
+    /// Whether the Lease was ever seen to exist, so a missing one was deleted.
+    existed: bool,
 }
 
 impl Campaign {
@@ -188,6 +212,7 @@ impl Campaign {
             vanished_claim_until: None,
             sent: None,
             retry_at: now,
+            existed: false,
         }
     }
 
@@ -237,6 +262,7 @@ impl Campaign {
         {
             return;
         }
+        self.existed = true;
         let record = Record::of(&lease);
         let since = match &self.seen {
             Some(seen) if seen.record == record => seen.since,
@@ -376,6 +402,42 @@ struct Runner {
     campaign: Campaign,
     publish: watch::Sender<bool>,
     gauge: Gauge,
+    /// Set once this replica is stopping, or its Deployment wants no replicas: it no longer
+    /// creates the Lease.
+    winding_down: Arc<AtomicBool>,
+    deployment: Option<OwnDeployment>,
+    failing: Failing,
+}
+
+/// Lease requests failing while the API server is away: one WARN when they start, DEBUG
+/// for the repeats (an outage would otherwise log two lines a second), one INFO when a
+/// request is answered again.
+#[derive(Debug, Default)]
+struct Failing {
+    /// When the failures began, and how many so far.
+    since: Option<(Instant, u64)>,
+}
+
+impl Failing {
+    fn failed(&mut self, what: &str, error: &dyn std::fmt::Display) {
+        match &mut self.since {
+            Some((_, count)) => {
+                *count += 1;
+                tracing::debug!(%error, "{what}");
+            }
+            None => {
+                self.since = Some((Instant::now(), 1));
+                tracing::warn!(%error, "{what}; retrying, and logging the repeats at debug level until it works again");
+            }
+        }
+    }
+
+    fn answered(&mut self) {
+        if let Some((since, failures)) = self.since.take() {
+            let seconds = since.elapsed().as_secs_f64();
+            tracing::info!(failures, seconds, "lease requests are answered again");
+        }
+    }
 }
 
 impl Runner {
@@ -405,15 +467,15 @@ impl Runner {
                     Some(Ok(Event::Init)) => relist = Some(None),
                     Some(Ok(Event::InitApply(lease))) => relist = Some(Some(lease)),
                     Some(Ok(Event::InitDone)) => {
+                        self.failing.answered();
                         if let Some(found) = relist.take() {
                             self.campaign.observe(found, Instant::now());
                         }
                     }
                     // Without the watch a release is seen only when the claim runs out.
-                    Some(Err(e)) => tracing::warn!(
-                        error = %e,
-                        namespace = %self.settings.namespace,
-                        "lease watch failed; retrying (it needs list/watch on leases.coordination.k8s.io there)"
+                    Some(Err(e)) => self.failing.failed(
+                        &format!("lease watch failed (it needs list/watch on leases.coordination.k8s.io in {})", self.settings.namespace),
+                        &e,
                     ),
                     None => break,
                 },
@@ -445,10 +507,17 @@ impl Runner {
             .map_or(sent + REQUEST_TIMEOUT, |until| {
                 until.min(sent + REQUEST_TIMEOUT)
             });
+        let step = self.campaign.step(Timestamp::now());
+        if matches!(step, Step::Create(_))
+            && (self.winding_down.load(Ordering::Relaxed) || self.deployment_ended().await)
+        {
+            self.campaign.failed(Instant::now());
+            return;
+        }
         let params = PostParams::default();
         let name = &self.settings.name;
         let request = async {
-            match self.campaign.step(Timestamp::now()) {
+            match step {
                 Step::Create(lease) => self.api.create(&params, &lease).await,
                 Step::Replace(lease) => self.api.replace(name, &params, &lease).await,
             }
@@ -456,12 +525,17 @@ impl Runner {
         let result = tokio::time::timeout_at(limit, request).await;
         let now = Instant::now();
         match result {
-            Ok(Ok(lease)) => self.campaign.won(lease, sent, now),
+            Ok(Ok(lease)) => {
+                self.failing.answered();
+                self.campaign.won(lease, sent, now);
+            }
             Ok(Err(kube::Error::Api(s))) if s.is_conflict() || s.is_already_exists() => {
+                self.failing.answered();
                 self.campaign.lost(now);
                 self.reread().await;
             }
             Ok(Err(kube::Error::Api(s))) if s.is_not_found() => {
+                self.failing.answered();
                 self.campaign.observe(None, now);
             }
             Ok(Err(cause)) => {
@@ -471,12 +545,35 @@ impl Runner {
                     namespace: self.settings.namespace.clone(),
                     cause,
                 };
-                tracing::warn!(%error, "lease attempt failed");
+                self.failing.failed("lease attempt failed", &error);
             }
             Err(_) => {
                 self.campaign.failed(now);
-                tracing::warn!(lease = %self.settings.name, "lease request timed out");
+                self.failing
+                    .failed("lease request timed out", &self.settings.name.clone());
             }
+        }
+    }
+
+    /// Whether the Lease was deleted because the release is going away: it existed, and the
+    /// Deployment wants no replicas. `helm uninstall` deletes both, and a Lease recreated
+    /// then would be left behind; from then on this replica never creates it.
+    async fn deployment_ended(&self) -> bool {
+        let (true, Some(deployment)) = (self.campaign.existed, &self.deployment) else {
+            return false;
+        };
+        match tokio::time::timeout(REQUEST_TIMEOUT, deployment.outlook()).await {
+            Ok(Outlook::Ends(why)) => {
+                tracing::info!(lease = %self.settings.name, %why, "not recreating the deleted lease");
+                self.winding_down.store(true, Ordering::Relaxed);
+                true
+            }
+            Ok(Outlook::Continues) => false,
+            Ok(Outlook::Unknown(e)) => {
+                tracing::warn!(error = %e, deployment = %deployment.path(), "cannot read the Deployment (it needs get on it); recreating the lease");
+                false
+            }
+            Err(_) => false,
         }
     }
 

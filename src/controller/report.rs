@@ -183,14 +183,8 @@ impl StatusReporter {
             });
         }
 
-        let metrics = self.gateway.metrics();
-        let results: Vec<(Write, bool)> = futures_util::stream::iter(writes)
-            .map(|w| write(&self.client, &self.recorder, metrics, w))
-            .buffer_unordered(CONCURRENT_WRITES)
-            .collect()
-            .await;
         let mut all_ok = true;
-        for (w, ok) in results {
+        for (w, ok) in self.send(writes).await {
             if ok {
                 self.written
                     .insert(w.key, (w.route.metadata.uid.clone(), w.shown));
@@ -199,6 +193,54 @@ impl StatusReporter {
             }
         }
         all_ok
+    }
+
+    /// Writes every route of the active snapshot as no longer served: `Programmed` and
+    /// `Ready` False with reason `GatewayStopped` and `message`, for the last replica to
+    /// leave. Returns whether every write succeeded.
+    pub async fn report_stopped(&self, message: &str) -> bool {
+        let Some(snapshot) = self.gateway.snapshot() else {
+            return true;
+        };
+        let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default();
+        let writes = snapshot
+            .verdicts
+            .iter()
+            .filter_map(|verdict| {
+                let reference = ObjectRef::new(&verdict.key.name).within(&verdict.key.namespace);
+                let route = self.routes.get(&reference)?;
+                let previous = route
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.as_slice())
+                    .unwrap_or_default();
+                let stopped = crate::status::stopped(verdict, message);
+                let shown = Shown {
+                    generation: verdict.generation,
+                    conditions: crate::status::conditions(&stopped, previous, now),
+                    columns: columns(&route.spec),
+                };
+                Some(Write {
+                    route,
+                    key: verdict.key.clone(),
+                    shown,
+                    patch: true,
+                    version: snapshot.version,
+                    events: Vec::new(),
+                })
+            })
+            .collect();
+        self.send(writes).await.iter().all(|(_, ok)| *ok)
+    }
+
+    /// Sends `writes`, some at once; returns each with whether it succeeded.
+    async fn send(&self, writes: Vec<Write>) -> Vec<(Write, bool)> {
+        let metrics = self.gateway.metrics();
+        futures_util::stream::iter(writes)
+            .map(|w| write(&self.client, &self.recorder, metrics, w))
+            .buffer_unordered(CONCURRENT_WRITES)
+            .collect()
+            .await
     }
 }
 
