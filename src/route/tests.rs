@@ -1,0 +1,116 @@
+use super::*;
+
+fn route(name: &str) -> Route {
+    Route {
+        key: RouteKey {
+            namespace: "default".into(),
+            name: name.into(),
+        },
+        label: format!("default/{name}").into(),
+        origins: OriginPolicy::new::<&str>(&[], false, false).expect("empty policy"),
+        rejection: OriginRejection::Forbidden,
+        upstream: Upstream {
+            targets: vec![],
+            path: None,
+            tls: None,
+        },
+        subprotocols: None,
+        revoke_on_policy_change: true,
+        limits: Limits::default(),
+        admission: Admission::default(),
+        tls_only: false,
+        auth: None,
+    }
+}
+
+fn name_of(table: &RouteTable, host: &str, path: &str) -> Option<String> {
+    table.lookup(host, path).map(|r| r.key.name.clone())
+}
+
+#[test]
+fn prefix_is_segment_aware() {
+    let rule = PathRule::prefix("/ws");
+    assert!(rule.matches("/ws"));
+    assert!(rule.matches("/ws/x"));
+    assert!(!rule.matches("/wsx"));
+    assert!(!rule.matches("/"));
+    assert!(PathRule::prefix("/ws/").matches("/ws"));
+    assert!(PathRule::prefix("/").matches("/anything"));
+}
+
+#[test]
+fn exact_path_wins_over_prefix_and_longest_prefix_wins() {
+    let mut t = RouteTable::default();
+    let hosts = vec!["a.example.com".to_owned()];
+    t.insert(&hosts, &PathRule::prefix("/"), route("root"));
+    t.insert(&hosts, &PathRule::prefix("/ws"), route("ws"));
+    t.insert(&hosts, &PathRule::Exact("/ws/admin".into()), route("admin"));
+    assert_eq!(
+        name_of(&t, "a.example.com", "/ws/admin").as_deref(),
+        Some("admin")
+    );
+    assert_eq!(name_of(&t, "a.example.com", "/ws/x").as_deref(), Some("ws"));
+    assert_eq!(
+        name_of(&t, "a.example.com", "/other").as_deref(),
+        Some("root")
+    );
+}
+
+#[test]
+fn exact_host_wins_over_wildcard_and_wildcard_covers_several_labels() {
+    let mut t = RouteTable::default();
+    t.insert(
+        &["*.example.com".to_owned()],
+        &PathRule::prefix("/"),
+        route("wild"),
+    );
+    t.insert(
+        &["a.example.com".to_owned()],
+        &PathRule::prefix("/"),
+        route("exact"),
+    );
+    assert_eq!(name_of(&t, "a.example.com", "/").as_deref(), Some("exact"));
+    assert_eq!(name_of(&t, "b.example.com", "/").as_deref(), Some("wild"));
+    assert_eq!(name_of(&t, "x.b.example.com", "/").as_deref(), Some("wild"));
+    assert_eq!(name_of(&t, "example.com", "/"), None);
+    assert_eq!(name_of(&t, "evilexample.com", "/"), None);
+}
+
+#[test]
+fn exact_host_without_matching_path_falls_back_to_wildcard() {
+    let mut t = RouteTable::default();
+    t.insert(
+        &["*.example.com".to_owned()],
+        &PathRule::prefix("/"),
+        route("wild"),
+    );
+    t.insert(
+        &["a.example.com".to_owned()],
+        &PathRule::prefix("/ws"),
+        route("exact"),
+    );
+    assert_eq!(
+        name_of(&t, "a.example.com", "/chat").as_deref(),
+        Some("wild")
+    );
+}
+
+#[test]
+fn longer_wildcard_suffix_wins() {
+    let mut t = RouteTable::default();
+    t.insert(
+        &["*.example.com".to_owned()],
+        &PathRule::prefix("/"),
+        route("outer"),
+    );
+    t.insert(
+        &["*.eu.example.com".to_owned()],
+        &PathRule::prefix("/"),
+        route("inner"),
+    );
+    assert_eq!(
+        name_of(&t, "a.eu.example.com", "/").as_deref(),
+        Some("inner")
+    );
+    assert_eq!(name_of(&t, "eu.example.com", "/").as_deref(), Some("outer"));
+}
