@@ -1,4 +1,4 @@
-//! Handshake authentication with JSON Web Tokens (DESIGN §6 `auth.jwt`): where a token is
+//! Handshake authentication with JSON Web Tokens (docs/design.md §6 `auth.jwt`): where a token is
 //! found (query parameter, header, cookie), which keys verify it (a JWKS document, a PEM public
 //! key or an HMAC secret from a Secret), and which claims go upstream as headers. Pure: the
 //! caller passes the time; signatures are checked by `jsonwebtoken`.

@@ -26,7 +26,7 @@ use rustls_pki_types::ServerName;
 
 mod ownership;
 
-/// Condition types (DESIGN §4).
+/// Condition types (docs/design.md §4).
 pub mod condition {
     /// The spec is valid and the route owns its host and path.
     pub const ACCEPTED: &str = "Accepted";
@@ -38,7 +38,7 @@ pub mod condition {
     pub const READY: &str = "Ready";
 }
 
-/// Condition reasons (DESIGN §4). Each is also a metric label and an Event reason.
+/// Condition reasons (docs/design.md §4). Each is also a metric label and an Event reason.
 pub mod reason {
     /// Accepted=True.
     pub const ACCEPTED: &str = "Accepted";
@@ -67,7 +67,7 @@ pub mod reason {
     pub const READY: &str = "Ready";
 }
 
-/// The most hostnames a route may claim (DESIGN §3).
+/// The most hostnames a route may claim (docs/design.md §3).
 const MAX_HOSTNAMES: usize = 16;
 
 /// One condition as compile decides it; timestamps are added where status is written.
@@ -318,7 +318,7 @@ pub struct Compiled {
 /// that claim the same hostname and path (same type and value) conflict: the one with the
 /// older `creationTimestamp` wins, then namespace/name order; the loser is not served at all.
 /// A route on a hostname another namespace owns, without its grant, conflicts too
-/// ([`ownership`]).
+/// (the `ownership` module).
 pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
     let mut checked: Vec<Checked> = routes.iter().map(|r| check_route(r, backends)).collect();
 

@@ -39,7 +39,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// The subcommands (DESIGN §2).
+/// The subcommands (docs/design.md §2).
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve routes from YAML files, with no cluster; reload when they change.

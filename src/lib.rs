@@ -10,13 +10,22 @@
 //! ```
 //!
 //! - [`api`] holds the resource types; [`policy`] the origin rules; [`compile`] turns
-//!   resources into a [`route::RouteTable`] and per-route [`compile::Verdict`]s.
+//!   resources into a [`route::RouteTable`] and per-route [`compile::Verdict`]s, with
+//!   [`route::path`] for the paths routes match; [`status`] turns verdicts into conditions.
 //! - [`snapshot`] is what the data plane reads: an immutable table swapped whole.
-//! - [`source`] is where resources come from (files in standalone mode).
+//! - [`source`] is where resources come from: files ([`source::file`]) or the API server
+//!   ([`source::kube`]); [`standalone`] and [`controller`] wire each mode, and the
+//!   controller's Lease holder writes status and Events ([`controller::report`]).
 //! - [`proxy`] is the data plane: listener, handshake policy, upstream, frame relay;
-//!   [`tls`] its certificates and upstream verification, [`auth`] its JWT check.
-//! - [`admin`] serves health, readiness, metrics and the active snapshot; [`accept`] is the
-//!   accept loop step both listeners share.
+//!   [`tls`] its certificates and upstream verification, [`auth`] its JWT check, [`access`]
+//!   its access log.
+//! - [`admin`] serves health, readiness, metrics and the active snapshot; [`server`] starts
+//!   and drains the listeners, which share the accept step in [`accept`].
+//! - Around them: [`config`] (flags), [`metrics`], [`logging`] (what the log leaves out),
+//!   [`apierror`] (Kubernetes errors in one line), [`check`] and [`probe`] (the commands
+//!   that do not serve).
+//!
+//! The design they follow, and the layering, is in `docs/design.md`.
 
 pub mod accept;
 pub mod access;

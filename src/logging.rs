@@ -25,7 +25,7 @@ const DUPLICATES: [&str; 2] = [
 /// How often one library call site may log a warning or an error.
 const LIBRARY_NOISE_EVERY: Duration = Duration::from_secs(60);
 
-/// The filter for `--log FILTER`: as given, plus [`DUPLICATES`] off unless the filter names
+/// The filter for `--log FILTER`: as given, plus the duplicating library targets off unless the filter names
 /// a `kube` target itself (then it is taken as written).
 pub fn filter(log: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
     let mut filter = EnvFilter::try_new(log)?;

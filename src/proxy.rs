@@ -1,4 +1,4 @@
-//! The data plane: the listener, the handshake in the order of DESIGN §5, the upstream
+//! The data plane: the listener, the handshake in the order of docs/design.md §5, the upstream
 //! exchange and the frame relay. Reads only the active [`Snapshot`]; never imports the API
 //! types or a Kubernetes client, and never waits on the control plane.
 //!

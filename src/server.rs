@@ -100,7 +100,7 @@ impl Server {
         })
     }
 
-    /// DESIGN §7: readyz turns 503 at once; after `delay` the listener stops accepting and
+    /// docs/design.md §7: readyz turns 503 at once; after `delay` the listener stops accepting and
     /// every connection gets Close 1012; returns once they are gone or `grace` ends.
     pub async fn shutdown(self, delay: Duration, grace: Duration) {
         self.gateway.start_draining();

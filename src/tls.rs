@@ -1,4 +1,4 @@
-//! TLS material and configuration (DESIGN §6 `tls`, `wss://` upstreams): PEM certificates
+//! TLS material and configuration (docs/design.md §6 `tls`, `wss://` upstreams): PEM certificates
 //! and keys from Secrets made into what rustls serves, the certificates of a snapshot by
 //! hostname for SNI, and the client configuration that verifies an upstream. Parsing is pure
 //! (compile calls it, and the same bytes are parsed only once); only [`system_roots`] reads

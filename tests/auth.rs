@@ -1,4 +1,4 @@
-//! Handshake authentication through real sockets (DESIGN §6 `auth.jwt`): tokens from each
+//! Handshake authentication through real sockets (docs/design.md §6 `auth.jwt`): tokens from each
 //! place, refused tokens get 401 before any upstream contact, the query parameter never
 //! reaches the upstream, and claims arrive as headers the client cannot forge.
 

@@ -1,4 +1,4 @@
-//! The edge's own defences through real sockets (DESIGN §6): route and client limits, the
+//! The edge's own defences through real sockets (docs/design.md §6): route and client limits, the
 //! global connection cap, slow clients, and who the client is behind a load balancer.
 
 mod support;

@@ -1,5 +1,5 @@
 //! The gateway through real sockets: the `wsgate standalone` binary between real WebSocket
-//! clients and a real upstream, one test per behaviour of DESIGN §5–§7.
+//! clients and a real upstream, one test per behaviour of docs/design.md §5–§7.
 
 mod support;
 

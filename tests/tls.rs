@@ -1,4 +1,4 @@
-//! TLS through real sockets (DESIGN §6 `tls`, `wss://` upstreams): certificates chosen by
+//! TLS through real sockets (docs/design.md §6 `tls`, `wss://` upstreams): certificates chosen by
 //! SNI from Secrets (here a `--secret-dir`), rotation, unknown names, TLS-only routes, and
 //! upstreams verified against a route's CA.
 

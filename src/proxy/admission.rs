@@ -1,4 +1,4 @@
-//! Admission control before a handshake is forwarded (DESIGN §6 `limits`): how many
+//! Admission control before a handshake is forwarded (docs/design.md §6 `limits`): how many
 //! connections a route and each of its clients hold, and how fast a client opens them. Counts
 //! outlive snapshots (they are keyed by the route's `namespace/name`), so a route change does
 //! not reset them. Knows route labels and client addresses; no sockets, no clock reads.

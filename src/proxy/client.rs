@@ -1,4 +1,4 @@
-//! Who the client is (DESIGN §6): the socket peer; or, with `--proxy-protocol`, the source
+//! Who the client is (docs/design.md §6): the socket peer; or, with `--proxy-protocol`, the source
 //! address of the PROXY protocol header (v1 or v2) a load balancer sends first; or, when the
 //! peer is in `--trusted-proxies`, the nearest address in `X-Forwarded-For` that is not a
 //! trusted proxy. Limits, `X-Real-IP` and the access log all use this address.

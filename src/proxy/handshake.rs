@@ -1,5 +1,5 @@
 //! Validation of a client's WebSocket opening handshake (RFC 6455 §4.2.1) and the closed set
-//! of rejections with their fixed status codes and plain-text bodies (DESIGN §5). Pure: no
+//! of rejections with their fixed status codes and plain-text bodies (docs/design.md §5). Pure: no
 //! sockets, no routes.
 
 use base64::Engine;

@@ -1,5 +1,5 @@
 //! The upstream side of a handshake: connect to one of the route's targets and forward the
-//! client's upgrade request with forwarding headers (DESIGN §5 step 6). Knows HTTP and
+//! client's upgrade request with forwarding headers (docs/design.md §5 step 6). Knows HTTP and
 //! sockets; knows nothing of origins or routes' policies.
 
 use std::net::{IpAddr, SocketAddr};
