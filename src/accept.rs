@@ -110,6 +110,11 @@ impl RateLimit {
     }
 }
 
+/// Resolves once `stop` turns true (or its sender is gone): how a listener learns to stop.
+pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

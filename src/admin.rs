@@ -1,5 +1,5 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics` and `/routes` (the active snapshot
-//! and every route's conditions as JSON). Reads the gateway; changes nothing.
+//! and every route's conditions as JSON). Reads the published snapshot; changes nothing.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,8 +25,8 @@ use tokio::time::{Instant, Sleep};
 
 use crate::accept::{AcceptErrors, accept};
 use crate::compile::Verdict;
-use crate::proxy::Gateway;
 use crate::route::Route;
+use crate::snapshot::Published;
 use crate::snapshot::{Snapshot, SourceProblem};
 
 /// Limits of the admin listener, which must never cost the proxy its descriptors.
@@ -58,7 +58,7 @@ impl Default for AdminConfig {
 /// Serves the admin endpoints on `listener` until `stop` turns true.
 pub async fn serve(
     listener: TcpListener,
-    gateway: Arc<Gateway>,
+    published: Arc<Published>,
     config: AdminConfig,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -68,19 +68,19 @@ pub async fn serve(
     loop {
         let (stream, peer) = tokio::select! {
             accepted = accept(&listener, &mut errors) => accepted,
-            () = crate::proxy::stopped(&mut stop) => return,
+            () = crate::accept::stopped(&mut stop) => return,
         };
         // Dropping the stream closes it: a connection beyond the cap costs nothing more.
         let Ok(permit) = room.clone().try_acquire_owned() else {
             tracing::debug!(%peer, max = config.max_connections, "admin connection refused: at the cap");
             continue;
         };
-        let gateway = gateway.clone();
+        let published = published.clone();
         let config = config.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let service = service_fn(|req| {
-                let answer = respond(&req, &gateway, &config.hosts);
+                let answer = respond(&req, &published, &config.hosts);
                 async move { Ok::<_, Infallible>(answer) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
@@ -137,7 +137,11 @@ fn host_name(host: &str) -> Option<&str> {
     }
 }
 
-fn respond(req: &Request<Incoming>, gateway: &Gateway, hosts: &[String]) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    published: &Published,
+    hosts: &[String],
+) -> Response<Full<Bytes>> {
     // A request without a Host cannot come from a browser, so it cannot be a rebinding.
     // Every host a request names must be allowed (an absolute target's and each `Host`), so
     // a second `Host` cannot carry the one a proxy in front routes by.
@@ -152,10 +156,10 @@ fn respond(req: &Request<Incoming>, gateway: &Gateway, hosts: &[String]) -> Resp
     }
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if gateway.ready() => text(StatusCode::OK, "ready\n"),
+        "/readyz" if published.ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(gateway.metrics().render())));
+            let mut r = Response::new(Full::new(Bytes::from(published.metrics().render())));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(
@@ -165,7 +169,7 @@ fn respond(req: &Request<Incoming>, gateway: &Gateway, hosts: &[String]) -> Resp
             r
         }
         "/routes" => {
-            let body = match gateway.snapshot() {
+            let body = match published.current() {
                 Some(s) => serde_json::to_vec_pretty(&RoutesView::of(&s)),
                 None => serde_json::to_vec_pretty(&serde_json::json!({"ready": false})),
             };

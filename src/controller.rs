@@ -12,8 +12,8 @@ use tokio::sync::watch;
 
 use crate::config::ControllerArgs;
 use crate::metrics::Metrics;
-use crate::proxy::Gateway;
 use crate::server::{BindError, Server, termination};
+use crate::snapshot::Published;
 use crate::source::kube::{KubeRoutes, KubeSourceError};
 use deployment::{Outlook, OwnDeployment};
 use leader::{LeaderError, Leadership, LeaseSettings};
@@ -56,8 +56,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let client = kube::Client::try_default()
         .await
         .map_err(ControllerError::Config)?;
-    let gateway = Gateway::new(args.serve.proxy_config(), Metrics::new());
-    let routes = KubeRoutes::connect(client.clone(), &args.namespaces, gateway.clone()).await?;
+    let published = Published::new(Metrics::new());
+    let routes = KubeRoutes::connect(client.clone(), &args.namespaces, published.clone()).await?;
     let identity = args.identity();
     let lease = LeaseSettings {
         name: args.lease_name.clone(),
@@ -75,19 +75,20 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
     let leadership = Leadership::campaign(
         client.clone(),
         &lease,
-        gateway.metrics().leader.clone(),
+        published.metrics().leader.clone(),
         deployment.clone(),
     )
     .await?;
     tracing::info!(identity, lease = %format!("{}/{}", lease.namespace, lease.name), "competing for the status lease");
-    let server = Server::start(&args.serve, gateway.clone()).await?;
+    // Before the watches run: every snapshot they publish revokes what it no longer admits.
+    let server = Server::start(&args.serve, published.clone()).await?;
 
-    let (published, on_publish) = watch::channel(0);
+    let (versions, on_publish) = watch::channel(0);
     let last_words =
-        StatusReporter::new(client.clone(), routes.store(), gateway.clone(), &identity);
-    let reporter = StatusReporter::new(client.clone(), routes.store(), gateway, &identity);
+        StatusReporter::new(client.clone(), routes.store(), published.clone(), &identity);
+    let reporter = StatusReporter::new(client.clone(), routes.store(), published, &identity);
     let report = tokio::spawn(reporter.run(on_publish, leadership.subscribe()));
-    let watch = tokio::spawn(routes.run(published));
+    let watch = tokio::spawn(routes.run(versions));
     stop.await;
     leadership.wind_down();
     watch.abort();

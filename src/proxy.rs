@@ -31,19 +31,19 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::accept::stopped;
 use crate::accept::{AcceptErrors, accept};
 use crate::access::{AccessLog, Handshake};
 use crate::auth::AuthFailure;
 use crate::metrics::{CloseLabels, EndLabels, Metrics, RouteLabels, TrafficLabels};
 use crate::policy::RequestOrigin;
 use crate::route::{OriginRejection, Route, RouteAuth};
-use crate::snapshot::Snapshot;
+use crate::snapshot::Published;
 use admission::{Admissions, Denied, Slot};
 use client::TrustedProxies;
 use handshake::{AcceptKey, Reject};
@@ -92,7 +92,7 @@ impl Default for ProxyConfig {
 
 /// State shared by the listener, the route source and the admin endpoints.
 pub struct Gateway {
-    snapshot: ArcSwapOption<Snapshot>,
+    published: Arc<Published>,
     connections: Arc<Registry>,
     admissions: Arc<Admissions>,
     /// Set while at `max_connections`, so reaching it is logged once, not per connection.
@@ -100,65 +100,45 @@ pub struct Gateway {
     metrics: Metrics,
     access: AccessLog,
     config: ProxyConfig,
-    draining: AtomicBool,
     /// HTTP connections not yet upgraded (or done), for draining.
     http_connections: AtomicUsize,
     http_idle: Notify,
 }
 
 impl Gateway {
-    /// A gateway with no snapshot yet: not ready, every handshake gets 503.
-    pub fn new(config: ProxyConfig, metrics: Metrics) -> Arc<Gateway> {
+    /// A gateway serving what is published in `published`; with nothing published yet,
+    /// every handshake gets 503. Each snapshot published from now on closes the live
+    /// connections it no longer admits (1008, or 1001 when their route is gone).
+    pub fn new(config: ProxyConfig, published: Arc<Published>) -> Arc<Gateway> {
+        let connections = Arc::new(Registry::default());
+        let registry = connections.clone();
+        published.on_publish(move |snapshot| {
+            let revoked = registry.revoke(&snapshot.table);
+            if revoked.policy + revoked.gone > 0 {
+                tracing::info!(
+                    version = snapshot.version,
+                    origin_revoked = revoked.policy,
+                    route_removed = revoked.gone,
+                    "closed connections the new snapshot no longer admits"
+                );
+            }
+        });
         Arc::new(Gateway {
-            snapshot: ArcSwapOption::empty(),
-            connections: Arc::new(Registry::default()),
+            metrics: published.metrics().clone(),
+            published,
+            connections,
             admissions: Arc::new(Admissions::default()),
             full: AtomicBool::new(false),
-            metrics,
             access: AccessLog::new(),
             config,
-            draining: AtomicBool::new(false),
             http_connections: AtomicUsize::new(0),
             http_idle: Notify::new(),
         })
     }
 
-    /// Makes `snapshot` active: new handshakes see it at once; live connections it no longer
-    /// admits are closed (1008, or 1001 when their route is gone).
-    pub fn publish(&self, snapshot: Snapshot) {
-        let snapshot = Arc::new(snapshot);
-        let previous = self.snapshot.swap(Some(snapshot.clone()));
-        // Freeing a large table takes milliseconds (about 15 ms for 10,000 routes): done on
-        // a blocking thread when there is a runtime, so the change is not held up by it.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn_blocking(move || drop(previous));
-        }
-        self.metrics.snapshot_version.set(snapshot.version as i64);
-        self.metrics
-            .snapshot_routes
-            .set(snapshot.table.len() as i64);
-        self.metrics
-            .source_errors
-            .set(snapshot.problems.len() as i64);
-        let revoked = self.connections.revoke(&snapshot.table);
-        if revoked.policy + revoked.gone > 0 {
-            tracing::info!(
-                version = snapshot.version,
-                origin_revoked = revoked.policy,
-                route_removed = revoked.gone,
-                "closed connections the new snapshot no longer admits"
-            );
-        }
-    }
-
-    /// The active snapshot, if one was published.
-    pub fn snapshot(&self) -> Option<Arc<Snapshot>> {
-        self.snapshot.load_full()
-    }
-
-    /// Ready once a snapshot is active, and no longer once draining.
-    pub fn ready(&self) -> bool {
-        self.snapshot.load().is_some() && !self.draining.load(Ordering::Acquire)
+    /// Where the gateway's snapshots are published.
+    pub fn published(&self) -> &Arc<Published> {
+        &self.published
     }
 
     /// The data plane's tunables.
@@ -171,15 +151,10 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Marks the gateway as draining: `/readyz` answers 503 from now on.
-    pub fn start_draining(&self) {
-        self.draining.store(true, Ordering::Release);
-    }
-
     /// Sends Close 1012 to every relayed connection (and every one that completes its
     /// handshake from now on) and resolves once all are gone.
     pub async fn drain(&self) {
-        self.start_draining();
+        self.published.start_draining();
         let n = self.connections.close_all();
         tracing::info!(connections = n, "closing live connections with 1012");
         tokio::join!(self.connections.wait_empty(), self.wait_http_idle());
@@ -251,9 +226,9 @@ impl rustls::server::ResolvesServerCert for SniResolver {
         hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
         let name = hello.server_name()?;
-        let snapshot = self.0.snapshot.load();
-        snapshot
-            .as_ref()?
+        self.0
+            .published
+            .current()?
             .table
             .certificates()
             .lookup(name)
@@ -327,11 +302,6 @@ async fn turn_away(mut stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway
         }
     })
     .await;
-}
-
-/// Resolves once `stop` turns true (or its sender is gone).
-pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// A connection in its HTTP phase (before the relay), counted so that draining waits for
@@ -634,7 +604,8 @@ async fn handshake(
             // decision and its registration, and whatever the route's revokeOnPolicyChange:
             // nothing relays yet.
             if let Some((code, _)) = gateway
-                .snapshot()
+                .published
+                .current()
                 .and_then(|newest| registration.verdict(&newest.table))
             {
                 refuse_decided(
@@ -864,7 +835,7 @@ fn decide(
     client: ClientInfo,
     sni: Option<&str>,
 ) -> Step {
-    let Some(snapshot) = gateway.snapshot.load_full() else {
+    let Some(snapshot) = gateway.published.current() else {
         return Step::Refuse(None, Reject::NotReady);
     };
     let mut hosts = headers.get_all("host");

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::ServeArgs;
 use crate::proxy::Gateway;
+use crate::snapshot::Published;
 
 /// A listener that could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -55,8 +56,11 @@ async fn bind(
 }
 
 impl Server {
-    /// Binds the listeners `serve` names and starts serving.
-    pub async fn start(serve: &ServeArgs, gateway: Arc<Gateway>) -> Result<Server, BindError> {
+    /// Binds the listeners `serve` names and starts serving what is published in
+    /// `published`; from now on each snapshot published there also closes the live
+    /// connections it no longer admits.
+    pub async fn start(serve: &ServeArgs, published: Arc<Published>) -> Result<Server, BindError> {
+        let gateway = Gateway::new(serve.proxy_config(), published);
         let (proxy, proxy_addr) = bind(serve.listen, "proxy", "--listen").await?;
         let (proxy_tls, tls_addr) = bind(serve.listen_tls, "TLS proxy", "--listen-tls").await?;
         let (admin, admin_addr) = bind(serve.admin, "admin endpoints", "--admin").await?;
@@ -86,7 +90,7 @@ impl Server {
             )),
             tokio::spawn(crate::admin::serve(
                 admin,
-                gateway.clone(),
+                gateway.published().clone(),
                 serve.admin_config(),
                 stop_rx,
             )),
@@ -103,7 +107,7 @@ impl Server {
     /// docs/design.md §7: readyz turns 503 at once; after `delay` the listener stops accepting and
     /// every connection gets Close 1012; returns once they are gone or `grace` ends.
     pub async fn shutdown(self, delay: Duration, grace: Duration) {
-        self.gateway.start_draining();
+        self.gateway.published().start_draining();
         tracing::info!(
             delay_seconds = delay.as_secs_f64(),
             "shutting down: readyz now answers 503"

@@ -14,11 +14,10 @@ use tokio::sync::mpsc;
 use crate::compile::{Backends, SecretData, Verdict, compile, condition};
 use crate::config::{ServiceMapping, StandaloneArgs};
 use crate::metrics::Metrics;
-use crate::proxy::Gateway;
 use crate::route::RouteKey;
 use crate::route::Target;
 use crate::server::{BindError, Server, termination};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Published, Snapshot};
 use crate::source::file::{FileSource, SourceError};
 
 /// How long to wait for more file events before reloading: editors write in bursts.
@@ -104,13 +103,13 @@ pub fn read_secrets(dir: &Path) -> Vec<(String, SecretData)> {
     secrets
 }
 
-/// Loads routes from files and publishes compiled snapshots to a gateway.
+/// Loads routes from files and publishes compiled snapshots.
 pub struct FileRoutes {
     source: FileSource,
     backends: Backends,
     /// `--secret-dir`, read at every reload.
     secret_dir: Option<PathBuf>,
-    gateway: Arc<Gateway>,
+    published: Arc<Published>,
     version: u64,
     /// What the last published snapshot was built from, to skip no-op reloads.
     fingerprint: String,
@@ -123,13 +122,13 @@ impl FileRoutes {
         path: PathBuf,
         backends: Backends,
         secret_dir: Option<PathBuf>,
-        gateway: Arc<Gateway>,
+        published: Arc<Published>,
     ) -> Result<FileRoutes, SourceError> {
         let mut routes = FileRoutes {
             source: FileSource::new(path),
             backends,
             secret_dir,
-            gateway,
+            published,
             version: 0,
             fingerprint: String::new(),
             last_verdicts: HashMap::new(),
@@ -145,7 +144,7 @@ impl FileRoutes {
         match self.source.reload(Timestamp::now()) {
             Ok(()) => {
                 if self.publish() {
-                    self.gateway
+                    self.published
                         .metrics()
                         .snapshot_apply_seconds
                         .observe(started.elapsed().as_secs_f64());
@@ -203,7 +202,7 @@ impl FileRoutes {
             routes = snapshot.table.len(),
             "snapshot applied"
         );
-        self.gateway.publish(snapshot);
+        self.published.publish(snapshot);
         true
     }
 
@@ -289,14 +288,14 @@ fn watcher(
 /// Runs standalone mode until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
     let stop = termination().map_err(StandaloneError::Signals)?;
-    let gateway = Gateway::new(args.serve.proxy_config(), Metrics::new());
+    let published = Published::new(Metrics::new());
     let mut routes = FileRoutes::load(
         args.routes.clone(),
         backends(&args.services),
         args.secret_dir.clone(),
-        gateway.clone(),
+        published.clone(),
     )?;
-    let server = Server::start(&args.serve, gateway.clone()).await?;
+    let server = Server::start(&args.serve, published).await?;
 
     let (tx, mut changes) = mpsc::unbounded_channel();
     let _watcher = watch(&args.routes, tx.clone())?;

@@ -23,7 +23,7 @@ use wsgate::api::WebSocketRoute;
 use wsgate::compile::{Backends, compile};
 use wsgate::metrics::Metrics;
 use wsgate::proxy::{Gateway, ProxyConfig};
-use wsgate::snapshot::Snapshot;
+use wsgate::snapshot::{Published, Snapshot};
 
 const HOST: &str = "chat.example.com";
 const ALLOWED: &str = "https://app.example.com";
@@ -251,14 +251,16 @@ fn snapshot_ms(routes: usize) -> (f64, f64) {
             serde_saphyr::from_str(&yaml).expect("route")
         })
         .collect();
-    let gateway = Gateway::new(ProxyConfig::default(), Metrics::new());
+    let published = Published::new(Metrics::new());
+    // The proxy's revocation runs on every publish, as in the gateway.
+    let _gateway = Gateway::new(ProxyConfig::default(), published.clone());
     let backends = Backends::standalone();
     let times: Vec<f64> = (1..=11)
         .map(|version| {
             // Changes are apart, as in a cluster: the previous table is freed in between.
             std::thread::sleep(Duration::from_millis(200));
             let started = Instant::now();
-            gateway.publish(Snapshot::new(
+            published.publish(Snapshot::new(
                 version,
                 compile(&declared, &backends),
                 Vec::new(),

@@ -19,8 +19,8 @@ use tokio::sync::watch;
 use crate::api::WebSocketRoute;
 use crate::compile::{Verdict, condition, reason};
 use crate::metrics::{Metrics, WriteLabels};
-use crate::proxy::Gateway;
 use crate::route::RouteKey;
+use crate::snapshot::Published;
 use crate::source::kube::Stores;
 use crate::status::{Columns, columns};
 
@@ -37,7 +37,7 @@ const CONCURRENT_WRITES: usize = 8;
 pub struct StatusReporter {
     client: Client,
     routes: Stores<WebSocketRoute>,
-    gateway: Arc<Gateway>,
+    published: Arc<Published>,
     recorder: Recorder,
     /// What this replica last wrote per route (and for which object uid, as a route may be
     /// deleted and recreated under its name), so a second write in a row compares against
@@ -67,11 +67,11 @@ struct Write {
 
 impl StatusReporter {
     /// A reporter reading routes from `routes` (the watch's store) and verdicts from the
-    /// gateway's active snapshot; Events name `identity` as the reporting instance.
+    /// active snapshot; Events name `identity` as the reporting instance.
     pub fn new(
         client: Client,
         routes: Stores<WebSocketRoute>,
-        gateway: Arc<Gateway>,
+        published: Arc<Published>,
         identity: &str,
     ) -> StatusReporter {
         let recorder = Recorder::new(
@@ -84,7 +84,7 @@ impl StatusReporter {
         StatusReporter {
             client,
             routes,
-            gateway,
+            published,
             recorder,
             written: HashMap::new(),
         }
@@ -122,7 +122,7 @@ impl StatusReporter {
     /// Writes every route whose shown status or Events are behind the active snapshot.
     /// Returns whether all writes succeeded.
     async fn report(&mut self) -> bool {
-        let Some(snapshot) = self.gateway.snapshot() else {
+        let Some(snapshot) = self.published.current() else {
             return true;
         };
         // Kubernetes keeps times to the second; a finer `now` would never compare equal.
@@ -199,7 +199,7 @@ impl StatusReporter {
     /// `Ready` False with reason `GatewayStopped` and `message`, for the last replica to
     /// leave. Returns whether every write succeeded.
     pub async fn report_stopped(&self, message: &str) -> bool {
-        let Some(snapshot) = self.gateway.snapshot() else {
+        let Some(snapshot) = self.published.current() else {
             return true;
         };
         let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default();
@@ -235,7 +235,7 @@ impl StatusReporter {
 
     /// Sends `writes`, some at once; returns each with whether it succeeded.
     async fn send(&self, writes: Vec<Write>) -> Vec<(Write, bool)> {
-        let metrics = self.gateway.metrics();
+        let metrics = self.published.metrics();
         futures_util::stream::iter(writes)
             .map(|w| write(&self.client, &self.recorder, metrics, w))
             .buffer_unordered(CONCURRENT_WRITES)

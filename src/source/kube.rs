@@ -28,9 +28,8 @@ use tokio::sync::watch;
 
 use crate::api::WebSocketRoute;
 use crate::compile::{Backends, compile, key_of};
-use crate::proxy::Gateway;
 use crate::route::RouteKey;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Published, Snapshot};
 use resync::{Freshness, Trouble};
 
 /// The label that ties an EndpointSlice to its Service.
@@ -95,7 +94,7 @@ const HELM_RELEASE_TYPE: &str = "helm.sh/release.v1";
 
 /// Watches routes, Services, EndpointSlices and Secrets in the given namespaces (or all).
 pub struct KubeRoutes {
-    gateway: Arc<Gateway>,
+    published: Arc<Published>,
     routes: Stores<WebSocketRoute>,
     services: Stores<Service>,
     slices: Stores<EndpointSlice>,
@@ -162,7 +161,7 @@ impl KubeRoutes {
     pub async fn connect(
         client: Client,
         namespaces: &[String],
-        gateway: Arc<Gateway>,
+        published: Arc<Published>,
     ) -> Result<KubeRoutes, KubeSourceError> {
         let scopes: Vec<Option<&str>> = if namespaces.is_empty() {
             vec![None]
@@ -177,7 +176,7 @@ impl KubeRoutes {
         }
         let n = scopes.len();
         let all = watcher::Config::default();
-        let fresh = Freshness::new(gateway.metrics().watch_staleness.clone());
+        let fresh = Freshness::new(published.metrics().watch_staleness.clone());
         let (routes, route_events) = watch_kind(&client, &scopes, 0, &all, &fresh);
         let (services, service_events) = watch_kind(&client, &scopes, n, &all, &fresh);
         let (slices, slice_events) = watch_kind(&client, &scopes, 2 * n, &all, &fresh);
@@ -190,7 +189,7 @@ impl KubeRoutes {
         )
         .boxed();
         Ok(KubeRoutes {
-            gateway,
+            published,
             routes,
             services,
             slices,
@@ -208,11 +207,11 @@ impl KubeRoutes {
 
     /// Runs until the watch streams end: the first snapshot is published once every initial
     /// list is complete, then one per batch of relevant changes; each publication sends its
-    /// version on `published`. A failed watch relists after at most a second; the last
+    /// version on `versions`. A failed watch relists after at most a second; the last
     /// snapshot keeps serving meanwhile.
-    pub async fn run(self, published: watch::Sender<u64>) {
+    pub async fn run(self, versions: watch::Sender<u64>) {
         let KubeRoutes {
-            gateway,
+            published,
             routes: route_stores,
             services,
             slices,
@@ -271,17 +270,17 @@ impl KubeRoutes {
             let present = secrets.owned_if(|s| named(s));
             backends.insert_cluster_secrets(&fetched.refresh(&client, &present).await);
             version += 1;
-            gateway.publish(Snapshot::new(
+            published.publish(Snapshot::new(
                 version,
                 compile(&routes, &backends),
                 Vec::new(),
             ));
-            gateway
+            published
                 .metrics()
                 .snapshot_apply_seconds
                 .observe(started.elapsed().as_secs_f64());
             tracing::debug!(version, routes = routes.len(), "snapshot published");
-            published.send_replace(version);
+            versions.send_replace(version);
         }
     }
 }

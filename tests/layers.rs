@@ -1,0 +1,148 @@
+//! The direction of the imports, enforced (docs/design.md §1): a module may use its own layer
+//! and the ones below, never one above. Read from the source text: every `crate::NAME` a
+//! file's code mentions, outside comments and its test modules.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// Layers, lowest first; a module is placed by its first path segment, except where a
+/// longer path is listed (the controller's parts sit below its wiring).
+const LAYERS: [&[&str]; 7] = [
+    // Shared by every layer: nothing domain-specific.
+    &["metrics", "apierror", "logging", "memo"],
+    &["api", "policy"],
+    &["route", "compile", "status", "auth", "tls"],
+    &["snapshot"],
+    &[
+        "source",
+        "controller::report",
+        "controller::leader",
+        "check",
+    ],
+    &["proxy", "admin", "accept", "access", "probe"],
+    // Wiring: flags, listeners and the two modes.
+    &["config", "server", "controller", "standalone"],
+];
+
+/// Arrows that still run upward, each to be removed; a new one fails the test.
+const KNOWN: [(&str, &str); 2] = [
+    // auth reads headers through the HTTP/1.1 parser's type.
+    ("auth", "proxy"),
+    // check builds standalone's backends.
+    ("check", "standalone"),
+];
+
+fn layer_of(module: &str) -> usize {
+    let mut best: Option<(usize, usize)> = None;
+    for (layer, names) in LAYERS.iter().enumerate() {
+        for name in names.iter() {
+            let matches = module == *name || module.starts_with(&format!("{name}::"));
+            if matches && best.is_none_or(|(len, _)| name.len() > len) {
+                best = Some((name.len(), layer));
+            }
+        }
+    }
+    best.map(|(_, layer)| layer)
+        .unwrap_or_else(|| panic!("module {module} is in no layer: add it to LAYERS"))
+}
+
+/// The module a source file defines, like `controller::report`.
+fn module_of(path: &Path, src: &Path) -> String {
+    let rel = path.strip_prefix(src).expect("under src");
+    let mut parts: Vec<String> = rel
+        .iter()
+        .map(|p| p.to_string_lossy().trim_end_matches(".rs").to_owned())
+        .collect();
+    if parts.last().is_some_and(|p| p == "mod") {
+        parts.pop();
+    }
+    parts.join("::")
+}
+
+/// The text of `source` before its `#[cfg(test)]` module, if it has one at the end.
+fn production(source: &str) -> &str {
+    source
+        .find("#[cfg(test)]\nmod tests")
+        .map_or(source, |at| &source[..at])
+}
+
+fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            files(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_module_imports_a_layer_above_its_own() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut all = Vec::new();
+    files(&src, &mut all);
+    let mut upward = BTreeSet::new();
+    for path in all {
+        let module = module_of(&path, &src);
+        if module == "lib" || module == "main" || module.ends_with("tests") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let from = layer_of(&module);
+        // Code only: comments may name any module.
+        let code: String = production(&text)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        for (at, _) in code.match_indices("crate::") {
+            let rest = &code[at + "crate::".len()..];
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.is_empty() || module.split("::").next() == Some(name.as_str()) {
+                continue;
+            }
+            // `crate::controller::report` is placed by its longer path.
+            let target = match rest.strip_prefix(&format!("{name}::")) {
+                Some(more) if name == "controller" => {
+                    let sub: String = more
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    format!("{name}::{sub}")
+                }
+                _ => name.clone(),
+            };
+            if layer_of(&target) > from {
+                upward.insert((module.clone(), target));
+            }
+        }
+    }
+    let unknown: Vec<_> = upward
+        .iter()
+        .filter(|(from, to)| {
+            !KNOWN
+                .iter()
+                .any(|(f, t)| (from == f || from.starts_with(&format!("{f}::"))) && to == t)
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "imports from a lower layer to a higher one: {unknown:?}"
+    );
+    let stale: Vec<_> = KNOWN
+        .iter()
+        .filter(|(f, t)| {
+            !upward
+                .iter()
+                .any(|(from, to)| (from == f || from.starts_with(&format!("{f}::"))) && to == t)
+        })
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "these arrows are gone: remove them from KNOWN: {stale:?}"
+    );
+}
