@@ -11,7 +11,10 @@ use super::{
     BackendProblem, Backends, Checked, ValidRoute, Warning, key_of, parse_url, reason, warning,
 };
 use crate::api::JwtSpec;
-use crate::api::{MAX_IDLE_TIMEOUT_SECONDS, PathMatchType, Rejection, WebSocketRoute};
+use crate::api::{
+    MAX_IDLE_TIMEOUT_SECONDS, OriginsSpec, PathMatchType, Rejection, WebSocketRoute,
+    WebSocketRouteSpec,
+};
 use crate::auth::{JwtAuth, KeyError};
 use crate::policy::OriginPolicy;
 use crate::route::path;
@@ -27,14 +30,65 @@ const MAX_HOSTNAMES: usize = 16;
 pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
     let key = key_of(route);
     let spec = &route.spec;
+    // Each check appends in field order, the order the Accepted message lists them in.
     let mut problems = Vec::new();
     let mut warnings = Vec::new();
 
+    let hostnames = check_names(&key, spec, &mut problems);
+    let path = match check_path(spec.path.match_type, &spec.path.value) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+    let origins = check_origins(&spec.origins, &mut problems, &mut warnings);
+    check_subprotocols(spec.subprotocols.as_deref(), &mut problems);
+    check_limits(spec, &mut problems);
+    let References {
+        upstream,
+        auth,
+        certificate,
+        refs,
+    } = check_references(route, &key, backends, &mut problems);
+
+    let summary = match (&path, hostnames.is_empty()) {
+        (Some(p), false) => format!("{} {p}", hostnames.join(", ")),
+        _ => String::new(),
+    };
+    let valid = match (problems.is_empty(), path, origins, upstream) {
+        (true, Some(path), Some(origins), Some(upstream)) => Some(ValidRoute {
+            hostnames,
+            path,
+            certificate,
+            route: build_route(spec, &key, origins, upstream, auth),
+        }),
+        _ => None,
+    };
+
+    Checked {
+        key,
+        generation: route.metadata.generation,
+        valid,
+        problems,
+        refs,
+        warnings,
+        conflict: None,
+        programmed: false,
+        summary,
+    }
+}
+
+/// The route's name, hostnames and hostname grants; returns the hostnames.
+fn check_names(
+    key: &RouteKey,
+    spec: &WebSocketRouteSpec,
+    problems: &mut Vec<String>,
+) -> Vec<String> {
     if key.name.is_empty() {
         problems.push("metadata.name is missing: give the route a name".to_owned());
     }
-
-    let hostnames = check_hostnames(&spec.hostnames, &mut problems);
+    let hostnames = check_hostnames(&spec.hostnames, problems);
     for grant in &spec.hostname_grants {
         if !is_namespace_name(&grant.namespace) {
             problems.push(format!(
@@ -43,20 +97,16 @@ pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checke
             ));
         }
     }
+    hostnames
+}
 
-    let path = match check_path(spec.path.match_type, &spec.path.value) {
-        Ok(p) => Some(p),
-        Err(e) => {
-            problems.push(e);
-            None
-        }
-    };
-
-    let origins = match OriginPolicy::new(
-        &spec.origins.allow,
-        spec.origins.allow_null,
-        spec.origins.allow_missing,
-    ) {
+/// The origin policy, with warnings for the settings that are valid but rarely meant.
+fn check_origins(
+    origins: &OriginsSpec,
+    problems: &mut Vec<String>,
+    warnings: &mut Vec<Warning>,
+) -> Option<OriginPolicy> {
+    match OriginPolicy::new(&origins.allow, origins.allow_null, origins.allow_missing) {
         Ok(policy) => {
             if policy.allows_any_origin() {
                 warnings.push(Warning {
@@ -66,10 +116,7 @@ pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checke
             }
             // An empty list is valid (and the default), but a route nothing can reach is
             // more often a misspelt or dropped field than an intent.
-            if spec.origins.allow.is_empty()
-                && !spec.origins.allow_null
-                && !spec.origins.allow_missing
-            {
+            if origins.allow.is_empty() && !origins.allow_null && !origins.allow_missing {
                 warnings.push(Warning {
                     reason: warning::NO_ORIGINS,
                     message: "origins.allow is empty, so every handshake is refused with 403: list the origins that may connect, like `origins: {allow: [\"https://app.example.com\"]}`".to_owned(),
@@ -81,18 +128,23 @@ pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checke
             problems.push(e.to_string());
             None
         }
-    };
+    }
+}
 
-    if let Some(list) = &spec.subprotocols {
-        for p in list {
-            if p.is_empty() || !p.bytes().all(is_token_byte) {
-                problems.push(format!(
-                    "subprotocol `{p}` is not an HTTP token: use letters, digits and !#$%&'*+-.^_`|~"
-                ));
-            }
+/// Subprotocols are sent in `Sec-WebSocket-Protocol`, so each must be an HTTP token.
+fn check_subprotocols(subprotocols: Option<&[String]>, problems: &mut Vec<String>) {
+    for p in subprotocols.into_iter().flatten() {
+        if p.is_empty() || !p.bytes().all(is_token_byte) {
+            problems.push(format!(
+                "subprotocol `{p}` is not an HTTP token: use letters, digits and !#$%&'*+-.^_`|~"
+            ));
         }
     }
+}
 
+/// `limits` and `heartbeat`: a zero limit or an out-of-range duration is refused rather than
+/// read as "none", since omitting the field already says that.
+fn check_limits(spec: &WebSocketRouteSpec, problems: &mut Vec<String>) {
     if let Some(limits) = &spec.limits {
         for (field, value) in [
             ("maxConnections", limits.max_connections),
@@ -131,8 +183,30 @@ pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checke
             "heartbeat.intervalSeconds and heartbeat.timeoutSeconds must be 1 to 3600".to_owned(),
         );
     }
+}
 
-    let (mut upstream, mut refs) = check_upstream(route, &key, backends, &mut problems);
+/// What a route references (its upstream and the Secrets of its upstream TLS, JWT keys and
+/// certificate), resolved.
+struct References {
+    /// Set when the upstream is well-formed, even if it does not resolve.
+    upstream: Option<Upstream>,
+    /// Set when the route has `auth`; [`RouteAuth::Unavailable`] when its keys are not.
+    auth: Option<RouteAuth>,
+    /// The certificate and its Secret (`namespace/name`), when `tls` is set and usable.
+    certificate: Option<(Arc<CertifiedKey>, String)>,
+    /// The ResolvedRefs outcome: the first reference that did not resolve.
+    refs: Result<(), (&'static str, String)>,
+}
+
+/// Resolves the upstream, its TLS, the JWT keys and the certificate, in that order.
+fn check_references(
+    route: &WebSocketRoute,
+    key: &RouteKey,
+    backends: &Backends,
+    problems: &mut Vec<String>,
+) -> References {
+    let spec = &route.spec;
+    let (mut upstream, mut refs) = check_upstream(route, key, backends, problems);
     let mut fail_refs = |failure: (&'static str, String)| {
         // The first unresolved reference is the one reported.
         if refs.is_ok() {
@@ -140,7 +214,7 @@ pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checke
         }
     };
     if let Some(upstream) = &mut upstream {
-        match check_upstream_tls(route, &key, backends) {
+        match check_upstream_tls(route, key, backends) {
             Ok(tls) => upstream.tls = tls,
             Err(RefProblem::Invalid(p)) => problems.push(p),
             Err(RefProblem::Unresolved(failure)) => fail_refs(failure),
@@ -149,7 +223,7 @@ pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checke
     let auth = spec
         .auth
         .as_ref()
-        .map(|a| match check_auth(&a.jwt, &key, backends) {
+        .map(|a| match check_auth(&a.jwt, key, backends) {
             Ok(jwt) => RouteAuth::Jwt(Arc::new(jwt)),
             Err(RefProblem::Invalid(p)) => {
                 problems.push(p);
@@ -170,65 +244,56 @@ pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checke
         },
         None => None,
     };
-
-    let summary = match (&path, hostnames.is_empty()) {
-        (Some(p), false) => format!("{} {p}", hostnames.join(", ")),
-        _ => String::new(),
-    };
-    let valid = match (problems.is_empty(), path, origins, upstream) {
-        (true, Some(path), Some(origins), Some(upstream)) => Some(ValidRoute {
-            hostnames,
-            path,
-            certificate,
-            route: Route {
-                tls_only: spec.tls.is_some(),
-                auth,
-                key: key.clone(),
-                label: key.to_string().into(),
-                origins,
-                rejection: match spec.origins.rejection {
-                    Rejection::Forbidden => OriginRejection::Forbidden,
-                    Rejection::Close => OriginRejection::Close,
-                },
-                upstream,
-                subprotocols: spec.subprotocols.clone(),
-                revoke_on_policy_change: spec.revoke_on_policy_change,
-                limits: Limits {
-                    max_message_bytes: spec.limits.as_ref().and_then(|l| l.max_message_bytes),
-                    idle_timeout: spec
-                        .limits
-                        .as_ref()
-                        .and_then(|l| l.idle_timeout_seconds)
-                        .map(seconds),
-                    heartbeat: spec
-                        .heartbeat
-                        .as_ref()
-                        .map(|h| (seconds(h.interval_seconds), seconds(h.timeout_seconds))),
-                },
-                admission: spec
-                    .limits
-                    .as_ref()
-                    .map(|l| Admission {
-                        max_connections: l.max_connections,
-                        max_connections_per_client: l.max_connections_per_client,
-                        handshakes_per_second_per_client: l.handshakes_per_second_per_client,
-                    })
-                    .unwrap_or_default(),
-            },
-        }),
-        _ => None,
-    };
-
-    Checked {
-        key,
-        generation: route.metadata.generation,
-        valid,
-        problems,
+    References {
+        upstream,
+        auth,
+        certificate,
         refs,
-        warnings,
-        conflict: None,
-        programmed: false,
-        summary,
+    }
+}
+
+/// The compiled route of a valid spec.
+fn build_route(
+    spec: &WebSocketRouteSpec,
+    key: &RouteKey,
+    origins: OriginPolicy,
+    upstream: Upstream,
+    auth: Option<RouteAuth>,
+) -> Route {
+    Route {
+        tls_only: spec.tls.is_some(),
+        auth,
+        key: key.clone(),
+        label: key.to_string().into(),
+        origins,
+        rejection: match spec.origins.rejection {
+            Rejection::Forbidden => OriginRejection::Forbidden,
+            Rejection::Close => OriginRejection::Close,
+        },
+        upstream,
+        subprotocols: spec.subprotocols.clone(),
+        revoke_on_policy_change: spec.revoke_on_policy_change,
+        limits: Limits {
+            max_message_bytes: spec.limits.as_ref().and_then(|l| l.max_message_bytes),
+            idle_timeout: spec
+                .limits
+                .as_ref()
+                .and_then(|l| l.idle_timeout_seconds)
+                .map(seconds),
+            heartbeat: spec
+                .heartbeat
+                .as_ref()
+                .map(|h| (seconds(h.interval_seconds), seconds(h.timeout_seconds))),
+        },
+        admission: spec
+            .limits
+            .as_ref()
+            .map(|l| Admission {
+                max_connections: l.max_connections,
+                max_connections_per_client: l.max_connections_per_client,
+                handshakes_per_second_per_client: l.handshakes_per_second_per_client,
+            })
+            .unwrap_or_default(),
     }
 }
 
