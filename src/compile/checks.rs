@@ -297,6 +297,7 @@ fn build_route(
     }
 }
 
+/// Each hostname on its own, then the list: not empty, not too long, no duplicates.
 fn check_hostnames(hostnames: &[String], problems: &mut Vec<String>) -> Vec<String> {
     if hostnames.is_empty() {
         problems.push(
@@ -375,6 +376,7 @@ fn check_hostname(h: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The path rule of `spec.path`, kept in the normal form requests are matched in.
 fn check_path(kind: PathMatchType, value: &str) -> Result<PathRule, String> {
     if !value.starts_with('/') {
         return Err(format!("path `{value}` must start with `/`"));
