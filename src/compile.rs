@@ -2,6 +2,11 @@
 //! reference) to a [`RouteTable`] and one [`Verdict`] per route. Standalone mode, the
 //! controller and `wsgate check` all call [`compile`], so a route's verdict is the same
 //! everywhere. No I/O, no clocks, no Kubernetes client.
+//!
+//! This file holds the entry point and conflict resolution; the parts live beside it:
+//! `verdict` (condition types, reasons, warnings, [`Verdict`]), `checks` (each route's
+//! fields on their own), `backends` (Services, EndpointSlices and Secrets, resolved),
+//! `upstream_url` ([`parse_url`]) and `ownership` (which namespace owns a hostname).
 
 use std::collections::HashMap;
 use std::sync::Arc;
