@@ -1,5 +1,6 @@
 use super::*;
 use crate::policy::RequestOrigin;
+use crate::route::{RouteAuth, Target};
 
 /// A route from YAML: `metadata` and `spec` bodies, indented by the caller.
 fn route(yaml: &str) -> WebSocketRoute {
