@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::compile::{compile, reason};
 use crate::source::file::{FileSource, SourceError};
-use crate::standalone::backends;
+use crate::source::local::backends;
 
 /// The outcome of a check, mapped to the exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use crate::proxy::ProxyConfig;
 use crate::proxy::client::TrustedProxies;
 use crate::proxy::upstream::UpstreamTimeouts;
 use crate::route::Target;
+use crate::source::local::ServiceMapping;
 
 /// wsgate: a WebSocket gateway that enforces which web origins may connect to which backend.
 #[derive(Debug, Parser)]
@@ -226,17 +227,6 @@ pub struct CheckArgs {
     /// Route files or directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
-}
-
-/// A `--service NAME.NAMESPACE=HOST:PORT` mapping.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceMapping {
-    /// The Service's name.
-    pub name: String,
-    /// The Service's namespace.
-    pub namespace: String,
-    /// Where to connect instead.
-    pub target: Target,
 }
 
 fn parse_service(s: &str) -> Result<ServiceMapping, String> {
