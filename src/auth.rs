@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::api::JwtSpec;
 use crate::memo::ContentMemo;
-use crate::proxy::http1::Headers;
+use crate::request::{HeaderLookup, split_target};
 
 /// Headers a forwarded claim may not be sent in: the gateway's own, and those that steer the
 /// upstream exchange.
@@ -174,10 +174,10 @@ impl JwtAuth {
 
     /// Finds and verifies the request's token at Unix time `now`; returns the headers to
     /// forward (lowercase name, value) for the claims that are present.
-    pub fn check(
+    pub fn check<'h>(
         &self,
         target: &str,
-        headers: Headers<'_>,
+        headers: impl HeaderLookup<'h>,
         now: u64,
     ) -> Result<Vec<(String, String)>, AuthFailure> {
         let mut token = None;
@@ -482,36 +482,31 @@ impl Copies {
 
 /// The token in `source`, counting empty copies too (an empty copy beside a real one is
 /// still a second copy an upstream might read).
-fn find_token(source: &Source, target: &str, headers: Headers<'_>) -> Copies {
+fn find_token<'h>(source: &Source, target: &str, headers: impl HeaderLookup<'h>) -> Copies {
     match source {
         Source::Query(name) => {
-            let (_, query) = crate::proxy::http1::split_target(target);
+            let (_, query) = split_target(target);
             Copies::of(
                 form_urlencoded::parse(query.unwrap_or("").as_bytes())
                     .filter(|(k, _)| k == name)
                     .map(|(_, v)| v.into_owned()),
             )
         }
-        Source::Header(name) => Copies::of(
-            headers
-                .iter()
-                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-                .filter_map(|(_, value)| {
-                    let value = std::str::from_utf8(value).ok()?.trim();
-                    if name == "authorization" {
-                        // Other schemes (Basic, ...) carry no token of ours.
-                        let (scheme, token) = value.split_once(' ')?;
-                        scheme
-                            .eq_ignore_ascii_case("bearer")
-                            .then(|| token.trim().to_owned())
-                    } else {
-                        Some(value.to_owned())
-                    }
-                }),
-        ),
+        Source::Header(name) => Copies::of(headers.values(name).filter_map(|value| {
+            let value = std::str::from_utf8(value).ok()?.trim();
+            if name == "authorization" {
+                // Other schemes (Basic, ...) carry no token of ours.
+                let (scheme, token) = value.split_once(' ')?;
+                scheme
+                    .eq_ignore_ascii_case("bearer")
+                    .then(|| token.trim().to_owned())
+            } else {
+                Some(value.to_owned())
+            }
+        })),
         Source::Cookie(name) => Copies::of(
             headers
-                .get_all("cookie")
+                .values("cookie")
                 .filter_map(|v| std::str::from_utf8(v).ok())
                 .flat_map(|v| v.split(';'))
                 .filter_map(|pair| pair.trim().split_once('='))
@@ -524,7 +519,7 @@ fn find_token(source: &Source, target: &str, headers: Headers<'_>) -> Copies {
 /// `target` without the query parameters whose (decoded) name is `named` (every occurrence);
 /// the rest of the query is kept byte for byte, and a query left empty loses its `?`.
 pub fn strip_query_params(target: &str, named: impl Fn(&str) -> bool) -> Cow<'_, str> {
-    let (path, Some(query)) = crate::proxy::http1::split_target(target) else {
+    let (path, Some(query)) = split_target(target) else {
         return Cow::Borrowed(target);
     };
     let is_named = |pair: &str| {

@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod policy;
 pub mod probe;
 pub mod proxy;
+pub mod request;
 pub mod route;
 pub mod server;
 pub mod snapshot;

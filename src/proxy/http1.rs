@@ -78,6 +78,15 @@ fn head_end(buf: &[u8], from: usize) -> Option<usize> {
 #[derive(Debug, Clone, Copy)]
 pub struct Headers<'a>(&'a [httparse::Header<'a>]);
 
+impl<'a> crate::request::HeaderLookup<'a> for Headers<'a> {
+    fn values(self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        self.0
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    }
+}
+
 impl<'a> Headers<'a> {
     /// A view of the headers httparse filled in.
     pub fn new(headers: &'a [httparse::Header<'a>]) -> Headers<'a> {
@@ -147,25 +156,7 @@ impl<'a> Headers<'a> {
     }
 }
 
-/// An absolute-form request-target (`http://host:port/path?q`) split into its authority and
-/// the origin-form rest (`/path?q`, or empty); `None` for an origin-form target.
-pub fn absolute_form(target: &str) -> Option<(&str, &str)> {
-    if target.starts_with('/') {
-        return None;
-    }
-    let rest = &target[target.find("://")? + 3..];
-    Some(rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len())))
-}
-
-/// The request-target split into path and query; an absolute-form target gives its path.
-pub fn split_target(target: &str) -> (&str, Option<&str>) {
-    let origin_form = absolute_form(target).map_or(target, |(_, rest)| rest);
-    let (path, query) = match origin_form.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (origin_form, None),
-    };
-    (if path.is_empty() { "/" } else { path }, query)
-}
+pub use crate::request::{absolute_form, split_target};
 
 /// Appends `name: value\r\n`.
 pub fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {

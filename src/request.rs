@@ -1,0 +1,29 @@
+//! A request as the route decision and authentication see it, whatever protocol carried
+//! it: its target split into path and query, and its headers looked up by name. HTTP/1.1
+//! parsing (`proxy::http1`) feeds these; nothing here knows how a request arrived.
+
+/// Header values by name, as a request carries them; `'a` is how long the values live.
+pub trait HeaderLookup<'a>: Copy {
+    /// Every value of header `name` (matched without regard to case), in order.
+    fn values(self, name: &str) -> impl Iterator<Item = &'a [u8]>;
+}
+
+/// An absolute-form request-target (`http://host:port/path?q`) split into its authority and
+/// the origin-form rest (`/path?q`, or empty); `None` for an origin-form target.
+pub fn absolute_form(target: &str) -> Option<(&str, &str)> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let rest = &target[target.find("://")? + 3..];
+    Some(rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len())))
+}
+
+/// The request-target split into path and query; an absolute-form target gives its path.
+pub fn split_target(target: &str) -> (&str, Option<&str>) {
+    let origin_form = absolute_form(target).map_or(target, |(_, rest)| rest);
+    let (path, query) = match origin_form.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (origin_form, None),
+    };
+    (if path.is_empty() { "/" } else { path }, query)
+}
