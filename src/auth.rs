@@ -12,7 +12,6 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, DecodingKeyKind, Validation};
 use serde_json::{Map, Value};
 
-use crate::api::JwtSpec;
 use crate::memo::ContentMemo;
 use crate::request::{HeaderLookup, split_target};
 
@@ -67,11 +66,29 @@ pub enum AuthFailure {
 
 /// One place a token may be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Source {
+pub enum TokenPlace {
+    /// A query parameter of this name.
     Query(String),
-    /// Lowercase; `authorization` takes `Bearer <token>`.
+    /// A header of this name (any case); `authorization` takes `Bearer <token>`.
     Header(String),
+    /// A cookie of this name.
     Cookie(String),
+}
+
+/// What a route's JWT check is built from: plain settings, which `compile` derives from the
+/// route's `auth.jwt`, so this module knows nothing of the resource.
+#[derive(Debug, Clone, Default)]
+pub struct JwtSettings {
+    /// Where tokens are looked for, in order.
+    pub places: Vec<TokenPlace>,
+    /// The required `iss`, if any.
+    pub issuer: Option<String>,
+    /// Accepted `aud` values; empty means `aud` is not checked.
+    pub audiences: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`, in seconds.
+    pub leeway_seconds: u64,
+    /// Claims to forward upstream, as (claim, header name).
+    pub forward: Vec<(String, String)>,
 }
 
 /// A verification key and the algorithms it may verify.
@@ -83,7 +100,7 @@ struct VerifyKey {
 
 /// A route's compiled JWT check.
 pub struct JwtAuth {
-    sources: Vec<Source>,
+    sources: Vec<TokenPlace>,
     /// Shared with every route (in this and later snapshots) whose key material is the same.
     keys: Arc<[VerifyKey]>,
     issuer: Option<String>,
@@ -107,16 +124,14 @@ impl fmt::Debug for JwtAuth {
 }
 
 impl JwtAuth {
-    /// Compiles `spec` with the key material from its Secret.
-    pub fn new(spec: &JwtSpec, material: &[u8]) -> Result<JwtAuth, KeyError> {
-        let sources = spec
-            .token_sources
+    /// The check `settings` describe, with the key material from the route's Secret.
+    pub fn new(settings: &JwtSettings, material: &[u8]) -> Result<JwtAuth, KeyError> {
+        let sources = settings
+            .places
             .iter()
-            .filter_map(|s| match (&s.query, &s.header, &s.cookie) {
-                (Some(q), None, None) => Some(Source::Query(q.clone())),
-                (None, Some(h), None) => Some(Source::Header(h.to_ascii_lowercase())),
-                (None, None, Some(c)) => Some(Source::Cookie(c.clone())),
-                _ => None,
+            .map(|place| match place {
+                TokenPlace::Header(h) => TokenPlace::Header(h.to_ascii_lowercase()),
+                other => other.clone(),
             })
             .fold(Vec::new(), |mut sources, source| {
                 // A place listed twice is one place: its token is not "given twice".
@@ -126,27 +141,27 @@ impl JwtAuth {
                 sources
             });
         let (mut forward_claims, mut forward_headers) = (Vec::new(), Vec::new());
-        for f in &spec.forward_claims {
-            let header = f.header.to_ascii_lowercase();
-            let token = !header.is_empty()
-                && header
+        for (claim, header) in &settings.forward {
+            let lower = header.to_ascii_lowercase();
+            let token = !lower.is_empty()
+                && lower
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
             if !token
-                || RESERVED_HEADERS.contains(&header.as_str())
-                || header.starts_with("sec-websocket-")
+                || RESERVED_HEADERS.contains(&lower.as_str())
+                || lower.starts_with("sec-websocket-")
             {
-                return Err(KeyError::ReservedHeader(f.header.clone()));
+                return Err(KeyError::ReservedHeader(header.clone()));
             }
-            forward_claims.push(f.claim.clone());
-            forward_headers.push(header);
+            forward_claims.push(claim.clone());
+            forward_headers.push(lower);
         }
         Ok(JwtAuth {
             sources,
             keys: keys(material)?,
-            issuer: spec.issuer.clone(),
-            audiences: spec.audiences.clone(),
-            leeway: u64::from(spec.leeway_seconds),
+            issuer: settings.issuer.clone(),
+            audiences: settings.audiences.clone(),
+            leeway: settings.leeway_seconds,
             forward_claims,
             forward_headers,
         })
@@ -163,7 +178,7 @@ impl JwtAuth {
         strip_query_params(target, |name| {
             self.sources
                 .iter()
-                .any(|s| matches!(s, Source::Query(q) if q == name))
+                .any(|s| matches!(s, TokenPlace::Query(q) if q == name))
         })
     }
 
@@ -482,9 +497,9 @@ impl Copies {
 
 /// The token in `source`, counting empty copies too (an empty copy beside a real one is
 /// still a second copy an upstream might read).
-fn find_token<'h>(source: &Source, target: &str, headers: impl HeaderLookup<'h>) -> Copies {
+fn find_token<'h>(source: &TokenPlace, target: &str, headers: impl HeaderLookup<'h>) -> Copies {
     match source {
-        Source::Query(name) => {
+        TokenPlace::Query(name) => {
             let (_, query) = split_target(target);
             Copies::of(
                 form_urlencoded::parse(query.unwrap_or("").as_bytes())
@@ -492,7 +507,7 @@ fn find_token<'h>(source: &Source, target: &str, headers: impl HeaderLookup<'h>)
                     .map(|(_, v)| v.into_owned()),
             )
         }
-        Source::Header(name) => Copies::of(headers.values(name).filter_map(|value| {
+        TokenPlace::Header(name) => Copies::of(headers.values(name).filter_map(|value| {
             let value = std::str::from_utf8(value).ok()?.trim();
             if name == "authorization" {
                 // Other schemes (Basic, ...) carry no token of ours.
@@ -504,7 +519,7 @@ fn find_token<'h>(source: &Source, target: &str, headers: impl HeaderLookup<'h>)
                 Some(value.to_owned())
             }
         })),
-        Source::Cookie(name) => Copies::of(
+        TokenPlace::Cookie(name) => Copies::of(
             headers
                 .values("cookie")
                 .filter_map(|v| std::str::from_utf8(v).ok())

@@ -2,53 +2,33 @@ use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::json;
 
 use super::*;
-use crate::api::{ForwardClaim, JwtKeys, TokenSource};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 const NOW: u64 = 1_800_000_000;
 
-fn spec(sources: &[TokenSource]) -> JwtSpec {
-    JwtSpec {
-        token_sources: sources.to_vec(),
-        keys: JwtKeys {
-            secret_name: "keys".into(),
-            key: None,
-        },
+fn spec(places: &[TokenPlace]) -> JwtSettings {
+    JwtSettings {
+        places: places.to_vec(),
         issuer: Some("https://issuer.test".into()),
         audiences: vec!["chat".into()],
         leeway_seconds: 30,
-        forward_claims: vec![
-            ForwardClaim {
-                claim: "sub".into(),
-                header: "X-User-Id".into(),
-            },
-            ForwardClaim {
-                claim: "admin".into(),
-                header: "X-Admin".into(),
-            },
+        forward: vec![
+            ("sub".into(), "X-User-Id".into()),
+            ("admin".into(), "X-Admin".into()),
         ],
     }
 }
 
-fn query(name: &str) -> TokenSource {
-    TokenSource {
-        query: Some(name.into()),
-        ..TokenSource::default()
-    }
+fn query(name: &str) -> TokenPlace {
+    TokenPlace::Query(name.into())
 }
 
-fn header(name: &str) -> TokenSource {
-    TokenSource {
-        header: Some(name.into()),
-        ..TokenSource::default()
-    }
+fn header(name: &str) -> TokenPlace {
+    TokenPlace::Header(name.into())
 }
 
-fn cookie(name: &str) -> TokenSource {
-    TokenSource {
-        cookie: Some(name.into()),
-        ..TokenSource::default()
-    }
+fn cookie(name: &str) -> TokenPlace {
+    TokenPlace::Cookie(name.into())
 }
 
 fn claims() -> serde_json::Value {
@@ -433,7 +413,7 @@ fn bad_keys_and_reserved_forward_headers_say_what_to_write() {
         "bad header",
     ] {
         let mut s = spec(&[]);
-        s.forward_claims[0].header = reserved.into();
+        s.forward[0].1 = reserved.into();
         assert_eq!(
             JwtAuth::new(&s, SECRET).unwrap_err(),
             KeyError::ReservedHeader(reserved.into())

@@ -15,7 +15,7 @@ use crate::api::{
     MAX_IDLE_TIMEOUT_SECONDS, OriginsSpec, PathMatchType, Rejection, WebSocketRoute,
     WebSocketRouteSpec,
 };
-use crate::auth::{JwtAuth, KeyError};
+use crate::auth::{JwtAuth, JwtSettings, KeyError, TokenPlace};
 use crate::policy::OriginPolicy;
 use crate::route::path;
 use crate::route::{
@@ -467,10 +467,34 @@ fn check_auth(spec: &JwtSpec, key: &RouteKey, backends: &Backends) -> Result<Jwt
             }
         },
     };
-    JwtAuth::new(spec, material).map_err(|e| match e {
+    JwtAuth::new(&jwt_settings(spec), material).map_err(|e| match e {
         KeyError::ReservedHeader(_) => RefProblem::Invalid(e.to_string()),
         other => RefProblem::Unresolved((reason::INVALID_SECRET, format!("{secret} {other}"))),
     })
+}
+
+/// The plain settings `auth` builds a route's check from.
+fn jwt_settings(spec: &JwtSpec) -> JwtSettings {
+    JwtSettings {
+        places: spec
+            .token_sources
+            .iter()
+            .filter_map(|s| match (&s.query, &s.header, &s.cookie) {
+                (Some(q), None, None) => Some(TokenPlace::Query(q.clone())),
+                (None, Some(h), None) => Some(TokenPlace::Header(h.clone())),
+                (None, None, Some(c)) => Some(TokenPlace::Cookie(c.clone())),
+                _ => None,
+            })
+            .collect(),
+        issuer: spec.issuer.clone(),
+        audiences: spec.audiences.clone(),
+        leeway_seconds: u64::from(spec.leeway_seconds),
+        forward: spec
+            .forward_claims
+            .iter()
+            .map(|f| (f.claim.clone(), f.header.clone()))
+            .collect(),
+    }
 }
 
 /// Why settings that name a Secret cannot be used.
