@@ -50,6 +50,7 @@ pub(super) enum Connection {
 }
 
 impl Connection {
+    /// The task of a connection just accepted, counted in its HTTP phase: its handshake first.
     pub(super) fn new(
         stream: TcpStream,
         peer: SocketAddr,
@@ -103,6 +104,7 @@ pub(super) struct Relaying {
 }
 
 impl Relaying {
+    /// Starts relaying an upgraded connection, counted as active on its route.
     fn start(gateway: Arc<Gateway>, upgraded: Upgraded) -> Relaying {
         let Upgraded {
             route,

@@ -1,6 +1,7 @@
 //! The decision: from a request head to what the handshake does next ([`Step`]), in the
-//! order of docs/design.md §5, as pure CPU work on borrowed bytes. Nothing here awaits or
-//! writes; the caller acts on the step.
+//! order of docs/design.md §5. CPU work on borrowed bytes: nothing here awaits or touches a
+//! socket (the one side effect is taking the connection's admission slot), and the handshake
+//! driver in `connection` acts on the step.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -22,6 +23,7 @@ pub(super) struct Plan {
     pub(super) origin: Option<Range<usize>>,
     /// The client, with `X-Forwarded-For` applied when it came through a trusted proxy.
     pub(super) client: ClientInfo,
+    /// What the handshake does next.
     pub(super) step: Step,
 }
 
@@ -87,8 +89,8 @@ pub(super) fn plan(
     }
 }
 
-/// Everything after parsing, in the order of docs/design.md §5: the route, TLS, the upgrade,
-/// the origin, the token, the limits and the subprotocols; then the request to forward.
+/// Steps 1 to 5 of docs/design.md §5 on the parsed head: host, path and route, TLS, upgrade,
+/// origin, token, limits and subprotocols; then the request to forward.
 fn decide(
     method: &str,
     target: &str,

@@ -36,6 +36,7 @@ pub(super) enum RefusalBody {
 }
 
 impl RefusalBody {
+    /// The body that follows a response head with this status and these headers.
     fn of(code: u16, headers: Headers<'_>) -> RefusalBody {
         if code < 200 || code == 204 || code == 304 {
             return RefusalBody::Empty;

@@ -54,13 +54,20 @@ impl Default for ProxyConfig {
 
 /// State shared by the listener, the route source and the admin endpoints.
 pub struct Gateway {
+    /// Where the snapshots every handshake is decided against are published.
     pub(super) published: Arc<Published>,
+    /// Relayed connections, and handshakes waiting for their upstream: what a snapshot
+    /// revokes and a drain closes.
     pub(super) connections: Arc<Registry>,
+    /// What the routes' and clients' limits count.
     pub(super) admissions: Arc<Admissions>,
     /// Set while at `max_connections`, so reaching it is logged once, not per connection.
     full: AtomicBool,
+    /// The metric families.
     pub(super) metrics: Metrics,
+    /// Where each handshake and each relayed connection's end is logged.
     pub(super) access: AccessLog,
+    /// The data plane's tunables.
     pub(super) config: ProxyConfig,
     /// HTTP connections not yet upgraded (or done), for draining.
     http_connections: AtomicUsize,
@@ -122,6 +129,7 @@ impl Gateway {
         tokio::join!(self.connections.wait_empty(), self.wait_http_idle());
     }
 
+    /// Resolves once no connection is in its HTTP phase.
     async fn wait_http_idle(&self) {
         loop {
             let idle = self.http_idle.notified();
@@ -169,6 +177,7 @@ impl Gateway {
 pub(super) struct HttpPhase(pub(super) Arc<Gateway>);
 
 impl HttpPhase {
+    /// Counts `gateway`'s connection as in its HTTP phase until the guard drops.
     pub(super) fn enter(gateway: Arc<Gateway>) -> HttpPhase {
         gateway.http_connections.fetch_add(1, Ordering::AcqRel);
         HttpPhase(gateway)
