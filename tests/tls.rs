@@ -79,12 +79,15 @@ async fn sni_picks_each_hostnames_certificate_and_an_unknown_name_fails_the_hand
     // certificate is shown.
     let unknown = tls_connect(gate.tls, "c.example.test", &ca).await;
     assert!(unknown.is_err(), "unknown SNI must fail the TLS handshake");
-    let counted = gate
-        .metric(
-            r#"wsgate_handshakes_total{route="",result="rejected",reason="tls_handshake_failed"}"#,
-        )
-        .await;
-    assert_eq!(counted, Some(1.0));
+    // Counted once the gateway's side of the handshake has ended, which may be just after
+    // the client's.
+    let failed =
+        r#"wsgate_handshakes_total{route="",result="rejected",reason="tls_handshake_failed"}"#;
+    gate.wait_for(
+        || async { gate.metric(failed).await == Some(1.0) },
+        "the failed TLS handshake to be counted",
+    )
+    .await;
 }
 
 #[tokio::test]
