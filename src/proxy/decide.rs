@@ -15,6 +15,7 @@ use super::state::Gateway;
 use super::upstream::{self, ClientInfo};
 use crate::auth::AuthFailure;
 use crate::policy::RequestOrigin;
+use crate::request::HeaderLookup;
 use crate::route::{OriginRejection, Route, RouteAuth};
 
 /// What to do with a request, decided from its head alone.
@@ -89,8 +90,8 @@ pub(super) fn plan(
     }
 }
 
-/// Steps 1 to 5 of docs/design.md §5 on the parsed head: host, path and route, TLS, upgrade,
-/// origin, token, limits and subprotocols; then the request to forward.
+/// The HTTP/1.1 side of the decision: what only an HTTP/1.1 request can get wrong (two
+/// hosts, no upgrade), then the [`decision`], then the HTTP/1.1 request to forward.
 fn decide(
     method: &str,
     target: &str,
@@ -100,121 +101,50 @@ fn decide(
     client: ClientInfo,
     sni: Option<&str>,
 ) -> Step {
-    let Some(snapshot) = gateway.published.current() else {
-        return Step::Refuse(None, Reject::NotReady);
-    };
     let mut hosts = headers.get_all("host");
     let (host_header, second_host) = (hosts.next(), hosts.next());
     let absolute = http1::absolute_form(target);
     // RFC 9112 §3.2: one Host; with an absolute-form target, its authority is the host. A
     // request that names two hosts could be routed by one and served by the other.
-    if second_host.is_some()
-        || absolute
-            .zip(host_header)
-            .is_some_and(|((authority, _), host)| {
-                !host.trim_ascii().eq_ignore_ascii_case(authority.as_bytes())
-            })
+    if gateway.published.current().is_some()
+        && (second_host.is_some()
+            || absolute
+                .zip(host_header)
+                .is_some_and(|((authority, _), host)| {
+                    !host.trim_ascii().eq_ignore_ascii_case(authority.as_bytes())
+                }))
     {
         return Step::Refuse(None, Reject::AmbiguousHost);
     }
-    let host = request_host(host_header, target);
-    // Routed and forwarded in normal form, so the route that matches is the one whose
-    // backend serves the path.
-    let (raw_path, query) = http1::split_target(target);
-    let Ok(path) = crate::route::path::normalize(raw_path) else {
-        return Step::Refuse(None, Reject::BadPath);
+    // HTTP/1.0 has no Upgrade.
+    let upgrade = match version {
+        Some(1) => handshake::validate(method, headers),
+        _ => Err(Reject::NotWebSocket),
     };
-    let target = match (&path, absolute) {
-        (Cow::Borrowed(_), None) => Cow::Borrowed(target),
-        _ => Cow::Owned(match query {
-            Some(query) => format!("{path}?{query}"),
-            None => path.clone().into_owned(),
-        }),
+    let request = Request {
+        host: request_host(host_header, target),
+        target: absolute.map_or(target, |(_, rest)| rest),
+        headers,
+        upgrade,
+        sni,
+        client,
     };
-
-    // A TLS client asks for one host in SNI and another in Host: refused, so one tenant's
-    // certificate cannot front another tenant's route (RFC 9110 §15.5.20).
-    if sni.is_some_and(|name| !name.trim_end_matches('.').eq_ignore_ascii_case(&host)) {
-        return Step::Refuse(None, Reject::Misdirected);
-    }
-    let Some((route, tls_only)) = snapshot.table.select(&host, &path) else {
-        return Step::Refuse(None, Reject::NoRoute);
-    };
-    let route = route.clone();
-    // TLS-only is a property of the hostname: no route serves part of it in clear text.
-    if tls_only && sni.is_none() {
-        return Step::Refuse(Some(route), Reject::TlsRequired);
-    }
-    // Snapshots are swapped whole; this handshake keeps the route it selected.
-    drop(snapshot);
-    if version != Some(1) {
-        // HTTP/1.0 has no Upgrade.
-        return Step::Refuse(Some(route), Reject::NotWebSocket);
-    }
-    let accept = match handshake::validate(method, headers) {
-        Ok(accept) => accept,
-        Err(r) => return Step::Refuse(Some(route), r),
-    };
-    let origin = RequestOrigin::from_header_values(headers.get_all("origin"));
-    if !route.origins.allows(&origin) {
-        return match route.rejection {
-            OriginRejection::Forbidden => Step::Refuse(Some(route), Reject::OriginDenied),
-            OriginRejection::Close => Step::CloseAfterUpgrade(route, accept),
-        };
-    }
-    let (target, claims) = match &route.auth {
-        None => (target, Vec::new()),
-        Some(RouteAuth::Unavailable) => return Step::Refuse(Some(route), Reject::AuthUnavailable),
-        Some(RouteAuth::Jwt(jwt)) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            match jwt.check(&target, headers, now) {
-                Ok(claims) => {
-                    let stripped = match target {
-                        Cow::Borrowed(target) => jwt.strip_token_params(target),
-                        Cow::Owned(target) => {
-                            Cow::Owned(jwt.strip_token_params(&target).into_owned())
-                        }
-                    };
-                    (stripped, claims)
-                }
-                Err(AuthFailure::Missing) => {
-                    return Step::Refuse(Some(route), Reject::Unauthorized);
-                }
-                Err(AuthFailure::Repeated) => {
-                    return Step::Refuse(Some(route), Reject::TokenRepeated);
-                }
-                Err(AuthFailure::Invalid(why)) => {
-                    tracing::debug!(client = %client.ip, route = %route.label, reason = why, "token refused");
-                    return Step::Refuse(Some(route), Reject::InvalidToken);
-                }
-            }
+    let forward = match decision(&request, gateway) {
+        Decision::Refuse(route, reject) => return Step::Refuse(route, reject),
+        Decision::CloseAfterUpgrade(route, accept) => {
+            return Step::CloseAfterUpgrade(route, accept);
         }
+        Decision::Forward(forward) => forward,
     };
-    let admission = match gateway.admissions.admit(
-        &route.label,
-        route.admission,
-        client.ip,
-        std::time::Instant::now(),
-    ) {
-        Ok(slot) => slot.map(Box::new),
-        Err(denied) => {
-            let reject = match denied {
-                Denied::RouteFull => Reject::RouteFull,
-                Denied::ClientConnections => Reject::TooManyConnections,
-                Denied::ClientRate(seconds) => Reject::TooManyHandshakes(seconds),
-            };
-            return Step::Refuse(Some(route), reject);
-        }
-    };
-    let subprotocols = match &route.subprotocols {
-        Some(allowed) => match handshake::filter_subprotocols(headers, allowed) {
-            Some(kept) => Some(kept),
-            None => return Step::Refuse(Some(route), Reject::SubprotocolDenied),
-        },
-        None => None,
-    };
+    let Forward {
+        route,
+        target,
+        origin,
+        accept,
+        claims,
+        subprotocols,
+        admission,
+    } = forward;
     let dropped = match &route.auth {
         Some(RouteAuth::Jwt(jwt)) => jwt.forwarded_headers(),
         _ => &[],
@@ -246,6 +176,170 @@ fn decide(
     }
 }
 
+/// A WebSocket request as the decision sees it, whatever protocol carried it.
+pub(super) struct Request<'a, H> {
+    /// The host asked for: lowercase, without port or trailing dot.
+    pub(super) host: Cow<'a, str>,
+    /// The origin-form target: path and query as sent.
+    pub(super) target: &'a str,
+    /// The request's headers.
+    pub(super) headers: H,
+    /// Whether the protocol's own WebSocket checks passed, and the key to answer with.
+    pub(super) upgrade: Result<AcceptKey, Reject>,
+    /// The TLS server name, on the TLS listener.
+    pub(super) sni: Option<&'a str>,
+    /// Who asks.
+    pub(super) client: ClientInfo,
+}
+
+/// What the decision leaves to the protocol: where to forward, and what to add.
+pub(super) struct Forward<'a> {
+    /// The route that admitted the request.
+    pub(super) route: Arc<Route>,
+    /// The target to forward: normalized, without token parameters.
+    pub(super) target: Cow<'a, str>,
+    /// The request's origin, for revocation later.
+    pub(super) origin: RequestOrigin,
+    /// The key to answer the client's upgrade with.
+    pub(super) accept: AcceptKey,
+    /// Headers from verified claims, to add.
+    pub(super) claims: Vec<(String, String)>,
+    /// The allowed subprotocols the client offered, when the route filters them.
+    pub(super) subprotocols: Option<String>,
+    /// The connection's place under its route's limits.
+    pub(super) admission: Option<Box<Slot>>,
+}
+
+/// What the decision says.
+pub(super) enum Decision<'a> {
+    /// Answer with this rejection.
+    Refuse(Option<Arc<Route>>, Reject),
+    /// `rejection: Close`: 101, then Close 1008.
+    CloseAfterUpgrade(Arc<Route>, AcceptKey),
+    /// Forward to the route's upstream.
+    Forward(Forward<'a>),
+}
+
+/// Steps 1 to 5 of docs/design.md §5 that hold for any protocol: path and route, TLS, the
+/// protocol's upgrade checks, origin, token, limits and subprotocols. The one side effect
+/// is taking the connection's admission slot.
+pub(super) fn decision<'a, 'h, H: HeaderLookup<'h>>(
+    request: &Request<'a, H>,
+    gateway: &Gateway,
+) -> Decision<'a> {
+    let Some(snapshot) = gateway.published.current() else {
+        return Decision::Refuse(None, Reject::NotReady);
+    };
+    let client = request.client;
+    // Routed and forwarded in normal form, so the route that matches is the one whose
+    // backend serves the path.
+    let (raw_path, query) = http1::split_target(request.target);
+    let Ok(path) = crate::route::path::normalize(raw_path) else {
+        return Decision::Refuse(None, Reject::BadPath);
+    };
+    // Most paths are already in normal form: then the target goes as it came.
+    let target = match (&path, query) {
+        (Cow::Borrowed(_), _) => Cow::Borrowed(request.target),
+        (_, Some(query)) => Cow::Owned(format!("{path}?{query}")),
+        (_, None) => Cow::Owned(path.clone().into_owned()),
+    };
+    // A TLS client asks for one host in SNI and another in Host: refused, so one tenant's
+    // certificate cannot front another tenant's route (RFC 9110 §15.5.20).
+    let host = &request.host;
+    if request
+        .sni
+        .is_some_and(|name| !name.trim_end_matches('.').eq_ignore_ascii_case(host))
+    {
+        return Decision::Refuse(None, Reject::Misdirected);
+    }
+    let Some((route, tls_only)) = snapshot.table.select(host, &path) else {
+        return Decision::Refuse(None, Reject::NoRoute);
+    };
+    let route = route.clone();
+    // TLS-only is a property of the hostname: no route serves part of it in clear text.
+    if tls_only && request.sni.is_none() {
+        return Decision::Refuse(Some(route), Reject::TlsRequired);
+    }
+    // Snapshots are swapped whole; this handshake keeps the route it selected.
+    drop(snapshot);
+    let accept = match &request.upgrade {
+        Ok(accept) => *accept,
+        Err(r) => return Decision::Refuse(Some(route), *r),
+    };
+    let headers = request.headers;
+    let origin = RequestOrigin::from_header_values(headers.values("origin"));
+    if !route.origins.allows(&origin) {
+        return match route.rejection {
+            OriginRejection::Forbidden => Decision::Refuse(Some(route), Reject::OriginDenied),
+            OriginRejection::Close => Decision::CloseAfterUpgrade(route, accept),
+        };
+    }
+    let (target, claims) = match &route.auth {
+        None => (target, Vec::new()),
+        Some(RouteAuth::Unavailable) => {
+            return Decision::Refuse(Some(route), Reject::AuthUnavailable);
+        }
+        Some(RouteAuth::Jwt(jwt)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            match jwt.check(&target, headers, now) {
+                Ok(claims) => {
+                    let stripped = match target {
+                        Cow::Borrowed(target) => jwt.strip_token_params(target),
+                        Cow::Owned(target) => {
+                            Cow::Owned(jwt.strip_token_params(&target).into_owned())
+                        }
+                    };
+                    (stripped, claims)
+                }
+                Err(AuthFailure::Missing) => {
+                    return Decision::Refuse(Some(route), Reject::Unauthorized);
+                }
+                Err(AuthFailure::Repeated) => {
+                    return Decision::Refuse(Some(route), Reject::TokenRepeated);
+                }
+                Err(AuthFailure::Invalid(why)) => {
+                    tracing::debug!(client = %client.ip, route = %route.label, reason = why, "token refused");
+                    return Decision::Refuse(Some(route), Reject::InvalidToken);
+                }
+            }
+        }
+    };
+    let admission = match gateway.admissions.admit(
+        &route.label,
+        route.admission,
+        client.ip,
+        std::time::Instant::now(),
+    ) {
+        Ok(slot) => slot.map(Box::new),
+        Err(denied) => {
+            let reject = match denied {
+                Denied::RouteFull => Reject::RouteFull,
+                Denied::ClientConnections => Reject::TooManyConnections,
+                Denied::ClientRate(seconds) => Reject::TooManyHandshakes(seconds),
+            };
+            return Decision::Refuse(Some(route), reject);
+        }
+    };
+    let subprotocols = match &route.subprotocols {
+        Some(allowed) => match handshake::filter_subprotocols(headers, allowed) {
+            Some(kept) => Some(kept),
+            None => return Decision::Refuse(Some(route), Reject::SubprotocolDenied),
+        },
+        None => None,
+    };
+    Decision::Forward(Forward {
+        route,
+        target,
+        origin,
+        accept,
+        claims,
+        subprotocols,
+        admission,
+    })
+}
+
 /// The Host header (or the absolute-form target's authority), lowercase, without the port or
 /// a trailing dot.
 fn request_host<'a>(host: Option<&'a [u8]>, target: &'a str) -> Cow<'a, str> {
@@ -268,3 +362,6 @@ fn request_host<'a>(host: Option<&'a [u8]>, target: &'a str) -> Cow<'a, str> {
         Cow::Borrowed(host)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -305,9 +305,12 @@ pub fn accept_key(key: &[u8]) -> AcceptKey {
 /// Filters the client's offered subprotocols (RFC 6455 §4.1 `Sec-WebSocket-Protocol`, any
 /// number of headers, comma-separated) to `allowed`, keeping the client's order. `None` when
 /// nothing offered is allowed.
-pub fn filter_subprotocols(headers: Headers<'_>, allowed: &[String]) -> Option<String> {
+pub fn filter_subprotocols<'h>(
+    headers: impl crate::request::HeaderLookup<'h>,
+    allowed: &[String],
+) -> Option<String> {
     let kept: Vec<&str> = headers
-        .get_all("sec-websocket-protocol")
+        .values("sec-websocket-protocol")
         .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
