@@ -106,23 +106,22 @@ fn decide(
     let absolute = http1::absolute_form(target);
     // RFC 9112 §3.2: one Host; with an absolute-form target, its authority is the host. A
     // request that names two hosts could be routed by one and served by the other.
-    if gateway.published.current().is_some()
-        && (second_host.is_some()
-            || absolute
-                .zip(host_header)
-                .is_some_and(|((authority, _), host)| {
-                    !host.trim_ascii().eq_ignore_ascii_case(authority.as_bytes())
-                }))
-    {
-        return Step::Refuse(None, Reject::AmbiguousHost);
-    }
+    let ambiguous = second_host.is_some()
+        || absolute
+            .zip(host_header)
+            .is_some_and(|((authority, _), host)| {
+                !host.trim_ascii().eq_ignore_ascii_case(authority.as_bytes())
+            });
     // HTTP/1.0 has no Upgrade.
     let upgrade = match version {
         Some(1) => handshake::validate(method, headers),
         _ => Err(Reject::NotWebSocket),
     };
     let request = Request {
-        host: request_host(host_header, target),
+        host: match ambiguous {
+            true => Err(Reject::AmbiguousHost),
+            false => Ok(request_host(host_header, target)),
+        },
         target: absolute.map_or(target, |(_, rest)| rest),
         headers,
         upgrade,
@@ -178,8 +177,9 @@ fn decide(
 
 /// A WebSocket request as the decision sees it, whatever protocol carried it.
 pub(super) struct Request<'a, H> {
-    /// The host asked for: lowercase, without port or trailing dot.
-    pub(super) host: Cow<'a, str>,
+    /// The host asked for (lowercase, without port or trailing dot), or why the request
+    /// names none unambiguously.
+    pub(super) host: Result<Cow<'a, str>, Reject>,
     /// The origin-form target: path and query as sent.
     pub(super) target: &'a str,
     /// The request's headers.
@@ -230,6 +230,10 @@ pub(super) fn decision<'a, 'h, H: HeaderLookup<'h>>(
     let Some(snapshot) = gateway.published.current() else {
         return Decision::Refuse(None, Reject::NotReady);
     };
+    let host = match &request.host {
+        Ok(host) => host,
+        Err(reject) => return Decision::Refuse(None, *reject),
+    };
     let client = request.client;
     // Routed and forwarded in normal form, so the route that matches is the one whose
     // backend serves the path.
@@ -245,7 +249,6 @@ pub(super) fn decision<'a, 'h, H: HeaderLookup<'h>>(
     };
     // A TLS client asks for one host in SNI and another in Host: refused, so one tenant's
     // certificate cannot front another tenant's route (RFC 9110 §15.5.20).
-    let host = &request.host;
     if request
         .sni
         .is_some_and(|name| !name.trim_end_matches('.').eq_ignore_ascii_case(host))

@@ -2,6 +2,7 @@
 //! client's upgrade request with forwarding headers (docs/design.md §5 step 6). Knows HTTP and
 //! sockets; knows nothing of origins or routes' policies.
 
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -139,16 +140,20 @@ pub fn forward_request(
     if trusted_peer {
         put_prior(&mut out, headers.get_all("x-forwarded-for"));
     }
-    out.extend_from_slice(hop.to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
+    // Written in place: no string per handshake for an address.
+    let _ = write!(out, "{hop}\r\n");
     // RFC 7239 §4: `for` the address that connected, `proto`, and `host` as the client sent it.
     out.extend_from_slice(b"forwarded: ");
     if trusted_peer {
         put_prior(&mut out, headers.get_all("forwarded"));
     }
     match hop {
-        IpAddr::V4(v4) => out.extend_from_slice(format!("for={v4}").as_bytes()),
-        IpAddr::V6(v6) => out.extend_from_slice(format!("for=\"[{v6}]\"").as_bytes()),
+        IpAddr::V4(v4) => {
+            let _ = write!(out, "for={v4}");
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "for=\"[{v6}]\"");
+        }
     }
     out.extend_from_slice(b";proto=");
     out.extend_from_slice(client.proto.as_bytes());

@@ -56,7 +56,7 @@ fn ask<'a>(
     sni: Option<&'a str>,
 ) -> Result<String, Reject> {
     let request = Request {
-        host: Cow::Borrowed("chat.example.test"),
+        host: Ok(Cow::Borrowed("chat.example.test")),
         target,
         headers: Pairs(headers),
         upgrade,
