@@ -27,3 +27,19 @@ pub fn split_target(target: &str) -> (&str, Option<&str>) {
     };
     (if path.is_empty() { "/" } else { path }, query)
 }
+
+/// Request headers as (name, value) pairs: what the decision and auth tests hand over, with
+/// nothing of how a request arrived.
+#[cfg(test)]
+#[derive(Clone, Copy)]
+pub(crate) struct Pairs<'a>(pub(crate) &'a [(&'a str, &'a str)]);
+
+#[cfg(test)]
+impl<'a> HeaderLookup<'a> for Pairs<'a> {
+    fn values(self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        self.0
+            .iter()
+            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_bytes())
+    }
+}

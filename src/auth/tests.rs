@@ -2,6 +2,7 @@ use jsonwebtoken::{EncodingKey, Header, encode};
 use serde_json::json;
 
 use super::*;
+use crate::request::Pairs;
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
 const NOW: u64 = 1_800_000_000;
@@ -42,19 +43,6 @@ fn hs256(claims: &serde_json::Value) -> String {
         &EncodingKey::from_secret(SECRET),
     )
     .expect("token")
-}
-
-/// Request headers as (name, value) pairs: `check` needs nothing of how they arrived.
-#[derive(Clone, Copy)]
-struct Pairs<'a>(&'a [(&'a str, &'a str)]);
-
-impl<'a> HeaderLookup<'a> for Pairs<'a> {
-    fn values(self, name: &str) -> impl Iterator<Item = &'a [u8]> {
-        self.0
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_bytes())
-    }
 }
 
 /// Runs `check` with these request headers.

@@ -4,22 +4,10 @@ use super::*;
 use crate::compile::{Backends, compile};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyConfig;
+use crate::request::Pairs;
 use crate::snapshot::{Published, Snapshot};
 
 const A: &str = "https://a.example.test";
-
-/// Request headers as (name, value) pairs.
-#[derive(Clone, Copy)]
-struct Pairs<'a>(&'a [(&'a str, &'a str)]);
-
-impl<'a> HeaderLookup<'a> for Pairs<'a> {
-    fn values(self, name: &str) -> impl Iterator<Item = &'a [u8]> {
-        self.0
-            .iter()
-            .filter(move |(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_bytes())
-    }
-}
 
 /// A gateway serving `/ws` on chat.example.test to origin A only, and `/` to nobody.
 fn gateway(published: bool) -> Arc<Gateway> {
