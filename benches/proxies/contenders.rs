@@ -114,10 +114,11 @@ pub(crate) fn route_yaml(name: &str, host: &str, upstream: SocketAddr) -> String
     )
 }
 
-/// wsgate with the benchmark's route and `others` more routes on other hostnames (so that a
-/// reader can see whether route lookup grows with the route count).
+/// The wsgate `program` with the benchmark's route and `others` more routes on other
+/// hostnames (so that a reader can see whether route lookup grows with the route count).
 pub(crate) async fn start_wsgate(
     name: &'static str,
+    program: &str,
     dir: &Path,
     upstream: SocketAddr,
     others: usize,
@@ -139,7 +140,7 @@ pub(crate) async fn start_wsgate(
         format!("127.0.0.1:{}", free_port()),
     );
     let child = pinned(
-        env!("CARGO_BIN_EXE_wsgate"),
+        program,
         &[
             "standalone",
             "--routes",

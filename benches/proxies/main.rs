@@ -36,6 +36,8 @@ const LATENCY_RUN: Duration = Duration::from_secs(5);
 /// Idle connections held per proxy: two descriptors each in the proxy, which may hold at
 /// most 20,000 here.
 const IDLE: usize = 9_000;
+/// Names another wsgate binary to measure beside this one (`WSGATE_BASELINE=path`).
+const BASELINE: &str = "WSGATE_BASELINE";
 /// Route counts of the snapshot scenario.
 const SNAPSHOT_ROUTES: [usize; 2] = [10, 10_000];
 
@@ -276,15 +278,24 @@ fn snapshot_ms(routes: usize) -> (f64, f64) {
 async fn proxy_scenarios(scenarios: &[Scenario], table: &mut String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream = wire::echo_upstream().await;
-    let proxies = [
-        contenders::start_wsgate("wsgate", dir.path(), upstream, 0).await,
+    let ours = env!("CARGO_BIN_EXE_wsgate");
+    let mut proxies = vec![
+        contenders::start_wsgate("wsgate", ours, dir.path(), upstream, 0).await,
         contenders::start_nginx(dir.path(), upstream).await,
         contenders::start_haproxy(dir.path(), upstream).await,
         contenders::start_floor(upstream).await,
         Proxy::direct(upstream),
         // Measured in the allowed-handshake scenario only.
-        contenders::start_wsgate("wsgate, 10,000 routes", dir.path(), upstream, 9_999).await,
+        contenders::start_wsgate("wsgate, 10,000 routes", ours, dir.path(), upstream, 9_999).await,
     ];
+    // Another build of wsgate measured in the same rounds, so that a change is compared with
+    // what it changed under the same noise.
+    if let Ok(baseline) = std::env::var(BASELINE) {
+        eprintln!("{BASELINE}: also measuring {baseline}");
+        proxies.push(
+            contenders::start_wsgate("wsgate baseline", &baseline, dir.path(), upstream, 0).await,
+        );
+    }
     for proxy in &proxies {
         load::check(proxy.addr).await;
     }
