@@ -251,18 +251,23 @@ async fn handshake(
             return closed_unanswered(&gateway, client, "head_timeout");
         }
     };
-    let mut stream = opened?;
+    let stream = opened?;
     let plan = plan(&buf[..head_len], &gateway, client, stream.sni());
-    let client = plan.client;
-    let leftover = &buf[head_len..];
-    let origin = plan
-        .origin
-        .clone()
-        .and_then(|r| std::str::from_utf8(&buf[r]).ok());
+    let mut asker = Asker {
+        stream,
+        leftover: &buf[head_len..],
+        phase,
+        client: plan.client,
+        origin: plan
+            .origin
+            .clone()
+            .and_then(|r| std::str::from_utf8(&buf[r]).ok()),
+    };
+    let (client, origin) = (asker.client, asker.origin);
     match plan.step {
         Step::Refuse(route, reject) => {
             refuse(
-                &mut stream,
+                &mut asker.stream,
                 &gateway,
                 route.as_deref(),
                 reject,
@@ -272,7 +277,7 @@ async fn handshake(
             .await;
         }
         Step::CloseAfterUpgrade(route, accept) => {
-            close_after_upgrade(stream, leftover, phase, &route, accept, client, origin).await;
+            close_after_upgrade(asker, &route, accept).await;
         }
         Step::Forward {
             route,
@@ -299,10 +304,7 @@ async fn handshake(
             let answer = match answer {
                 Ok(answer) => answer,
                 Err(reject) => {
-                    refuse_decided(
-                        stream, leftover, phase, &route, reject, accept, client, origin,
-                    )
-                    .await;
+                    refuse_decided(asker, &route, reject, accept).await;
                     return None;
                 }
             };
@@ -315,17 +317,7 @@ async fn handshake(
                 .current()
                 .and_then(|newest| registration.verdict(&newest.table))
             {
-                refuse_decided(
-                    stream,
-                    leftover,
-                    phase,
-                    &route,
-                    revocation(code),
-                    accept,
-                    client,
-                    origin,
-                )
-                .await;
+                refuse_decided(asker, &route, revocation(code), accept).await;
                 return None;
             }
             let (reply, deflate) = match answer_client(&answer, accept, extensions.as_deref()) {
@@ -341,11 +333,19 @@ async fn handshake(
                         "upstream_refused",
                     );
                     let patience = gateway.config.upstream.response;
-                    pass_refusal(stream, answer, &head, body, patience).await;
+                    pass_refusal(asker.stream, answer, &head, body, patience).await;
                     return None;
                 }
                 Err(reject) => {
-                    refuse(&mut stream, &gateway, Some(&route), reject, client, origin).await;
+                    refuse(
+                        &mut asker.stream,
+                        &gateway,
+                        Some(&route),
+                        reject,
+                        client,
+                        origin,
+                    )
+                    .await;
                     return None;
                 }
             };
@@ -358,12 +358,12 @@ async fn handshake(
                 "accepted",
                 "ok",
             );
-            if let Err(e) = stream.write_all(&reply).await {
+            if let Err(e) = asker.stream.write_all(&reply).await {
                 tracing::debug!(%peer, error = %e, "client went away before its 101");
                 return None;
             }
             let upstream_io = Prefixed::new(answer.stream, &answer.buf[answer.head_len..]);
-            let client_io = Prefixed::new(stream, leftover);
+            let client_io = Prefixed::new(asker.stream, asker.leftover);
             return Some(Upgraded {
                 route,
                 client,
@@ -395,37 +395,46 @@ fn revocation(code: u16) -> Reject {
     }
 }
 
+/// A client whose request head was read and decided, before it is answered.
+struct Asker<'a> {
+    stream: Stream,
+    /// Bytes the client sent after its request head.
+    leftover: &'a [u8],
+    phase: HttpPhase,
+    client: ClientInfo,
+    /// The request's Origin, for the log and metrics.
+    origin: Option<&'a str>,
+}
+
 /// Answers a handshake refused after its decision: an origin refusal on a route with
 /// `rejection: Close` is a 101 and Close 1008, like one refused at once; anything else is
 /// its status.
-#[allow(clippy::too_many_arguments)]
-async fn refuse_decided(
-    mut stream: Stream,
-    leftover: &[u8],
-    phase: HttpPhase,
-    route: &Route,
-    reject: Reject,
-    accept: AcceptKey,
-    client: ClientInfo,
-    origin: Option<&str>,
-) {
+async fn refuse_decided(mut asker: Asker<'_>, route: &Route, reject: Reject, accept: AcceptKey) {
     if reject == Reject::OriginDenied && route.rejection == OriginRejection::Close {
-        close_after_upgrade(stream, leftover, phase, route, accept, client, origin).await;
+        close_after_upgrade(asker, route, accept).await;
     } else {
-        refuse(&mut stream, &phase.0, Some(route), reject, client, origin).await;
+        let gateway = &asker.phase.0;
+        refuse(
+            &mut asker.stream,
+            gateway,
+            Some(route),
+            reject,
+            asker.client,
+            asker.origin,
+        )
+        .await;
     }
 }
 
 /// `rejection: Close`: a 101, then Close 1008 `origin not allowed`.
-async fn close_after_upgrade(
-    mut stream: Stream,
-    leftover: &[u8],
-    phase: HttpPhase,
-    route: &Route,
-    accept: AcceptKey,
-    client: ClientInfo,
-    origin: Option<&str>,
-) {
+async fn close_after_upgrade(asker: Asker<'_>, route: &Route, accept: AcceptKey) {
+    let Asker {
+        mut stream,
+        leftover,
+        phase,
+        client,
+        origin,
+    } = asker;
     let gateway = phase.0.clone();
     outcome(
         &gateway,
