@@ -326,4 +326,32 @@ fn prefix_len(rule: &PathRule) -> usize {
 }
 
 #[cfg(test)]
+impl Route {
+    /// A route `namespace/name` that admits `origins`, with every other field at its
+    /// default: the one place tests build a route by hand.
+    pub(crate) fn named(namespace: &str, name: &str, origins: &[&str]) -> Route {
+        Route {
+            key: RouteKey {
+                namespace: namespace.into(),
+                name: name.into(),
+            },
+            label: format!("{namespace}/{name}").into(),
+            origins: OriginPolicy::new(origins, false, false).expect("test origins are valid"),
+            rejection: OriginRejection::Forbidden,
+            upstream: Upstream {
+                targets: vec![],
+                path: None,
+                tls: None,
+            },
+            subprotocols: None,
+            revoke_on_policy_change: true,
+            limits: Limits::default(),
+            admission: Admission::default(),
+            tls_only: false,
+            auth: None,
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests;

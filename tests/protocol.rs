@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use wsgate::proxy::frame::encode;
 
 const HOST: &str = "chat.example.test";
 const APP: &str = "https://app.example.test";
@@ -82,33 +83,6 @@ async fn open(gate: SocketAddr, path: &str, extra: &str) -> (TcpStream, String) 
     (stream, head.to_lowercase())
 }
 
-/// A frame with `first` as its first byte (FIN, RSV, opcode), masked with `mask` if given.
-fn frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    let mut f = vec![first];
-    match payload.len() {
-        n @ 0..=125 => f.push(m | n as u8),
-        n @ 126..=0xffff => {
-            f.push(m | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(m | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if let Some(key) = mask {
-        f.extend_from_slice(&key);
-    }
-    f.extend(
-        payload
-            .iter()
-            .enumerate()
-            .map(|(i, b)| b ^ mask.map_or(0, |k| k[i % 4])),
-    );
-    f
-}
-
 /// Reads one frame (payload up to 64 KiB); its first byte and unmasked payload.
 async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R) -> (u8, Vec<u8>) {
     let read = async {
@@ -166,7 +140,7 @@ async fn client_sends_forbidden(bad: Vec<u8>) -> Gate {
     assert!(head.starts_with("http/1.1 101"), "{head}");
     let (_, mut up) = upstream.await.expect("upstream connection");
     client
-        .write_all(&frame(0x81, b"hi", Some(KEY)))
+        .write_all(&encode(0x81, b"hi", Some(KEY)))
         .await
         .expect("write");
     assert_eq!(read_frame(&mut up).await, (0x81, b"hi".to_vec()));
@@ -177,10 +151,10 @@ async fn client_sends_forbidden(bad: Vec<u8>) -> Gate {
     // The next thing the upstream receives is the gateway's Close, not the frame.
     assert_eq!(read_close(&mut up).await, 1001);
     client
-        .write_all(&frame(0x88, &1002u16.to_be_bytes(), Some(KEY)))
+        .write_all(&encode(0x88, &1002u16.to_be_bytes(), Some(KEY)))
         .await
         .expect("close reply");
-    up.write_all(&frame(0x88, &1001u16.to_be_bytes(), None))
+    up.write_all(&encode(0x88, &1001u16.to_be_bytes(), None))
         .await
         .expect("close reply");
     let ended = r#"wsgate_connections_ended_total{ended_by="client_protocol_error"}"#;
@@ -194,12 +168,12 @@ async fn client_sends_forbidden(bad: Vec<u8>) -> Gate {
 
 #[tokio::test]
 async fn a_one_mib_ping_from_the_client_never_reaches_the_upstream_and_gets_1002() {
-    client_sends_forbidden(frame(0x89, &vec![0x42; 1 << 20], Some(KEY))).await;
+    client_sends_forbidden(encode(0x89, &vec![0x42; 1 << 20], Some(KEY))).await;
 }
 
 #[tokio::test]
 async fn a_reserved_opcode_from_the_client_never_reaches_the_upstream_and_gets_1002() {
-    let gate = client_sends_forbidden(frame(0x83, b"reserved", Some(KEY))).await;
+    let gate = client_sends_forbidden(encode(0x83, b"reserved", Some(KEY))).await;
     let closes = r#"wsgate_closes_total{code="1002",initiator="gateway"}"#;
     assert_eq!(gate.metric(closes).await, Some(1.0));
 }
@@ -238,11 +212,11 @@ async fn a_route_without_a_limit_negotiates_permessage_deflate_and_passes_compre
     // RSV1 marks a compressed message (RFC 7692 §6); the payloads are opaque to the relay.
     let compressed = b"\xf2\x48\xcd\xc9\xc9\x07\x00";
     client
-        .write_all(&frame(0xC1, compressed, Some(KEY)))
+        .write_all(&encode(0xC1, compressed, Some(KEY)))
         .await
         .expect("write");
     assert_eq!(read_frame(&mut up).await, (0xC1, compressed.to_vec()));
-    up.write_all(&frame(0xC1, compressed, None))
+    up.write_all(&encode(0xC1, compressed, None))
         .await
         .expect("write");
     assert_eq!(read_frame(&mut client).await, (0xC1, compressed.to_vec()));

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use wsgate::proxy::frame;
 
 use crate::{ALLOWED, HOST};
 
@@ -23,25 +24,22 @@ pub(crate) fn upgrade_request(origin: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-fn push_len(out: &mut Vec<u8>, len: usize, mask_bit: u8) {
+/// Writes an unmasked frame's length field (RFC 6455 §5.2) in place, for the echo.
+fn push_len(out: &mut Vec<u8>, len: usize) {
     if len < 126 {
-        out.push(mask_bit | len as u8);
+        out.push(len as u8);
     } else if len <= 0xffff {
-        out.push(mask_bit | 126);
+        out.push(126);
         out.extend_from_slice(&(len as u16).to_be_bytes());
     } else {
-        out.push(mask_bit | 127);
+        out.push(127);
         out.extend_from_slice(&(len as u64).to_be_bytes());
     }
 }
 
 /// `count` masked binary frames of `len` payload bytes each, back to back.
 pub(crate) fn client_frames(len: usize, count: usize) -> Vec<u8> {
-    let mut one = vec![0x82];
-    push_len(&mut one, len, 0x80);
-    one.extend_from_slice(&MASK);
-    one.extend((0..len).map(|i| b'x' ^ MASK[i % 4]));
-    one.repeat(count)
+    frame::encode(0x82, &vec![b'x'; len], Some(MASK)).repeat(count)
 }
 
 /// Bytes of the upstream's unmasked echo of a `len`-byte message.
@@ -198,7 +196,7 @@ async fn echo(mut stream: TcpStream) -> io::Result<()> {
             let opcode = b0 & 0x0f;
             // A ping is answered with a pong; everything else comes back as it was sent.
             out.push(if opcode == 9 { (b0 & 0xf0) | 10 } else { b0 });
-            push_len(&mut out, len, 0);
+            push_len(&mut out, len);
             let start = out.len();
             out.extend_from_slice(&buf[at + header..at + header + len]);
             if let Some(mask) = mask {

@@ -422,6 +422,34 @@ pub fn ping_frame(
     (frame, at + PING_PAYLOAD)
 }
 
+/// Encodes a whole frame with `first` as its first byte (FIN, RSV bits, opcode) and
+/// `payload`, masked with `mask` if given (RFC 6455 §5.2, §5.3), into a new buffer. Any
+/// first byte is written as given, so a peer can send what the relay must refuse; the relay
+/// itself sends only `close_frame` and `ping_frame`, which do not allocate.
+pub fn encode(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mask_bit = if mask.is_some() { 0x80 } else { 0 };
+    let mut frame = Vec::with_capacity(14 + payload.len());
+    frame.push(first);
+    match payload.len() {
+        n @ 0..=125 => frame.push(mask_bit | n as u8),
+        n @ 126..=0xffff => {
+            frame.push(mask_bit | 126);
+            frame.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            frame.push(mask_bit | 127);
+            frame.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    if let Some(key) = mask {
+        frame.extend_from_slice(&key);
+    }
+    let at = frame.len();
+    frame.extend_from_slice(payload);
+    apply_mask(&mut frame[at..], mask);
+    frame
+}
+
 /// Masks or unmasks `payload` in place with `mask`, if any (RFC 6455 §5.3: octet i is
 /// XORed with octet i mod 4 of the key, which undoes itself).
 pub fn apply_mask(payload: &mut [u8], mask: Option<[u8; 4]>) {

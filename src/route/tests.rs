@@ -1,26 +1,12 @@
 use super::*;
 
 fn route(name: &str) -> Route {
-    Route {
-        key: RouteKey {
-            namespace: "default".into(),
-            name: name.into(),
-        },
-        label: format!("default/{name}").into(),
-        origins: OriginPolicy::new::<&str>(&[], false, false).expect("empty policy"),
-        rejection: OriginRejection::Forbidden,
-        upstream: Upstream {
-            targets: vec![],
-            path: None,
-            tls: None,
-        },
-        subprotocols: None,
-        revoke_on_policy_change: true,
-        limits: Limits::default(),
-        admission: Admission::default(),
-        tls_only: false,
-        auth: None,
-    }
+    Route::named("default", name, &[])
+}
+
+/// Adds `name` as the route for paths under `prefix` on `host`.
+fn insert(t: &mut RouteTable, host: &str, prefix: &str, name: &str) {
+    t.insert(&[host.to_owned()], &PathRule::prefix(prefix), route(name));
 }
 
 fn name_of(table: &RouteTable, host: &str, path: &str) -> Option<String> {
@@ -59,16 +45,8 @@ fn exact_path_wins_over_prefix_and_longest_prefix_wins() {
 #[test]
 fn exact_host_wins_over_wildcard_and_wildcard_covers_several_labels() {
     let mut t = RouteTable::default();
-    t.insert(
-        &["*.example.com".to_owned()],
-        &PathRule::prefix("/"),
-        route("wild"),
-    );
-    t.insert(
-        &["a.example.com".to_owned()],
-        &PathRule::prefix("/"),
-        route("exact"),
-    );
+    insert(&mut t, "*.example.com", "/", "wild");
+    insert(&mut t, "a.example.com", "/", "exact");
     assert_eq!(name_of(&t, "a.example.com", "/").as_deref(), Some("exact"));
     assert_eq!(name_of(&t, "b.example.com", "/").as_deref(), Some("wild"));
     assert_eq!(name_of(&t, "x.b.example.com", "/").as_deref(), Some("wild"));
@@ -79,16 +57,8 @@ fn exact_host_wins_over_wildcard_and_wildcard_covers_several_labels() {
 #[test]
 fn exact_host_without_matching_path_falls_back_to_wildcard() {
     let mut t = RouteTable::default();
-    t.insert(
-        &["*.example.com".to_owned()],
-        &PathRule::prefix("/"),
-        route("wild"),
-    );
-    t.insert(
-        &["a.example.com".to_owned()],
-        &PathRule::prefix("/ws"),
-        route("exact"),
-    );
+    insert(&mut t, "*.example.com", "/", "wild");
+    insert(&mut t, "a.example.com", "/ws", "exact");
     assert_eq!(
         name_of(&t, "a.example.com", "/chat").as_deref(),
         Some("wild")
@@ -98,16 +68,8 @@ fn exact_host_without_matching_path_falls_back_to_wildcard() {
 #[test]
 fn longer_wildcard_suffix_wins() {
     let mut t = RouteTable::default();
-    t.insert(
-        &["*.example.com".to_owned()],
-        &PathRule::prefix("/"),
-        route("outer"),
-    );
-    t.insert(
-        &["*.eu.example.com".to_owned()],
-        &PathRule::prefix("/"),
-        route("inner"),
-    );
+    insert(&mut t, "*.example.com", "/", "outer");
+    insert(&mut t, "*.eu.example.com", "/", "inner");
     assert_eq!(
         name_of(&t, "a.eu.example.com", "/").as_deref(),
         Some("inner")

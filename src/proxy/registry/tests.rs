@@ -1,26 +1,10 @@
 use super::*;
-use crate::route::{OriginRejection, PathRule, RouteKey, Upstream};
+use crate::route::PathRule;
 
 fn route(name: &str, allow: &[&str], revoke: bool) -> Route {
     Route {
-        key: RouteKey {
-            namespace: "ns".into(),
-            name: name.into(),
-        },
-        label: format!("ns/{name}").into(),
-        origins: crate::policy::OriginPolicy::new(allow, false, false).expect("policy"),
-        rejection: OriginRejection::Forbidden,
-        upstream: Upstream {
-            targets: vec![],
-            path: None,
-            tls: None,
-        },
-        subprotocols: None,
         revoke_on_policy_change: revoke,
-        limits: Default::default(),
-        admission: Default::default(),
-        tls_only: false,
-        auth: None,
+        ..Route::named("ns", name, allow)
     }
 }
 

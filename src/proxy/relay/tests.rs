@@ -11,6 +11,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, O
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use super::*;
+use crate::proxy::frame::encode;
 
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -688,31 +689,6 @@ async fn a_buffer_is_held_only_while_the_peer_is_not_ready() {
     assert!(relay.c2u.tracker.at_boundary());
 }
 
-/// A frame with `first` as its first byte (FIN, RSV, opcode) and `payload`, masked with
-/// `mask` if given (RFC 6455 §5.2, §5.3).
-fn raw_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
-    let m = if mask.is_some() { 0x80 } else { 0 };
-    let mut f = vec![first];
-    match payload.len() {
-        n @ 0..=125 => f.push(m | n as u8),
-        n @ 126..=0xffff => {
-            f.push(m | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(m | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    let mut body = payload.to_vec();
-    if let Some(key) = mask {
-        f.extend_from_slice(&key);
-        apply_mask(&mut body, mask);
-    }
-    f.extend(body);
-    f
-}
-
 /// Reads one frame, which must be a Close; its code.
 async fn read_close(io: &mut DuplexStream) -> u16 {
     let head = read_n(io, 2).await;
@@ -748,7 +724,7 @@ async fn refused(from: Side, bad: Vec<u8>, deflate: bool) -> Ended {
         Side::Client => (&mut client, &mut upstream, Some(CLIENT_KEY), None),
         Side::Upstream => (&mut upstream, &mut client, None, Some(CLIENT_KEY)),
     };
-    let good = raw_frame(0x81, b"ok", key);
+    let good = encode(0x81, b"ok", key);
     let mut data = good.clone();
     data.extend_from_slice(&bad);
     let (written, got) = tokio::join!(sender.write_all(&data), async {
@@ -773,7 +749,7 @@ async fn refused(from: Side, bad: Vec<u8>, deflate: bool) -> Ended {
 
 #[tokio::test]
 async fn a_one_mib_ping_from_the_client_never_reaches_the_upstream_and_gets_1002() {
-    let bad = raw_frame(0x89, &vec![0x42; 1 << 20], Some(CLIENT_KEY));
+    let bad = encode(0x89, &vec![0x42; 1 << 20], Some(CLIENT_KEY));
     let ended = refused(Side::Client, bad, false).await;
     assert_eq!(ended, Ended::ProtocolError(Side::Client));
     assert_eq!(ended.label(), "client_protocol_error");
@@ -783,15 +759,15 @@ async fn a_one_mib_ping_from_the_client_never_reaches_the_upstream_and_gets_1002
 async fn frames_that_break_rfc_6455_get_their_sender_1002_and_the_other_side_1001() {
     let k = Some(CLIENT_KEY);
     for (from, bad) in [
-        (Side::Client, raw_frame(0x83, b"x", k)),
-        (Side::Client, raw_frame(0x8B, b"", k)),
-        (Side::Client, raw_frame(0x81, b"unmasked", None)),
-        (Side::Client, raw_frame(0x09, b"", k)),
-        (Side::Client, raw_frame(0x88, b"\x03", k)),
-        (Side::Client, raw_frame(0x80, b"stray", k)),
-        (Side::Upstream, raw_frame(0x81, b"masked", k)),
-        (Side::Upstream, raw_frame(0xC1, b"rsv1", None)),
-        (Side::Upstream, raw_frame(0x8A, &[0; 126], None)),
+        (Side::Client, encode(0x83, b"x", k)),
+        (Side::Client, encode(0x8B, b"", k)),
+        (Side::Client, encode(0x81, b"unmasked", None)),
+        (Side::Client, encode(0x09, b"", k)),
+        (Side::Client, encode(0x88, b"\x03", k)),
+        (Side::Client, encode(0x80, b"stray", k)),
+        (Side::Upstream, encode(0x81, b"masked", k)),
+        (Side::Upstream, encode(0xC1, b"rsv1", None)),
+        (Side::Upstream, encode(0x8A, &[0; 126], None)),
     ] {
         assert_eq!(
             refused(from, bad.clone(), false).await,
@@ -799,20 +775,20 @@ async fn frames_that_break_rfc_6455_get_their_sender_1002_and_the_other_side_100
             "{bad:?}"
         );
     }
-    let ended = refused(Side::Upstream, raw_frame(0xA1, b"rsv2", None), true).await;
+    let ended = refused(Side::Upstream, encode(0xA1, b"rsv2", None), true).await;
     assert_eq!(ended.label(), "upstream_protocol_error");
 }
 
 #[tokio::test]
 async fn a_new_message_inside_a_fragmented_one_is_a_protocol_error() {
     // The open fragment passes; the text frame that interrupts it does not.
-    let mut bad = raw_frame(0x01, b"frag", Some(CLIENT_KEY));
-    bad.extend(raw_frame(0x81, b"new", Some(CLIENT_KEY)));
+    let mut bad = encode(0x01, b"frag", Some(CLIENT_KEY));
+    bad.extend(encode(0x81, b"new", Some(CLIENT_KEY)));
     let (mut client, gw_client) = duplex(1024);
     let (gw_upstream, mut upstream) = duplex(1024);
     let (_control, task) = spawn_relay(gw_client, gw_upstream, Limits::default());
     client.write_all(&bad).await.expect("write");
-    let first = raw_frame(0x01, b"frag", Some(CLIENT_KEY));
+    let first = encode(0x01, b"frag", Some(CLIENT_KEY));
     assert_eq!(read_n(&mut upstream, first.len()).await, first);
     assert_eq!(read_close(&mut upstream).await, 1001);
     assert_eq!(read_close(&mut client).await, 1002);
@@ -833,11 +809,11 @@ async fn with_permessage_deflate_compressed_messages_pass_both_ways() {
         relay(gw_client, gw_upstream, c, LINGER, Limits::default(), true).await
     });
     // RSV1 on the first fragment only (RFC 7692 §6.1); payloads are opaque here.
-    let mut sent = raw_frame(0x41, b"\xf2\x48", Some(CLIENT_KEY));
-    sent.extend(raw_frame(0x80, b"\xcd\xc9", Some(CLIENT_KEY)));
+    let mut sent = encode(0x41, b"\xf2\x48", Some(CLIENT_KEY));
+    sent.extend(encode(0x80, b"\xcd\xc9", Some(CLIENT_KEY)));
     client.write_all(&sent).await.expect("write");
     assert_eq!(read_n(&mut upstream, sent.len()).await, sent);
-    let back = raw_frame(0xC2, b"\x03\x00", None);
+    let back = encode(0xC2, b"\x03\x00", None);
     upstream.write_all(&back).await.expect("write");
     assert_eq!(read_n(&mut client, back.len()).await, back);
     drop((client, upstream));
@@ -864,7 +840,7 @@ async fn a_header_split_across_reads_is_withheld_until_it_is_checked() {
         false,
     );
     // A good frame whose header comes in two reads goes on whole once it is complete.
-    let good = raw_frame(0x81, b"hello", Some(CLIENT_KEY));
+    let good = encode(0x81, b"hello", Some(CLIENT_KEY));
     client.write_all(&good[..3]).await.expect("write");
     assert!(poll_once(&mut relay).is_pending());
     assert!(nothing_to_read(&mut upstream));
@@ -873,7 +849,7 @@ async fn a_header_split_across_reads_is_withheld_until_it_is_checked() {
     assert_eq!(read_n(&mut upstream, good.len()).await, good);
     // A 70 kB Ping (a 14-byte header) whose header comes in two reads: none of it ever
     // goes on, and the upstream still gets its Close, as no frame was left unfinished.
-    let bad = raw_frame(0x89, &[0x42; 70_000], Some(CLIENT_KEY));
+    let bad = encode(0x89, &[0x42; 70_000], Some(CLIENT_KEY));
     client.write_all(&bad[..5]).await.expect("write");
     assert!(poll_once(&mut relay).is_pending());
     assert!(nothing_to_read(&mut upstream));
