@@ -1,5 +1,5 @@
 //! `Origin` header values and allow-list patterns: parsing, normalization and matching
-//! (DESIGN §5.1). Input: a header value, then allow patterns, one per line.
+//! (docs/design.md §5.1). Input: a header value, then allow patterns, one per line.
 
 #![no_main]
 
