@@ -69,12 +69,92 @@ fn files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
+/// The first segment of a module path.
+fn top(module: &str) -> String {
+    module.split("::").next().unwrap_or(module).to_owned()
+}
+
+/// An identifier at the start of `text`.
+fn ident(text: &str) -> String {
+    text.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// Every module `code` names after `crate::`, also inside `crate::{a, b::c}`; the
+/// controller's parts by their longer path (`controller::report`), since they sit below its
+/// wiring.
+fn imports(code: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices("crate::") {
+        let rest = &code[at + "crate::".len()..];
+        let paths: Vec<&str> = match rest.strip_prefix('{') {
+            Some(group) => {
+                let mut depth = 0;
+                let end = group
+                    .char_indices()
+                    .find(|&(_, c)| {
+                        match c {
+                            '{' => depth += 1,
+                            '}' if depth == 0 => return true,
+                            '}' => depth -= 1,
+                            _ => {}
+                        }
+                        false
+                    })
+                    .map_or(group.len(), |(i, _)| i);
+                let mut items = Vec::new();
+                let (mut depth, mut start) = (0, 0);
+                for (i, c) in group[..end].char_indices() {
+                    match c {
+                        '{' => depth += 1,
+                        '}' => depth -= 1,
+                        ',' if depth == 0 => {
+                            items.push(group[start..i].trim());
+                            start = i + 1;
+                        }
+                        _ => {}
+                    }
+                }
+                items.push(group[start..end].trim());
+                items
+            }
+            None => vec![rest],
+        };
+        for path in paths {
+            let name = ident(path);
+            if name.is_empty() {
+                continue;
+            }
+            let target = match path.strip_prefix(&format!("{name}::")) {
+                Some(more) if name == "controller" && !ident(more).is_empty() => {
+                    format!("{name}::{}", ident(more))
+                }
+                _ => name,
+            };
+            found.push(target);
+        }
+    }
+    found
+}
+
+#[test]
+fn module_paths_are_read_also_from_grouped_imports() {
+    let code =
+        "use crate::{api::X, proxy::{a, b}, controller::report::Y};\nlet _ = crate::snapshot::Z;";
+    assert_eq!(
+        imports(code),
+        ["api", "proxy", "controller::report", "snapshot"]
+    );
+}
+
 #[test]
 fn no_module_imports_a_layer_above_its_own() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
     let mut all = Vec::new();
     files(&src, &mut all);
     let mut upward = BTreeSet::new();
+    let mut arrows = BTreeSet::new();
     for path in all {
         let module = module_of(&path, &src);
         if module == "lib" || module == "main" || module.ends_with("tests") {
@@ -88,30 +168,19 @@ fn no_module_imports_a_layer_above_its_own() {
             .filter(|l| !l.trim_start().starts_with("//"))
             .collect::<Vec<_>>()
             .join("\n");
-        for (at, _) in code.match_indices("crate::") {
-            let rest = &code[at + "crate::".len()..];
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if name.is_empty() || module.split("::").next() == Some(name.as_str()) {
+        for target in imports(&code) {
+            if module.split("::").next() == target.split("::").next() {
                 continue;
             }
-            // `crate::controller::report` is placed by its longer path.
-            let target = match rest.strip_prefix(&format!("{name}::")) {
-                Some(more) if name == "controller" => {
-                    let sub: String = more
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
-                    format!("{name}::{sub}")
-                }
-                _ => name.clone(),
-            };
+            arrows.insert((top(&module), top(&target)));
             if layer_of(&target) > from {
                 upward.insert((module.clone(), target));
             }
         }
+    }
+    // The map between top-level modules, for a reader (`cargo test --test layers -- --nocapture`).
+    for (from, to) in &arrows {
+        eprintln!("{from} -> {to}");
     }
     assert!(
         upward.is_empty(),
