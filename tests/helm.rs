@@ -8,11 +8,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use support::control_plane::ControlPlane;
+use support::helm::{helm, helm_dir};
 use support::{Gate, Upstream, connect, echo};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/wsgate");
@@ -22,22 +22,6 @@ const RELEASE_NS: &str = "wsgate-system";
 const EXAMPLE_UPSTREAM: &str = "127.0.0.1:9001";
 
 /// The directory holding `helm` and the ServiceMonitor CRD, built on first use.
-fn helm_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = Command::new("bash")
-            .arg(format!("{ROOT}/hack/helm/build"))
-            .output()
-            .expect("run hack/helm/build");
-        assert!(
-            out.status.success(),
-            "hack/helm/build failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
-    })
-}
-
 /// Runs a command, returning its output; panics with stderr when it fails or when the API
 /// server warned about the schema.
 fn run_ok(cmd: &mut Command) -> String {
@@ -64,19 +48,6 @@ fn no_schema_warnings(out: &Output) {
 fn run(cmd: &mut Command) -> Output {
     cmd.output()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
-}
-
-fn helm(kubeconfig: Option<&Path>) -> Command {
-    let mut cmd = Command::new(helm_dir().join("helm"));
-    if let Some(k) = kubeconfig {
-        cmd.arg("--kubeconfig").arg(k);
-    }
-    // Keep Helm's caches and config out of the user's home.
-    let home = std::env::temp_dir().join("wsgate-helm-home");
-    cmd.env("HELM_CACHE_HOME", home.join("cache"))
-        .env("HELM_CONFIG_HOME", home.join("config"))
-        .env("HELM_DATA_HOME", home.join("data"));
-    cmd
 }
 
 fn kubectl(plane: &ControlPlane, kubeconfig: &Path) -> Command {
