@@ -72,8 +72,13 @@ fn binaries() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// Certificates and keys: a CA, a serving cert for 127.0.0.1, service-account keys.
-fn pki(dir: &Path) {
+/// The `kubernetes` Service's address in the test cluster's service range (10.0.0.0/24):
+/// pods reach the API server there, so the serving certificate names it.
+pub const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
+
+/// Certificates and keys: a CA, a serving cert for 127.0.0.1 and `address`, service-account
+/// keys.
+fn pki(dir: &Path, address: &str) {
     let openssl = |args: &[&str]| run(Command::new("openssl").args(args).current_dir(dir));
     openssl(&[
         "req",
@@ -104,7 +109,9 @@ fn pki(dir: &Path) {
     ]);
     std::fs::write(
         dir.join("san.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        format!(
+            "subjectAltName=IP:127.0.0.1,IP:{address},IP:{KUBERNETES_SERVICE_IP},DNS:localhost,DNS:kubernetes.default.svc\n"
+        ),
     )
     .expect("san");
     openssl(&[
@@ -238,10 +245,19 @@ fn spawn_etcd(bin: &Path, d: &Path) -> (Child, String) {
 impl ControlPlane {
     /// Starts etcd and kube-apiserver on free loopback ports and waits for `/readyz`.
     pub fn start() -> ControlPlane {
+        ControlPlane::start_at("127.0.0.1")
+    }
+
+    /// Starts the control plane with kube-apiserver listening on `address` (etcd stays on
+    /// loopback). On an address other than loopback the API server is what a node and its
+    /// pods reach: it advertises that address as the `kubernetes` Service's endpoint and
+    /// admits pods with their service account, which a controller manager must then create.
+    pub fn start_at(address: &str) -> ControlPlane {
         let bin = binaries();
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().to_owned();
-        pki(&d);
+        let loopback = address == "127.0.0.1";
+        pki(&d, address);
         let (etcd, etcd_url) = spawn_etcd(&bin, &d);
         // From here on, Drop kills what started, even if a wait below panics.
         let mut plane = ControlPlane {
@@ -259,25 +275,36 @@ impl ControlPlane {
             let api_port = free_port();
             plane.apiserver_args = vec![
                 format!("--etcd-servers={etcd_url}"),
-                "--bind-address=127.0.0.1".into(),
-                "--advertise-address=127.0.0.1".into(),
-                // The default reconciler refuses a loopback advertise address.
-                "--endpoint-reconciler-type=none".into(),
+                format!("--bind-address={address}"),
+                format!("--advertise-address={address}"),
                 format!("--secure-port={api_port}"),
                 format!("--tls-cert-file={}", pki("serving.crt")),
                 format!("--tls-private-key-file={}", pki("serving.key")),
                 format!("--client-ca-file={}", pki("ca.crt")),
                 format!("--token-auth-file={}", pki("tokens.csv")),
                 "--authorization-mode=RBAC".into(),
-                format!("--service-account-issuer=https://127.0.0.1:{api_port}"),
+                format!("--service-account-issuer=https://{address}:{api_port}"),
                 format!("--service-account-key-file={}", pki("sa.pub")),
                 format!("--service-account-signing-key-file={}", pki("sa.key")),
                 "--service-cluster-ip-range=10.0.0.0/24".into(),
-                "--disable-admission-plugins=ServiceAccount".into(),
                 "--profiling=false".into(),
                 "--v=1".into(),
             ];
-            plane.server = format!("https://127.0.0.1:{api_port}");
+            if !loopback {
+                // The test node's name is in no DNS: reach its kubelet by address.
+                plane
+                    .apiserver_args
+                    .push("--kubelet-preferred-address-types=InternalIP".into());
+            }
+            if loopback {
+                plane.apiserver_args.extend([
+                    // The default reconciler refuses a loopback advertise address.
+                    "--endpoint-reconciler-type=none".into(),
+                    // No controller manager creates service accounts for pods here.
+                    "--disable-admission-plugins=ServiceAccount".into(),
+                ]);
+            }
+            plane.server = format!("https://{address}:{api_port}");
             match plane.launch_apiserver() {
                 Ok(()) => break,
                 Err(Exited) if attempt < START_ATTEMPTS => {
@@ -368,6 +395,11 @@ impl ControlPlane {
             "/v3/kv/put",
             serde_json::json!({"key": key, "value": b64.encode(object.to_string())}),
         );
+    }
+
+    /// A file of the control plane's PKI (`ca.crt`, `sa.key`, ...).
+    pub fn pki(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
     }
 
     /// A kubeconfig for the user `wsgate`, who may do only what RBAC grants it.
