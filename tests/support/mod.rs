@@ -22,6 +22,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod browser;
 pub mod control_plane;
+pub mod helm;
+pub mod node;
 
 /// How long any wait in these tests may take before it is a failure (generous: CI is noisy).
 pub const PATIENCE: Duration = Duration::from_secs(20);
