@@ -121,6 +121,19 @@ fn pods(cluster: &Cluster) -> Vec<String> {
         .collect()
 }
 
+/// The pod holding the chart's Lease.
+fn lease_holder(cluster: &Cluster) -> String {
+    cluster.kubectl_ok(&[
+        "get",
+        "lease",
+        "wsgate",
+        "--namespace",
+        RELEASE_NS,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+}
+
 /// `kubectl apply` of `yaml`.
 fn apply_yaml(cluster: &Cluster, yaml: &str) {
     use std::io::Write;
@@ -185,15 +198,7 @@ async fn helm_install_runs_two_ready_pods_that_both_serve_routes_through_the_ser
     assert_eq!(names.len(), 2, "the default replica count: {names:?}");
 
     // One of them holds the Lease and writes the route's status.
-    let holder = cluster.kubectl_ok(&[
-        "get",
-        "lease",
-        "wsgate",
-        "--namespace",
-        RELEASE_NS,
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ]);
+    let holder = lease_holder(&cluster);
     assert!(names.contains(&holder), "holder {holder:?} of {names:?}");
     let upstream = Upstream::start_on(&cluster.host_ip).await;
     route_to(&cluster, &upstream);
@@ -404,18 +409,7 @@ async fn deleting_the_lease_holders_pod_hands_status_writing_to_the_other_pod_in
     let (cluster, _) = installed();
     let upstream = Upstream::start_on(&cluster.host_ip).await;
     route_to(&cluster, &upstream);
-    let holder = || {
-        cluster.kubectl_ok(&[
-            "get",
-            "lease",
-            "wsgate",
-            "--namespace",
-            RELEASE_NS,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ])
-    };
-    let old = holder();
+    let old = lease_holder(&cluster);
     assert!(pods(&cluster).contains(&old), "{old:?} holds the Lease");
     // kubectl delete waits until the pod is gone: preStop, drain, exit.
     cluster.kubectl_ok(&["delete", "pod", &old, "--namespace", RELEASE_NS]);
@@ -436,7 +430,7 @@ async fn deleting_the_lease_holders_pod_hands_status_writing_to_the_other_pod_in
         &format!("--timeout={lease_seconds}s"),
     ]);
     let took = gone.elapsed();
-    let new = holder();
+    let new = lease_holder(&cluster);
     eprintln!("the holder's pod gone: {new} wrote status {took:.1?} later");
     assert_ne!(new, old);
     assert!(

@@ -190,6 +190,14 @@ fn curl_ok(args: &[&str]) -> bool {
 /// ports this many times.
 const START_ATTEMPTS: u32 = 3;
 
+/// `program`, killed by the kernel when the thread that started it ends, so that a test
+/// killed outright leaves no server behind (Drop covers every other ending).
+pub fn dies_with_test(program: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    cmd
+}
+
 fn log_file(path: PathBuf) -> std::fs::File {
     std::fs::OpenOptions::new()
         .create(true)
@@ -205,7 +213,7 @@ fn spawn_etcd(bin: &Path, d: &Path) -> (Child, String) {
         let peer_url = format!("http://127.0.0.1:{peer_port}");
         let data = d.join("etcd");
         let _ = std::fs::remove_dir_all(&data);
-        let mut etcd = Command::new(bin.join("etcd"))
+        let mut etcd = dies_with_test(&bin.join("etcd"))
             .args(["--name", "default", "--data-dir"])
             .arg(&data)
             .args([
@@ -333,7 +341,7 @@ impl ControlPlane {
 
     fn launch_apiserver(&mut self) -> Result<(), Exited> {
         let d = self.dir.path();
-        self.apiserver = Command::new(self.bin.join("kube-apiserver"))
+        self.apiserver = dies_with_test(&self.bin.join("kube-apiserver"))
             .args(&self.apiserver_args)
             .stdout(log_file(d.join("apiserver.log")))
             .stderr(log_file(d.join("apiserver.err")))

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use super::control_plane::ControlPlane;
+use super::control_plane::{ControlPlane, dies_with_test};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -158,7 +158,7 @@ impl Cluster {
         let plane = ControlPlane::start_at(&host_ip);
         let admin = std::fs::read_to_string(&plane.kubeconfig).expect("admin kubeconfig");
         let spawn = |name: &str, args: &[String]| {
-            Command::new(node_bin.join(name))
+            dies_with_test(&node_bin.join(name))
                 .args(args)
                 .stdout(log(&logs, &format!("{name}.log")))
                 .stderr(log(&logs, &format!("{name}.log")))
