@@ -285,7 +285,7 @@ fn building_twice_gives_the_same_manifest_digest() {
 }
 
 #[test]
-fn pause_image_wraps_a_static_binary_as_uid_65535() {
+fn a_static_image_holds_only_its_binary_named_for_it_and_runs_it_as_uid_65535() {
     let dir = tempfile::tempdir().expect("tempdir");
     let source = dir.path().join("pause.c");
     std::fs::write(
@@ -304,7 +304,7 @@ fn pause_image_wraps_a_static_binary_as_uid_65535() {
     let image = build(
         &dir.path().join("pause.tar"),
         &[
-            "--pause",
+            "--static",
             pause.to_str().expect("UTF-8 path"),
             "--tag",
             "wsgate-test/pause:1",
@@ -323,7 +323,7 @@ fn pause_image_wraps_a_static_binary_as_uid_65535() {
     assert_eq!(files, ["pause"]);
     assert!(image.file("/pause").data == std::fs::read(&pause).expect("read pause"));
 
-    let refused = run_build(&["--pause", BINARY, "--out", "/dev/null"]);
+    let refused = run_build(&["--static", BINARY, "--out", "/dev/null"]);
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
