@@ -203,6 +203,21 @@ async fn helm_install_runs_two_ready_pods_that_both_serve_routes_through_the_ser
     let upstream = Upstream::start_on(&cluster.host_ip).await;
     route_to(&cluster, &upstream);
 
+    // What the README tells users to run next: a pod of the chart's own image runs
+    // `wsgate probe` against both Services, found by their names in the cluster's DNS.
+    let out = helm(Some(&cluster.plane.kubeconfig))
+        .args(["test", "wsgate", "--namespace", RELEASE_NS, "--logs"])
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm test failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        cluster.explain()
+    );
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+
     // Through the NodePort: allowed 101 and echoed, denied 403, from each pod.
     let gate = node_port(&cluster).await;
     // Each pod's access log says which handshakes it admitted. kube-proxy picks a pod per

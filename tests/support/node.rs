@@ -1,7 +1,8 @@
 //! A real one-node Kubernetes cluster for tests: the control plane of `control_plane`
 //! listening on the host's end of a veth pair, kube-scheduler and kube-controller-manager
 //! beside it, and a node (containerd, kubelet, kube-proxy, from `hack/node/build`) in
-//! namespaces of its own, started by `hack/node/run`. Images are built locally
+//! namespaces of its own, started by `hack/node/run`, with CoreDNS as the cluster's DNS
+//! (`coredns.yaml`). Images are built locally
 //! (`hack/image/build`) and imported into the node: nothing is pulled. Everything is
 //! stopped on drop, also when a test panics, and the node's namespaces, veth pair and
 //! cgroups go with it.
@@ -97,13 +98,16 @@ impl Cluster {
     pub fn start(images: &[PathBuf]) -> Cluster {
         let started = Instant::now();
         let node_bin = built("hack/node/build", &[]);
-        let pause = built(
-            "hack/image/build",
-            &[
-                "--pause",
-                node_bin.join("pause").to_str().expect("utf-8 path"),
-            ],
-        );
+        let image = |program: &str| {
+            built(
+                "hack/image/build",
+                &[
+                    "--static",
+                    node_bin.join(program).to_str().expect("utf-8 path"),
+                ],
+            )
+        };
+        let (pause, coredns) = (image("pause"), image("coredns"));
         let dir = tempfile::tempdir().expect("tempdir");
         let logs = dir.path().join("logs");
         std::fs::create_dir_all(&logs).expect("logs dir");
@@ -120,7 +124,9 @@ impl Cluster {
             .arg("--kubeconfig")
             .arg(&kubeconfig)
             .arg("--image")
-            .arg(&pause);
+            .arg(&pause)
+            .arg("--image")
+            .arg(&coredns);
         for image in images {
             node.arg("--image").arg(image);
         }
@@ -198,6 +204,7 @@ impl Cluster {
         std::fs::write(&kubeconfig, admin).expect("node kubeconfig");
         wait_for("running");
         cluster.wait_node_ready();
+        cluster.start_dns();
         eprintln!(
             "node {NODE_NAME} Ready {:.1?} after the cluster began to start",
             started.elapsed()
@@ -234,6 +241,20 @@ impl Cluster {
             .output()
             .expect("run curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the cluster's DNS (tests/support/coredns.yaml) and waits until it answers.
+    fn start_dns(&self) {
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/coredns.yaml");
+        self.kubectl_ok(&["apply", "-f", manifest]);
+        self.kubectl_ok(&[
+            "rollout",
+            "status",
+            "deployment/coredns",
+            "--namespace",
+            "kube-system",
+            &format!("--timeout={}s", NODE_START.as_secs()),
+        ]);
     }
 
     fn wait_node_ready(&self) {
