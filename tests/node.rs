@@ -218,7 +218,7 @@ async fn helm_install_runs_two_ready_pods_that_both_serve_routes_through_the_ser
     );
     eprintln!("{}", String::from_utf8_lossy(&out.stdout));
 
-    // Through the NodePort: allowed 101 and echoed, denied 403, from each pod.
+    // Through the NodePort: allowed 101 and echoed, denied 403.
     let gate = node_port(&cluster).await;
     // Each pod's access log says which handshakes it admitted. kube-proxy picks a pod per
     // connection, and may not list the second pod yet: go on until both have served.
@@ -345,7 +345,8 @@ async fn rollout_drops_nothing(cluster: &Cluster, what: &str, roll: impl FnOnce(
         tokio::spawn(async move {
             let mut results = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                results.push(arrival(gate).await);
+                let at = Instant::now();
+                results.push((at, arrival(gate).await));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             results
@@ -362,6 +363,7 @@ async fn rollout_drops_nothing(cluster: &Cluster, what: &str, roll: impl FnOnce(
         "--timeout=180s",
     ]);
     let rolled = started.elapsed();
+    let ended = Instant::now();
     let mut endings = std::collections::BTreeMap::new();
     for task in held {
         let ending = tokio::time::timeout(Duration::from_secs(60), task)
@@ -372,10 +374,17 @@ async fn rollout_drops_nothing(cluster: &Cluster, what: &str, roll: impl FnOnce(
     }
     stop.store(true, Ordering::Relaxed);
     let arrivals = arrivals.await.expect("arrivals task");
-    let failed: Vec<&String> = arrivals.iter().filter_map(|r| r.as_ref().err()).collect();
+    let failed: Vec<&String> = arrivals
+        .iter()
+        .filter_map(|(_, r)| r.as_ref().err())
+        .collect();
+    let during = arrivals
+        .iter()
+        .filter(|(at, _)| (started..ended).contains(at))
+        .count();
     eprintln!(
-        "{what}: rollout took {rolled:.1?}; {HELD} held connections ended {endings:?}; {} new handshakes during it, {} failed: {failed:?}",
-        arrivals.len(),
+        "{what}: rollout took {rolled:.1?}; {HELD} held connections ended {endings:?}; {during} new handshakes began during the rollout and {} more during the drain, {} failed: {failed:?}",
+        arrivals.len() - during,
         failed.len()
     );
     assert_eq!(
@@ -384,7 +393,11 @@ async fn rollout_drops_nothing(cluster: &Cluster, what: &str, roll: impl FnOnce(
         "every held connection ends with 1012 and reconnects"
     );
     assert!(failed.is_empty(), "arrivals refused or reset: {failed:?}");
-    assert!(!arrivals.is_empty());
+    // An arrival every few tens of milliseconds: a rollout of seconds sees many.
+    assert!(
+        during >= 10,
+        "only {during} arrivals began during the rollout"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -429,6 +442,12 @@ async fn deleting_the_lease_holders_pod_hands_status_writing_to_the_other_pod_in
     // kubectl delete waits until the pod is gone: preStop, drain, exit.
     cluster.kubectl_ok(&["delete", "pod", &old, "--namespace", RELEASE_NS]);
     let gone = Instant::now();
+    // The stopping holder gave the Lease up (the claim would still run for seconds).
+    assert_ne!(
+        lease_holder(&cluster),
+        old,
+        "the Lease is given up, not left to expire"
+    );
     // A route made now can only get its status from a pod that is still there.
     let yaml = format!(
         "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {{name: later, namespace: demo}}\nspec:\n  hostnames: [\"later.example.com\"]\n  origins: {{allow: [\"{ALLOWED}\"]}}\n  upstream: {{url: \"ws://{}\"}}\n",
@@ -532,6 +551,19 @@ async fn the_pods_run_confined_as_the_chart_says_with_the_kubelet_probing_them_a
         "jsonpath={.spec.template.spec.containers[0].livenessProbe.httpGet.path} {.spec.template.spec.containers[0].readinessProbe.httpGet.path}",
     ]);
     assert_eq!(spec, "/healthz /readyz");
+    let seccomp = cluster.kubectl_ok(&[
+        "get",
+        "deployment",
+        "wsgate",
+        "--namespace",
+        RELEASE_NS,
+        "-o",
+        "jsonpath={.spec.template.spec.securityContext.seccompProfile.type}",
+    ]);
+    assert_eq!(
+        seccomp, "RuntimeDefault",
+        "the filter above is the runtime's default"
+    );
     let names = pods(&cluster);
     // The liveness probe runs every 10 s.
     let deadline = Instant::now() + PATIENCE;
@@ -564,7 +596,20 @@ async fn the_pods_run_confined_as_the_chart_says_with_the_kubelet_probing_them_a
         .filter(|l| l.starts_with("prober_probe_total{") && l.contains("wsgate"))
     {
         eprintln!("{line}");
+        assert!(
+            !(line.contains("probe_type=\"Liveness\"") && line.contains("result=\"failed\"")),
+            "a liveness probe failed: {line}"
+        );
     }
+    let restarts = cluster.kubectl_ok(&[
+        "get",
+        "pods",
+        "--namespace",
+        RELEASE_NS,
+        "-o",
+        "jsonpath={.items[*].status.containerStatuses[*].restartCount}",
+    ]);
+    assert_eq!(restarts, "0 0", "no container was restarted");
 
     // helm uninstall: the pods drain and go, and nothing of the release runs.
     let out = helm(Some(&cluster.plane.kubeconfig))
@@ -585,4 +630,56 @@ async fn the_pods_run_confined_as_the_chart_says_with_the_kubelet_probing_them_a
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stopped_node_leaves_no_link_cgroup_or_process_behind() {
+    let _turn = ONE_NODE.lock().await;
+    let cluster = Cluster::start(&[]);
+    let pid = cluster.node_pid();
+    let link = format!("wsn{pid}");
+    let cgroup = format!("wsgate-node-{pid}");
+    let links = || {
+        let out = std::process::Command::new("ip")
+            .args(["-o", "link", "show"])
+            .output()
+            .expect("run ip");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let cgroups = || {
+        let out = std::process::Command::new("find")
+            .args(["/sys/fs/cgroup", "-maxdepth", "5", "-name", &cgroup])
+            .output()
+            .expect("run find");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let kubelets = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &cluster_marker(&cluster)])
+            .output()
+            .expect("run pgrep");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // While it runs, all three are there: the checks below can see them.
+    assert!(links().contains(&format!("{link}@")), "{}", links());
+    assert!(!cgroups().is_empty(), "no cgroup {cgroup}");
+    assert!(!kubelets().is_empty(), "no kubelet of this node");
+    let marker = cluster_marker(&cluster);
+    drop(cluster);
+    assert!(!links().contains(&format!("{link}@")), "{}", links());
+    assert_eq!(cgroups(), "", "cgroups left");
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .expect("run pgrep");
+    assert!(
+        left.stdout.is_empty(),
+        "processes left: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
+
+/// A string in the command line of every process of `cluster`'s node: its state directory.
+fn cluster_marker(cluster: &Cluster) -> String {
+    cluster.state_dir().display().to_string()
 }

@@ -81,16 +81,26 @@ fn built(script: &str, args: &[&str]) -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
-/// Addresses of the veth pair: a /30 in 10.213.0.0/16 of this process's own, so that
-/// nodes of concurrent test processes do not meet.
+/// Addresses of the veth pair: a /30 in 10.213.0.0/16 that no interface of this machine
+/// has (Linux would accept a second one, and traffic would silently go astray).
 fn addresses() -> (String, String) {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = (std::process::id() * 7 + NEXT.fetch_add(1, Ordering::Relaxed)) % (64 * 250);
-    let (third, fourth) = (n / 64, (n % 64) * 4);
-    (
-        format!("10.213.{third}.{}", fourth + 1),
-        format!("10.213.{third}.{}", fourth + 2),
-    )
+    for _ in 0..64 * 250 {
+        let n = (std::process::id() * 7 + NEXT.fetch_add(1, Ordering::Relaxed)) % (64 * 250);
+        let (third, fourth) = (n / 64, (n % 64) * 4);
+        let net = format!("10.213.{third}.{fourth}/30");
+        let taken = Command::new("ip")
+            .args(["-o", "-4", "addr", "show", "to", &net])
+            .output()
+            .expect("run ip");
+        if taken.status.success() && taken.stdout.is_empty() {
+            return (
+                format!("10.213.{third}.{}", fourth + 1),
+                format!("10.213.{third}.{}", fourth + 2),
+            );
+        }
+    }
+    panic!("every /30 of 10.213.0.0/16 is in use on this machine")
 }
 
 impl Cluster {
@@ -190,7 +200,7 @@ impl Cluster {
                 "--v=1".into(),
             ],
         );
-        let cluster = Cluster {
+        let mut cluster = Cluster {
             node,
             scheduler,
             controller_manager,
@@ -210,6 +220,17 @@ impl Cluster {
             started.elapsed()
         );
         cluster
+    }
+
+    /// The PID of `hack/node/run`, which names the node's veth (`wsn<PID>`) and cgroups
+    /// (`wsgate-node-<PID>`).
+    pub fn node_pid(&self) -> u32 {
+        self.node.id()
+    }
+
+    /// The node's state directory, which every node process's command line names.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("node")
     }
 
     /// kubectl as the admin identity.
@@ -257,9 +278,16 @@ impl Cluster {
         ]);
     }
 
-    fn wait_node_ready(&self) {
+    fn wait_node_ready(&mut self) {
         let deadline = Instant::now() + NODE_START;
         loop {
+            if let Ok(Some(status)) = self.node.try_wait() {
+                panic!(
+                    "the node exited ({status}) before it was Ready; kubelet.log ends:\n{}\ncontainerd.log ends:\n{}",
+                    self.log_tail("kubelet.log"),
+                    self.log_tail("containerd.log")
+                );
+            }
             let out = self
                 .kubectl()
                 .args(["get", "node", NODE_NAME, "-o"])
