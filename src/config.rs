@@ -55,6 +55,24 @@ pub enum Command {
     /// Check that a running gateway answers: admin `/readyz` is 200, and the proxy answers
     /// a handshake for an unrouted host with its 404 (what `helm test` runs).
     Probe(ProbeArgs),
+    /// Scale the gateway's Deployment to 0 and wait until its pods are gone, so that the
+    /// last replica marks every route GatewayStopped (the chart's pre-delete hook).
+    ScaleToZero(ScaleToZeroArgs),
+}
+
+/// Flags of `wsgate scale-to-zero`.
+#[derive(Debug, Args)]
+pub struct ScaleToZeroArgs {
+    /// The Deployment running the replicas.
+    #[arg(long, env = "WSGATE_DEPLOYMENT")]
+    pub deployment: String,
+    /// Its namespace (default: the client's: the pod's in a cluster, the kubeconfig
+    /// context's otherwise).
+    #[arg(long, env = "WSGATE_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// Seconds to wait for the pods to be gone (they drain first).
+    #[arg(long, default_value = "120", value_parser = parse_seconds)]
+    pub timeout: Duration,
 }
 
 /// Flags of `wsgate probe`.

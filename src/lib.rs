@@ -22,8 +22,8 @@
 //! - [`admin`] serves health, readiness, metrics and the active snapshot; [`server`] starts
 //!   and drains the listeners, which share the accept step in [`accept`].
 //! - Around them: [`config`] (flags), [`metrics`], [`logging`] (what the log leaves out),
-//!   [`apierror`] (Kubernetes errors in one line), [`check`] and [`probe`] (the commands
-//!   that do not serve).
+//!   [`apierror`] (Kubernetes errors in one line), [`check`], [`probe`] and
+//!   [`scale_to_zero`] (the commands that do not serve).
 //!
 //! The design they follow, and the layering, is in `docs/design.md`.
 
@@ -45,6 +45,7 @@ pub mod probe;
 pub mod proxy;
 pub mod request;
 pub mod route;
+pub mod scale_to_zero;
 pub mod server;
 pub mod snapshot;
 pub mod source;

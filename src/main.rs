@@ -63,6 +63,30 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::ScaleToZero(args) => {
+            let stop = wsgate::scale_to_zero::run(
+                &args.deployment,
+                args.namespace.as_deref(),
+                args.timeout,
+            );
+            match block_on(stop) {
+                Ok(wsgate::scale_to_zero::Stopped::NoDeployment) => {
+                    println!("no Deployment {}: nothing to stop", args.deployment);
+                    ExitCode::SUCCESS
+                }
+                Ok(wsgate::scale_to_zero::Stopped::Drained(pods)) => {
+                    println!(
+                        "Deployment {} scaled to 0; its {pods} pod(s) are gone",
+                        args.deployment
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("wsgate scale-to-zero: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Controller(args) => match block_on(wsgate::controller::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

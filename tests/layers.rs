@@ -18,6 +18,7 @@ const LAYERS: [&[&str]; 7] = [
         "controller::report",
         "controller::leader",
         "check",
+        "scale_to_zero",
     ],
     &["proxy", "admin", "accept", "access", "probe"],
     // Wiring: flags, listeners and the two modes.
