@@ -611,16 +611,29 @@ async fn the_pods_run_confined_as_the_chart_says_with_the_kubelet_probing_them_a
     ]);
     assert_eq!(restarts, "0 0", "no container was restarted");
 
-    // helm uninstall: the pods drain and go, and nothing of the release runs.
+    // helm uninstall: its pre-delete hook scales the Deployment to 0 first, so the last
+    // replica marks the route GatewayStopped while it may still write status; then the
+    // pods are gone and nothing of the release runs.
+    let upstream = Upstream::start_on(&cluster.host_ip).await;
+    route_to(&cluster, &upstream);
     let out = helm(Some(&cluster.plane.kubeconfig))
         .args(["uninstall", "wsgate", "--namespace", RELEASE_NS, "--wait"])
         .output()
         .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm uninstall failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        let job = cluster
+            .kubectl()
+            .args(["logs", "job/wsgate-uninstall", "--namespace", RELEASE_NS])
+            .output()
+            .expect("run kubectl");
+        panic!(
+            "helm uninstall failed: {}\nthe hook's log: {}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&job.stdout),
+            String::from_utf8_lossy(&job.stderr),
+            cluster.explain()
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     while !pods(&cluster).is_empty() || !wsgate_processes().is_empty() {
         assert!(
@@ -630,6 +643,19 @@ async fn the_pods_run_confined_as_the_chart_says_with_the_kubelet_probing_them_a
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let conditions = cluster.kubectl_ok(&[
+        "get",
+        "websocketroute/chat",
+        "--namespace",
+        "demo",
+        "-o",
+        "jsonpath={range .status.conditions[*]}{.type}={.status}/{.reason} {end}",
+    ]);
+    assert_eq!(
+        conditions.trim(),
+        "Accepted=True/Accepted ResolvedRefs=True/ResolvedRefs Programmed=False/GatewayStopped Ready=False/GatewayStopped",
+        "after helm uninstall the route says nothing serves it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -21,6 +21,17 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{/* Labels on a hook's pod (`helm test`, the uninstall Job): the release's, under a name of
+its own (the dict's "name"), so that no Service or Deployment selector takes it for a
+replica. */}}
+{{- define "wsgate.hookPodLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-%s" .root.Chart.Name .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
+{{- end -}}
+
 {{/* The ServiceAccount the controller runs as. */}}
 {{- define "wsgate.serviceAccountName" -}}
 {{- default (include "wsgate.fullname" .) .Values.serviceAccount.name -}}
