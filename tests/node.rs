@@ -70,25 +70,21 @@ fn wsgate_image() -> &'static std::path::Path {
 /// NodePort Service; returns once every pod of the release is Ready, with the time it took.
 fn installed() -> (Cluster, Duration) {
     let cluster = Cluster::start(&[wsgate_image().to_owned()]);
-    let mut install = helm(Some(&cluster.plane.kubeconfig));
-    install.args([
-        "install",
-        "wsgate",
-        CHART,
-        "--namespace",
-        RELEASE_NS,
-        "--create-namespace",
-        "--set",
-        "service.type=NodePort",
-        "--set",
-        &format!("service.nodePort={NODE_PORT}"),
-    ]);
     let started = Instant::now();
-    let out = install.output().expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm install failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    helm_ok(
+        &cluster,
+        &[
+            "install",
+            "wsgate",
+            CHART,
+            "--namespace",
+            RELEASE_NS,
+            "--create-namespace",
+            "--set",
+            "service.type=NodePort",
+            "--set",
+            &format!("service.nodePort={NODE_PORT}"),
+        ],
     );
     cluster.kubectl_ok(&[
         "rollout",
@@ -119,6 +115,23 @@ fn pods(cluster: &Cluster) -> Vec<String> {
         .split_whitespace()
         .map(str::to_owned)
         .collect()
+}
+
+/// Runs helm with `args` against `cluster`; its output, or a panic with its error and what
+/// the cluster looks like.
+fn helm_ok(cluster: &Cluster, args: &[&str]) -> String {
+    let out = helm(Some(&cluster.plane.kubeconfig))
+        .args(args)
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm {args:?} failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        cluster.explain()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The pod holding the chart's Lease.
@@ -205,18 +218,11 @@ async fn helm_install_runs_two_ready_pods_that_both_serve_routes_through_the_ser
 
     // What the README tells users to run next: a pod of the chart's own image runs
     // `wsgate probe` against both Services, found by their names in the cluster's DNS.
-    let out = helm(Some(&cluster.plane.kubeconfig))
-        .args(["test", "wsgate", "--namespace", RELEASE_NS, "--logs"])
-        .output()
-        .expect("run helm");
-    assert!(
-        out.status.success(),
-        "helm test failed: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        cluster.explain()
+    let tested = helm_ok(
+        &cluster,
+        &["test", "wsgate", "--namespace", RELEASE_NS, "--logs"],
     );
-    eprintln!("{}", String::from_utf8_lossy(&out.stdout));
+    eprintln!("{tested}");
 
     // Through the NodePort: allowed 101 and echoed, denied 403.
     let gate = node_port(&cluster).await;
@@ -417,15 +423,18 @@ async fn rolling_restart_and_helm_upgrade_close_every_websocket_with_1012_and_re
     })
     .await;
     rollout_drops_nothing(&cluster, "helm upgrade --set logLevel=debug", || {
-        let out = helm(Some(&cluster.plane.kubeconfig))
-            .args(["upgrade", "wsgate", CHART, "--namespace", RELEASE_NS])
-            .args(["--reuse-values", "--set", "logLevel=debug"])
-            .output()
-            .expect("run helm");
-        assert!(
-            out.status.success(),
-            "helm upgrade failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+        helm_ok(
+            &cluster,
+            &[
+                "upgrade",
+                "wsgate",
+                CHART,
+                "--namespace",
+                RELEASE_NS,
+                "--reuse-values",
+                "--set",
+                "logLevel=debug",
+            ],
         );
     })
     .await;

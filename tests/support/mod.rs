@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -86,9 +86,10 @@ impl Gate {
         gate
     }
 
-    /// Starts wsgate and returns once its listeners are open, ready or not.
+    /// Starts wsgate and returns once its listeners are open, ready or not. It dies with
+    /// the thread that started it, so a killed test leaves no gateway behind.
     pub async fn spawn(args: &[std::ffi::OsString], env: &[(&str, &std::ffi::OsStr)]) -> Gate {
-        let mut child = Command::new(bin())
+        let mut child = control_plane::dies_with_test(Path::new(bin()))
             .args(args)
             .args([
                 "--listen",
