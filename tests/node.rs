@@ -86,14 +86,7 @@ fn installed() -> (Cluster, Duration) {
             &format!("service.nodePort={NODE_PORT}"),
         ],
     );
-    cluster.kubectl_ok(&[
-        "rollout",
-        "status",
-        "deployment/wsgate",
-        "--namespace",
-        RELEASE_NS,
-        &format!("--timeout={}s", PODS_READY.as_secs()),
-    ]);
+    rolled_out(&cluster, PODS_READY);
     let took = started.elapsed();
     eprintln!("helm install to every pod Ready: {took:.1?}");
     (cluster, took)
@@ -132,6 +125,19 @@ fn helm_ok(cluster: &Cluster, args: &[&str]) -> String {
         cluster.explain()
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until the release's Deployment has rolled out: every pod of its newest template
+/// Ready, the old ones gone.
+fn rolled_out(cluster: &Cluster, patience: Duration) {
+    cluster.kubectl_ok(&[
+        "rollout",
+        "status",
+        "deployment/wsgate",
+        "--namespace",
+        RELEASE_NS,
+        &format!("--timeout={}s", patience.as_secs()),
+    ]);
 }
 
 /// The pod holding the chart's Lease.
@@ -360,14 +366,7 @@ async fn rollout_drops_nothing(cluster: &Cluster, what: &str, roll: impl FnOnce(
     };
     let started = Instant::now();
     roll();
-    cluster.kubectl_ok(&[
-        "rollout",
-        "status",
-        "deployment/wsgate",
-        "--namespace",
-        RELEASE_NS,
-        "--timeout=180s",
-    ]);
+    rolled_out(cluster, Duration::from_secs(180));
     let rolled = started.elapsed();
     let ended = Instant::now();
     let mut endings = std::collections::BTreeMap::new();
