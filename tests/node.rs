@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use support::helm::helm;
+use support::helm::{CONDITIONS, STOPPED, helm};
 use support::node::Cluster;
 use support::{PATIENCE, Upstream, connect, echo};
 
@@ -657,11 +657,11 @@ async fn the_pods_run_confined_as_the_chart_says_with_the_kubelet_probing_them_a
         "--namespace",
         "demo",
         "-o",
-        "jsonpath={range .status.conditions[*]}{.type}={.status}/{.reason} {end}",
+        CONDITIONS,
     ]);
     assert_eq!(
         conditions.trim(),
-        "Accepted=True/Accepted ResolvedRefs=True/ResolvedRefs Programmed=False/GatewayStopped Ready=False/GatewayStopped",
+        STOPPED,
         "after helm uninstall the route says nothing serves it"
     );
 }

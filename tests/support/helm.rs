@@ -1,5 +1,6 @@
 //! Helm, built from its Go module by `hack/helm/build` (cached outside the clone), with its
-//! caches and configuration kept out of the user's home.
+//! caches and configuration kept out of the user's home; and how the chart's tests read a
+//! route's conditions.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -8,6 +9,13 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// kubectl's `-o` for a route's conditions on one line: `Type=Status/Reason ...`.
+pub const CONDITIONS: &str =
+    "jsonpath={range .status.conditions[*]}{.type}={.status}/{.reason} {end}";
+
+/// What `CONDITIONS` shows once the last replica has stopped (scaled to 0 or uninstalled).
+pub const STOPPED: &str = "Accepted=True/Accepted ResolvedRefs=True/ResolvedRefs Programmed=False/GatewayStopped Ready=False/GatewayStopped";
 
 /// The directory holding `helm` and the ServiceMonitor CRD, built on first use.
 pub fn helm_dir() -> &'static Path {
