@@ -80,10 +80,7 @@ pub struct Headers<'a>(&'a [httparse::Header<'a>]);
 
 impl<'a> crate::request::HeaderLookup<'a> for Headers<'a> {
     fn values(self, name: &str) -> impl Iterator<Item = &'a [u8]> {
-        self.0
-            .iter()
-            .filter(move |h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value)
+        self.get_all(name)
     }
 }
 
@@ -94,7 +91,7 @@ impl<'a> Headers<'a> {
     }
 
     /// Every value of `name` (lowercase), in order.
-    pub fn get_all(self, name: &'static str) -> impl Iterator<Item = &'a [u8]> {
+    pub fn get_all(self, name: &str) -> impl Iterator<Item = &'a [u8]> {
         self.0
             .iter()
             .filter(move |h| h.name.eq_ignore_ascii_case(name))
