@@ -68,10 +68,10 @@ pub struct ScaleToZeroArgs {
     pub deployment: String,
     /// Its namespace (default: the client's: the pod's in a cluster, the kubeconfig
     /// context's otherwise).
-    #[arg(long, env = "WSGATE_NAMESPACE")]
+    #[arg(long, env = "WSGATE_DEPLOYMENT_NAMESPACE")]
     pub namespace: Option<String>,
     /// Seconds to wait for the pods to be gone (they drain first).
-    #[arg(long, default_value = "120", value_parser = parse_seconds)]
+    #[arg(long, env = "WSGATE_SCALE_TIMEOUT", default_value = "120", value_parser = parse_seconds)]
     pub timeout: Duration,
 }
 
@@ -131,8 +131,8 @@ pub struct ControllerArgs {
     pub identity: Option<String>,
     /// The Deployment running these replicas, in the Lease's namespace. On SIGTERM the
     /// Lease holder reads it: when it is gone, being deleted or scaled to 0, no replica
-    /// remains, so the holder marks every route it reports on not Ready (`GatewayStopped`)
-    /// and deletes the Lease instead of releasing it. Unset: it only releases the Lease.
+    /// remains, so the holder marks every route it reports on not Ready (`GatewayStopped`),
+    /// releases the Lease and never recreates it. Unset: it only releases the Lease.
     #[arg(long, env = "WSGATE_DEPLOYMENT")]
     pub deployment: Option<String>,
     /// Listener options.

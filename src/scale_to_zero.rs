@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
+use kube::core::Selector;
 use kube::{Api, Client};
 
 use crate::apierror::brief;
@@ -19,11 +20,23 @@ const POLL: Duration = Duration::from_secs(1);
 /// Why the Deployment could not be brought to zero pods.
 #[derive(Debug, thiserror::Error)]
 pub enum ScaleError {
-    /// No credentials (neither in-cluster nor a kubeconfig).
-    #[error("cannot reach the Kubernetes API: {0}")]
-    Client(#[from] kube::Error),
+    /// No client configuration (neither in-cluster nor a kubeconfig).
+    #[error("no Kubernetes client configuration ({0}); set KUBECONFIG or run in a cluster")]
+    Config(String),
+    /// The Deployment's selector cannot be turned into a pod query, or selects every pod.
+    #[error("the Deployment {namespace}/{name} has a selector that cannot tell its pods: {why}")]
+    Selector {
+        /// The Deployment's namespace.
+        namespace: String,
+        /// The Deployment's name.
+        name: String,
+        /// What is wrong with it.
+        why: String,
+    },
     /// An API call failed.
-    #[error("{what} {namespace}/{name}: {message}")]
+    #[error(
+        "{what} {namespace}/{name}: {message}; it needs get on the Deployment, patch on its deployments/scale and list on pods in {namespace}"
+    )]
     Api {
         /// What was asked.
         what: &'static str,
@@ -67,7 +80,9 @@ pub async fn run(
     namespace: Option<&str>,
     patience: Duration,
 ) -> Result<Stopped, ScaleError> {
-    let client = Client::try_default().await?;
+    let client = Client::try_default()
+        .await
+        .map_err(|e| ScaleError::Config(brief(&e)))?;
     let namespace = namespace.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
     let failed = |what: &'static str, e: kube::Error| ScaleError::Api {
         what,
@@ -83,17 +98,22 @@ pub async fn run(
     else {
         return Ok(Stopped::NoDeployment);
     };
-    let selector = deployment
-        .spec
-        .and_then(|s| s.selector.match_labels)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let selector = Selector::try_from(deployment.spec.unwrap_or_default().selector)
+        .map_err(|e| e.to_string())
+        .and_then(|s| match s.selects_all() {
+            // It would count every pod of the namespace, this command's own among them.
+            true => Err("it is empty".to_owned()),
+            false => Ok(s),
+        })
+        .map_err(|why| ScaleError::Selector {
+            namespace: namespace.clone(),
+            name: name.to_owned(),
+            why,
+        })?;
     let pods: Api<Pod> = Api::namespaced(client, &namespace);
+    let query = ListParams::default().labels_from(&selector);
     let count = || async {
-        pods.list(&ListParams::default().labels(&selector))
+        pods.list(&query)
             .await
             .map(|l| l.items.len())
             .map_err(|e| failed("listing the pods of the Deployment", e))
