@@ -59,6 +59,24 @@ fn request(path: &str, extra: &str) -> String {
 }
 
 #[tokio::test]
+async fn a_refused_origin_without_a_token_gets_403_not_401() {
+    let mut up = Upstream::start().await;
+    let secrets = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir(secrets.path().join("jwt")).expect("dir");
+    std::fs::write(secrets.path().join("jwt/secret"), SECRET).expect("key");
+    let gate = gate(&up, secrets.path()).await;
+    // The origin is judged before the token: a page from elsewhere learns nothing about
+    // the route's authentication.
+    let raw = raw_request(
+        gate.proxy,
+        &upgrade_request(HOST, "/ws", "Origin: https://evil.example.test\r\n"),
+    )
+    .await;
+    assert_eq!(raw.status, 403, "{}", raw.head);
+    assert_eq!(up.handshakes(), 0);
+}
+
+#[tokio::test]
 async fn missing_and_bad_tokens_get_401_before_the_upstream_is_contacted() {
     let mut up = Upstream::start().await;
     let secrets = tempfile::tempdir().expect("tempdir");

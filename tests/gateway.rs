@@ -189,6 +189,19 @@ async fn unknown_host_or_path_is_404() {
 }
 
 #[tokio::test]
+async fn an_unrouted_plain_request_is_404_before_it_is_426() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    // DESIGN's order: the route is found (404) before the upgrade is checked (426).
+    let raw = raw_request(
+        gate.proxy,
+        "GET /ws HTTP/1.1\r\nHost: other.example.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(raw.status, 404, "{}", raw.head);
+}
+
+#[tokio::test]
 async fn malformed_handshakes_get_their_status_codes() {
     let up = Upstream::start().await;
     let gate = chat_gate(&up, app_only(), &[]).await;
