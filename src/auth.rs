@@ -125,13 +125,13 @@ impl fmt::Debug for JwtAuth {
 
 impl JwtAuth {
     /// The check `settings` describe, with the key material from the route's Secret.
-    pub fn new(settings: &JwtSettings, material: &[u8]) -> Result<JwtAuth, KeyError> {
+    pub fn new(settings: JwtSettings, material: &[u8]) -> Result<JwtAuth, KeyError> {
         let sources = settings
             .places
-            .iter()
+            .into_iter()
             .map(|place| match place {
                 TokenPlace::Header(h) => TokenPlace::Header(h.to_ascii_lowercase()),
-                other => other.clone(),
+                other => other,
             })
             .fold(Vec::new(), |mut sources, source| {
                 // A place listed twice is one place: its token is not "given twice".
@@ -141,7 +141,7 @@ impl JwtAuth {
                 sources
             });
         let (mut forward_claims, mut forward_headers) = (Vec::new(), Vec::new());
-        for (claim, header) in &settings.forward {
+        for (claim, header) in settings.forward {
             let lower = header.to_ascii_lowercase();
             let token = !lower.is_empty()
                 && lower
@@ -151,16 +151,16 @@ impl JwtAuth {
                 || RESERVED_HEADERS.contains(&lower.as_str())
                 || lower.starts_with("sec-websocket-")
             {
-                return Err(KeyError::ReservedHeader(header.clone()));
+                return Err(KeyError::ReservedHeader(header));
             }
-            forward_claims.push(claim.clone());
+            forward_claims.push(claim);
             forward_headers.push(lower);
         }
         Ok(JwtAuth {
             sources,
             keys: keys(material)?,
-            issuer: settings.issuer.clone(),
-            audiences: settings.audiences.clone(),
+            issuer: settings.issuer,
+            audiences: settings.audiences,
             leeway: settings.leeway_seconds,
             forward_claims,
             forward_headers,

@@ -60,7 +60,7 @@ fn bearer(token: &str) -> String {
 
 #[test]
 fn a_valid_hs256_token_forwards_its_claims_as_headers() {
-    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    let auth = JwtAuth::new(spec(&[header("Authorization")]), SECRET).expect("keys");
     let forwarded = check(
         &auth,
         "/ws",
@@ -86,14 +86,14 @@ fn an_es256_token_verifies_with_a_pem_public_key_and_not_with_another() {
     )
     .expect("token");
     let auth = JwtAuth::new(
-        &spec(&[header("Authorization")]),
+        spec(&[header("Authorization")]),
         key.public_key_pem().as_bytes(),
     )
     .expect("PEM key");
     assert!(check(&auth, "/", &[("authorization", &bearer(&token))]).is_ok());
     let other = rcgen::KeyPair::generate().expect("key");
     let auth = JwtAuth::new(
-        &spec(&[header("Authorization")]),
+        spec(&[header("Authorization")]),
         other.public_key_pem().as_bytes(),
     )
     .expect("PEM key");
@@ -114,7 +114,7 @@ fn an_hs256_token_is_refused_by_a_public_key_and_alg_none_by_everything() {
         &EncodingKey::from_secret(public.as_bytes()),
     )
     .expect("token");
-    let auth = JwtAuth::new(&spec(&[header("Authorization")]), public.as_bytes()).expect("PEM");
+    let auth = JwtAuth::new(spec(&[header("Authorization")]), public.as_bytes()).expect("PEM");
     assert!(check(&auth, "/", &[("authorization", &bearer(&forged))]).is_err());
 
     use base64::Engine;
@@ -124,7 +124,7 @@ fn an_hs256_token_is_refused_by_a_public_key_and_alg_none_by_everything() {
         b64.encode(br#"{"alg":"none","typ":"JWT"}"#),
         b64.encode(claims().to_string())
     );
-    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    let auth = JwtAuth::new(spec(&[header("Authorization")]), SECRET).expect("keys");
     assert!(check(&auth, "/", &[("authorization", &bearer(&none))]).is_err());
 }
 
@@ -138,7 +138,7 @@ fn jwks_keys_are_chosen_by_kid() {
         {"kty": "oct", "kid": "two", "alg": "HS256", "k": b64.encode(SECRET)},
     ]});
     let auth = JwtAuth::new(
-        &spec(&[header("Authorization")]),
+        spec(&[header("Authorization")]),
         jwks.to_string().as_bytes(),
     )
     .expect("JWKS");
@@ -163,7 +163,7 @@ fn a_kid_picks_only_its_keys_and_a_kidless_token_needs_an_unambiguous_key() {
     };
     let with_keys = |keys: serde_json::Value| {
         let jwks = json!({ "keys": keys }).to_string();
-        JwtAuth::new(&spec(&[header("Authorization")]), jwks.as_bytes()).expect("JWKS")
+        JwtAuth::new(spec(&[header("Authorization")]), jwks.as_bytes()).expect("JWKS")
     };
     let verify = |auth: &JwtAuth, kid: Option<&str>| {
         check(auth, "/", &[("authorization", &signed(kid))]).map(|_| ())
@@ -205,14 +205,14 @@ fn a_kid_picks_only_its_keys_and_a_kidless_token_needs_an_unambiguous_key() {
     assert_eq!(verify(&one_per_alg, None), Ok(()));
 
     // A secret (or PEM key) has no kid to compare: a token's kid does not matter.
-    let secret = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("secret");
+    let secret = JwtAuth::new(spec(&[header("Authorization")]), SECRET).expect("secret");
     assert_eq!(verify(&secret, Some("any")), Ok(()));
     assert_eq!(verify(&secret, None), Ok(()));
 }
 
 #[test]
 fn times_issuer_and_audience_are_checked_with_leeway() {
-    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    let auth = JwtAuth::new(spec(&[header("Authorization")]), SECRET).expect("keys");
     let with = |patch: serde_json::Value| {
         let mut c = claims();
         c.as_object_mut()
@@ -251,7 +251,7 @@ fn times_issuer_and_audience_are_checked_with_leeway() {
 
 #[test]
 fn fractional_numeric_dates_are_accepted_and_checked_with_leeway() {
-    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    let auth = JwtAuth::new(spec(&[header("Authorization")]), SECRET).expect("keys");
     let with = |patch: serde_json::Value| {
         let mut c = claims();
         c.as_object_mut()
@@ -287,7 +287,7 @@ fn fractional_numeric_dates_are_accepted_and_checked_with_leeway() {
 fn tokens_come_from_each_source() {
     let token = hs256(&claims());
     let auth = JwtAuth::new(
-        &spec(&[query("access_token"), cookie("session"), header("X-Token")]),
+        spec(&[query("access_token"), cookie("session"), header("X-Token")]),
         SECRET,
     )
     .expect("keys");
@@ -311,7 +311,7 @@ fn tokens_come_from_each_source() {
     assert!(check(&auth, "/ws", &[("x-token", &token)]).is_ok());
     assert_eq!(check(&auth, "/ws", &[]), Err(AuthFailure::Missing));
     // Percent-encoded query values are decoded.
-    let auth = JwtAuth::new(&spec(&[header("authorization")]), SECRET).expect("keys");
+    let auth = JwtAuth::new(spec(&[header("authorization")]), SECRET).expect("keys");
     assert!(check(&auth, "/", &[("Authorization", &format!("bEaReR {token}"))]).is_ok());
     assert_eq!(
         check(&auth, "/", &[("Authorization", &format!("Basic {token}"))]),
@@ -323,7 +323,7 @@ fn tokens_come_from_each_source() {
 fn a_token_given_twice_in_one_place_or_in_two_places_is_refused_as_repeated() {
     let token = hs256(&claims());
     let auth = JwtAuth::new(
-        &spec(&[
+        spec(&[
             query("access_token"),
             cookie("session"),
             header("Authorization"),
@@ -377,7 +377,7 @@ fn a_token_given_twice_in_one_place_or_in_two_places_is_refused_as_repeated() {
 fn a_place_listed_twice_in_token_sources_is_one_place() {
     let token = hs256(&claims());
     let auth = JwtAuth::new(
-        &spec(&[header("Authorization"), header("authorization")]),
+        spec(&[header("Authorization"), header("authorization")]),
         SECRET,
     )
     .expect("keys");
@@ -387,11 +387,11 @@ fn a_place_listed_twice_in_token_sources_is_one_place() {
 #[test]
 fn bad_keys_and_reserved_forward_headers_say_what_to_write() {
     assert_eq!(
-        JwtAuth::new(&spec(&[]), b"short").unwrap_err(),
+        JwtAuth::new(spec(&[]), b"short").unwrap_err(),
         KeyError::Unusable
     );
     assert!(matches!(
-        JwtAuth::new(&spec(&[]), b"{\"keys\": []}").unwrap_err(),
+        JwtAuth::new(spec(&[]), b"{\"keys\": []}").unwrap_err(),
         KeyError::EmptyJwks(_)
     ));
     for reserved in [
@@ -403,7 +403,7 @@ fn bad_keys_and_reserved_forward_headers_say_what_to_write() {
         let mut s = spec(&[]);
         s.forward[0].1 = reserved.into();
         assert_eq!(
-            JwtAuth::new(&s, SECRET).unwrap_err(),
+            JwtAuth::new(s, SECRET).unwrap_err(),
             KeyError::ReservedHeader(reserved.into())
         );
     }
@@ -411,7 +411,7 @@ fn bad_keys_and_reserved_forward_headers_say_what_to_write() {
 
 #[test]
 fn forwarded_claims_never_carry_line_breaks() {
-    let auth = JwtAuth::new(&spec(&[header("Authorization")]), SECRET).expect("keys");
+    let auth = JwtAuth::new(spec(&[header("Authorization")]), SECRET).expect("keys");
     let mut c = claims();
     c["sub"] = json!("alice\r\nX-Admin: true");
     let forwarded = check(&auth, "/", &[("authorization", &bearer(&hs256(&c)))]).expect("valid");
@@ -445,7 +445,7 @@ fn an_ed25519_key_shorter_than_32_bytes_is_refused_at_load_and_never_reached() {
     let short = json!({"kty": "OKP", "crv": "Ed25519", "kid": "short", "x": b64(&[7; 16])});
     let jwks = |keys: serde_json::Value| json!({ "keys": keys }).to_string().into_bytes();
     assert!(matches!(
-        JwtAuth::new(&spec(&[]), &jwks(json!([short]))).unwrap_err(),
+        JwtAuth::new(spec(&[]), &jwks(json!([short]))).unwrap_err(),
         KeyError::EmptyJwks(_)
     ));
     // The same short key in PEM form (SubjectPublicKeyInfo, OID 1.3.101.112).
@@ -458,17 +458,14 @@ fn an_ed25519_key_shorter_than_32_bytes_is_refused_at_load_and_never_reached() {
         base64::engine::general_purpose::STANDARD.encode(&spki)
     );
     assert_eq!(
-        JwtAuth::new(&spec(&[]), pem.as_bytes()).unwrap_err(),
+        JwtAuth::new(spec(&[]), pem.as_bytes()).unwrap_err(),
         KeyError::Unusable
     );
     // Beside a usable key, the short one is left out: a token naming it is refused, and
     // verifying it does not panic (jsonwebtoken slices an EdDSA key to 32 bytes).
     let oct = json!({"kty": "oct", "kid": "shared", "k": b64(SECRET)});
-    let auth = JwtAuth::new(
-        &spec(&[header("Authorization")]),
-        &jwks(json!([short, oct])),
-    )
-    .expect("the oct key is usable");
+    let auth = JwtAuth::new(spec(&[header("Authorization")]), &jwks(json!([short, oct])))
+        .expect("the oct key is usable");
     let token = format!(
         "{}.{}.{}",
         b64(br#"{"alg":"EdDSA","kid":"short"}"#),
@@ -493,7 +490,7 @@ cKpNOBc3VVDo7cF1xQIDAQAB
 -----END PUBLIC KEY-----
 ";
     assert_eq!(
-        JwtAuth::new(&spec(&[]), RSA_1024.as_bytes()).unwrap_err(),
+        JwtAuth::new(spec(&[]), RSA_1024.as_bytes()).unwrap_err(),
         KeyError::Unusable
     );
     assert!(
@@ -507,9 +504,9 @@ cKpNOBc3VVDo7cF1xQIDAQAB
     let mut n = vec![0xff; 256];
     n[0] = 0x7f;
     assert!(matches!(
-        JwtAuth::new(&spec(&[]), jwk(&n).to_string().as_bytes()).unwrap_err(),
+        JwtAuth::new(spec(&[]), jwk(&n).to_string().as_bytes()).unwrap_err(),
         KeyError::EmptyJwks(_)
     ));
     n[0] = 0x80;
-    JwtAuth::new(&spec(&[]), jwk(&n).to_string().as_bytes()).expect("2048 bits are usable");
+    JwtAuth::new(spec(&[]), jwk(&n).to_string().as_bytes()).expect("2048 bits are usable");
 }

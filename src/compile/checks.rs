@@ -467,7 +467,7 @@ fn check_auth(spec: &JwtSpec, key: &RouteKey, backends: &Backends) -> Result<Jwt
             }
         },
     };
-    JwtAuth::new(&jwt_settings(spec), material).map_err(|e| match e {
+    JwtAuth::new(jwt_settings(spec), material).map_err(|e| match e {
         KeyError::ReservedHeader(_) => RefProblem::Invalid(e.to_string()),
         other => RefProblem::Unresolved((reason::INVALID_SECRET, format!("{secret} {other}"))),
     })
