@@ -532,7 +532,12 @@ async fn two_controllers_serve_alike_one_writes_status_and_the_other_takes_over(
     }
     assert_eq!(first.metric("wsgate_leader").await, Some(1.0));
     assert_eq!(second.metric("wsgate_leader").await, Some(0.0));
-    assert!(first.metric(STATUS_WRITES).await.unwrap_or(0.0) >= 1.0);
+    first
+        .wait_for(
+            || async { first.metric(STATUS_WRITES).await.unwrap_or(0.0) >= 1.0 },
+            "the leader to count its status write",
+        )
+        .await;
     assert_eq!(
         second.metric(STATUS_WRITES).await,
         None,
@@ -581,8 +586,13 @@ async fn writes_status_of_a_new_route(
         .await
         .expect("create route");
     wait_ready(api, name, "True").await;
-    let after = leader.metric(STATUS_WRITES).await.unwrap_or(0.0);
-    assert!(after > before, "{name}: written by another replica");
+    // The counter moves just after the API server answers the write, so the test waits for it.
+    leader
+        .wait_for(
+            || async { leader.metric(STATUS_WRITES).await.unwrap_or(0.0) > before },
+            &format!("{name}'s status to be counted as written by this replica"),
+        )
+        .await;
 }
 
 #[tokio::test]
