@@ -1,5 +1,6 @@
-//! The access log: one line per handshake (route, client, origin, result, reason) and one per
-//! finished connection (duration, bytes, close code), under the tracing target
+//! The access log: one line per handshake (route, client, origin, result, reason), one per
+//! plain HTTP request (the same, with method and status) and one per finished connection
+//! (duration, bytes, close code), under the tracing target
 //! `wsgate::access`. Lines for refused handshakes are capped per second, so a flood of bad
 //! handshakes cannot fill a disk; how many were left out is logged once the second is over.
 
@@ -41,6 +42,27 @@ pub struct Handshake<'a> {
     pub reason: &'static str,
 }
 
+/// One plain request's outcome, as logged.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// `namespace/name` of the selected route, if one matched.
+    pub route: Option<&'a str>,
+    /// The client's address.
+    pub client: IpAddr,
+    /// The request's `Origin` header, if any (cut to 256 bytes).
+    pub origin: Option<&'a str>,
+    /// The request method.
+    pub method: &'a str,
+    /// The status the client got.
+    pub status: u16,
+    /// `accepted`, `rejected` or `failed`.
+    pub result: &'static str,
+    /// `ok`, `preflight`, or why not.
+    pub reason: &'static str,
+    /// Until the response head was sent.
+    pub duration: Duration,
+}
+
 impl AccessLog {
     /// A log whose first second starts now.
     pub fn new() -> AccessLog {
@@ -69,6 +91,29 @@ impl AccessLog {
             result = h.result,
             reason = h.reason,
             "handshake"
+        );
+    }
+
+    /// Logs a plain request; a refused one only while this second's cap is not reached.
+    pub fn request(&self, r: Request<'_>) {
+        if !tracing::enabled!(target: "wsgate::access", tracing::Level::INFO) {
+            return;
+        }
+        if r.result != "accepted" && !self.admit_refused() {
+            return;
+        }
+        let origin = r.origin.map(|o| &o[..floor_char_boundary(o, 256)]);
+        tracing::info!(
+            target: "wsgate::access",
+            route = r.route.unwrap_or("-"),
+            client = %r.client,
+            origin = origin.unwrap_or("-"),
+            method = r.method,
+            status = r.status,
+            result = r.result,
+            reason = r.reason,
+            duration_ms = r.duration.as_millis() as u64,
+            "request"
         );
     }
 

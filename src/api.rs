@@ -143,6 +143,10 @@ pub struct WebSocketRouteSpec {
     #[schemars(length(max = 16))]
     pub hostname_grants: Vec<HostnameGrant>,
 
+    /// Also pass plain HTTP/1.1 requests (not WebSocket upgrades) for this route's hostnames and path to its upstream, under the same origin policy: the long-polling and streaming transports Socket.IO, SockJS, SignalR and Phoenix start with or fall back to. Write `http: {}` for the defaults. Default: off, and such requests get 426.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpSpec>,
+
     /// Terminate TLS (`wss://`) for this route's hostnames on the TLS listener. A route with `tls` makes its hostnames TLS-only: on the plain listener handshakes for any path of them get 403. Default: plain only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
@@ -265,6 +269,57 @@ pub struct TlsSpec {
             .message("secretName must be a Secret's name: lowercase letters, digits, `-` and `.`, like `chat-tls`")
     )]
     pub secret_name: String,
+}
+
+/// Plain HTTP requests on a route: the body limit, how long the upstream may stay silent, and which endpoint a client's requests and handshakes reach.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpSpec {
+    /// Largest request body, in bytes; a larger one gets 413 and never reaches the upstream. Default: 1048576 (1 MiB, Socket.IO's own `maxHttpBufferSize`).
+    #[serde(default = "default_max_request_body")]
+    #[schemars(range(min = 1, max = MAX_REQUEST_BODY_BYTES))]
+    pub max_request_body_bytes: u64,
+
+    /// Most seconds the upstream may stay silent: before its response head (504 after), and between two reads of its response body (the response is then cut). Hold it above your long-poll interval: Socket.IO holds a poll for 25 seconds. Default: 60.
+    #[serde(default = "default_response_timeout")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub response_timeout_seconds: u32,
+
+    /// Which upstream endpoint a client reaches, for HTTP requests and WebSocket handshakes alike: `ClientIP` keeps each client address on one ready endpoint while that endpoint stays ready (the long-polling requests of a Socket.IO or SignalR session, and its later upgrade, must reach the process that holds the session); `None` picks one at random each time. Default: `ClientIP`.
+    #[serde(default)]
+    pub session_affinity: SessionAffinity,
+}
+
+impl Default for HttpSpec {
+    fn default() -> Self {
+        HttpSpec {
+            max_request_body_bytes: default_max_request_body(),
+            response_timeout_seconds: default_response_timeout(),
+            session_affinity: SessionAffinity::default(),
+        }
+    }
+}
+
+/// Largest `http.maxRequestBodyBytes`: 64 MiB.
+pub const MAX_REQUEST_BODY_BYTES: u64 = 64 << 20;
+
+fn default_max_request_body() -> u64 {
+    1 << 20
+}
+
+fn default_response_timeout() -> u32 {
+    60
+}
+
+/// Which upstream endpoint a client's requests and handshakes reach.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum SessionAffinity {
+    /// Each client address keeps to one ready endpoint.
+    #[default]
+    #[serde(rename = "ClientIP")]
+    ClientIp,
+    /// An endpoint at random for each request and handshake.
+    None,
 }
 
 /// Heartbeats: a side silent for `intervalSeconds` gets a Ping from the gateway; one that does not answer it with a Pong within `timeoutSeconds` is closed, and the other side gets Close 1001 (1011 when the upstream is the one that stopped answering).

@@ -114,6 +114,8 @@ pub struct Metrics {
     registry: Arc<Registry>,
     /// Handshakes by route, result and reason.
     pub handshakes: Family<HandshakeLabels, Counter>,
+    /// Plain HTTP requests on routes with `http`, by route, result and reason.
+    pub http_requests: Family<HandshakeLabels, Counter>,
     /// Relayed connections open now, by route.
     pub active_connections: Family<RouteLabels, Gauge>,
     /// Relayed bytes by route and direction.
@@ -159,6 +161,7 @@ impl Metrics {
         let m = Metrics {
             registry: Arc::new(Registry::default()),
             handshakes: Family::default(),
+            http_requests: Family::default(),
             active_connections: Family::default(),
             bytes: Family::default(),
             messages: Family::default(),
@@ -190,6 +193,11 @@ impl Metrics {
             "handshakes",
             "WebSocket handshakes by route, result and reason",
             m.handshakes.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Plain HTTP requests (not upgrades) by route, result and reason",
+            m.http_requests.clone(),
         );
         registry.register(
             "active_connections",
@@ -269,6 +277,22 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    /// Counts one plain request's outcome.
+    pub fn http_request(
+        &self,
+        route: Option<&Arc<str>>,
+        result: &'static str,
+        reason: &'static str,
+    ) {
+        self.http_requests
+            .get_or_create(&HandshakeLabels {
+                route: route.unwrap_or(&self.no_route).clone(),
+                result,
+                reason,
+            })
+            .inc();
     }
 
     /// Counts one handshake outcome.

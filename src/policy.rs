@@ -6,6 +6,8 @@
 //! denied); the pattern side is forgiving about case, default ports and Unicode hosts but
 //! rejects anything ambiguous with an [`InvalidPattern`] that says what to write instead.
 
+pub mod fetch;
+
 use std::collections::HashSet;
 use std::fmt::{self, Write as _};
 use std::net::{Ipv4Addr, Ipv6Addr};

@@ -34,6 +34,7 @@ pub mod upstream;
 // The phases of one connection; what the rest of the crate uses is re-exported below.
 mod connection;
 mod decide;
+mod http;
 mod listener;
 mod reply;
 mod state;

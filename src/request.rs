@@ -1,11 +1,20 @@
 //! A request as the route decision and authentication see it, whatever protocol carried
 //! it: its target split into path and query, and its headers looked up by name. HTTP/1.1
-//! parsing (`proxy::http1`) feeds these; nothing here knows how a request arrived.
+//! parsing (`proxy::http1`) and hyper's header maps feed these; nothing here knows how a
+//! request arrived.
 
 /// Header values by name, as a request carries them; `'a` is how long the values live.
 pub trait HeaderLookup<'a>: Copy {
     /// Every value of header `name` (matched without regard to case), in order.
     fn values(self, name: &str) -> impl Iterator<Item = &'a [u8]>;
+}
+
+impl<'a> HeaderLookup<'a> for &'a http::HeaderMap {
+    fn values(self, name: &str) -> impl Iterator<Item = &'a [u8]> {
+        self.get_all(name)
+            .into_iter()
+            .map(http::HeaderValue::as_bytes)
+    }
 }
 
 /// An absolute-form request-target (`http://host:port/path?q`) split into its authority and

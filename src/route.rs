@@ -80,7 +80,7 @@ pub enum OriginRejection {
 }
 
 /// One address the upstream can be reached at.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     /// Host name or IP address (IPv6 without brackets).
     pub host: String,
@@ -108,6 +108,9 @@ pub struct Upstream {
     pub path: Option<String>,
     /// TLS to the upstream (`wss://`), verified.
     pub tls: Option<Arc<UpstreamTls>>,
+    /// Each client address keeps to one target (`http.sessionAffinity: ClientIP`) instead of
+    /// a random one per connection.
+    pub client_affinity: bool,
 }
 
 /// A compiled route: everything the handshake and relay need, nothing from the API.
@@ -136,6 +139,17 @@ pub struct Route {
     pub tls_only: bool,
     /// How handshakes are authenticated, if they are.
     pub auth: Option<RouteAuth>,
+    /// Plain HTTP requests are passed too (`http`), with these limits.
+    pub http: Option<HttpLimits>,
+}
+
+/// What bounds a route's plain HTTP requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Largest request body, in bytes.
+    pub max_request_body: u64,
+    /// How long the upstream may stay silent before its response head and within its body.
+    pub response_timeout: std::time::Duration,
 }
 
 /// A route's handshake authentication.
@@ -342,6 +356,7 @@ impl Route {
                 targets: vec![],
                 path: None,
                 tls: None,
+                client_affinity: false,
             },
             subprotocols: None,
             revoke_on_policy_change: true,
@@ -349,6 +364,7 @@ impl Route {
             admission: Admission::default(),
             tls_only: false,
             auth: None,
+            http: None,
         }
     }
 }

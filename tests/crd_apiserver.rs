@@ -110,6 +110,16 @@ async fn crd_installs_stores_defaults_and_refuses_invalid_routes_with_its_messag
             "intervalSeconds in body should be greater than or equal to 1",
         ),
         (
+            "http-body",
+            "  hostnames: [a.example.com]\n  upstream: {url: \"ws://a:1\"}\n  http: {maxRequestBodyBytes: 0}\n",
+            "maxRequestBodyBytes in body should be greater than or equal to 1",
+        ),
+        (
+            "http-affinity",
+            "  hostnames: [a.example.com]\n  upstream: {url: \"ws://a:1\"}\n  http: {sessionAffinity: Cookie}\n",
+            "supported values: \"ClientIP\", \"None\"",
+        ),
+        (
             "service-name",
             "  hostnames: [a.example.com]\n  upstream: {service: {name: Chat_Backend, port: 80}}\n",
             "service name must be a Service's name",

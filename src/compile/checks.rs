@@ -12,14 +12,14 @@ use super::{
 };
 use crate::api::JwtSpec;
 use crate::api::{
-    MAX_IDLE_TIMEOUT_SECONDS, OriginsSpec, PathMatchType, Rejection, WebSocketRoute,
-    WebSocketRouteSpec,
+    MAX_IDLE_TIMEOUT_SECONDS, MAX_REQUEST_BODY_BYTES, OriginsSpec, PathMatchType, Rejection,
+    SessionAffinity, WebSocketRoute, WebSocketRouteSpec,
 };
 use crate::auth::{JwtAuth, JwtSettings, KeyError, TokenPlace};
 use crate::policy::OriginPolicy;
 use crate::route::path;
 use crate::route::{
-    Admission, Limits, OriginRejection, PathRule, Route, RouteAuth, RouteKey, Upstream,
+    Admission, HttpLimits, Limits, OriginRejection, PathRule, Route, RouteAuth, RouteKey, Upstream,
 };
 use crate::tls::{self, UpstreamTls};
 
@@ -174,6 +174,18 @@ fn check_limits(spec: &WebSocketRouteSpec, problems: &mut Vec<String>) {
         }
     }
 
+    if let Some(h) = &spec.http {
+        if !(1..=MAX_REQUEST_BODY_BYTES).contains(&h.max_request_body_bytes) {
+            problems.push(format!(
+                "http.maxRequestBodyBytes must be 1 to {MAX_REQUEST_BODY_BYTES} (64 MiB): omit it for 1 MiB"
+            ));
+        }
+        if !(1..=3600).contains(&h.response_timeout_seconds) {
+            problems
+                .push("http.responseTimeoutSeconds must be 1 to 3600: omit it for 60".to_owned());
+        }
+    }
+
     if let Some(h) = &spec.heartbeat
         && [h.interval_seconds, h.timeout_seconds]
             .iter()
@@ -214,6 +226,10 @@ fn check_references(
         }
     };
     if let Some(upstream) = &mut upstream {
+        upstream.client_affinity = spec
+            .http
+            .as_ref()
+            .is_some_and(|h| h.session_affinity == SessionAffinity::ClientIp);
         match check_upstream_tls(route, key, backends) {
             Ok(tls) => upstream.tls = tls,
             Err(RefProblem::Invalid(p)) => problems.push(p),
@@ -271,6 +287,10 @@ fn build_route(
             Rejection::Close => OriginRejection::Close,
         },
         upstream,
+        http: spec.http.as_ref().map(|h| HttpLimits {
+            max_request_body: h.max_request_body_bytes,
+            response_timeout: seconds(h.response_timeout_seconds),
+        }),
         subprotocols: spec.subprotocols.clone(),
         revoke_on_policy_change: spec.revoke_on_policy_change,
         limits: Limits {
@@ -613,6 +633,7 @@ fn check_upstream(
                         targets: targets.to_vec(),
                         path: None,
                         tls: None,
+                        client_affinity: false,
                     }),
                     Ok(()),
                 ),
@@ -622,6 +643,7 @@ fn check_upstream(
                         targets: vec![],
                         path: None,
                         tls: None,
+                        client_affinity: false,
                     }),
                     Err((
                         reason::BACKEND_NOT_FOUND,
@@ -633,6 +655,7 @@ fn check_upstream(
                         targets: vec![],
                         path: None,
                         tls: None,
+                        client_affinity: false,
                     }),
                     Err((
                         reason::NO_READY_ENDPOINTS,

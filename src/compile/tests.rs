@@ -1,6 +1,6 @@
 use super::*;
 use crate::policy::RequestOrigin;
-use crate::route::{RouteAuth, Target};
+use crate::route::{HttpLimits, RouteAuth, Target};
 
 /// A route from YAML: `metadata` and `spec` bodies, indented by the caller.
 fn route(yaml: &str) -> WebSocketRoute {
@@ -416,6 +416,62 @@ fn limits_and_heartbeat_reach_the_route_and_out_of_range_values_are_invalid() {
         assert!(!v.accepted(), "{limits}");
         let message = &cond(&v, condition::ACCEPTED).message;
         assert!(message.contains(says), "{limits}: {message}");
+    }
+}
+
+#[test]
+fn http_reaches_the_route_with_its_defaults_and_out_of_range_values_are_invalid() {
+    let spec = |http: &str| {
+        route(&format!(
+            "metadata: {{name: r, namespace: apps}}\nspec:\n  hostnames: [a.example.com]\n  upstream: {{url: \"ws://127.0.0.1:9000\"}}\n{http}"
+        ))
+    };
+    let served = |http: &str| {
+        let compiled = compile(&[spec(http)], &Backends::standalone());
+        let route = compiled.table.lookup("a.example.com", "/").expect("served");
+        (route.http, route.upstream.client_affinity)
+    };
+    assert_eq!(served(""), (None, false), "off unless asked for");
+    assert_eq!(
+        served("  http: {}\n"),
+        (
+            Some(HttpLimits {
+                max_request_body: 1 << 20,
+                response_timeout: std::time::Duration::from_secs(60),
+            }),
+            true
+        )
+    );
+    assert_eq!(
+        served(
+            "  http: {maxRequestBodyBytes: 10, responseTimeoutSeconds: 5, sessionAffinity: None}\n"
+        ),
+        (
+            Some(HttpLimits {
+                max_request_body: 10,
+                response_timeout: std::time::Duration::from_secs(5),
+            }),
+            false
+        )
+    );
+    for (http, says) in [
+        (
+            "{maxRequestBodyBytes: 0}",
+            "http.maxRequestBodyBytes must be 1 to 67108864",
+        ),
+        (
+            "{maxRequestBodyBytes: 67108865}",
+            "http.maxRequestBodyBytes must be 1 to 67108864",
+        ),
+        (
+            "{responseTimeoutSeconds: 0}",
+            "http.responseTimeoutSeconds must be 1 to 3600",
+        ),
+    ] {
+        let v = one(spec(&format!("  http: {http}\n")));
+        assert!(!v.accepted(), "{http}");
+        let message = &cond(&v, condition::ACCEPTED).message;
+        assert!(message.contains(says), "{http}: {message}");
     }
 }
 

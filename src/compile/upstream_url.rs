@@ -51,5 +51,6 @@ pub fn parse_url(url: &str) -> Result<Upstream, InvalidUrl> {
         }],
         path,
         tls: None,
+        client_affinity: false,
     })
 }

@@ -219,7 +219,6 @@ async fn handshake(
         // Nothing was asked yet: just close.
         () = stopped(&mut stop) => return None,
     };
-    drop(stop);
     let head_len = match read {
         Ok(Ok((source, head_len))) => {
             if let Some(source) = source {
@@ -265,6 +264,12 @@ async fn handshake(
     };
     let (client, origin) = (asker.client, asker.origin);
     match plan.step {
+        Step::Plain => {
+            let sni = asker.stream.sni().map(str::to_owned);
+            // hyper reads the request again, from the start.
+            let io = Prefixed::new(asker.stream, &buf);
+            super::http::serve(io, sni, client, asker.phase, stop).await;
+        }
         Step::Refuse(route, reject) => {
             refuse(
                 &mut asker.stream,
@@ -293,6 +298,7 @@ async fn handshake(
             let control = registration.control();
             let sent = upstream::send(
                 &route.upstream,
+                client.ip,
                 &request,
                 gateway.config.upstream,
                 &gateway.metrics.upstream_connect_seconds,

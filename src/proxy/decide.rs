@@ -34,6 +34,9 @@ pub(super) enum Step {
     Refuse(Option<Arc<Route>>, Reject),
     /// `rejection: Close`: 101, then Close 1008.
     CloseAfterUpgrade(Arc<Route>, AcceptKey),
+    /// A plain HTTP request on a route that passes them (`http`): the connection goes to
+    /// `proxy::http`, which decides each of its requests.
+    Plain,
     /// Send `request` to the route's upstream.
     Forward {
         route: Arc<Route>,
@@ -133,6 +136,17 @@ fn decide(
         Decision::CloseAfterUpgrade(route, accept) => {
             return Step::CloseAfterUpgrade(route, accept);
         }
+        Decision::Plain(route) => {
+            // hyper would take Transfer-Encoding over Content-Length (RFC 9112 §6.3); a proxy
+            // in front may have done the opposite, so neither is guessed.
+            let lengths = headers.get_all("content-length").count();
+            let ambiguous =
+                lengths > 1 || (lengths == 1 && headers.get("transfer-encoding").is_some());
+            return match ambiguous {
+                true => Step::Refuse(Some(route), Reject::AmbiguousFraming),
+                false => Step::Plain,
+            };
+        }
         Decision::Forward(forward) => forward,
     };
     let Forward {
@@ -216,72 +230,76 @@ pub(super) enum Decision<'a> {
     Refuse(Option<Arc<Route>>, Reject),
     /// `rejection: Close`: 101, then Close 1008.
     CloseAfterUpgrade(Arc<Route>, AcceptKey),
+    /// Not an upgrade, on this route, which passes plain HTTP requests.
+    Plain(Arc<Route>),
     /// Forward to the route's upstream.
     Forward(Forward<'a>),
 }
 
-/// Steps 1 to 5 of docs/design.md §5 that hold for any protocol: path and route, TLS, the
-/// protocol's upgrade checks, origin, token, limits and subprotocols. The one side effect
-/// is taking the connection's admission slot.
-pub(super) fn decision<'a, 'h, H: HeaderLookup<'h>>(
-    request: &Request<'a, H>,
+/// The route a request selected, and its target in normal form.
+pub(super) struct Selected<'a> {
+    /// The route; its snapshot may be replaced meanwhile, the request keeps it.
+    pub(super) route: Arc<Route>,
+    /// The target to forward: normalized path, query as sent.
+    pub(super) target: Cow<'a, str>,
+}
+
+/// A refusal, with the route it happened on when one was selected.
+pub(super) type Refusal = (Option<Arc<Route>>, Reject);
+
+/// Steps 1 and 2 of docs/design.md §5 for any request: host, path and route, and TLS.
+pub(super) fn select<'a>(
+    host: &Result<Cow<'_, str>, Reject>,
+    target: &'a str,
+    sni: Option<&str>,
     gateway: &Gateway,
-) -> Decision<'a> {
+) -> Result<Selected<'a>, Refusal> {
     let Some(snapshot) = gateway.published.current() else {
-        return Decision::Refuse(None, Reject::NotReady);
+        return Err((None, Reject::NotReady));
     };
-    let host = match &request.host {
-        Ok(host) => host,
-        Err(reject) => return Decision::Refuse(None, *reject),
-    };
-    let client = request.client;
+    let host = host.as_ref().map_err(|reject| (None, *reject))?;
     // Routed and forwarded in normal form, so the route that matches is the one whose
     // backend serves the path.
-    let (raw_path, query) = http1::split_target(request.target);
+    let (raw_path, query) = http1::split_target(target);
     let Ok(path) = crate::route::path::normalize(raw_path) else {
-        return Decision::Refuse(None, Reject::BadPath);
+        return Err((None, Reject::BadPath));
     };
     // Most paths are already in normal form: then the target goes as it came.
     let target = match (&path, query) {
-        (Cow::Borrowed(_), _) => Cow::Borrowed(request.target),
+        (Cow::Borrowed(_), _) => Cow::Borrowed(target),
         (_, Some(query)) => Cow::Owned(format!("{path}?{query}")),
         (_, None) => Cow::Owned(path.clone().into_owned()),
     };
     // A TLS client asks for one host in SNI and another in Host: refused, so one tenant's
     // certificate cannot front another tenant's route (RFC 9110 §15.5.20).
-    if request
-        .sni
-        .is_some_and(|name| !name.trim_end_matches('.').eq_ignore_ascii_case(host))
-    {
-        return Decision::Refuse(None, Reject::Misdirected);
+    if sni.is_some_and(|name| !name.trim_end_matches('.').eq_ignore_ascii_case(host)) {
+        return Err((None, Reject::Misdirected));
     }
     let Some((route, tls_only)) = snapshot.table.select(host, &path) else {
-        return Decision::Refuse(None, Reject::NoRoute);
+        return Err((None, Reject::NoRoute));
     };
     let route = route.clone();
     // TLS-only is a property of the hostname: no route serves part of it in clear text.
-    if tls_only && request.sni.is_none() {
-        return Decision::Refuse(Some(route), Reject::TlsRequired);
+    if tls_only && sni.is_none() {
+        return Err((Some(route), Reject::TlsRequired));
     }
-    // Snapshots are swapped whole; this handshake keeps the route it selected.
-    drop(snapshot);
-    let accept = match &request.upgrade {
-        Ok(accept) => *accept,
-        Err(r) => return Decision::Refuse(Some(route), *r),
-    };
-    let headers = request.headers;
-    let origin = RequestOrigin::from_header_values(headers.values("origin"));
-    if !route.origins.allows(&origin) {
-        return match route.rejection {
-            OriginRejection::Forbidden => Decision::Refuse(Some(route), Reject::OriginDenied),
-            OriginRejection::Close => Decision::CloseAfterUpgrade(route, accept),
-        };
-    }
-    let (target, claims) = match &route.auth {
-        None => (target, Vec::new()),
-        Some(RouteAuth::Unavailable) => {
-            return Decision::Refuse(Some(route), Reject::AuthUnavailable);
-        }
+    Ok(Selected { route, target })
+}
+
+/// The target to forward and the verified claims' headers.
+pub(super) type Authenticated<'a> = (Cow<'a, str>, Vec<(String, String)>);
+
+/// Step 5's token check: the target to forward (without token parameters) and the headers
+/// of the verified claims, or why the request is refused.
+pub(super) fn authenticate<'a, 'h, H: HeaderLookup<'h>>(
+    route: &Route,
+    target: Cow<'a, str>,
+    headers: H,
+    client: ClientInfo,
+) -> Result<Authenticated<'a>, Reject> {
+    match &route.auth {
+        None => Ok((target, Vec::new())),
+        Some(RouteAuth::Unavailable) => Err(Reject::AuthUnavailable),
         Some(RouteAuth::Jwt(jwt)) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -294,20 +312,48 @@ pub(super) fn decision<'a, 'h, H: HeaderLookup<'h>>(
                             Cow::Owned(jwt.strip_token_params(&target).into_owned())
                         }
                     };
-                    (stripped, claims)
+                    Ok((stripped, claims))
                 }
-                Err(AuthFailure::Missing) => {
-                    return Decision::Refuse(Some(route), Reject::Unauthorized);
-                }
-                Err(AuthFailure::Repeated) => {
-                    return Decision::Refuse(Some(route), Reject::TokenRepeated);
-                }
+                Err(AuthFailure::Missing) => Err(Reject::Unauthorized),
+                Err(AuthFailure::Repeated) => Err(Reject::TokenRepeated),
                 Err(AuthFailure::Invalid(why)) => {
                     tracing::debug!(client = %client.ip, route = %route.label, reason = why, "token refused");
-                    return Decision::Refuse(Some(route), Reject::InvalidToken);
+                    Err(Reject::InvalidToken)
                 }
             }
         }
+    }
+}
+
+/// Steps 1 to 5 of docs/design.md §5 that hold for any protocol: path and route, TLS, the
+/// protocol's upgrade checks, origin, token, limits and subprotocols. The one side effect
+/// is taking the connection's admission slot.
+pub(super) fn decision<'a, 'h, H: HeaderLookup<'h>>(
+    request: &Request<'a, H>,
+    gateway: &Gateway,
+) -> Decision<'a> {
+    let client = request.client;
+    let Selected { route, target } =
+        match select(&request.host, request.target, request.sni, gateway) {
+            Ok(selected) => selected,
+            Err((route, reject)) => return Decision::Refuse(route, reject),
+        };
+    let accept = match &request.upgrade {
+        Ok(accept) => *accept,
+        Err(Reject::NotWebSocket) if route.http.is_some() => return Decision::Plain(route),
+        Err(r) => return Decision::Refuse(Some(route), *r),
+    };
+    let headers = request.headers;
+    let origin = RequestOrigin::from_header_values(headers.values("origin"));
+    if !route.origins.allows(&origin) {
+        return match route.rejection {
+            OriginRejection::Forbidden => Decision::Refuse(Some(route), Reject::OriginDenied),
+            OriginRejection::Close => Decision::CloseAfterUpgrade(route, accept),
+        };
+    }
+    let (target, claims) = match authenticate(&route, target, headers, client) {
+        Ok(authenticated) => authenticated,
+        Err(reject) => return Decision::Refuse(Some(route), reject),
     };
     let admission = match gateway.admissions.admit(
         &route.label,
@@ -345,7 +391,7 @@ pub(super) fn decision<'a, 'h, H: HeaderLookup<'h>>(
 
 /// The Host header (or the absolute-form target's authority), lowercase, without the port or
 /// a trailing dot.
-fn request_host<'a>(host: Option<&'a [u8]>, target: &'a str) -> Cow<'a, str> {
+pub(super) fn request_host<'a>(host: Option<&'a [u8]>, target: &'a str) -> Cow<'a, str> {
     let raw = host
         .and_then(|h| std::str::from_utf8(h).ok())
         .or_else(|| http1::absolute_form(target).map(|(authority, _)| authority))

@@ -68,6 +68,13 @@ pub enum Reject {
     UpstreamTimeout,
     /// The upstream answered 101 with a handshake the client would refuse.
     UpstreamInvalid,
+    /// A plain request's body is over its route's `http.maxRequestBodyBytes`.
+    BodyTooLarge,
+    /// A plain request gives both `Content-Length` and `Transfer-Encoding`, or two lengths:
+    /// a proxy in front may have read another body than the gateway would (RFC 9112 §6.3).
+    AmbiguousFraming,
+    /// A WebSocket upgrade after plain requests on one connection.
+    UpgradeOnReusedConnection,
 }
 
 /// Who is to blame for a rejection: picks the log level.
@@ -85,7 +92,12 @@ impl Reject {
     /// The HTTP status sent to the client.
     pub fn status(self) -> StatusCode {
         match self {
-            Reject::Malformed | Reject::AmbiguousHost | Reject::BadPath => StatusCode::BAD_REQUEST,
+            Reject::Malformed
+            | Reject::AmbiguousHost
+            | Reject::BadPath
+            | Reject::AmbiguousFraming
+            | Reject::UpgradeOnReusedConnection => StatusCode::BAD_REQUEST,
+            Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::Unauthorized | Reject::InvalidToken => StatusCode::UNAUTHORIZED,
@@ -138,6 +150,9 @@ impl Reject {
             Reject::UpstreamUnreachable => "upstream_unreachable",
             Reject::UpstreamTimeout => "upstream_timeout",
             Reject::UpstreamInvalid => "upstream_invalid",
+            Reject::BodyTooLarge => "body_too_large",
+            Reject::AmbiguousFraming => "ambiguous_framing",
+            Reject::UpgradeOnReusedConnection => "upgrade_on_reused_connection",
         }
     }
 
@@ -174,6 +189,11 @@ impl Reject {
             Reject::UpstreamUnreachable => "upstream unreachable\n",
             Reject::UpstreamTimeout => "upstream timed out\n",
             Reject::UpstreamInvalid => "upstream sent an invalid handshake\n",
+            Reject::BodyTooLarge => "request body too large\n",
+            Reject::AmbiguousFraming => {
+                "send one Content-Length, or Transfer-Encoding: chunked, not both\n"
+            }
+            Reject::UpgradeOnReusedConnection => "open each WebSocket on a new connection\n",
         }
     }
 
@@ -198,6 +218,36 @@ impl Reject {
         }
     }
 
+    /// Gives the headers this refusal carries besides its framing to `put`.
+    pub fn put_headers(self, mut put: impl FnMut(&'static str, &[u8])) {
+        match self {
+            // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
+            Reject::NotWebSocket => put("upgrade", b"websocket"),
+            // RFC 6455 §4.4: answer with the versions the server supports.
+            Reject::BadVersion => put("sec-websocket-version", b"13"),
+            // RFC 6750 §3: the scheme, and `invalid_token` when a token was presented.
+            Reject::Unauthorized => put("www-authenticate", b"Bearer realm=\"wsgate\""),
+            Reject::InvalidToken => put(
+                "www-authenticate",
+                b"Bearer realm=\"wsgate\", error=\"invalid_token\"",
+            ),
+            // RFC 6750 §3.1: more than one method of passing the token is `invalid_request`.
+            Reject::TokenRepeated => put(
+                "www-authenticate",
+                b"Bearer realm=\"wsgate\", error=\"invalid_request\"",
+            ),
+            Reject::NotReady
+            | Reject::AuthUnavailable
+            | Reject::RouteFull
+            | Reject::TooManyConnections
+            | Reject::Overloaded => put("retry-after", b"1"),
+            Reject::TooManyHandshakes(seconds) => {
+                put("retry-after", http1::itoa(u64::from(seconds), &mut [0; 20]))
+            }
+            _ => {}
+        }
+    }
+
     /// Appends the complete response: status, headers and body. The connection is closed
     /// after it (`Connection: close`).
     pub fn write_response(self, out: &mut Vec<u8>) {
@@ -215,38 +265,7 @@ impl Reject {
             http1::itoa(body.len() as u64, &mut [0; 20]),
         );
         http1::put_header(out, "connection", b"close");
-        match self {
-            // RFC 9110 §15.5.22: a 426 names the protocol to upgrade to.
-            Reject::NotWebSocket => http1::put_header(out, "upgrade", b"websocket"),
-            // RFC 6455 §4.4: answer with the versions the server supports.
-            Reject::BadVersion => http1::put_header(out, "sec-websocket-version", b"13"),
-            // RFC 6750 §3: the scheme, and `invalid_token` when a token was presented.
-            Reject::Unauthorized => {
-                http1::put_header(out, "www-authenticate", b"Bearer realm=\"wsgate\"")
-            }
-            Reject::InvalidToken => http1::put_header(
-                out,
-                "www-authenticate",
-                b"Bearer realm=\"wsgate\", error=\"invalid_token\"",
-            ),
-            // RFC 6750 §3.1: more than one method of passing the token is `invalid_request`.
-            Reject::TokenRepeated => http1::put_header(
-                out,
-                "www-authenticate",
-                b"Bearer realm=\"wsgate\", error=\"invalid_request\"",
-            ),
-            Reject::NotReady
-            | Reject::AuthUnavailable
-            | Reject::RouteFull
-            | Reject::TooManyConnections
-            | Reject::Overloaded => http1::put_header(out, "retry-after", b"1"),
-            Reject::TooManyHandshakes(seconds) => http1::put_header(
-                out,
-                "retry-after",
-                http1::itoa(u64::from(seconds), &mut [0; 20]),
-            ),
-            _ => {}
-        }
+        self.put_headers(|name, value| http1::put_header(out, name, value));
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
     }

@@ -33,6 +33,9 @@ pub struct ProxyConfig {
     pub trusted_proxies: TrustedProxies,
     /// Whether every connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// How long a connection carrying plain HTTP requests may make no progress, reading
+    /// or writing.
+    pub http_idle_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -48,6 +51,7 @@ impl Default for ProxyConfig {
             max_connections: 100_000,
             trusted_proxies: TrustedProxies::default(),
             proxy_protocol: false,
+            http_idle_timeout: Duration::from_secs(75),
         }
     }
 }
@@ -69,6 +73,8 @@ pub struct Gateway {
     pub(super) access: AccessLog,
     /// The data plane's tunables.
     pub(super) config: ProxyConfig,
+    /// Upstream connections kept for plain requests.
+    pub(super) pool: Arc<super::http::Pool>,
     /// HTTP connections not yet upgraded (or done), for draining.
     http_connections: AtomicUsize,
     http_idle: Notify,
@@ -100,6 +106,7 @@ impl Gateway {
             full: AtomicBool::new(false),
             access: AccessLog::new(),
             config,
+            pool: Arc::default(),
             http_connections: AtomicUsize::new(0),
             http_idle: Notify::new(),
         })

@@ -87,21 +87,88 @@ fn collides(name: &str, set: &str) -> bool {
         })
 }
 
-/// Writes the request sent upstream: the client's path and headers, without hop-by-hop
-/// headers, with the upgrade headers, the allowed subprotocols, the extension offers the
-/// gateway lets through (the client's own `Sec-WebSocket-Extensions` never passes),
-/// forwarding headers and the verified claims' headers. A client header whose name differs
-/// from one the gateway sets only by `_` for `-` is dropped.
-///
-/// `target` is the normalized request target; the path goes unless the upstream URL has a
-/// path, which then replaces it (the query is kept). `Host` and `Origin` pass through
-/// unchanged.
+/// Where forwarded headers go: the raw head of a handshake sent upstream, or the header map
+/// of a plain request.
+pub trait HeaderSink {
+    /// Appends `name: value`.
+    fn put(&mut self, name: &str, value: &[u8]);
+    /// Appends `name` with the value `value` writes into the buffer it is given.
+    fn put_with(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>));
+}
+
+impl HeaderSink for Vec<u8> {
+    fn put(&mut self, name: &str, value: &[u8]) {
+        http1::put_header(self, name, value);
+    }
+
+    // Written in place: no buffer per handshake for a value.
+    fn put_with(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>)) {
+        self.extend_from_slice(name.as_bytes());
+        self.extend_from_slice(b": ");
+        value(self);
+        self.extend_from_slice(b"\r\n");
+    }
+}
+
+impl HeaderSink for http::HeaderMap {
+    /// A name or value that is not valid HTTP is left out (a claim's value can be anything).
+    fn put(&mut self, name: &str, value: &[u8]) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_bytes(value),
+        ) {
+            self.append(name, value);
+        }
+    }
+
+    fn put_with(&mut self, name: &'static str, value: impl FnOnce(&mut Vec<u8>)) {
+        let mut buf = Vec::with_capacity(64);
+        value(&mut buf);
+        self.put(name, &buf);
+    }
+}
+
+/// The path and query sent upstream for the normalized `target`: the upstream URL's path,
+/// when it has one, replaces the request's (the query is kept).
+pub fn upstream_target<'a>(target: &'a str, upstream: &'a Upstream) -> (&'a str, Option<&'a str>) {
+    let (path, query) = http1::split_target(target);
+    (upstream.path.as_deref().unwrap_or(path), query)
+}
+
+/// Writes the handshake request sent upstream: `GET`, the [`upstream_target`], and the
+/// [`forward_headers`] of an upgrade.
 pub fn forward_request(
     target: &str,
     headers: Headers<'_>,
     upstream: &Upstream,
     forwarding: Forwarding<'_>,
 ) -> Vec<u8> {
+    let mut out = Vec::with_capacity(768);
+    out.extend_from_slice(b"GET ");
+    let (path, query) = upstream_target(target, upstream);
+    out.extend_from_slice(path.as_bytes());
+    if let Some(q) = query {
+        out.push(b'?');
+        out.extend_from_slice(q.as_bytes());
+    }
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    forward_headers(&mut out, headers, forwarding, true);
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Writes the headers of a forwarded request: the client's, without hop-by-hop headers,
+/// forwarding headers and the verified claims' headers; for an `upgrade`, the upgrade
+/// headers, the allowed subprotocols and the extension offers the gateway lets through (the
+/// client's own `Sec-WebSocket-Extensions` never passes). A client header whose name differs
+/// from one the gateway sets only by `_` for `-` is dropped. `Host` and `Origin` pass
+/// through unchanged.
+pub fn forward_headers(
+    out: &mut impl HeaderSink,
+    headers: Headers<'_>,
+    forwarding: Forwarding<'_>,
+    upgrade: bool,
+) {
     let Forwarding {
         client,
         trusted_peer,
@@ -109,76 +176,72 @@ pub fn forward_request(
         extensions,
         claims,
     } = forwarding;
-    let mut out = Vec::with_capacity(768);
-    out.extend_from_slice(b"GET ");
-    let (path, query) = http1::split_target(target);
-    out.extend_from_slice(upstream.path.as_deref().unwrap_or(path).as_bytes());
-    if let Some(q) = query {
-        out.push(b'?');
-        out.extend_from_slice(q.as_bytes());
-    }
-    out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in headers.iter() {
         let replaced = FORWARDING.iter().any(|f| collides(name, f))
             || claims.dropped.iter().any(|d| collides(name, d))
             || (subprotocols.is_some() && collides(name, "sec-websocket-protocol"))
-            || collides(name, "sec-websocket-extensions");
-        if !replaced && !headers.is_hop_by_hop(name, false) {
-            http1::put_header(&mut out, name, value);
+            || (upgrade && collides(name, "sec-websocket-extensions"));
+        // A plain request's framing is the HTTP library's to write, from the body it sends.
+        let framing = !upgrade && collides(name, "content-length");
+        if !replaced && !framing && !headers.is_hop_by_hop(name, false) {
+            out.put(name, value);
         }
     }
-    out.extend_from_slice(b"connection: Upgrade\r\nupgrade: websocket\r\n");
+    if upgrade {
+        out.put("connection", b"Upgrade");
+        out.put("upgrade", b"websocket");
+    }
     if let Some(p) = subprotocols {
-        http1::put_header(&mut out, "sec-websocket-protocol", p.as_bytes());
+        out.put("sec-websocket-protocol", p.as_bytes());
     }
     if let Some(e) = extensions {
-        http1::put_header(&mut out, "sec-websocket-extensions", e.as_bytes());
+        out.put("sec-websocket-extensions", e.as_bytes());
     }
 
     let hop = client.addr.ip().to_canonical();
-    out.extend_from_slice(b"x-forwarded-for: ");
-    if trusted_peer {
-        put_prior(&mut out, headers.get_all("x-forwarded-for"));
-    }
-    // Written in place: no string per handshake for an address.
-    let _ = write!(out, "{hop}\r\n");
+    out.put_with("x-forwarded-for", |out| {
+        if trusted_peer {
+            put_prior(out, headers.get_all("x-forwarded-for"));
+        }
+        let _ = write!(out, "{hop}");
+    });
     // RFC 7239 §4: `for` the address that connected, `proto`, and `host` as the client sent it.
-    out.extend_from_slice(b"forwarded: ");
-    if trusted_peer {
-        put_prior(&mut out, headers.get_all("forwarded"));
-    }
-    match hop {
-        IpAddr::V4(v4) => {
-            let _ = write!(out, "for={v4}");
+    out.put_with("forwarded", |out| {
+        if trusted_peer {
+            put_prior(out, headers.get_all("forwarded"));
         }
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "for=\"[{v6}]\"");
-        }
-    }
-    out.extend_from_slice(b";proto=");
-    out.extend_from_slice(client.proto.as_bytes());
-    if let Some(host) = headers.get("host") {
-        out.extend_from_slice(b";host=\"");
-        for &b in host.trim_ascii() {
-            // A quoted-string escapes `"` and `\` (RFC 9110 §5.6.4).
-            if b == b'"' || b == b'\\' {
-                out.push(b'\\');
+        match hop {
+            IpAddr::V4(v4) => {
+                let _ = write!(out, "for={v4}");
             }
-            out.push(b);
+            IpAddr::V6(v6) => {
+                let _ = write!(out, "for=\"[{v6}]\"");
+            }
         }
-        out.push(b'"');
-    }
-    out.extend_from_slice(b"\r\n");
-    http1::put_header(&mut out, "x-real-ip", client.ip.to_string().as_bytes());
-    http1::put_header(&mut out, "x-forwarded-proto", client.proto.as_bytes());
+        out.extend_from_slice(b";proto=");
+        out.extend_from_slice(client.proto.as_bytes());
+        if let Some(host) = headers.get("host") {
+            out.extend_from_slice(b";host=\"");
+            for &b in host.trim_ascii() {
+                // A quoted-string escapes `"` and `\` (RFC 9110 §5.6.4).
+                if b == b'"' || b == b'\\' {
+                    out.push(b'\\');
+                }
+                out.push(b);
+            }
+            out.push(b'"');
+        }
+    });
+    out.put_with("x-real-ip", |out| {
+        let _ = write!(out, "{}", client.ip);
+    });
+    out.put("x-forwarded-proto", client.proto.as_bytes());
     if let Some(host) = headers.get("host") {
-        http1::put_header(&mut out, "x-forwarded-host", host);
+        out.put("x-forwarded-host", host);
     }
     for (name, value) in claims.added {
-        http1::put_header(&mut out, name, value.as_bytes());
+        out.put(name, value.as_bytes());
     }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// Writes each non-empty `prior` list followed by `, `: what a trusted proxy said before us.
@@ -192,26 +255,42 @@ fn put_prior<'a>(out: &mut Vec<u8>, prior: impl Iterator<Item = &'a [u8]>) {
     }
 }
 
-/// The targets in the order one handshake tries them: from a uniformly random start, then
-/// the following ones in turn, so load spreads evenly and each is tried at most once.
-fn order(targets: &[Target]) -> impl Iterator<Item = &Target> {
-    let start = match targets.len() {
-        0 => 0,
-        n => fastrand::usize(..n),
+/// The targets in the order one connection tries them, each at most once: from the
+/// client's own target under affinity, else from a uniformly random one (so load spreads
+/// evenly), then the following ones in turn.
+pub fn order(targets: &[Target], affinity: Option<IpAddr>) -> impl Iterator<Item = &Target> {
+    let start = match (targets.len(), affinity) {
+        (0, _) => 0,
+        (n, None) => fastrand::usize(..n),
+        (_, Some(client)) => preferred(targets, client),
     };
     targets[start..].iter().chain(&targets[..start])
 }
 
-/// Connects to the first target that accepts a TCP connection. One that refuses (or is
-/// unreachable) is skipped at once; one that does not answer within the timeout ends the
-/// attempt, so a handshake never waits more than one connect timeout.
+/// The index of `client`'s target by rendezvous hashing: the target with the highest hash
+/// of (client, target). It depends only on the client and that target, so every replica
+/// picks the same one, and when a target goes away only its own clients move.
+fn preferred(targets: &[Target], client: IpAddr) -> usize {
+    use std::hash::BuildHasher;
+    // A fixed seed: replicas of one build must agree.
+    let hasher = foldhash::fast::FixedState::with_seed(0x7773_6761_7465);
+    let client = client.to_canonical();
+    (0..targets.len())
+        .max_by_key(|&i| hasher.hash_one((client, &targets[i].host, targets[i].port)))
+        .unwrap_or(0)
+}
+
+/// Connects to the first target (in [`order`]) that accepts a TCP connection. One that
+/// refuses (or is unreachable) is skipped at once; one that does not answer within the
+/// timeout ends the attempt, so a request never waits more than one connect timeout.
 async fn connect<'a>(
     targets: &'a [Target],
+    affinity: Option<IpAddr>,
     timeout: Duration,
     latency: &Histogram,
 ) -> Result<(TcpStream, &'a Target), Reject> {
     let mut last = Reject::NoUpstream;
-    for target in order(targets) {
+    for target in order(targets, affinity) {
         let started = std::time::Instant::now();
         match tokio::time::timeout(
             timeout,
@@ -233,6 +312,44 @@ async fn connect<'a>(
     Err(last)
 }
 
+/// A connection to one of the upstream's targets, TLS done when the upstream has it: the
+/// client's own target under `clientAffinity`. Successful connects are timed into
+/// `connect_latency`; the TLS handshake has the response timeout.
+pub async fn open<'a>(
+    upstream: &'a Upstream,
+    client: IpAddr,
+    timeouts: UpstreamTimeouts,
+    connect_latency: &Histogram,
+) -> Result<(Stream, &'a Target), Reject> {
+    let affinity = upstream.client_affinity.then_some(client);
+    let (tcp, target) = connect(
+        &upstream.targets,
+        affinity,
+        timeouts.connect,
+        connect_latency,
+    )
+    .await?;
+    // Small frames must not wait for Nagle's algorithm.
+    let _ = tcp.set_nodelay(true);
+    let stream = match &upstream.tls {
+        None => Stream::Plain(tcp),
+        Some(tls) => {
+            let connector = tokio_rustls::TlsConnector::from(tls.client_config());
+            let io = Prefixed::new(tcp, &[]);
+            let handshake = connector.connect(tls.server_name.clone(), io);
+            let secured = tokio::time::timeout(timeouts.response, handshake)
+                .await
+                .map_err(|_| Reject::UpstreamTimeout)?
+                .map_err(|e| {
+                    tracing::warn!(%target, server_name = ?tls.server_name, error = %e, "upstream TLS handshake failed");
+                    Reject::UpstreamTls
+                })?;
+            Stream::Tls(Box::new(secured.into()))
+        }
+    };
+    Ok((stream, target))
+}
+
 /// The upstream's answer to a forwarded handshake.
 #[derive(Debug)]
 pub struct Answer {
@@ -244,39 +361,23 @@ pub struct Answer {
     pub head_len: usize,
 }
 
-/// Connects to the upstream, sends the handshake `request` and reads the response head.
-/// Successful connects are timed into `connect_latency`.
+/// Connects to the upstream (the client's own target under affinity), sends the handshake
+/// `request` and reads the response head.
 pub async fn send(
     upstream: &Upstream,
+    client: IpAddr,
     request: &[u8],
     timeouts: UpstreamTimeouts,
     connect_latency: &Histogram,
 ) -> Result<Answer, Reject> {
-    let (tcp, target) = connect(&upstream.targets, timeouts.connect, connect_latency).await?;
-    // Small frames must not wait for Nagle's algorithm.
-    let _ = tcp.set_nodelay(true);
+    let (mut stream, target) = open(upstream, client, timeouts, connect_latency).await?;
     let mut buf = Vec::new();
     let exchange = async {
-        let mut stream = match &upstream.tls {
-            None => Stream::Plain(tcp),
-            Some(tls) => {
-                let connector = tokio_rustls::TlsConnector::from(tls.client_config());
-                let io = Prefixed::new(tcp, &[]);
-                let secured = connector
-                    .connect(tls.server_name.clone(), io)
-                    .await
-                    .map_err(|e| {
-                        tracing::warn!(%target, server_name = ?tls.server_name, error = %e, "upstream TLS handshake failed");
-                        Reject::UpstreamTls
-                    })?;
-                Stream::Tls(Box::new(secured.into()))
-            }
-        };
         stream.write_all(request).await.map_err(|e| {
             tracing::debug!(%target, error = %e, "sending the handshake upstream failed");
             Reject::UpstreamUnreachable
         })?;
-        let head_len = http1::read_head(&mut stream, &mut buf, MAX_RESPONSE_HEAD)
+        http1::read_head(&mut stream, &mut buf, MAX_RESPONSE_HEAD)
             .await
             .map_err(|e| {
                 tracing::debug!(%target, error = %e, "no response head from the upstream");
@@ -284,10 +385,9 @@ pub async fn send(
                     http1::HeadError::TooLarge(_) => Reject::UpstreamInvalid,
                     _ => Reject::UpstreamUnreachable,
                 }
-            })?;
-        Ok((stream, head_len))
+            })
     };
-    let (stream, head_len) = tokio::time::timeout(timeouts.response, exchange)
+    let head_len = tokio::time::timeout(timeouts.response, exchange)
         .await
         .map_err(|_| Reject::UpstreamTimeout)??;
     Ok(Answer {

@@ -58,6 +58,7 @@ fn ask<'a>(
     match decision(&request, gateway) {
         Decision::Refuse(_, reject) => Err(reject),
         Decision::CloseAfterUpgrade(..) => Err(Reject::OriginDenied),
+        Decision::Plain(route) => Ok(format!("{} plain", route.key)),
         Decision::Forward(forward) => Ok(format!("{} {}", forward.route.key, forward.target)),
     }
 }

@@ -13,6 +13,7 @@ fn upstream(path: Option<&str>) -> Upstream {
         targets: vec![],
         path: path.map(str::to_owned),
         tls: None,
+        client_affinity: false,
     }
 }
 
@@ -94,7 +95,7 @@ fn every_target_is_tried_once_in_turn_from_a_random_start() {
         .collect();
     let mut starts = std::collections::HashSet::new();
     for _ in 0..200 {
-        let ports: Vec<u16> = order(&targets).map(|t| t.port).collect();
+        let ports: Vec<u16> = order(&targets, None).map(|t| t.port).collect();
         assert_eq!(ports.len(), 4);
         let start = ports[0];
         let expected: Vec<u16> = (0..4).map(|i| (start - 1 + i) % 4 + 1).collect();
@@ -102,7 +103,39 @@ fn every_target_is_tried_once_in_turn_from_a_random_start() {
         starts.insert(start);
     }
     assert_eq!(starts.len(), 4, "every endpoint gets to be first");
-    assert_eq!(order(&[]).count(), 0);
+    assert_eq!(order(&[], None).count(), 0);
+}
+
+#[test]
+fn under_affinity_a_client_keeps_its_target_and_only_a_removed_targets_clients_move() {
+    let targets: Vec<Target> = (1..=3)
+        .map(|port| Target {
+            host: "10.0.0.1".into(),
+            port,
+        })
+        .collect();
+    let clients: Vec<std::net::IpAddr> = (1..=60u8)
+        .map(|i| std::net::IpAddr::from([192, 0, 2, i]))
+        .collect();
+    let first = |targets: &[Target], c| order(targets, Some(c)).next().map(|t| t.port);
+    let mut used = std::collections::HashSet::new();
+    for &c in &clients {
+        let port = first(&targets, c);
+        assert_eq!(first(&targets, c), port, "the same client, the same target");
+        assert_eq!(
+            order(&targets, Some(c)).count(),
+            3,
+            "the rest stay as fallbacks"
+        );
+        used.insert(port);
+    }
+    assert_eq!(used.len(), 3, "clients spread over every target");
+    let without_second: Vec<Target> = targets.iter().filter(|t| t.port != 2).cloned().collect();
+    for &c in &clients {
+        if first(&targets, c) != Some(2) {
+            assert_eq!(first(&without_second, c), first(&targets, c));
+        }
+    }
 }
 
 #[test]

@@ -1,0 +1,178 @@
+//! The bodies of plain requests: the client's, cut at its route's limit on the way up, and
+//! the upstream's, watched for silence on the way down and its connection handed back to
+//! the pool once it is read to the end.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use super::pool::Lease;
+
+/// What a body fails with.
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Cut {
+    /// The client sent more than the route allows.
+    #[error("request body over the route's http.maxRequestBodyBytes")]
+    TooLarge,
+    /// The upstream sent nothing for the route's response timeout.
+    #[error("upstream silent for longer than the route's http.responseTimeoutSeconds")]
+    Silent,
+}
+
+/// The client's request body, failing once it passes `limit` bytes; `over` records that, so
+/// the request can be answered 413 rather than 502.
+pub(super) struct Limited {
+    inner: Incoming,
+    left: u64,
+    over: Arc<AtomicBool>,
+}
+
+impl Limited {
+    /// `inner`, allowed `limit` bytes.
+    pub(super) fn new(inner: Incoming, limit: u64, over: Arc<AtomicBool>) -> Limited {
+        Limited {
+            inner,
+            left: limit,
+            over,
+        }
+    }
+}
+
+impl Body for Limited {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                match this.left.checked_sub(len) {
+                    Some(left) => {
+                        this.left = left;
+                        Poll::Ready(Some(Ok(frame)))
+                    }
+                    None => {
+                        this.over.store(true, Ordering::Release);
+                        Poll::Ready(Some(Err(Cut::TooLarge.into())))
+                    }
+                }
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body sent to the client: a refusal's fixed text, or the upstream's body.
+pub(super) enum Reply {
+    /// A fixed body (empty for a preflight answer).
+    Fixed(Option<Bytes>),
+    /// The upstream's body, as it comes.
+    Upstream(Box<Streamed>),
+}
+
+/// The upstream's response body: cut when the upstream stays silent for `silence`, and the
+/// upstream connection returned to the pool once the body has been read to its end.
+pub(super) struct Streamed {
+    inner: Incoming,
+    silence: Duration,
+    deadline: Pin<Box<Sleep>>,
+    lease: Option<Lease>,
+}
+
+impl Streamed {
+    /// `inner`, from the upstream connection `lease`.
+    pub(super) fn new(inner: Incoming, silence: Duration, lease: Lease) -> Streamed {
+        Streamed {
+            inner,
+            silence,
+            deadline: Box::pin(tokio::time::sleep(silence)),
+            lease: Some(lease),
+        }
+    }
+
+    /// The body is read to its end: its connection can carry another request.
+    fn finished(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.release();
+        }
+    }
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        // A body nobody polled (HEAD, 204, 304) may be complete without its end being seen;
+        // a body left half-read leaves its connection unusable, and it is closed.
+        if self.inner.is_end_stream() {
+            self.finished();
+        }
+    }
+}
+
+impl Body for Reply {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let streamed = match self.get_mut() {
+            Reply::Fixed(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Reply::Upstream(streamed) => &mut **streamed,
+        };
+        match Pin::new(&mut streamed.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = Instant::now() + streamed.silence;
+                streamed.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => {
+                streamed.finished();
+                Poll::Ready(None)
+            }
+            Poll::Pending => match streamed.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Cut::Silent.into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Reply::Fixed(bytes) => bytes.is_none(),
+            Reply::Upstream(streamed) => streamed.inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Reply::Fixed(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            Reply::Upstream(streamed) => streamed.inner.size_hint(),
+        }
+    }
+}
