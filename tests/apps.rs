@@ -1,7 +1,9 @@
 //! Real application libraries through wsgate: the Socket.IO 4 server and client from npm
 //! (pinned in `tests/apps/socketio/package-lock.json`, installed by these tests with
-//! `npm ci`), on the WebSocket transport. The server prints every request it receives, so
-//! a refused origin is shown never to reach it.
+//! `npm ci`), with their default transports (long-polling first, then the upgrade) on a
+//! route with `http`, polling only, and WebSocket only; with one upstream and with two
+//! behind a service. The server prints every request it receives, so a refused origin is
+//! shown never to reach it.
 
 mod support;
 
@@ -81,11 +83,20 @@ impl App {
 
     /// The Origin headers of every request and upgrade the server received.
     fn origins_seen(&self) -> Vec<String> {
+        self.seen("origin")
+    }
+
+    /// One field of every request and upgrade the server received.
+    fn seen(&self, field: &str) -> Vec<String> {
         self.lines
             .lock()
             .expect("lines")
             .iter()
-            .filter_map(|v| v["seen"]["origin"].as_str().map(str::to_owned))
+            .filter(|v| v["seen"].is_object())
+            .map(|v| match &v["seen"][field] {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
             .collect()
     }
 }
@@ -110,7 +121,8 @@ fn client(url: &str, args: &[&str]) -> serde_json::Value {
     })
 }
 
-/// wsgate in front of `app`, for `HOST` under `/socket.io` from `ALLOWED` only.
+/// wsgate in front of `app`, for `HOST` under `/socket.io` from `ALLOWED` only, passing
+/// plain requests (`http: {}`).
 async fn gate_for(app: &App) -> Gate {
     let routes = route(
         "chat",
@@ -118,8 +130,142 @@ async fn gate_for(app: &App) -> Gate {
         "/socket.io",
         &format!("{{allow: [\"{ALLOWED}\"]}}"),
         &format!("{{url: \"ws://{}\"}}", app.addr),
-    );
+    ) + "  http: {}\n";
     Gate::start(&[("chat.yaml", routes)], &[]).await
+}
+
+/// `client.js` from `ALLOWED` for `HOST` through `gate`, with `args` besides.
+fn allowed_client(gate: &Gate, args: &[&str]) -> serde_json::Value {
+    let url = format!("http://{}", gate.proxy);
+    let mut all = vec!["--origin", ALLOWED, "--host", HOST];
+    all.extend_from_slice(args);
+    client(&url, &all)
+}
+
+#[tokio::test]
+async fn a_socketio_client_with_default_transports_starts_on_polling_and_ends_on_websocket() {
+    let app = App::start("alpha");
+    let gate = gate_for(&app).await;
+    let result = allowed_client(&gate, &[]);
+    assert_eq!(result["connected"], true, "{result}");
+    assert_eq!(result["upgraded"], true, "{result}");
+    assert_eq!(result["transport"], "websocket", "{result}");
+    assert_eq!(result["echo"], true, "{result}");
+    let transports = app.seen("transport");
+    assert_eq!(
+        transports.first().map(String::as_str),
+        Some("polling"),
+        "{transports:?}"
+    );
+    assert!(
+        transports.iter().any(|t| t == "websocket"),
+        "{transports:?}"
+    );
+    assert!(
+        app.origins_seen().iter().all(|o| o == ALLOWED),
+        "{:?}",
+        app.origins_seen()
+    );
+    gate.wait_for(
+        || async {
+            gate.metric(
+                r#"wsgate_http_requests_total{route="default/chat",result="accepted",reason="ok"}"#,
+            )
+            .await
+            .is_some_and(|n| n >= 2.0)
+        },
+        "the polling requests to be counted",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_polling_only_socketio_client_connects_and_echoes_over_plain_requests() {
+    let app = App::start("alpha");
+    let gate = gate_for(&app).await;
+    let result = allowed_client(&gate, &["--transports", "polling"]);
+    assert_eq!(result["connected"], true, "{result}");
+    assert_eq!(result["transport"], "polling", "{result}");
+    assert_eq!(result["echo"], true, "{result}");
+    assert!(app.seen("upgrade").iter().all(|u| u == "false"));
+}
+
+#[tokio::test]
+async fn a_socketio_client_with_default_transports_from_a_refused_origin_never_reaches_the_server()
+{
+    let app = App::start("alpha");
+    let gate = gate_for(&app).await;
+    let url = format!("http://{}", gate.proxy);
+    let result = client(
+        &url,
+        &[
+            "--origin",
+            "https://evil.example",
+            "--host",
+            HOST,
+            "--fail-fast",
+        ],
+    );
+    assert_eq!(result["connected"], false, "{result}");
+    assert!(
+        result["error"].as_str().unwrap_or_default().contains("403"),
+        "{result}"
+    );
+    assert!(
+        app.origins_seen().is_empty(),
+        "the server saw {:?}",
+        app.origins_seen()
+    );
+}
+
+#[tokio::test]
+async fn with_two_endpoints_a_clients_polling_and_upgrade_reach_one_and_move_when_it_goes() {
+    let alpha = App::start("alpha");
+    let beta = App::start("beta");
+    let routes = route(
+        "chat",
+        HOST,
+        "/socket.io",
+        &format!("{{allow: [\"{ALLOWED}\"]}}"),
+        "{service: {name: chat, port: 80}}",
+    ) + "  http: {}\n";
+    let services = [
+        format!("--service=chat.default={}", alpha.addr),
+        format!("--service=chat.default={}", beta.addr),
+    ];
+    let gate = Gate::start(
+        &[("chat.yaml", routes)],
+        &[services[0].as_str(), services[1].as_str()],
+    )
+    .await;
+    // Every session of this client lands on one server, from its first poll to its upgrade:
+    // without affinity, a poll on the other server would get "Session ID unknown".
+    let mut servers = Vec::new();
+    for _ in 0..4 {
+        let result = allowed_client(&gate, &[]);
+        assert_eq!(result["connected"], true, "{result}");
+        assert_eq!(result["upgraded"], true, "{result}");
+        assert_eq!(result["echo"], true, "{result}");
+        servers.push(result["server"].as_str().unwrap_or_default().to_owned());
+    }
+    servers.dedup();
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let (chosen, other) = match servers[0].as_str() {
+        "alpha" => (alpha, beta),
+        _ => (beta, alpha),
+    };
+    assert!(
+        other.seen("url").is_empty(),
+        "the other server saw {:?}",
+        other.seen("url")
+    );
+
+    // Its server goes away: the next session starts on the one left.
+    drop(chosen);
+    let result = allowed_client(&gate, &[]);
+    assert_eq!(result["connected"], true, "{result}");
+    assert_eq!(result["upgraded"], true, "{result}");
+    assert_ne!(result["server"], servers[0].as_str(), "{result}");
 }
 
 #[tokio::test]

@@ -242,10 +242,6 @@ async fn forward(
     {
         return refuse(Reject::BodyTooLarge);
     }
-    // The request after one with Transfer-Encoding could be where a proxy in front of the
-    // gateway saw another request's body: the connection ends with this one (RFC 9112 §6.1).
-    let close = headers.contains_key(header::TRANSFER_ENCODING);
-
     let over = Arc::new(AtomicBool::new(false));
     let upstream_request = match upstream_request(parts, &route, &target, &claims, client, gateway)
     {
@@ -278,7 +274,7 @@ async fn forward(
     let (mut head, body) = response.into_parts();
     // The Origin as the browser sent it: it compares the answer byte for byte.
     let cors = cors.and(headers.get(header::ORIGIN));
-    shape_headers(&mut head.headers, cors, close);
+    shape_headers(&mut head.headers, cors);
     let body = Reply::Upstream(Box::new(Streamed::new(
         body,
         limits.response_timeout,
@@ -376,8 +372,8 @@ fn upstream_request(
 /// The upstream's response headers as the client gets them: without hop-by-hop headers and
 /// without the upstream's own CORS answer, which could name more origins than the route
 /// allows (an upstream with `cors: {origin: true}` echoes any); the gateway names the
-/// allowed origin the request came from, if any. `close` ends the connection after it.
-fn shape_headers(headers: &mut HeaderMap, cors: Option<&HeaderValue>, close: bool) {
+/// allowed origin the request came from, if any.
+fn shape_headers(headers: &mut HeaderMap, cors: Option<&HeaderValue>) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -409,9 +405,6 @@ fn shape_headers(headers: &mut HeaderMap, cors: Option<&HeaderValue>, close: boo
     }
     // Whatever the upstream varies on, the gateway's answer varies on the Origin.
     headers.append(header::VARY, HeaderValue::from_static("Origin"));
-    if close {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
 }
 
 /// The answer to a CORS preflight from an allowed origin: that origin, with credentials,
