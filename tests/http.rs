@@ -257,6 +257,15 @@ async fn once(gate: &Gate, method: &str, path: &str, headers: &[(&str, &str)]) -
         .await
 }
 
+/// One row of the origin table: what it is, Origin, Sec-Fetch-Site, method, status.
+type Row = (
+    &'static str,
+    Option<&'static str>,
+    Option<&'static str>,
+    &'static str,
+    u16,
+);
+
 #[tokio::test]
 async fn every_row_of_the_origin_table_is_decided_before_the_upstream() {
     let backend = Backend::start().await;
@@ -272,8 +281,7 @@ async fn every_row_of_the_origin_table_is_decided_before_the_upstream() {
         &[],
     )
     .await;
-    // (row, Origin, Sec-Fetch-Site, method, status)
-    let rows: [(&str, Option<&str>, Option<&str>, &str, u16); 12] = [
+    let rows: [Row; 12] = [
         (
             "allowed origin",
             Some(ALLOWED),
