@@ -15,8 +15,9 @@
 //! counts), `listener` ([`serve`], [`tls_acceptor`] and turning connections away at the
 //! limit), `connection` (one connection's task: the handshake driver, then the relay and
 //! the accounting of its end), `decide` (steps 1 to 4 from the request head, and the
-//! request to forward) and `reply` (the answers the client gets, and each handshake's
-//! metrics and access-log line). The public modules are the parts those phases are built
+//! request to forward), `reply` (the answers the client gets, and each handshake's
+//! metrics and access-log line) and `http` (a connection whose first request is a plain
+//! request on a route with `http`: hyper serves it, each request decided on its own). The public modules are the parts those phases are built
 //! from: `handshake` (validation and the rejections), `http1`, `client`, `admission`,
 //! `upstream`, `extensions`, `registry`, `relay`, `frame` and `stream`.
 
