@@ -2,8 +2,9 @@
 //! (pinned in `tests/apps/socketio/package-lock.json`, installed by these tests with
 //! `npm ci`), with their default transports (long-polling first, then the upgrade) on a
 //! route with `http`, polling only, and WebSocket only; with one upstream and with two
-//! behind a service. The server prints every request it receives, so a refused origin is
-//! shown never to reach it.
+//! behind a service; and in headless Chromium, from pages on an allowed origin, on the
+//! gateway's own origin and on another origin. The server prints every request it receives,
+//! so a refused origin is shown never to reach it.
 
 mod support;
 
@@ -12,6 +13,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use support::browser::Chromium;
 use support::{Gate, PATIENCE, route};
 
 const APP: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/apps/socketio");
@@ -52,14 +54,25 @@ impl Drop for App {
 impl App {
     /// Starts the Socket.IO server on a free loopback port.
     fn start(name: &str) -> App {
+        App::spawn(&["server.js", "127.0.0.1", "0", "--name", name])
+    }
+
+    /// Starts `static.js` (the page and the client bundle, nothing else) on a free port of
+    /// `ip`: a page origin of its own.
+    fn pages(ip: &str) -> App {
+        App::spawn(&["static.js", ip, "0"])
+    }
+
+    /// Starts `node ARGS` in the fixture's folder; it prints where it listens.
+    fn spawn(args: &[&str]) -> App {
         installed();
         let mut child = support::control_plane::dies_with_test(Path::new("node"))
-            .args(["server.js", "127.0.0.1", "0", "--name", name])
+            .args(args)
             .current_dir(APP)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start node server.js");
+            .expect("start node");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let stdout = child.stdout.take().expect("stdout");
@@ -77,7 +90,7 @@ impl App {
         });
         let addr = rx
             .recv_timeout(PATIENCE)
-            .expect("server.js says where it listens");
+            .expect("node says where it listens");
         App { child, addr, lines }
     }
 
@@ -321,5 +334,87 @@ async fn a_socketio_client_from_a_refused_origin_gets_403_and_never_reaches_the_
         app.origins_seen().is_empty(),
         "the server saw {:?}",
         app.origins_seen()
+    );
+}
+
+/// Opens the fixture's page at `page` (its query names the server) in a new tab of
+/// `browser`; the result the page reports.
+async fn page_result(browser: &Chromium, page: &str) -> serde_json::Value {
+    let tab = browser.open(page).await;
+    tab.wait_for("window.done", &format!("{page} to finish"))
+        .await;
+    tab.eval("window.result").await
+}
+
+#[tokio::test]
+async fn in_chromium_socketio_pages_from_the_allowed_origin_and_the_same_origin_connect_and_another_origin_is_refused()
+ {
+    let app = App::start("alpha");
+    let allowed = App::pages("127.0.0.1");
+    let other = App::pages("127.0.0.2");
+    let allowed_origin = format!("http://{}", allowed.addr);
+    // The gateway is `localhost` to the browser; its own pages are same-origin with it.
+    let routes = route(
+        "chat",
+        "localhost",
+        "/",
+        &format!("{{allow: [\"{allowed_origin}\", \"http://localhost:*\"]}}"),
+        &format!("{{url: \"ws://{}\"}}", app.addr),
+    ) + "  http: {}\n";
+    let gate = Gate::start(&[("chat.yaml", routes)], &[]).await;
+    let gateway = format!("http://localhost:{}", gate.proxy.port());
+    let browser = Chromium::launch(&[]).await;
+
+    // A page on another origin, allowed: its polls are cross-origin requests, readable only
+    // with the gateway's Access-Control-Allow-Origin (the server sends none).
+    let result = page_result(
+        &browser,
+        &format!("{allowed_origin}/page.html?url={gateway}"),
+    )
+    .await;
+    assert_eq!(result["connected"], true, "{result}");
+    assert_eq!(result["upgraded"], true, "{result}");
+    assert_eq!(result["transport"], "websocket", "{result}");
+    assert_eq!(result["echo"], true, "{result}");
+
+    // The page served through the gateway by the application itself: its polling GETs
+    // carry no Origin, only Sec-Fetch-Site: same-origin.
+    let result = page_result(&browser, &format!("{gateway}/page.html")).await;
+    assert_eq!(result["connected"], true, "{result}");
+    assert_eq!(result["upgraded"], true, "{result}");
+    assert_eq!(result["echo"], true, "{result}");
+    let same_origin_polls = app
+        .lines
+        .lock()
+        .expect("lines")
+        .iter()
+        .filter(|v| {
+            v["seen"]["transport"] == "polling"
+                && v["seen"]["origin"].is_null()
+                && v["seen"]["sec_fetch_site"] == "same-origin"
+        })
+        .count();
+    assert!(
+        same_origin_polls > 0,
+        "no same-origin poll without Origin seen"
+    );
+
+    // Another origin: refused at its first poll, and the server never hears of it.
+    let other_origin = format!("http://{}", other.addr);
+    let result = page_result(
+        &browser,
+        &format!("{other_origin}/page.html?url={gateway}&timeout=3000"),
+    )
+    .await;
+    assert_eq!(result["connected"], false, "{result}");
+    assert!(
+        !app.origins_seen().contains(&other_origin),
+        "the server saw {:?}",
+        app.origins_seen()
+    );
+    assert!(
+        gate.metric(r#"wsgate_http_requests_total{route="default/chat",result="rejected",reason="origin_not_allowed"}"#)
+            .await
+            .is_some_and(|n| n >= 1.0)
     );
 }
