@@ -771,3 +771,94 @@ async fn plain_requests_on_a_route_without_http_get_426_and_upgrades_after_plain
         "only the two plain requests passed"
     );
 }
+
+#[tokio::test]
+async fn over_tls_plain_requests_are_judged_as_https_and_must_name_the_sni_host() {
+    let backend = Backend::start().await;
+    let ca = support::TestCa::new();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = ca.issue(&[HOST]);
+    support::write_secret(
+        secrets.path(),
+        "chat-tls",
+        &[("tls.crt", &cert), ("tls.key", &key)],
+    );
+    let routes = route(
+        "chat",
+        HOST,
+        "/socket.io",
+        &format!("{{allow: [\"{ALLOWED}\", \"https://{HOST}\"]}}"),
+        &backend.url(),
+    ) + "  http: {}\n  tls: {secretName: chat-tls}\n";
+    let gate = Gate::start(
+        &[("chat.yaml", routes)],
+        &["--secret-dir", secrets.path().to_str().expect("utf-8")],
+    )
+    .await;
+    let tls = support::tls_connect(gate.tls, HOST, &ca)
+        .await
+        .expect("TLS handshake");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .expect("HTTP over TLS");
+    tokio::spawn(connection);
+    let mut ask = async |host: &str| {
+        let request = Request::get("/socket.io/?EIO=4")
+            .header("host", host)
+            .header("sec-fetch-site", "same-origin")
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        sender.ready().await.expect("ready");
+        sender
+            .send_request(request)
+            .await
+            .expect("response")
+            .status()
+    };
+    // Same-origin on the TLS listener is `https://chat.example.com`, which the route allows.
+    assert_eq!(ask(HOST).await, StatusCode::OK);
+    assert_eq!(backend.seen()[0].headers["x-forwarded-proto"], "https");
+    assert_eq!(
+        ask("other.example.com").await,
+        StatusCode::MISDIRECTED_REQUEST
+    );
+    // The TLS-only hostname on the plain listener.
+    let plain = once(
+        &gate,
+        "GET",
+        "/socket.io/?EIO=4",
+        &[("sec-fetch-site", "same-origin")],
+    )
+    .await;
+    assert_eq!(plain.status, StatusCode::FORBIDDEN);
+    assert_eq!(backend.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn on_sigterm_idle_keep_alive_connections_close_and_a_held_request_completes() {
+    let backend = Backend::start().await;
+    let mut gate = gate_for(&backend, &[]).await;
+    let mut idle = Client::connect(&gate).await;
+    let answer = idle
+        .send("GET", "/socket.io/?EIO=4", &[("origin", ALLOWED)], "")
+        .await;
+    assert_eq!(answer.status, 200);
+    let mut held = Client::connect(&gate).await;
+    let poll = tokio::spawn(async move {
+        held.send("GET", "/socket.io/poll", &[("origin", ALLOWED)], "")
+            .await
+    });
+    gate.wait_for(
+        || async { backend.seen().iter().any(|s| s.target.ends_with("/poll")) },
+        "the long poll to reach the upstream",
+    )
+    .await;
+    gate.terminate();
+    let answer = poll.await.expect("poll task");
+    assert_eq!(
+        (answer.status.as_u16(), answer.body.as_str()),
+        (200, "late")
+    );
+    // Well within the 30 s shutdown grace: nothing kept the process waiting.
+    assert_eq!(gate.wait_exit().await, Some(0));
+}
