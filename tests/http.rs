@@ -689,6 +689,25 @@ async fn smuggling_attempts_get_400_and_nothing_behind_them_reaches_the_upstream
         !targets.iter().any(|t| t.contains("smuggled")),
         "{targets:?}"
     );
+
+    // No tunnels: a CONNECT's target names no path (400 `bad_path` when it opens the
+    // connection), and on a kept-alive connection it gets 405.
+    let connect =
+        format!("CONNECT {HOST}:80 HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n");
+    assert_eq!(raw_request(gate.proxy, &connect).await.status, 400);
+    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
+    stream
+        .write_all(
+            (format!(
+                "GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n"
+            ) + &connect)
+                .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let both = read_until(&mut stream, b"opens no tunnels\n").await;
+    assert!(both.contains("HTTP/1.1 405"), "{both}");
+    assert!(!backend.seen().iter().any(|s| s.method == "CONNECT"));
 }
 
 #[tokio::test]

@@ -75,6 +75,8 @@ pub enum Reject {
     AmbiguousFraming,
     /// A WebSocket upgrade after plain requests on one connection.
     UpgradeOnReusedConnection,
+    /// A plain `CONNECT`: the gateway opens no tunnels.
+    Tunnel,
 }
 
 /// Who is to blame for a rejection: picks the log level.
@@ -98,6 +100,7 @@ impl Reject {
             | Reject::AmbiguousFraming
             | Reject::UpgradeOnReusedConnection => StatusCode::BAD_REQUEST,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Reject::Tunnel => StatusCode::METHOD_NOT_ALLOWED,
             Reject::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::Unauthorized | Reject::InvalidToken => StatusCode::UNAUTHORIZED,
@@ -153,6 +156,7 @@ impl Reject {
             Reject::BodyTooLarge => "body_too_large",
             Reject::AmbiguousFraming => "ambiguous_framing",
             Reject::UpgradeOnReusedConnection => "upgrade_on_reused_connection",
+            Reject::Tunnel => "method_not_allowed",
         }
     }
 
@@ -194,6 +198,7 @@ impl Reject {
                 "send one Content-Length, or Transfer-Encoding: chunked, not both\n"
             }
             Reject::UpgradeOnReusedConnection => "open each WebSocket on a new connection\n",
+            Reject::Tunnel => "CONNECT is not passed: the gateway opens no tunnels\n",
         }
     }
 
@@ -241,6 +246,8 @@ impl Reject {
             | Reject::RouteFull
             | Reject::TooManyConnections
             | Reject::Overloaded => put("retry-after", b"1"),
+            // RFC 9110 §15.5.6: a 405 lists the methods the target supports.
+            Reject::Tunnel => put("allow", b"GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             Reject::TooManyHandshakes(seconds) => {
                 put("retry-after", http1::itoa(u64::from(seconds), &mut [0; 20]))
             }

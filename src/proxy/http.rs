@@ -189,6 +189,10 @@ async fn forward(
 ) -> Result<(Arc<Route>, Response<Reply>), Refusal> {
     let gateway = &peer.gateway;
     let headers = &parts.headers;
+    // Its target is a host, not a path on any route.
+    if parts.method == Method::CONNECT {
+        return Err((None, Reject::Tunnel));
+    }
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let host = host_of(parts);
     let Selected { route, target } = select(&host, target, peer.sni.as_deref(), gateway)?;
