@@ -1,19 +1,15 @@
 //! Accepting connections without spinning: the proxy and admin listeners share one loop step
 //! that backs off after a failed `accept` (at the descriptor limit, `EMFILE`/`ENFILE`, it
 //! fails at once and forever until a descriptor is freed) and logs the failure at most once
-//! a second, with how many failures went unlogged. And the [`Idle`] limit both listeners'
-//! HTTP connections are served under.
+//! a second, with how many failures went unlogged.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 /// Wait after the first failed accept in a row; doubled per further failure.
 const FIRST_BACK_OFF: Duration = Duration::from_millis(10);
@@ -119,79 +115,6 @@ pub(crate) async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// A connection that fails once it has made no progress, reading or writing, for its
-/// limit: a client that stops reading a response must not hold its socket forever.
-pub struct Idle<T> {
-    io: T,
-    limit: Duration,
-    deadline: Pin<Box<Sleep>>,
-}
-
-impl<T> Idle<T> {
-    /// `io`, failing after `limit` without progress.
-    pub fn new(io: T, limit: Duration) -> Idle<T> {
-        Idle {
-            io,
-            limit,
-            deadline: Box::pin(tokio::time::sleep(limit)),
-        }
-    }
-
-    /// After progress: the limit starts again.
-    fn progressed<R>(&mut self, result: R) -> Poll<R> {
-        self.deadline.as_mut().reset(Instant::now() + self.limit);
-        Poll::Ready(result)
-    }
-
-    /// While waiting: an error once the limit has passed.
-    fn waiting<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        match self.deadline.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Idle<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_read(cx, buf) {
-            Poll::Ready(result) => this.progressed(result),
-            Poll::Pending => this.waiting(cx),
-        }
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_write(cx, buf) {
-            Poll::Ready(result) => this.progressed(result),
-            Poll::Pending => this.waiting(cx),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.io).poll_flush(cx) {
-            Poll::Ready(result) => this.progressed(result),
-            Poll::Pending => this.waiting(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,24 +171,5 @@ mod tests {
         }
         errors.succeeded();
         assert_eq!(errors.failed(&emfile()), FIRST_BACK_OFF);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_connection_without_progress_fails_after_the_idle_limit() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (client, server) = tokio::io::duplex(64);
-        let mut idle = Idle::new(server, Duration::from_secs(30));
-        let mut client = client;
-        tokio::time::advance(Duration::from_secs(20)).await;
-        client.write_all(b"x").await.expect("write");
-        let mut byte = [0u8; 1];
-        idle.read_exact(&mut byte)
-            .await
-            .expect("progress within the limit");
-        // The read above started the limit again; nothing arrives from now on.
-        let started = Instant::now();
-        let err = idle.read(&mut byte).await.expect_err("times out");
-        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(started.elapsed(), Duration::from_secs(30));
     }
 }

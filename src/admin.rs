@@ -2,8 +2,12 @@
 //! and every route's conditions as JSON). Reads the published snapshot; changes nothing.
 
 use std::convert::Infallible;
+use std::future::Future;
+use std::io;
 use std::net::{IpAddr, Ipv6Addr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -14,10 +18,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
+use tokio::time::{Instant, Sleep};
 
-use crate::accept::{AcceptErrors, Idle, accept};
+use crate::accept::{AcceptErrors, accept};
 use crate::compile::Verdict;
 use crate::route::Route;
 use crate::snapshot::Published;
@@ -197,6 +203,78 @@ fn refuse_host(host: &str) -> Response<Full<Bytes>> {
     r
 }
 
+/// An admin connection that fails once it has made no progress, reading or writing, for
+/// its limit: a client that stops reading a response must not hold its slot forever.
+struct Idle<T> {
+    io: T,
+    limit: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl<T> Idle<T> {
+    fn new(io: T, limit: Duration) -> Idle<T> {
+        Idle {
+            io,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    /// After progress: the limit starts again.
+    fn progressed<R>(&mut self, result: R) -> Poll<R> {
+        self.deadline.as_mut().reset(Instant::now() + self.limit);
+        Poll::Ready(result)
+    }
+
+    /// While waiting: an error once the limit has passed.
+    fn waiting<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::ErrorKind::TimedOut.into())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Idle<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(result) => this.progressed(result),
+            Poll::Pending => this.waiting(cx),
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Idle<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_write(cx, buf) {
+            Poll::Ready(result) => this.progressed(result),
+            Poll::Pending => this.waiting(cx),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.io).poll_flush(cx) {
+            Poll::Ready(result) => this.progressed(result),
+            Poll::Pending => this.waiting(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *r.status_mut() = status;
@@ -328,5 +406,24 @@ mod tests {
         }
         assert!(!host_allowed("metrics.example.com", &[]));
         assert!(host_allowed("Metrics.Example.com:9090", &extra));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_admin_connection_without_progress_fails_after_the_idle_limit() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, server) = tokio::io::duplex(64);
+        let mut idle = Idle::new(server, Duration::from_secs(30));
+        let mut client = client;
+        tokio::time::advance(Duration::from_secs(20)).await;
+        client.write_all(b"x").await.expect("write");
+        let mut byte = [0u8; 1];
+        idle.read_exact(&mut byte)
+            .await
+            .expect("progress within the limit");
+        // The read above started the limit again; nothing arrives from now on.
+        let started = Instant::now();
+        let err = idle.read(&mut byte).await.expect_err("times out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
     }
 }

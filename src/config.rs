@@ -197,11 +197,11 @@ pub struct ServeArgs {
     /// Seconds a client may take to send its request head.
     #[arg(long, env = "WSGATE_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = parse_seconds)]
     pub handshake_timeout: Duration,
-    /// Seconds a connection carrying plain HTTP requests (routes with `http`) may make no
-    /// progress reading or writing: a client that stops reading a response, or a keep-alive
-    /// connection left unused. Hold it above the routes' `http.responseTimeoutSeconds`.
-    #[arg(long, env = "WSGATE_HTTP_IDLE_TIMEOUT", default_value = "75", value_parser = parse_seconds)]
-    pub http_idle_timeout: Duration,
+    /// Seconds a response to a plain HTTP request (routes with `http`) may wait for the
+    /// client to read it; a client that reads nothing for this long is disconnected, as
+    /// nginx's `send_timeout`.
+    #[arg(long, env = "WSGATE_HTTP_SEND_TIMEOUT", default_value = "60", value_parser = parse_seconds)]
+    pub http_send_timeout: Duration,
     /// Most client connections open at once, handshaking or relayed; a connection beyond it
     /// gets 503 with `Retry-After: 1`.
     #[arg(long, env = "WSGATE_MAX_CONNECTIONS", default_value = "100000", value_parser = clap::value_parser!(u32).range(1..))]
@@ -229,7 +229,7 @@ impl ServeArgs {
             max_connections: self.max_connections as usize,
             trusted_proxies: TrustedProxies::new(self.trusted_proxies.clone()),
             proxy_protocol: self.proxy_protocol,
-            http_idle_timeout: self.http_idle_timeout,
+            http_send_timeout: self.http_send_timeout,
             ..ProxyConfig::default()
         }
     }

@@ -13,9 +13,9 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Labels of a handshake outcome.
+/// Labels of a handshake's or a plain request's outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct HandshakeLabels {
+pub struct OutcomeLabels {
     /// `namespace/name` of the selected route, empty when no route matched.
     pub route: Arc<str>,
     /// `accepted`, `rejected` or `failed` (upstream trouble).
@@ -113,9 +113,9 @@ impl Collector for WatchStaleness {
 pub struct Metrics {
     registry: Arc<Registry>,
     /// Handshakes by route, result and reason.
-    pub handshakes: Family<HandshakeLabels, Counter>,
+    pub handshakes: Family<OutcomeLabels, Counter>,
     /// Plain HTTP requests on routes with `http`, by route, result and reason.
-    pub http_requests: Family<HandshakeLabels, Counter>,
+    pub http_requests: Family<OutcomeLabels, Counter>,
     /// Relayed connections open now, by route.
     pub active_connections: Family<RouteLabels, Gauge>,
     /// Relayed bytes by route and direction.
@@ -287,7 +287,7 @@ impl Metrics {
         reason: &'static str,
     ) {
         self.http_requests
-            .get_or_create(&HandshakeLabels {
+            .get_or_create(&OutcomeLabels {
                 route: route.unwrap_or(&self.no_route).clone(),
                 result,
                 reason,
@@ -298,7 +298,7 @@ impl Metrics {
     /// Counts one handshake outcome.
     pub fn handshake(&self, route: Option<&Arc<str>>, result: &'static str, reason: &'static str) {
         self.handshakes
-            .get_or_create(&HandshakeLabels {
+            .get_or_create(&OutcomeLabels {
                 route: route.unwrap_or(&self.no_route).clone(),
                 result,
                 reason,

@@ -17,6 +17,28 @@ impl<'a> HeaderLookup<'a> for &'a http::HeaderMap {
     }
 }
 
+/// Whether a header `name` holds `token` in its comma-separated list, ignoring case.
+pub fn has_token<'a>(headers: impl HeaderLookup<'a>, name: &str, token: &str) -> bool {
+    headers.values(name).any(|v| {
+        v.split(|&b| b == b',')
+            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    })
+}
+
+/// Whether a request names its host twice (RFC 9112 §3.2): two `Host` values, or one that
+/// differs from the absolute-form target's `authority`. Such a request could be routed by
+/// one host and served by the other.
+pub fn ambiguous_host<'a>(
+    mut hosts: impl Iterator<Item = &'a [u8]>,
+    authority: Option<&str>,
+) -> bool {
+    let (first, second) = (hosts.next(), hosts.next());
+    second.is_some()
+        || authority.zip(first).is_some_and(|(authority, host)| {
+            !host.trim_ascii().eq_ignore_ascii_case(authority.as_bytes())
+        })
+}
+
 /// An absolute-form request-target (`http://host:port/path?q`) split into its authority and
 /// the origin-form rest (`/path?q`, or empty); `None` for an origin-form target.
 pub fn absolute_form(target: &str) -> Option<(&str, &str)> {

@@ -713,7 +713,7 @@ async fn smuggling_attempts_get_400_and_nothing_behind_them_reaches_the_upstream
 #[tokio::test]
 async fn a_client_that_stops_reading_is_closed_and_its_upstream_let_go() {
     let backend = Backend::start().await;
-    let gate = gate_for(&backend, &["--http-idle-timeout", "1"]).await;
+    let gate = gate_for(&backend, &["--http-send-timeout", "1"]).await;
     let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
     stream
         .write_all(
@@ -880,4 +880,83 @@ async fn on_sigterm_idle_keep_alive_connections_close_and_a_held_request_complet
     );
     // Well within the 30 s shutdown grace: nothing kept the process waiting.
     assert_eq!(gate.wait_exit().await, Some(0));
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_request_is_its_own_clients_and_its_scheme_the_proxys() {
+    let backend = Backend::start().await;
+    let gate = gate_for(&backend, &["--trusted-proxies", "127.0.0.0/8"]).await;
+    // One connection from the proxy carries two visitors' requests.
+    let mut proxy = Client::connect(&gate).await;
+    for visitor in ["192.0.2.1", "198.51.100.2"] {
+        let answer = proxy
+            .send(
+                "GET",
+                "/socket.io/?EIO=4",
+                &[("origin", ALLOWED), ("x-forwarded-for", visitor)],
+                "",
+            )
+            .await;
+        assert_eq!(answer.status, 200);
+    }
+    let real: Vec<String> = backend
+        .seen()
+        .iter()
+        .map(|s| s.headers["x-real-ip"].to_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(real, ["192.0.2.1", "198.51.100.2"]);
+    // The proxy terminated TLS: the page is https://chat.example.com, which the route does
+    // not list (only its http:// origin), so its same-origin poll is refused.
+    let answer = proxy
+        .send(
+            "GET",
+            "/socket.io/?EIO=4",
+            &[
+                ("sec-fetch-site", "same-origin"),
+                ("x-forwarded-proto", "https"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_request_body_that_stalls_gets_408_and_one_cut_short_400() {
+    let backend = Backend::start().await;
+    let gate = Gate::start(
+        &[(
+            "chat.yaml",
+            route(
+                "chat",
+                HOST,
+                "/socket.io",
+                &format!("{{allow: [\"{ALLOWED}\"]}}"),
+                &backend.url(),
+            ) + "  http: {responseTimeoutSeconds: 1}\n",
+        )],
+        &[],
+    )
+    .await;
+    let head = format!(
+        "POST /socket.io/ HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\nContent-Length: 100\r\n\r\nten bytes!"
+    );
+    let stalled = raw_request(gate.proxy, &head).await;
+    assert_eq!(stalled.status, 408, "{}", stalled.head);
+
+    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("write");
+    stream.shutdown().await.expect("half-close");
+    let cut = read_until(&mut stream, b"\r\n\r\n").await;
+    assert!(cut.starts_with("HTTP/1.1 400"), "{cut}");
+    for reason in ["body_timeout", "body_incomplete"] {
+        assert_eq!(
+            gate.metric(&format!(
+                r#"wsgate_http_requests_total{{route="default/chat",result="rejected",reason="{reason}"}}"#
+            ))
+            .await,
+            Some(1.0),
+            "{reason}"
+        );
+    }
 }

@@ -15,16 +15,6 @@
 
 use super::{Origin, OriginPolicy, RequestOrigin};
 
-/// What the policy says about a plain request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Admission {
-    /// Pass it; with the origin to name in `Access-Control-Allow-Origin`, when the request
-    /// carried one the route allows.
-    Admitted(Option<Origin>),
-    /// Refuse it (403).
-    Denied,
-}
-
 /// The request as the table reads it.
 #[derive(Debug, Clone, Copy)]
 pub struct Fetch<'a, I> {
@@ -34,17 +24,18 @@ pub struct Fetch<'a, I> {
     pub fetch_site: I,
     /// GET or HEAD: what a top-level navigation sends.
     pub navigation_method: bool,
-    /// `http` or `https`: the listener the request came in on.
+    /// `http` or `https`: the listener the request came in on, or what a trusted proxy in
+    /// front that terminates TLS says.
     pub scheme: &'a str,
     /// The request's `Host`, as sent (port included).
     pub host: &'a str,
 }
 
-/// Applies the table to one request.
-pub fn admit<'h, I: Iterator<Item = &'h [u8]>>(
+/// Applies the table to one request: whether it may pass.
+pub fn admits<'h, I: Iterator<Item = &'h [u8]>>(
     policy: &OriginPolicy,
     request: Fetch<'_, I>,
-) -> Admission {
+) -> bool {
     let Fetch {
         origin,
         mut fetch_site,
@@ -52,33 +43,19 @@ pub fn admit<'h, I: Iterator<Item = &'h [u8]>>(
         scheme,
         host,
     } = request;
-    let verdict = |allowed: bool, cors: Option<Origin>| match allowed {
-        true => Admission::Admitted(cors),
-        false => Admission::Denied,
-    };
     if !matches!(origin, RequestOrigin::Missing) {
-        let cors = match origin {
-            RequestOrigin::Valid(o) => Some(o.clone()),
-            _ => None,
-        };
-        return verdict(policy.allows(origin), cors);
+        return policy.allows(origin);
     }
     let site = match (fetch_site.next(), fetch_site.next()) {
-        (None, _) => return verdict(policy.allows(&RequestOrigin::Missing), None),
+        (None, _) => return policy.allows(&RequestOrigin::Missing),
         (Some(site), None) => site,
-        (Some(_), Some(_)) => return Admission::Denied,
+        (Some(_), Some(_)) => return false,
     };
     match site {
-        b"same-origin" => {
-            let own = Origin::parse(&format!("{scheme}://{host}"))
-                .map_or(RequestOrigin::Missing, RequestOrigin::Valid);
-            verdict(
-                matches!(own, RequestOrigin::Valid(_)) && policy.allows(&own),
-                None,
-            )
-        }
-        b"none" => verdict(navigation_method, None),
-        _ => Admission::Denied,
+        b"same-origin" => Origin::parse(&format!("{scheme}://{host}"))
+            .is_ok_and(|own| policy.allows(&RequestOrigin::Valid(own))),
+        b"none" => navigation_method,
+        _ => false,
     }
 }
 
@@ -86,20 +63,22 @@ pub fn admit<'h, I: Iterator<Item = &'h [u8]>>(
 mod tests {
     use super::*;
 
-    fn policy(allow_missing: bool) -> OriginPolicy {
-        OriginPolicy::new(&["https://app.example.com"], false, allow_missing).expect("policy")
+    const HOST: &str = "app.example.com";
+
+    fn policy(allow_null: bool, allow_missing: bool) -> OriginPolicy {
+        OriginPolicy::new(&["https://app.example.com"], allow_null, allow_missing).expect("policy")
     }
 
-    /// One row: the origin header (if any), the Sec-Fetch-Site values, the method.
-    fn row(
+    /// Whether a request passes: its Origin (if any), Sec-Fetch-Site values, method, Host.
+    fn passes(
         policy: &OriginPolicy,
         origin: Option<&str>,
         sites: &[&str],
         method: &str,
         host: &str,
-    ) -> Admission {
+    ) -> bool {
         let origin = RequestOrigin::from_header_values(origin.map(str::as_bytes));
-        admit(
+        admits(
             policy,
             Fetch {
                 origin: &origin,
@@ -111,93 +90,87 @@ mod tests {
         )
     }
 
-    const HOST: &str = "app.example.com";
-
     #[test]
     fn a_present_origin_is_judged_by_the_allowlist_whatever_the_fetch_site_says() {
-        let p = policy(false);
-        let allowed = Origin::parse("https://app.example.com").ok();
+        let p = policy(false, false);
         for site in [&[][..], &["cross-site"], &["same-origin"], &["none"]] {
             for method in ["GET", "POST"] {
-                assert_eq!(
-                    row(&p, Some("https://app.example.com"), site, method, HOST),
-                    Admission::Admitted(allowed.clone())
-                );
-                assert_eq!(
-                    row(&p, Some("https://evil.example"), site, method, HOST),
-                    Admission::Denied
-                );
-                assert_eq!(row(&p, Some("null"), site, method, HOST), Admission::Denied);
+                assert!(passes(
+                    &p,
+                    Some("https://app.example.com"),
+                    site,
+                    method,
+                    HOST
+                ));
+                assert!(!passes(
+                    &p,
+                    Some("https://evil.example"),
+                    site,
+                    method,
+                    HOST
+                ));
+                assert!(!passes(&p, Some("null"), site, method, HOST));
             }
         }
-        let with_null = OriginPolicy::new(&["https://app.example.com"], true, false).expect("p");
-        assert_eq!(
-            row(&with_null, Some("null"), &[], "POST", HOST),
-            Admission::Admitted(None)
-        );
+        assert!(passes(
+            &policy(true, false),
+            Some("null"),
+            &[],
+            "POST",
+            HOST
+        ));
     }
 
     #[test]
     fn same_origin_without_origin_is_judged_as_the_requests_own_origin() {
-        let p = policy(false);
-        assert_eq!(
-            row(&p, None, &["same-origin"], "GET", "app.example.com:443"),
-            Admission::Admitted(None)
-        );
-        assert_eq!(
-            row(&p, None, &["same-origin"], "POST", HOST),
-            Admission::Admitted(None)
-        );
+        let p = policy(false, false);
+        assert!(passes(
+            &p,
+            None,
+            &["same-origin"],
+            "GET",
+            "app.example.com:443"
+        ));
+        assert!(passes(&p, None, &["same-origin"], "POST", HOST));
         // A page on another host of the gateway is same-origin with itself, not with the app.
-        assert_eq!(
-            row(&p, None, &["same-origin"], "GET", "other.example.com"),
-            Admission::Denied
-        );
-        assert_eq!(
-            row(&p, None, &["same-origin"], "GET", "bad host"),
-            Admission::Denied
-        );
+        assert!(!passes(
+            &p,
+            None,
+            &["same-origin"],
+            "GET",
+            "other.example.com"
+        ));
+        assert!(!passes(&p, None, &["same-origin"], "GET", "bad host"));
     }
 
     #[test]
     fn a_navigation_the_user_started_passes_only_as_get_or_head() {
-        let p = policy(false);
-        for method in ["GET", "HEAD"] {
-            assert_eq!(
-                row(&p, None, &["none"], method, HOST),
-                Admission::Admitted(None)
-            );
-        }
-        assert_eq!(row(&p, None, &["none"], "POST", HOST), Admission::Denied);
+        let p = policy(false, false);
+        assert!(passes(&p, None, &["none"], "GET", HOST));
+        assert!(passes(&p, None, &["none"], "HEAD", HOST));
+        assert!(!passes(&p, None, &["none"], "POST", HOST));
     }
 
     #[test]
     fn cross_site_and_same_site_requests_without_origin_are_denied() {
-        let p = policy(true);
+        let p = policy(false, true);
         for site in ["cross-site", "same-site", "CROSS-SITE", "bogus", ""] {
             for method in ["GET", "POST"] {
-                assert_eq!(
-                    row(&p, None, &[site], method, HOST),
-                    Admission::Denied,
-                    "{site}"
-                );
+                assert!(!passes(&p, None, &[site], method, HOST), "{site}");
             }
         }
-        assert_eq!(
-            row(&p, None, &["same-origin", "same-origin"], "GET", HOST),
-            Admission::Denied
-        );
+        assert!(!passes(
+            &p,
+            None,
+            &["same-origin", "same-origin"],
+            "GET",
+            HOST
+        ));
     }
 
     #[test]
     fn neither_header_is_judged_by_allow_missing() {
-        assert_eq!(
-            row(&policy(false), None, &[], "GET", HOST),
-            Admission::Denied
-        );
-        assert_eq!(
-            row(&policy(true), None, &[], "POST", HOST),
-            Admission::Admitted(None)
-        );
+        assert!(!passes(&policy(false, false), None, &[], "GET", HOST));
+        assert!(passes(&policy(false, true), None, &[], "POST", HOST));
     }
 }

@@ -104,17 +104,12 @@ fn decide(
     client: ClientInfo,
     sni: Option<&str>,
 ) -> Step {
-    let mut hosts = headers.get_all("host");
-    let (host_header, second_host) = (hosts.next(), hosts.next());
+    let host_header = headers.get("host");
     let absolute = http1::absolute_form(target);
-    // RFC 9112 §3.2: one Host; with an absolute-form target, its authority is the host. A
-    // request that names two hosts could be routed by one and served by the other.
-    let ambiguous = second_host.is_some()
-        || absolute
-            .zip(host_header)
-            .is_some_and(|((authority, _), host)| {
-                !host.trim_ascii().eq_ignore_ascii_case(authority.as_bytes())
-            });
+    let ambiguous = crate::request::ambiguous_host(
+        headers.get_all("host"),
+        absolute.map(|(authority, _)| authority),
+    );
     // HTTP/1.0 has no Upgrade.
     let upgrade = match version {
         Some(1) => handshake::validate(method, headers),
@@ -340,7 +335,13 @@ pub(super) fn decision<'a, 'h, H: HeaderLookup<'h>>(
         };
     let accept = match &request.upgrade {
         Ok(accept) => *accept,
-        Err(Reject::NotWebSocket) if route.http.is_some() => return Decision::Plain(route),
+        // A request that asks for a WebSocket and gets it wrong is told so, not passed on.
+        Err(Reject::NotWebSocket)
+            if route.http.is_some()
+                && !crate::request::has_token(request.headers, "upgrade", "websocket") =>
+        {
+            return Decision::Plain(route);
+        }
         Err(r) => return Decision::Refuse(Some(route), *r),
     };
     let headers = request.headers;

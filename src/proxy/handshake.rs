@@ -77,6 +77,10 @@ pub enum Reject {
     UpgradeOnReusedConnection,
     /// A plain `CONNECT`: the gateway opens no tunnels.
     Tunnel,
+    /// The client's request body ended before its declared end, or was malformed.
+    BodyIncomplete,
+    /// The client's request body stopped moving for the route's response timeout.
+    BodyTimeout,
 }
 
 /// Who is to blame for a rejection: picks the log level.
@@ -101,6 +105,8 @@ impl Reject {
             | Reject::UpgradeOnReusedConnection => StatusCode::BAD_REQUEST,
             Reject::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Reject::Tunnel => StatusCode::METHOD_NOT_ALLOWED,
+            Reject::BodyIncomplete => StatusCode::BAD_REQUEST,
+            Reject::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Reject::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Reject::NoRoute => StatusCode::NOT_FOUND,
             Reject::Unauthorized | Reject::InvalidToken => StatusCode::UNAUTHORIZED,
@@ -157,6 +163,8 @@ impl Reject {
             Reject::AmbiguousFraming => "ambiguous_framing",
             Reject::UpgradeOnReusedConnection => "upgrade_on_reused_connection",
             Reject::Tunnel => "method_not_allowed",
+            Reject::BodyIncomplete => "body_incomplete",
+            Reject::BodyTimeout => "body_timeout",
         }
     }
 
@@ -199,6 +207,8 @@ impl Reject {
             }
             Reject::UpgradeOnReusedConnection => "open each WebSocket on a new connection\n",
             Reject::Tunnel => "CONNECT is not passed: the gateway opens no tunnels\n",
+            Reject::BodyIncomplete => "request body incomplete\n",
+            Reject::BodyTimeout => "request body not sent in time\n",
         }
     }
 

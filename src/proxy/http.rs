@@ -9,10 +9,11 @@
 
 mod body;
 mod pool;
+mod stall;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -23,19 +24,20 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use self::body::{Limited, Reply, Streamed};
+use self::body::{Limited, Progress, Reply, Streamed};
 use self::pool::Failed;
 pub(super) use self::pool::Pool;
+use self::stall::WriteStall;
 use super::decide::{Refusal, Selected, authenticate, request_host, select};
-use super::handshake::Reject;
-use super::http1::{self, Headers, Prefixed};
+use super::handshake::{Blame, Reject};
+use super::http1::{self, HOP_BY_HOP, Headers, Prefixed};
 use super::state::{Gateway, HttpPhase};
 use super::stream::Stream;
-use super::upstream::{self, ClientInfo, Forwarding, UpstreamTimeouts};
-use crate::accept::{Idle, stopped};
+use super::upstream::{self, ClientInfo, Forwarding};
+use crate::accept::stopped;
 use crate::policy::RequestOrigin;
-use crate::policy::fetch::{self, Admission, Fetch};
-use crate::request::HeaderLookup;
+use crate::policy::fetch::{self, Fetch};
+use crate::request::{HeaderLookup, ambiguous_host, has_token};
 use crate::route::{Route, RouteAuth};
 
 /// How long browsers may cache a preflight answer, in seconds.
@@ -44,13 +46,15 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 /// One connection's requests: who sent them and on which listener.
 struct Peer {
     gateway: Arc<Gateway>,
+    /// The connection's client, before any request's `X-Forwarded-For`.
     client: ClientInfo,
     sni: Option<String>,
 }
 
 /// Serves a connection whose first request (still unread in `io`) is a plain request,
-/// until the client closes it, it stays idle, or the gateway drains (then the request under
-/// way completes and the connection closes).
+/// until the client closes it, leaves it idle past `--handshake-timeout`, stops reading for
+/// `--http-send-timeout`, or the gateway drains (then the request under way completes and
+/// the connection closes).
 pub(super) async fn serve(
     io: Prefixed<Stream>,
     sni: Option<String>,
@@ -75,7 +79,7 @@ pub(super) async fn serve(
         .max_header_size(config.max_header_bytes)
         .max_headers(http1::MAX_HEADERS)
         .serve_connection(
-            TokioIo::new(Idle::new(io, config.http_idle_timeout)),
+            TokioIo::new(WriteStall::new(io, config.http_send_timeout)),
             service,
         );
     tokio::pin!(connection);
@@ -97,19 +101,16 @@ async fn answer(request: Request<Incoming>, peer: &Peer) -> Response<Reply> {
     let gateway = &peer.gateway;
     let started = Instant::now();
     let (parts, incoming) = request.into_parts();
-    let mut client = peer.client;
-    if !gateway.config.trusted_proxies.is_empty() {
-        client.ip = gateway.config.trusted_proxies.client(
-            client.ip,
-            HeaderLookup::values(&parts.headers, "x-forwarded-for"),
-        );
-    }
+    let client = peer.client.of_request(
+        &gateway.config.trusted_proxies,
+        HeaderLookup::values(&parts.headers, "x-forwarded-for"),
+    );
     let (route, response) = match forward(&parts, incoming, peer, client).await {
         Ok((route, response)) => (Some(route), response),
         Err((route, reject)) => {
-            let label = route.as_ref().map(|r| &*r.label).unwrap_or("");
+            let label = route.as_ref().map_or("", |r| &*r.label);
             match reject.blame() {
-                super::handshake::Blame::Downstream => {
+                Blame::Downstream => {
                     tracing::debug!(client = %client.ip, route = label, reason = reject.reason(), "request refused")
                 }
                 _ => {
@@ -167,6 +168,8 @@ fn refusal(reject: Reject) -> Response<Reply> {
     );
     // A refused request may have left a body unread: the next request could not be found.
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    // Another origin may get another answer for the same URL.
+    headers.insert(header::VARY, HeaderValue::from_static("Origin"));
     reject.put_headers(|name, value| {
         if let Ok(value) = HeaderValue::from_bytes(value) {
             headers.insert(name, value);
@@ -194,13 +197,23 @@ async fn forward(
         return Err((None, Reject::Tunnel));
     }
     let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    let host = host_of(parts);
+    let authority = parts.uri.authority().map(|a| a.as_str());
+    let host = match ambiguous_host(HeaderLookup::values(headers, "host"), authority) {
+        true => Err(Reject::AmbiguousHost),
+        false => Ok(request_host(
+            headers
+                .get(header::HOST)
+                .map(HeaderValue::as_bytes)
+                .or(authority.map(str::as_bytes)),
+            "",
+        )),
+    };
     let Selected { route, target } = select(&host, target, peer.sni.as_deref(), gateway)?;
     let refuse = |reject| Err((Some(route.clone()), reject));
     let Some(limits) = route.http else {
         return refuse(Reject::NotWebSocket);
     };
-    if has_token(headers, header::UPGRADE, "websocket") {
+    if has_token(headers, "upgrade", "websocket") {
         return refuse(Reject::UpgradeOnReusedConnection);
     }
     let origin = RequestOrigin::from_header_values(HeaderLookup::values(headers, "origin"));
@@ -208,33 +221,29 @@ async fn forward(
         && headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         && !matches!(origin, RequestOrigin::Missing)
     {
-        return match (&origin, route.origins.allows(&origin)) {
-            (RequestOrigin::Valid(_) | RequestOrigin::Null, true) => {
-                Ok((route.clone(), preflight(headers)))
-            }
-            _ => refuse(Reject::OriginDenied),
+        return match route.origins.allows(&origin) {
+            true => Ok((route.clone(), preflight(headers))),
+            false => refuse(Reject::OriginDenied),
         };
     }
-    let host_value = host
-        .as_ref()
-        .ok()
-        .and(headers.get(header::HOST))
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
-        .unwrap_or("");
-    let admitted = fetch::admit(
+    let trusted_peer = gateway.config.trusted_proxies.contains(client.addr.ip());
+    let admitted = fetch::admits(
         &route.origins,
         Fetch {
             origin: &origin,
             fetch_site: HeaderLookup::values(headers, "sec-fetch-site"),
             navigation_method: matches!(parts.method, Method::GET | Method::HEAD),
-            scheme: client.proto,
-            host: host_value,
+            scheme: scheme(headers, client, trusted_peer),
+            host: headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or(authority)
+                .unwrap_or(""),
         },
     );
-    let Admission::Admitted(cors) = admitted else {
+    if !admitted {
         return refuse(Reject::OriginDenied);
-    };
+    }
     let (target, claims) = match authenticate(&route, target, headers, client) {
         Ok(authenticated) => authenticated,
         Err(reject) => return refuse(reject),
@@ -246,39 +255,40 @@ async fn forward(
     {
         return refuse(Reject::BodyTooLarge);
     }
-    let over = Arc::new(AtomicBool::new(false));
-    let upstream_request = match upstream_request(parts, &route, &target, &claims, client, gateway)
-    {
-        Some(request) => {
-            request.map(|()| Limited::new(incoming, limits.max_request_body, over.clone()))
-        }
-        None => return refuse(Reject::BadPath),
-    };
-    let timeouts = UpstreamTimeouts {
-        connect: gateway.config.upstream.connect,
-        response: limits.response_timeout,
+
+    let progress = Progress::new();
+    let body = Limited::new(incoming, limits.max_request_body, progress.clone());
+    let Some(upstream_request) =
+        upstream_request(parts, &route, &target, &claims, client, trusted_peer)
+    else {
+        return refuse(Reject::Malformed);
     };
     let sent = gateway.pool.send(
         &route.upstream,
         client.ip,
-        upstream_request,
-        timeouts,
+        upstream_request.map(|()| body),
+        gateway.config.upstream.connect,
         &gateway.metrics.upstream_connect_seconds,
     );
-    let (response, lease) = match tokio::time::timeout(limits.response_timeout, sent).await {
-        Ok(Ok(exchanged)) => exchanged,
-        Ok(Err(_)) if over.load(Ordering::Acquire) => return refuse(Reject::BodyTooLarge),
-        Ok(Err(Failed::Open(reject))) => return refuse(reject),
-        Ok(Err(Failed::Exchange(e))) => {
+    let (response, lease) = match waited(sent, &progress, limits.response_timeout).await {
+        Ok(exchanged) => exchanged,
+        Err(Waited::Failed(_)) if progress.over() => return refuse(Reject::BodyTooLarge),
+        Err(Waited::Failed(Failed::Open(reject))) => return refuse(reject),
+        Err(Waited::Failed(Failed::Body(e))) => {
+            tracing::debug!(route = %route.label, error = %e, "the client's request body failed");
+            return refuse(Reject::BodyIncomplete);
+        }
+        Err(Waited::Failed(Failed::Exchange(e))) => {
             tracing::debug!(route = %route.label, error = %e, "plain request to the upstream failed");
             return refuse(Reject::UpstreamUnreachable);
         }
-        Err(_) => return refuse(Reject::UpstreamTimeout),
+        Err(Waited::ClientSilent) => return refuse(Reject::BodyTimeout),
+        Err(Waited::UpstreamSilent) => return refuse(Reject::UpstreamTimeout),
     };
     let (mut head, body) = response.into_parts();
-    // The Origin as the browser sent it: it compares the answer byte for byte.
-    let cors = cors.and(headers.get(header::ORIGIN));
-    shape_headers(&mut head.headers, cors);
+    // The Origin as the browser sent it, which it compares byte for byte: the route allowed
+    // it (a request without one gets no CORS answer).
+    shape_headers(&mut head.headers, headers.get(header::ORIGIN));
     let body = Reply::Upstream(Box::new(Streamed::new(
         body,
         limits.response_timeout,
@@ -287,37 +297,60 @@ async fn forward(
     Ok((route.clone(), Response::from_parts(head, body)))
 }
 
-/// The host a request names: its one `Host`, or an absolute-form target's authority; two
-/// that differ, or two `Host` headers, are ambiguous (RFC 9112 §3.2).
-fn host_of(parts: &Parts) -> Result<std::borrow::Cow<'_, str>, Reject> {
-    let mut hosts = parts.headers.get_all(header::HOST).iter();
-    let (first, second) = (hosts.next(), hosts.next());
-    let authority = parts.uri.authority().map(|a| a.as_str());
-    match (first, second, authority) {
-        (_, Some(_), _) => Err(Reject::AmbiguousHost),
-        (Some(host), None, Some(authority))
-            if !host
-                .as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(authority.as_bytes()) =>
-        {
-            Err(Reject::AmbiguousHost)
+/// Why no response came.
+enum Waited {
+    /// The exchange failed.
+    Failed(Failed),
+    /// The client's body stopped moving for the response timeout.
+    ClientSilent,
+    /// The upstream said nothing for the response timeout after the whole body.
+    UpstreamSilent,
+}
+
+/// Waits for `sent`: `silence` after the request body last moved, the client is to blame
+/// if its body is unfinished, else the upstream. A slow upload is not an upstream timeout.
+async fn waited<T>(
+    sent: impl Future<Output = Result<T, Failed>>,
+    progress: &Progress,
+    silence: std::time::Duration,
+) -> Result<T, Waited> {
+    tokio::pin!(sent);
+    loop {
+        let deadline = progress.moved() + silence;
+        tokio::select! {
+            done = &mut sent => return done.map_err(Waited::Failed),
+            () = tokio::time::sleep_until(deadline) => {
+                if progress.moved() + silence > tokio::time::Instant::now() {
+                    continue;
+                }
+                return Err(match progress.complete() {
+                    true => Waited::UpstreamSilent,
+                    false => Waited::ClientSilent,
+                });
+            }
         }
-        (host, None, authority) => Ok(request_host(
-            host.map(HeaderValue::as_bytes)
-                .or(authority.map(str::as_bytes)),
-            "",
-        )),
     }
 }
 
-/// Whether header `name` holds `token` in its comma-separated list, ignoring case.
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.as_bytes()
+/// The scheme of the request's own origin: the listener's, or behind a trusted proxy that
+/// terminates TLS, the first `X-Forwarded-Proto` it sent (`http` or `https` only).
+fn scheme(headers: &HeaderMap, client: ClientInfo, trusted_peer: bool) -> &'static str {
+    let forwarded = || {
+        let first = headers
+            .get("x-forwarded-proto")?
+            .as_bytes()
             .split(|&b| b == b',')
-            .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
+            .next()?;
+        match first.trim_ascii() {
+            b"https" => Some("https"),
+            b"http" => Some("http"),
+            _ => None,
+        }
+    };
+    trusted_peer
+        .then(forwarded)
+        .flatten()
+        .unwrap_or(client.proto)
 }
 
 /// The request sent upstream, without its body: the client's method, the upstream target,
@@ -329,7 +362,7 @@ fn upstream_request(
     target: &str,
     claims: &[(String, String)],
     client: ClientInfo,
-    gateway: &Gateway,
+    trusted_peer: bool,
 ) -> Option<Request<()>> {
     let (path, query) = upstream::upstream_target(target, &route.upstream);
     let uri = match query {
@@ -360,7 +393,7 @@ fn upstream_request(
         Headers::new(&pairs),
         Forwarding {
             client,
-            trusted_peer: gateway.config.trusted_proxies.contains(client.addr.ip()),
+            trusted_peer,
             subprotocols: None,
             extensions: None,
             claims: upstream::Claims {
@@ -376,8 +409,8 @@ fn upstream_request(
 /// The upstream's response headers as the client gets them: without hop-by-hop headers and
 /// without the upstream's own CORS answer, which could name more origins than the route
 /// allows (an upstream with `cors: {origin: true}` echoes any); the gateway names the
-/// allowed origin the request came from, if any.
-fn shape_headers(headers: &mut HeaderMap, cors: Option<&HeaderValue>) {
+/// allowed `origin` the request came from, if any.
+fn shape_headers(headers: &mut HeaderMap, origin: Option<&HeaderValue>) {
     let listed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -387,20 +420,16 @@ fn shape_headers(headers: &mut HeaderMap, cors: Option<&HeaderValue>) {
     for name in listed {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-    ] {
+    // A length beside chunked framing describes nothing hyper read (RFC 9112 §6.3).
+    if headers.remove(header::TRANSFER_ENCODING).is_some() {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
-    if let Some(origin) = cors {
+    headers.remove(header::ACCESS_CONTROL_ALLOW_ORIGIN);
+    headers.remove(header::ACCESS_CONTROL_ALLOW_CREDENTIALS);
+    if let Some(origin) = origin {
         headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
         headers.insert(
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
@@ -443,7 +472,13 @@ fn preflight(headers: &HeaderMap) -> Response<Reply> {
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static(PREFLIGHT_MAX_AGE),
     );
-    out.insert(header::VARY, HeaderValue::from_static("Origin"));
+    // The answer echoes all three.
+    out.insert(
+        header::VARY,
+        HeaderValue::from_static(
+            "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+        ),
+    );
     response.extensions_mut().insert(Outcome {
         result: "accepted",
         reason: "preflight",

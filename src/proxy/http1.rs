@@ -105,10 +105,7 @@ impl<'a> Headers<'a> {
 
     /// Whether a header `name` holds `token` in its comma-separated list, ignoring case.
     pub fn has_token(self, name: &'static str, token: &str) -> bool {
-        self.get_all(name).any(|v| {
-            v.split(|&b| b == b',')
-                .any(|part| part.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-        })
+        crate::request::has_token(self, name, token)
     }
 
     /// All headers as (name, value), in order.
@@ -121,14 +118,6 @@ impl<'a> Headers<'a> {
     /// `Host`, `Origin` and `Sec-WebSocket-*`). With
     /// `keep_framing`, `Transfer-Encoding` is kept: a body passed on unchanged needs it.
     pub fn is_hop_by_hop(self, name: &str, keep_framing: bool) -> bool {
-        const HOP_BY_HOP: [&str; 6] = [
-            "connection",
-            "keep-alive",
-            "proxy-connection",
-            "te",
-            "trailer",
-            "upgrade",
-        ];
         if HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             return true;
         }
@@ -154,6 +143,17 @@ impl<'a> Headers<'a> {
 }
 
 pub use crate::request::{absolute_form, split_target};
+
+/// The headers that always describe the connection, not the message (RFC 9110 §7.6.1),
+/// besides `Transfer-Encoding`.
+pub const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 /// Appends `name: value\r\n`.
 pub fn put_header(out: &mut Vec<u8>, name: &str, value: &[u8]) {

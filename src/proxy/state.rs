@@ -33,9 +33,8 @@ pub struct ProxyConfig {
     pub trusted_proxies: TrustedProxies,
     /// Whether every connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
-    /// How long a connection carrying plain HTTP requests may make no progress, reading
-    /// or writing.
-    pub http_idle_timeout: Duration,
+    /// How long a write to a client of plain HTTP requests may wait for it to read.
+    pub http_send_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -51,7 +50,7 @@ impl Default for ProxyConfig {
             max_connections: 100_000,
             trusted_proxies: TrustedProxies::default(),
             proxy_protocol: false,
-            http_idle_timeout: Duration::from_secs(75),
+            http_send_timeout: Duration::from_secs(60),
         }
     }
 }

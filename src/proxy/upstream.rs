@@ -52,6 +52,25 @@ pub struct ClientInfo {
     pub proto: &'static str,
 }
 
+impl ClientInfo {
+    /// The client of one request on this connection: the connection's own address, or,
+    /// when that is a trusted proxy, the one its `forwarded_for` names. Each request of a
+    /// kept-alive connection from a proxy may be another client's.
+    pub fn of_request<'a>(
+        self,
+        proxies: &super::client::TrustedProxies,
+        forwarded_for: impl Iterator<Item = &'a [u8]>,
+    ) -> ClientInfo {
+        if proxies.is_empty() {
+            return self;
+        }
+        ClientInfo {
+            ip: proxies.client(self.addr.ip(), forwarded_for),
+            ..self
+        }
+    }
+}
+
 /// Headers of verified token claims (`auth.jwt.forwardClaims`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Claims<'a> {
@@ -312,42 +331,54 @@ async fn connect<'a>(
     Err(last)
 }
 
-/// A connection to one of the upstream's targets, TLS done when the upstream has it: the
-/// client's own target under `clientAffinity`. Successful connects are timed into
-/// `connect_latency`; the TLS handshake has the response timeout.
-pub async fn open<'a>(
+/// A TCP connection to one of the upstream's targets (the client's own target under
+/// `client_affinity`), Nagle off. Successful connects are timed into `connect_latency`.
+async fn reach<'a>(
     upstream: &'a Upstream,
     client: IpAddr,
-    timeouts: UpstreamTimeouts,
+    connect_timeout: Duration,
     connect_latency: &Histogram,
-) -> Result<(Stream, &'a Target), Reject> {
+) -> Result<(TcpStream, &'a Target), Reject> {
     let affinity = upstream.client_affinity.then_some(client);
     let (tcp, target) = connect(
         &upstream.targets,
         affinity,
-        timeouts.connect,
+        connect_timeout,
         connect_latency,
     )
     .await?;
     // Small frames must not wait for Nagle's algorithm.
     let _ = tcp.set_nodelay(true);
-    let stream = match &upstream.tls {
-        None => Stream::Plain(tcp),
-        Some(tls) => {
-            let connector = tokio_rustls::TlsConnector::from(tls.client_config());
-            let io = Prefixed::new(tcp, &[]);
-            let handshake = connector.connect(tls.server_name.clone(), io);
-            let secured = tokio::time::timeout(timeouts.response, handshake)
-                .await
-                .map_err(|_| Reject::UpstreamTimeout)?
-                .map_err(|e| {
-                    tracing::warn!(%target, server_name = ?tls.server_name, error = %e, "upstream TLS handshake failed");
-                    Reject::UpstreamTls
-                })?;
-            Stream::Tls(Box::new(secured.into()))
-        }
+    Ok((tcp, target))
+}
+
+/// `tcp` to `target`, with TLS over it when the upstream has it; the caller bounds the TLS
+/// handshake's time.
+async fn secure(upstream: &Upstream, tcp: TcpStream, target: &Target) -> Result<Stream, Reject> {
+    let Some(tls) = &upstream.tls else {
+        return Ok(Stream::Plain(tcp));
     };
-    Ok((stream, target))
+    let connector = tokio_rustls::TlsConnector::from(tls.client_config());
+    let secured = connector
+        .connect(tls.server_name.clone(), Prefixed::new(tcp, &[]))
+        .await
+        .map_err(|e| {
+            tracing::warn!(%target, server_name = ?tls.server_name, error = %e, "upstream TLS handshake failed");
+            Reject::UpstreamTls
+        })?;
+    Ok(Stream::Tls(Box::new(secured.into())))
+}
+
+/// A connection to one of the upstream's targets ([`reach`]), TLS done ([`secure`]); the
+/// caller bounds the TLS handshake's time.
+pub async fn open<'a>(
+    upstream: &'a Upstream,
+    client: IpAddr,
+    connect_timeout: Duration,
+    connect_latency: &Histogram,
+) -> Result<(Stream, &'a Target), Reject> {
+    let (tcp, target) = reach(upstream, client, connect_timeout, connect_latency).await?;
+    Ok((secure(upstream, tcp, target).await?, target))
 }
 
 /// The upstream's answer to a forwarded handshake.
@@ -362,7 +393,8 @@ pub struct Answer {
 }
 
 /// Connects to the upstream (the client's own target under affinity), sends the handshake
-/// `request` and reads the response head.
+/// `request` and reads the response head. Once connected, one response timeout covers the
+/// TLS handshake, the request and the answer.
 pub async fn send(
     upstream: &Upstream,
     client: IpAddr,
@@ -370,14 +402,15 @@ pub async fn send(
     timeouts: UpstreamTimeouts,
     connect_latency: &Histogram,
 ) -> Result<Answer, Reject> {
-    let (mut stream, target) = open(upstream, client, timeouts, connect_latency).await?;
+    let (tcp, target) = reach(upstream, client, timeouts.connect, connect_latency).await?;
     let mut buf = Vec::new();
     let exchange = async {
+        let mut stream = secure(upstream, tcp, target).await?;
         stream.write_all(request).await.map_err(|e| {
             tracing::debug!(%target, error = %e, "sending the handshake upstream failed");
             Reject::UpstreamUnreachable
         })?;
-        http1::read_head(&mut stream, &mut buf, MAX_RESPONSE_HEAD)
+        let head_len = http1::read_head(&mut stream, &mut buf, MAX_RESPONSE_HEAD)
             .await
             .map_err(|e| {
                 tracing::debug!(%target, error = %e, "no response head from the upstream");
@@ -385,9 +418,10 @@ pub async fn send(
                     http1::HeadError::TooLarge(_) => Reject::UpstreamInvalid,
                     _ => Reject::UpstreamUnreachable,
                 }
-            })
+            })?;
+        Ok((stream, head_len))
     };
-    let head_len = tokio::time::timeout(timeouts.response, exchange)
+    let (stream, head_len) = tokio::time::timeout(timeouts.response, exchange)
         .await
         .map_err(|_| Reject::UpstreamTimeout)??;
     Ok(Answer {

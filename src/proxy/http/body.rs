@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,21 +28,66 @@ pub(super) enum Cut {
     Silent,
 }
 
-/// The client's request body, failing once it passes `limit` bytes; `over` records that, so
-/// the request can be answered 413 rather than 502.
+/// How a request body is going, as the request's waiting side sees it: whether it went
+/// over its limit, whether it is complete, and when it last moved.
+pub(super) struct Progress {
+    started: Instant,
+    /// Milliseconds from `started` to the last piece of body.
+    moved: AtomicU64,
+    complete: AtomicBool,
+    over: AtomicBool,
+}
+
+impl Progress {
+    /// A body that has not moved yet.
+    pub(super) fn new() -> Arc<Progress> {
+        Arc::new(Progress {
+            started: Instant::now(),
+            moved: AtomicU64::new(0),
+            complete: AtomicBool::new(false),
+            over: AtomicBool::new(false),
+        })
+    }
+
+    /// When the body last moved (or started).
+    pub(super) fn moved(&self) -> Instant {
+        self.started + Duration::from_millis(self.moved.load(Ordering::Acquire))
+    }
+
+    /// The client sent its whole body.
+    pub(super) fn complete(&self) -> bool {
+        self.complete.load(Ordering::Acquire)
+    }
+
+    /// The body went over its limit.
+    pub(super) fn over(&self) -> bool {
+        self.over.load(Ordering::Acquire)
+    }
+
+    fn moving(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.moved.store(ms, Ordering::Release);
+    }
+}
+
+/// The client's request body, failing once it passes `limit` bytes, and reporting its
+/// [`Progress`] (so a request can be answered 413, or 408 when the client stalls).
 pub(super) struct Limited {
     inner: Incoming,
     left: u64,
-    over: Arc<AtomicBool>,
+    progress: Arc<Progress>,
 }
 
 impl Limited {
     /// `inner`, allowed `limit` bytes.
-    pub(super) fn new(inner: Incoming, limit: u64, over: Arc<AtomicBool>) -> Limited {
+    pub(super) fn new(inner: Incoming, limit: u64, progress: Arc<Progress>) -> Limited {
+        if inner.is_end_stream() {
+            progress.complete.store(true, Ordering::Release);
+        }
         Limited {
             inner,
             left: limit,
-            over,
+            progress,
         }
     }
 }
@@ -56,22 +101,27 @@ impl Body for Limited {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+        let frame = std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx));
+        let progress = &this.progress;
+        progress.moving();
+        match frame {
             Some(Ok(frame)) => {
                 let len = frame.data_ref().map_or(0, |d| d.len() as u64);
-                match this.left.checked_sub(len) {
-                    Some(left) => {
-                        this.left = left;
-                        Poll::Ready(Some(Ok(frame)))
-                    }
-                    None => {
-                        this.over.store(true, Ordering::Release);
-                        Poll::Ready(Some(Err(Cut::TooLarge.into())))
-                    }
+                let Some(left) = this.left.checked_sub(len) else {
+                    progress.over.store(true, Ordering::Release);
+                    return Poll::Ready(Some(Err(Cut::TooLarge.into())));
+                };
+                this.left = left;
+                if this.inner.is_end_stream() {
+                    progress.complete.store(true, Ordering::Release);
                 }
+                Poll::Ready(Some(Ok(frame)))
             }
             Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
-            None => Poll::Ready(None),
+            None => {
+                progress.complete.store(true, Ordering::Release);
+                Poll::Ready(None)
+            }
         }
     }
 
@@ -92,12 +142,16 @@ pub(super) enum Reply {
     Upstream(Box<Streamed>),
 }
 
-/// The upstream's response body: cut when the upstream stays silent for `silence`, and the
-/// upstream connection returned to the pool once the body has been read to its end.
+/// The upstream's response body: cut when the upstream stays silent for `silence` while
+/// the client waits for more, and the upstream connection returned to the pool once the
+/// body has been read to its end.
 pub(super) struct Streamed {
     inner: Incoming,
     silence: Duration,
     deadline: Pin<Box<Sleep>>,
+    /// The last poll found nothing: the deadline runs. While the client is not reading
+    /// (nobody polls), the upstream is held back, not silent.
+    waiting: bool,
     lease: Option<Lease>,
 }
 
@@ -108,6 +162,7 @@ impl Streamed {
             inner,
             silence,
             deadline: Box::pin(tokio::time::sleep(silence)),
+            waiting: false,
             lease: Some(lease),
         }
     }
@@ -142,21 +197,28 @@ impl Body for Reply {
             Reply::Fixed(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Reply::Upstream(streamed) => &mut **streamed,
         };
-        match Pin::new(&mut streamed.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                let next = Instant::now() + streamed.silence;
-                streamed.deadline.as_mut().reset(next);
-                Poll::Ready(Some(Ok(frame)))
-            }
+        let polled = Pin::new(&mut streamed.inner).poll_frame(cx);
+        if polled.is_ready() {
+            streamed.waiting = false;
+        }
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => {
                 streamed.finished();
                 Poll::Ready(None)
             }
-            Poll::Pending => match streamed.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Some(Err(Cut::Silent.into()))),
-                Poll::Pending => Poll::Pending,
-            },
+            Poll::Pending => {
+                if !streamed.waiting {
+                    streamed.waiting = true;
+                    let deadline = Instant::now() + streamed.silence;
+                    streamed.deadline.as_mut().reset(deadline);
+                }
+                match streamed.deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Cut::Silent.into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::body::Limited;
 use crate::proxy::handshake::Reject;
-use crate::proxy::upstream::{self, UpstreamTimeouts};
+use crate::proxy::upstream;
 use crate::route::{Target, Upstream};
 use crate::tls::UpstreamTls;
 
@@ -31,39 +31,33 @@ const KEEP_IDLE: Duration = Duration::from_secs(4);
 /// Idle upstream connections by target.
 #[derive(Default)]
 pub(in crate::proxy) struct Pool {
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    idle: Mutex<Idle>,
 }
 
-/// One target as reached: its address, and the TLS it is verified with (by identity, so a
-/// route whose trust changes does not reuse a connection verified under the old one).
-#[derive(Clone)]
+/// The idle connections, and when they were last swept of stale ones.
+#[derive(Default)]
+struct Idle {
+    by_target: HashMap<Key, Vec<Kept>>,
+    swept: Option<Instant>,
+}
+
+/// One target as reached: its address, and the TLS it is verified with (compared by value:
+/// a recompiled route with the same trust reuses its connections).
+#[derive(Clone, PartialEq, Eq)]
 struct Key {
     target: Target,
     tls: Option<Arc<UpstreamTls>>,
 }
 
-impl PartialEq for Key {
-    fn eq(&self, other: &Key) -> bool {
-        self.target == other.target
-            && match (&self.tls, &other.tls) {
-                (None, None) => true,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            }
-    }
-}
-
-impl Eq for Key {}
-
 impl Hash for Key {
     fn hash<H: Hasher>(&self, state: &mut H) {
         self.target.hash(state);
-        self.tls.as_ref().map(Arc::as_ptr).hash(state);
+        self.tls.as_ref().map(|t| &t.anchors).hash(state);
     }
 }
 
 /// A connection waiting for its next request.
-struct Idle {
+struct Kept {
     sender: SendRequest<Limited>,
     since: Instant,
 }
@@ -77,17 +71,29 @@ pub(in crate::proxy) struct Lease {
 }
 
 impl Lease {
-    /// Puts the connection back for the next request to its target.
+    /// Puts the connection back for the next request to its target. Every `KEEP_IDLE`, a
+    /// release also closes the stale connections of every target, so targets that get no
+    /// more requests (endpoints gone, trust changed) keep nothing open for long.
     pub(super) fn release(self) {
         if self.sender.is_closed() {
             return;
         }
         let now = Instant::now();
         let mut idle = self.pool.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let kept = idle.entry(self.key).or_default();
-        kept.retain(|i| fresh(i, now));
+        if idle
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= KEEP_IDLE)
+        {
+            idle.swept = Some(now);
+            idle.by_target.retain(|_, kept| {
+                kept.retain(|k| fresh(k, now));
+                !kept.is_empty()
+            });
+        }
+        let kept = idle.by_target.entry(self.key).or_default();
+        kept.retain(|k| fresh(k, now));
         if kept.len() < MAX_IDLE_PER_TARGET {
-            kept.push(Idle {
+            kept.push(Kept {
                 sender: self.sender,
                 since: now,
             });
@@ -96,8 +102,33 @@ impl Lease {
 }
 
 /// Whether an idle connection may still carry a request.
-fn fresh(idle: &Idle, now: Instant) -> bool {
-    now.duration_since(idle.since) < KEEP_IDLE && idle.sender.is_ready()
+fn fresh(kept: &Kept, now: Instant) -> bool {
+    now.duration_since(kept.since) < KEEP_IDLE && kept.sender.is_ready()
+}
+
+/// Why a plain request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Failed {
+    /// No connection: the refusal a handshake would get.
+    #[error("no connection to the upstream: {}", .0.reason())]
+    Open(Reject),
+    /// The client's request body failed (it went over its limit, or the client went away
+    /// while sending it).
+    #[error("the request body failed: {0}")]
+    Body(hyper::Error),
+    /// The upstream connection failed during the exchange.
+    #[error("the exchange with the upstream failed: {0}")]
+    Exchange(hyper::Error),
+}
+
+impl From<hyper::Error> for Failed {
+    fn from(e: hyper::Error) -> Failed {
+        // hyper calls errors of the body it was given to send the user's.
+        match e.is_user() {
+            true => Failed::Body(e),
+            false => Failed::Exchange(e),
+        }
+    }
 }
 
 impl Pool {
@@ -109,7 +140,7 @@ impl Pool {
         upstream: &Upstream,
         client: IpAddr,
         mut request: Request<Limited>,
-        timeouts: UpstreamTimeouts,
+        connect_timeout: Duration,
         connect_latency: &Histogram,
     ) -> Result<(Response<Incoming>, Lease), Failed> {
         let affinity = upstream.client_affinity.then_some(client);
@@ -134,12 +165,12 @@ impl Pool {
                     }
                     Err(mut e) => match e.take_message() {
                         Some(unsent) => request = unsent,
-                        None => return Err(Failed::Exchange(e.into_error())),
+                        None => return Err(e.into_error().into()),
                     },
                 }
             }
         }
-        let (stream, target) = upstream::open(upstream, client, timeouts, connect_latency)
+        let (stream, target) = upstream::open(upstream, client, connect_timeout, connect_latency)
             .await
             .map_err(Failed::Open)?;
         let (mut sender, connection) =
@@ -162,11 +193,11 @@ impl Pool {
     }
 
     /// An idle connection to `key` that can take a request now; stale ones are dropped,
-    /// and a target left without any is forgotten (endpoints come and go).
+    /// and a target left without any is forgotten.
     fn take(&self, key: &Key) -> Option<SendRequest<Limited>> {
         let now = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let kept = idle.get_mut(key)?;
+        let kept = idle.by_target.get_mut(key)?;
         let mut taken = None;
         while let Some(candidate) = kept.pop() {
             if fresh(&candidate, now) {
@@ -175,23 +206,8 @@ impl Pool {
             }
         }
         if kept.is_empty() {
-            idle.remove(key);
+            idle.by_target.remove(key);
         }
         taken
-    }
-}
-
-/// Why a plain request got no response from the upstream.
-#[derive(Debug)]
-pub(super) enum Failed {
-    /// No connection: the refusal a handshake would get.
-    Open(Reject),
-    /// The exchange failed (the request body too, when it went over its limit).
-    Exchange(hyper::Error),
-}
-
-impl From<hyper::Error> for Failed {
-    fn from(e: hyper::Error) -> Failed {
-        Failed::Exchange(e)
     }
 }
