@@ -418,3 +418,21 @@ async fn in_chromium_socketio_pages_from_the_allowed_origin_and_the_same_origin_
             .is_some_and(|n| n >= 1.0)
     );
 }
+
+#[tokio::test]
+async fn a_polling_session_lives_through_a_long_poll_held_for_the_whole_ping_interval() {
+    let app = App::start("alpha");
+    let gate = gate_for(&app).await;
+    // 30 s connected: at least one GET is held by the server until its 25 s ping.
+    let result = allowed_client(&gate, &["--transports", "polling", "--hold-ms", "30000"]);
+    assert_eq!(result["connected"], true, "{result}");
+    assert_eq!(result["echo_after_hold"], true, "{result}");
+    let longest = app
+        .lines
+        .lock()
+        .expect("lines")
+        .iter()
+        .filter_map(|v| v["answered"]["held_ms"].as_u64())
+        .max();
+    assert!(longest.is_some_and(|ms| ms >= 20_000), "{longest:?}");
+}

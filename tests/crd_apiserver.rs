@@ -115,9 +115,9 @@ async fn crd_installs_stores_defaults_and_refuses_invalid_routes_with_its_messag
             "maxRequestBodyBytes in body should be greater than or equal to 1",
         ),
         (
-            "http-affinity",
-            "  hostnames: [a.example.com]\n  upstream: {url: \"ws://a:1\"}\n  http: {sessionAffinity: Cookie}\n",
-            "supported values: \"ClientIP\", \"None\"",
+            "http-timeout",
+            "  hostnames: [a.example.com]\n  upstream: {url: \"ws://a:1\"}\n  http: {responseTimeoutSeconds: 3601}\n",
+            "responseTimeoutSeconds in body should be less than or equal to 3600",
         ),
         (
             "service-name",
