@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use crate::plain;
 use crate::{ALLOWED, HOST};
 
 /// One proxy under test.
@@ -16,6 +17,9 @@ pub(crate) struct Proxy {
     pub(crate) name: &'static str,
     /// Where clients connect.
     pub(crate) addr: SocketAddr,
+    /// Where plain HTTP requests go: `addr` for a proxy (which routes them by path), the
+    /// HTTP upstream for the upstreams reached directly.
+    pub(crate) http_addr: SocketAddr,
     /// The process whose CPU time and memory are charged; `None` for the upstream reached
     /// directly.
     pub(crate) pid: Option<u32>,
@@ -23,11 +27,12 @@ pub(crate) struct Proxy {
 }
 
 impl Proxy {
-    /// The upstream itself, reached without a proxy.
-    pub(crate) fn direct(addr: SocketAddr) -> Proxy {
+    /// The upstreams themselves, reached without a proxy.
+    pub(crate) fn direct(addr: SocketAddr, http_addr: SocketAddr) -> Proxy {
         Proxy {
             name: "direct",
             addr,
+            http_addr,
             pid: None,
             _child: None,
         }
@@ -39,6 +44,7 @@ impl Proxy {
         Proxy {
             name,
             addr,
+            http_addr: addr,
             pid: Some(child.id()),
             _child: Some(child),
         }
@@ -114,17 +120,30 @@ pub(crate) fn route_yaml(name: &str, host: &str, upstream: SocketAddr) -> String
     )
 }
 
-/// The wsgate `program` with the benchmark's route and `others` more routes on other
-/// hostnames (so that a reader can see whether route lookup grows with the route count).
+/// The route that passes plain HTTP under [`plain::PREFIX`] on the benchmark's hostname to
+/// `upstream`, as YAML.
+fn http_route_yaml(upstream: SocketAddr) -> String {
+    let prefix = plain::PREFIX.trim_end_matches('/');
+    format!(
+        "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {{name: poll, namespace: bench}}\nspec:\n  hostnames: [{HOST}]\n  path: {{type: PathPrefix, value: {prefix}}}\n  origins: {{allow: [\"{ALLOWED}\"]}}\n  upstream: {{url: \"ws://{upstream}\"}}\n  http: {{}}\n"
+    )
+}
+
+/// The wsgate `program` with the benchmark's route, its plain-HTTP route to `http_upstream`
+/// and `others` more routes on other hostnames (so that a reader can see whether route
+/// lookup grows with the route count).
 pub(crate) async fn start_wsgate(
     name: &'static str,
     program: &str,
     dir: &Path,
     upstream: SocketAddr,
+    http_upstream: SocketAddr,
     others: usize,
 ) -> Proxy {
     let routes = dir.join(format!("routes-{others}.yaml"));
     let mut text = route_yaml("chat", HOST, upstream);
+    text.push_str("---\n");
+    text.push_str(&http_route_yaml(http_upstream));
     for i in 0..others {
         text.push_str("---\n");
         text.push_str(&route_yaml(
@@ -159,8 +178,15 @@ pub(crate) async fn start_wsgate(
     Proxy::started(name, listen.parse().expect("addr"), child).await
 }
 
-pub(crate) async fn start_nginx(dir: &Path, upstream: SocketAddr) -> Proxy {
+/// nginx with the WebSocket location and, under [`plain::PREFIX`], plain HTTP to
+/// `http_upstream` over kept-alive upstream connections.
+pub(crate) async fn start_nginx(
+    dir: &Path,
+    upstream: SocketAddr,
+    http_upstream: SocketAddr,
+) -> Proxy {
     let port = free_port();
+    let prefix = plain::PREFIX;
     let d = dir.display();
     let conf = dir.join("nginx.conf");
     std::fs::write(
@@ -184,8 +210,20 @@ http {{
   scgi_temp_path {d}/scgi;
   map $http_origin $origin_allowed {{ default 0; "{ALLOWED}" 1; }}
   map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  # Up to 32 idle connections kept, as wsgate keeps; by default nginx closes a client or
+  # upstream connection after its 1,000th request, which wsgate and HAProxy do not.
+  upstream poll {{ server {http_upstream}; keepalive 32; keepalive_requests 1000000; }}
+  keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port};
+    location {prefix} {{
+      if ($origin_allowed = 0) {{ return 403; }}
+      proxy_pass http://poll;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_read_timeout 1h;
+    }}
     location / {{
       if ($origin_allowed = 0) {{ return 403; }}
       proxy_pass http://{upstream};
@@ -208,7 +246,14 @@ http {{
     Proxy::started("nginx", SocketAddr::from(([127, 0, 0, 1], port)), child).await
 }
 
-pub(crate) async fn start_haproxy(dir: &Path, upstream: SocketAddr) -> Proxy {
+/// HAProxy with the WebSocket backend and, under [`plain::PREFIX`], a backend for plain HTTP
+/// to `http_upstream`, whose connections are reused (`http-reuse safe`, the default).
+pub(crate) async fn start_haproxy(
+    dir: &Path,
+    upstream: SocketAddr,
+    http_upstream: SocketAddr,
+) -> Proxy {
+    let prefix = plain::PREFIX;
     let port = free_port();
     let conf = dir.join("haproxy.cfg");
     std::fs::write(
@@ -228,9 +273,13 @@ frontend fe
   bind 127.0.0.1:{port}
   acl allowed_origin req.hdr(origin) -m str {ALLOWED}
   http-request deny deny_status 403 unless allowed_origin
+  use_backend poll if {{ path_beg {prefix} }}
   default_backend be
 backend be
   server up {upstream}
+backend poll
+  http-reuse safe
+  server up {http_upstream}
 "#
         ),
     )

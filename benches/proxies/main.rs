@@ -1,19 +1,23 @@
 //! wsgate beside nginx and HAProxy (both from Debian, one worker each, the same origin
 //! allowlist enforced before the upgrade), a bare tokio relay (the floor any tokio proxy
-//! stands on) and the upstream reached directly. Each proxy runs pinned to CPU 0; this
-//! process (load client and echo upstream) should run on CPU 1 (`bash bench/proxies` does
-//! both). Each scenario runs the proxies in turn, round after round (A B C A B C ...), and
-//! reports medians and the proxy's own CPU time per unit of work, which a saturated client
-//! cannot hide.
+//! stands on) and the upstreams reached directly, for WebSockets and for plain HTTP
+//! requests (keep-alive POSTs and held long-polls, as Socket.IO's polling transport sends
+//! them). Each proxy runs pinned to CPU 0; this process (load client, echo upstream and
+//! HTTP upstream) should run on CPU 1 (`bash bench/proxies` does both). Each scenario runs
+//! the proxies in turn, round after round (A B C A B C ...), and reports medians and the
+//! proxy's own CPU time per unit of work, which a saturated client cannot hide.
 //!
-//! Run: `bash bench/proxies [scenario ...]`. Prints a markdown table and writes it to
-//! `target/bench-proxies.md`; asserts nothing about the figures.
+//! Run: `bash bench/proxies [scenario ...]`, scenarios `handshakes`, `denied`, `latency`,
+//! `throughput-1k`, `throughput-64k`, `idle`, `http-keepalive`, `http-longpoll` and
+//! `snapshot`. Prints a markdown table and writes it to `target/bench-proxies.md`; asserts
+//! nothing about the figures.
 
 #![allow(missing_docs)]
 
 mod contenders;
 mod floor;
 mod load;
+mod plain;
 mod wire;
 
 use std::time::{Duration, Instant};
@@ -36,6 +40,11 @@ const LATENCY_RUN: Duration = Duration::from_secs(5);
 /// Idle connections held per proxy: two descriptors each in the proxy, which may hold at
 /// most 20,000 here.
 const IDLE: usize = 9_000;
+/// Client connections of the keep-alive scenario, each sending one request after another.
+const KEEPALIVE_CONNECTIONS: usize = 50;
+/// Long-polls held per proxy: two descriptors each in the proxy and in this process, well
+/// within the 20,000 each may hold.
+const LONGPOLLS: usize = 2_000;
 /// Names another wsgate binary to measure beside this one (`WSGATE_BASELINE=path`).
 const BASELINE: &str = "WSGATE_BASELINE";
 /// Route counts of the snapshot scenario.
@@ -48,16 +57,20 @@ enum Scenario {
     Latency,
     Throughput(usize),
     Idle,
+    HttpKeepAlive,
+    HttpLongPoll,
 }
 
 impl Scenario {
-    const ALL: [Scenario; 6] = [
+    const ALL: [Scenario; 8] = [
         Scenario::Handshakes,
         Scenario::Denied,
         Scenario::Latency,
         Scenario::Throughput(1024),
         Scenario::Throughput(64 * 1024),
         Scenario::Idle,
+        Scenario::HttpKeepAlive,
+        Scenario::HttpLongPoll,
     ];
 
     /// The name `bash bench/proxies NAME` selects it by.
@@ -69,6 +82,8 @@ impl Scenario {
             Scenario::Throughput(1024) => "throughput-1k",
             Scenario::Throughput(_) => "throughput-64k",
             Scenario::Idle => "idle",
+            Scenario::HttpKeepAlive => "http-keepalive",
+            Scenario::HttpLongPoll => "http-longpoll",
         }
     }
 
@@ -80,6 +95,10 @@ impl Scenario {
             Scenario::Throughput(1024) => "1 KiB messages streamed and echoed",
             Scenario::Throughput(_) => "64 KiB messages streamed and echoed",
             Scenario::Idle => "memory per idle proxied connection, 9,000 held",
+            Scenario::HttpKeepAlive => {
+                "plain HTTP: 100 B POSTs, one after another on 50 kept-alive connections"
+            }
+            Scenario::HttpLongPoll => "plain HTTP: memory per held long-poll, 2,000 held",
         }
     }
 
@@ -88,7 +107,7 @@ impl Scenario {
             // Tails are noisy: medians of five interleaved runs.
             Scenario::Latency => 5,
             // Memory freed by a round is reused by the next: only the first shows growth.
-            Scenario::Idle => 1,
+            Scenario::Idle | Scenario::HttpLongPoll => 1,
             _ => 3,
         }
     }
@@ -101,6 +120,9 @@ impl Scenario {
             // The floor checks no origin; the upstream itself refuses nothing.
             Scenario::Denied => proxy.pid.is_some() && !floor && !routes_10k,
             Scenario::Idle => proxy.pid.is_some() && !routes_10k,
+            // The floor would relay plain requests to the WebSocket upstream.
+            Scenario::HttpKeepAlive => !floor && !routes_10k,
+            Scenario::HttpLongPoll => proxy.pid.is_some() && !floor && !routes_10k,
             _ => !routes_10k,
         }
     }
@@ -113,7 +135,7 @@ struct Sample {
     cpu_us: f64,
     /// p50, p99, p99.9 round trip (latency scenario).
     latency_us: [f64; 3],
-    /// Resident memory growth per connection (idle scenario).
+    /// Resident memory growth per connection (idle and long-poll scenarios).
     bytes_per_conn: f64,
 }
 
@@ -122,18 +144,25 @@ impl Sample {
     fn headline(&self, scenario: Scenario) -> f64 {
         match scenario {
             Scenario::Latency => self.latency_us[0],
-            Scenario::Idle => self.bytes_per_conn,
+            Scenario::Idle | Scenario::HttpLongPoll => self.bytes_per_conn,
             _ => self.cpu_us,
         }
     }
 }
 
-/// Runs `work`, returning its output, the seconds it took and the proxy's CPU seconds.
+/// Runs `work`, returning its output, the seconds it took and the proxy's CPU seconds, and
+/// reports how busy this process (load client and upstreams) was meanwhile.
 async fn timed<T>(proxy: &Proxy, work: impl Future<Output = T>) -> (T, f64, f64) {
     let cpu0 = proxy.pid.map(cpu_seconds);
+    let ours0 = cpu_seconds(std::process::id());
     let started = Instant::now();
     let out = work.await;
     let elapsed = started.elapsed().as_secs_f64();
+    // Near 100%, the client's core and not the proxy set the pace.
+    eprintln!(
+        "    load client and upstreams: {:.0}% of their core",
+        (cpu_seconds(std::process::id()) - ours0) * 100.0 / elapsed
+    );
     let cpu = match (proxy.pid, cpu0) {
         (Some(pid), Some(c0)) => cpu_seconds(pid) - c0,
         _ => f64::NAN,
@@ -153,7 +182,7 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     f64::from(sorted[((sorted.len() - 1) as f64 * q).round() as usize])
 }
 
-async fn measure(proxy: &Proxy, scenario: Scenario) -> Sample {
+async fn measure(proxy: &Proxy, scenario: Scenario, http: &plain::Upstream) -> Sample {
     let addr = proxy.addr;
     match scenario {
         Scenario::Handshakes => {
@@ -204,6 +233,33 @@ async fn measure(proxy: &Proxy, scenario: Scenario) -> Sample {
                 ..Sample::default()
             }
         }
+        Scenario::HttpKeepAlive => {
+            let (units, elapsed, cpu) = timed(
+                proxy,
+                plain::keep_alive(proxy.http_addr, KEEPALIVE_CONNECTIONS, RUN),
+            )
+            .await;
+            per_unit(units, elapsed, cpu)
+        }
+        Scenario::HttpLongPoll => {
+            let pid = proxy.pid.expect("a proxy process");
+            // Warm up, as for idle connections; the upstream connections a proxy keeps
+            // after the answers are part of its steady state.
+            let warm = plain::hold(proxy.http_addr, 200, http).await;
+            plain::release(http, warm).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let before = rss_bytes(pid);
+            let held = plain::hold(proxy.http_addr, LONGPOLLS, http).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let after = rss_bytes(pid);
+            plain::release(http, held).await;
+            // Let the proxy close the connections before the next one is measured.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            Sample {
+                bytes_per_conn: after.saturating_sub(before) as f64 / LONGPOLLS as f64,
+                ..Sample::default()
+            }
+        }
     }
 }
 
@@ -238,7 +294,8 @@ fn result(scenario: Scenario, samples: &[Sample]) -> String {
             med(&|s| s.latency_us[1]),
             med(&|s| s.latency_us[2]),
         ),
-        Scenario::Idle => format!("{:.0} B", med(&|s| s.bytes_per_conn)),
+        Scenario::Idle | Scenario::HttpLongPoll => format!("{:.0} B", med(&|s| s.bytes_per_conn)),
+        Scenario::HttpKeepAlive => format!("{:.0} requests/s", med(&|s| s.per_second)),
     }
 }
 
@@ -278,26 +335,47 @@ fn snapshot_ms(routes: usize) -> (f64, f64) {
 async fn proxy_scenarios(scenarios: &[Scenario], table: &mut String) {
     let dir = tempfile::tempdir().expect("tempdir");
     let upstream = wire::echo_upstream().await;
+    let http = plain::Upstream::start().await;
     let ours = env!("CARGO_BIN_EXE_wsgate");
     let mut proxies = vec![
-        contenders::start_wsgate("wsgate", ours, dir.path(), upstream, 0).await,
-        contenders::start_nginx(dir.path(), upstream).await,
-        contenders::start_haproxy(dir.path(), upstream).await,
+        contenders::start_wsgate("wsgate", ours, dir.path(), upstream, http.addr, 0).await,
+        contenders::start_nginx(dir.path(), upstream, http.addr).await,
+        contenders::start_haproxy(dir.path(), upstream, http.addr).await,
         contenders::start_floor(upstream).await,
-        Proxy::direct(upstream),
+        Proxy::direct(upstream, http.addr),
         // Measured in the allowed-handshake scenario only.
-        contenders::start_wsgate("wsgate, 10,000 routes", ours, dir.path(), upstream, 9_999).await,
+        contenders::start_wsgate(
+            "wsgate, 10,000 routes",
+            ours,
+            dir.path(),
+            upstream,
+            http.addr,
+            9_999,
+        )
+        .await,
     ];
     // Another build of wsgate measured in the same rounds, so that a change is compared with
     // what it changed under the same noise.
     if let Ok(baseline) = std::env::var(BASELINE) {
         eprintln!("{BASELINE}: also measuring {baseline}");
         proxies.push(
-            contenders::start_wsgate("wsgate baseline", &baseline, dir.path(), upstream, 0).await,
+            contenders::start_wsgate(
+                "wsgate baseline",
+                &baseline,
+                dir.path(),
+                upstream,
+                http.addr,
+                0,
+            )
+            .await,
         );
     }
     for proxy in &proxies {
         load::check(proxy.addr).await;
+        // An allowed POST passes; a proxy (not the upstream itself) refuses another origin's.
+        if Scenario::HttpKeepAlive.applies_to(proxy) {
+            plain::check(proxy.http_addr, proxy.pid.is_some()).await;
+        }
     }
     for &scenario in scenarios {
         let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); proxies.len()];
@@ -311,7 +389,7 @@ async fn proxy_scenarios(scenarios: &[Scenario], table: &mut String) {
             for (i, proxy) in proxies.iter().enumerate() {
                 if scenario.applies_to(proxy) {
                     eprintln!("  {}", proxy.name);
-                    samples[i].push(measure(proxy, scenario).await);
+                    samples[i].push(measure(proxy, scenario, &http).await);
                 }
             }
         }
@@ -320,7 +398,7 @@ async fn proxy_scenarios(scenarios: &[Scenario], table: &mut String) {
                 continue;
             }
             let cpu = match (proxy.pid, scenario) {
-                (None, _) | (_, Scenario::Idle) => "-".to_owned(),
+                (None, _) | (_, Scenario::Idle | Scenario::HttpLongPoll) => "-".to_owned(),
                 _ => micros(median(samples[i].iter().map(|s| s.cpu_us).collect())),
             };
             let ratios = match proxy.pid {
