@@ -119,6 +119,7 @@ impl Server {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!(
                 remaining = self.gateway.live_connections(),
+                remaining_http = self.gateway.http_connections(),
                 grace_seconds = grace.as_secs_f64(),
                 "shutdown grace ended with connections still open"
             ),

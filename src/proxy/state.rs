@@ -151,10 +151,15 @@ impl Gateway {
         self.connections.len()
     }
 
+    /// Connections in their HTTP phase: handshaking, or carrying plain requests.
+    pub fn http_connections(&self) -> usize {
+        self.http_connections.load(Ordering::Acquire)
+    }
+
     /// Client connections open: handshaking and relayed (a connection finishing its
     /// handshake may be counted twice for a moment, which errs towards the cap).
     fn open_connections(&self) -> usize {
-        self.http_connections.load(Ordering::Acquire) + self.connections.len()
+        self.http_connections() + self.connections.len()
     }
 
     /// Whether one more connection fits under `max_connections`; logs reaching the cap and
