@@ -204,26 +204,31 @@ async fn a_polling_only_socketio_client_connects_and_echoes_over_plain_requests(
 }
 
 #[tokio::test]
-async fn a_socketio_client_with_default_transports_from_a_refused_origin_never_reaches_the_server()
-{
+async fn a_socketio_client_from_a_refused_origin_gets_403_on_either_transport_and_never_reaches_the_server()
+ {
     let app = App::start("alpha");
     let gate = gate_for(&app).await;
     let url = format!("http://{}", gate.proxy);
-    let result = client(
-        &url,
-        &[
-            "--origin",
-            "https://evil.example",
-            "--host",
-            HOST,
-            "--fail-fast",
-        ],
-    );
-    assert_eq!(result["connected"], false, "{result}");
-    assert!(
-        result["error"].as_str().unwrap_or_default().contains("403"),
-        "{result}"
-    );
+    for transports in ["polling,websocket", "websocket"] {
+        let result = client(
+            &url,
+            &[
+                "--origin",
+                "https://evil.example",
+                "--host",
+                HOST,
+                "--transports",
+                transports,
+                "--fail-fast",
+            ],
+        );
+        assert_eq!(result["connected"], false, "{transports}: {result}");
+        assert!(
+            result["error"].as_str().unwrap_or_default().contains("403"),
+            "{transports}: {result}"
+        );
+    }
+    // The server prints a `seen` line for each request before it handles it.
     assert!(
         app.origins_seen().is_empty(),
         "the server saw {:?}",
@@ -286,18 +291,7 @@ async fn a_socketio_client_on_the_websocket_transport_connects_through_wsgate_fr
  {
     let app = App::start("alpha");
     let gate = gate_for(&app).await;
-    let url = format!("http://{}", gate.proxy);
-    let result = client(
-        &url,
-        &[
-            "--origin",
-            ALLOWED,
-            "--host",
-            HOST,
-            "--transports",
-            "websocket",
-        ],
-    );
+    let result = allowed_client(&gate, &["--transports", "websocket"]);
     assert_eq!(result["connected"], true, "{result}");
     assert_eq!(result["server"], "alpha", "{result}");
     assert_eq!(result["transport"], "websocket", "{result}");
@@ -306,34 +300,6 @@ async fn a_socketio_client_on_the_websocket_transport_connects_through_wsgate_fr
         app.origins_seen(),
         [ALLOWED],
         "one upgrade, from the allowed origin"
-    );
-}
-
-#[tokio::test]
-async fn a_socketio_client_from_a_refused_origin_gets_403_and_never_reaches_the_server() {
-    let app = App::start("alpha");
-    let gate = gate_for(&app).await;
-    let url = format!("http://{}", gate.proxy);
-    let result = client(
-        &url,
-        &[
-            "--origin",
-            "https://evil.example",
-            "--host",
-            HOST,
-            "--transports",
-            "websocket",
-            "--fail-fast",
-        ],
-    );
-    assert_eq!(result["connected"], false, "{result}");
-    let error = result["error"].as_str().unwrap_or_default();
-    assert!(error.contains("403"), "{result}");
-    // The server prints a `seen` line for each request before it handles it.
-    assert!(
-        app.origins_seen().is_empty(),
-        "the server saw {:?}",
-        app.origins_seen()
     );
 }
 

@@ -490,28 +490,18 @@ async fn bodies_stream_both_ways_and_a_long_poll_is_held_for_its_whole_duration(
     let gate = gate_for(&backend, &[]).await;
 
     // A chunked upload reaches the upstream whole.
-    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
-    stream
-        .write_all(
-            format!(
+    let mut stream = sent(&gate, &format!(
                 "POST /socket.io/?EIO=4 HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("write");
+            )).await;
     let head = read_until(&mut stream, b"hello world").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
     // A streamed response reaches the client chunk by chunk, not once it is complete.
-    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
-    stream
-        .write_all(
-            format!("GET /socket.io/stream HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("write");
+    let mut stream = sent(
+        &gate,
+        &format!("GET /socket.io/stream HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n"),
+    )
+    .await;
     let first = read_until(&mut stream, b"first\n").await;
     assert!(first.contains("text/event-stream"), "{first}");
     backend.release.notify_one();
@@ -528,6 +518,13 @@ async fn bodies_stream_both_ways_and_a_long_poll_is_held_for_its_whole_duration(
         (answer.status.as_u16(), answer.body.as_str()),
         (200, "late")
     );
+}
+
+/// A connection to the gateway that has sent `request`.
+async fn sent(gate: &Gate, request: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    stream
 }
 
 /// Reads until `want` has arrived; everything read, as text.
@@ -667,16 +664,12 @@ async fn smuggling_attempts_get_400_and_nothing_behind_them_reaches_the_upstream
     // The same behind a first request on a kept-alive connection: hyper reads the chunked
     // body and ends the connection after answering (RFC 9112 §6.1), so what follows is
     // never a request.
-    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
     let first =
         format!("GET /socket.io/?first HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n");
     let second = format!(
         "POST /socket.io/?second HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"
     );
-    stream
-        .write_all((first + &second).as_bytes())
-        .await
-        .expect("write");
+    let mut stream = sent(&gate, &(first + &second)).await;
     let mut all = Vec::new();
     tokio::time::timeout(PATIENCE, stream.read_to_end(&mut all))
         .await
@@ -695,16 +688,12 @@ async fn smuggling_attempts_get_400_and_nothing_behind_them_reaches_the_upstream
     let connect =
         format!("CONNECT {HOST}:80 HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n");
     assert_eq!(raw_request(gate.proxy, &connect).await.status, 400);
-    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
-    stream
-        .write_all(
-            (format!(
-                "GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n"
-            ) + &connect)
-                .as_bytes(),
-        )
-        .await
-        .expect("write");
+    let mut stream = sent(
+        &gate,
+        &(format!("GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n")
+            + &connect),
+    )
+    .await;
     let both = read_until(&mut stream, b"opens no tunnels\n").await;
     assert!(both.contains("HTTP/1.1 405"), "{both}");
     assert!(!backend.seen().iter().any(|s| s.method == "CONNECT"));
@@ -714,14 +703,11 @@ async fn smuggling_attempts_get_400_and_nothing_behind_them_reaches_the_upstream
 async fn a_client_that_stops_reading_is_closed_and_its_upstream_let_go() {
     let backend = Backend::start().await;
     let gate = gate_for(&backend, &["--http-send-timeout", "1"]).await;
-    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
-    stream
-        .write_all(
-            format!("GET /socket.io/flood HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("write");
+    let stream = sent(
+        &gate,
+        &format!("GET /socket.io/flood HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n"),
+    )
+    .await;
     // The client reads nothing; buffers fill, the gateway's writes stall, and it gives up.
     gate.wait_for(
         || async { backend.flood_dropped.load(Ordering::SeqCst) },
@@ -758,30 +744,22 @@ async fn plain_requests_on_a_route_without_http_get_426_and_upgrades_after_plain
 
     // On a connection that carried a plain request, neither another route's plain request
     // nor an upgrade is passed.
-    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
     let upgrade = format!(
         "GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
-    stream
-        .write_all(
-            format!(
+    let mut stream = sent(&gate, &format!(
                 "GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\nGET / HTTP/1.1\r\nHost: ws.example.com\r\nOrigin: {ALLOWED}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .expect("write");
+            )).await;
     let both = read_until(&mut stream, b"only accepts WebSocket upgrades\n").await;
     assert!(both.starts_with("HTTP/1.1 200"), "{both}");
     assert!(both.contains("HTTP/1.1 426"), "{both}");
-    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
-    stream
-        .write_all(
-            format!("GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n{upgrade}")
-                .as_bytes(),
-        )
-        .await
-        .expect("write");
+    let mut stream = sent(
+        &gate,
+        &format!(
+            "GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\n\r\n{upgrade}"
+        ),
+    )
+    .await;
     let both = read_until(&mut stream, b"open each WebSocket on a new connection\n").await;
     assert!(both.contains("HTTP/1.1 400"), "{both}");
     assert_eq!(
@@ -944,8 +922,7 @@ async fn a_request_body_that_stalls_gets_408_and_one_cut_short_400() {
     let stalled = raw_request(gate.proxy, &head).await;
     assert_eq!(stalled.status, 408, "{}", stalled.head);
 
-    let mut stream = TcpStream::connect(gate.proxy).await.expect("connect");
-    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut stream = sent(&gate, &head).await;
     stream.shutdown().await.expect("half-close");
     let cut = read_until(&mut stream, b"\r\n\r\n").await;
     assert!(cut.starts_with("HTTP/1.1 400"), "{cut}");
