@@ -188,6 +188,18 @@ fn chat(backend: &Backend, extra: &str) -> String {
         + extra
 }
 
+/// The chat route from `ALLOWED` only, with `http` as given (a flow mapping).
+async fn gate_with_http(backend: &Backend, http: &str) -> Gate {
+    let chat = route(
+        "chat",
+        HOST,
+        "/socket.io",
+        &format!("{{allow: [\"{ALLOWED}\"]}}"),
+        &backend.url(),
+    ) + &format!("  http: {http}\n");
+    Gate::start(&[("chat.yaml", chat)], &[]).await
+}
+
 async fn gate_for(backend: &Backend, extra: &[&str]) -> Gate {
     Gate::start(&[("chat.yaml", chat(backend, ""))], extra).await
 }
@@ -553,20 +565,7 @@ async fn read_until(stream: &mut TcpStream, want: &[u8]) -> String {
 #[tokio::test]
 async fn a_silent_upstream_gets_504_after_the_routes_response_timeout() {
     let backend = Backend::start().await;
-    let gate = Gate::start(
-        &[(
-            "chat.yaml",
-            route(
-                "chat",
-                HOST,
-                "/socket.io",
-                &format!("{{allow: [\"{ALLOWED}\"]}}"),
-                &backend.url(),
-            ) + "  http: {responseTimeoutSeconds: 1}\n",
-        )],
-        &[],
-    )
-    .await;
+    let gate = gate_with_http(&backend, "{responseTimeoutSeconds: 1}").await;
     let answer = once(&gate, "GET", "/socket.io/silent", &[("origin", ALLOWED)]).await;
     assert_eq!(answer.status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(answer.body, "upstream timed out\n");
@@ -575,20 +574,7 @@ async fn a_silent_upstream_gets_504_after_the_routes_response_timeout() {
 #[tokio::test]
 async fn bodies_over_the_limit_get_413_and_heads_over_it_431() {
     let backend = Backend::start().await;
-    let gate = Gate::start(
-        &[(
-            "chat.yaml",
-            route(
-                "chat",
-                HOST,
-                "/socket.io",
-                &format!("{{allow: [\"{ALLOWED}\"]}}"),
-                &backend.url(),
-            ) + "  http: {maxRequestBodyBytes: 16}\n",
-        )],
-        &[],
-    )
-    .await;
+    let gate = gate_with_http(&backend, "{maxRequestBodyBytes: 16}").await;
     let mut client = Client::connect(&gate).await;
     let fits = client
         .send(
@@ -902,20 +888,7 @@ async fn behind_a_trusted_proxy_each_request_is_its_own_clients_and_its_scheme_t
 #[tokio::test]
 async fn a_request_body_that_stalls_gets_408_and_one_cut_short_400() {
     let backend = Backend::start().await;
-    let gate = Gate::start(
-        &[(
-            "chat.yaml",
-            route(
-                "chat",
-                HOST,
-                "/socket.io",
-                &format!("{{allow: [\"{ALLOWED}\"]}}"),
-                &backend.url(),
-            ) + "  http: {responseTimeoutSeconds: 1}\n",
-        )],
-        &[],
-    )
-    .await;
+    let gate = gate_with_http(&backend, "{responseTimeoutSeconds: 1}").await;
     let head = format!(
         "POST /socket.io/ HTTP/1.1\r\nHost: {HOST}\r\nOrigin: {ALLOWED}\r\nContent-Length: 100\r\n\r\nten bytes!"
     );
