@@ -106,6 +106,38 @@ async fn a_route_at_max_connections_answers_503_with_retry_after_until_one_ends(
 }
 
 #[tokio::test]
+async fn a_refused_origin_gets_403_before_any_limit_is_counted() {
+    let mut up = Upstream::start().await;
+    let gate = Gate::start(
+        &limited_route(
+            &up,
+            "  limits: {maxConnections: 1, handshakesPerSecondPerClient: 1}\n",
+        ),
+        &[],
+    )
+    .await;
+    let (status, _, _held) = handshake_from("127.0.0.1", gate.proxy, b"", "").await;
+    assert_eq!(status, 101);
+    // The route is full and this client has used its handshake for the second: the origin
+    // is checked first (docs/design.md §5, steps 4 then 5), so another page gets 403, not
+    // 503 or 429.
+    for _ in 0..3 {
+        let answer = raw_request(
+            gate.proxy,
+            &upgrade_request(HOST, "/ws", "Origin: https://evil.example\r\n"),
+        )
+        .await;
+        assert_eq!(answer.status, 403, "{}", answer.head);
+    }
+    assert_eq!(up.handshakes(), 1);
+    assert_eq!(
+        gate.metric(r#"wsgate_handshakes_total{route="default/chat",result="rejected",reason="origin_not_allowed"}"#)
+            .await,
+        Some(3.0)
+    );
+}
+
+#[tokio::test]
 async fn a_client_at_its_connection_limit_gets_429_while_other_clients_connect() {
     let up = Upstream::start().await;
     let gate = Gate::start(

@@ -734,6 +734,24 @@ async fn deleting_a_route_closes_its_connections_with_1001() {
 }
 
 #[tokio::test]
+async fn a_route_edited_into_an_invalid_one_is_gone_and_its_connections_get_1001() {
+    let up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    let (mut live, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+        .await
+        .expect("allowed");
+    // It parses, but compile refuses it (Accepted=False): it is not served any more.
+    let invalid =
+        route("chat", HOST, "/ws", app_only(), &up.url()) + "  limits: {maxConnections: 0}\n";
+    gate.write_and_wait("chat.yaml", &invalid).await;
+    assert_eq!(close_code(&mut live).await.0, 1001);
+    assert_eq!(
+        connect(gate.proxy, HOST, "/ws", Some(APP), &[]).await.err(),
+        Some(404)
+    );
+}
+
+#[tokio::test]
 async fn revoke_on_policy_change_false_keeps_live_connections() {
     let up = Upstream::start().await;
     let yaml =
@@ -784,6 +802,32 @@ async fn sigterm_closes_connections_with_1012_and_exits() {
     assert!(gate.log().contains("closing live connections with 1012"));
     assert!(
         gate.log().contains("all connections closed"),
+        "{}",
+        gate.log()
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_ignores_1012_is_left_behind_when_the_shutdown_grace_ends() {
+    let up = Upstream::start().await;
+    // The grace is shorter than the linger a Close waits for its answer (2 s).
+    let mut gate = chat_gate(&up, app_only(), &["--shutdown-grace", "1"]).await;
+    let mut silent = tokio::net::TcpStream::connect(gate.proxy)
+        .await
+        .expect("connect");
+    silent
+        .write_all(upgrade_request(HOST, "/ws", &format!("Origin: {APP}\r\n")).as_bytes())
+        .await
+        .expect("write");
+    let mut head = [0u8; 12];
+    silent.read_exact(&mut head).await.expect("response");
+    assert_eq!(&head, b"HTTP/1.1 101");
+    // The client reads its 1012 but never answers it.
+    gate.terminate();
+    assert_eq!(gate.wait_exit().await, Some(0));
+    assert!(
+        gate.log()
+            .contains("shutdown grace ended with connections still open"),
         "{}",
         gate.log()
     );
