@@ -35,6 +35,7 @@ pub mod upstream;
 // The phases of one connection; what the rest of the crate uses is re-exported below.
 mod connection;
 mod decide;
+mod h2;
 mod http;
 mod listener;
 mod reply;

@@ -124,14 +124,15 @@ impl Certificates {
     }
 }
 
-/// A server configuration that picks certificates with `resolver`; TLS 1.2 and 1.3, HTTP/1.1.
+/// A server configuration that picks certificates with `resolver`; TLS 1.2 and 1.3, HTTP/2
+/// (WebSockets as extended CONNECT streams, RFC 8441) or HTTP/1.1, as the client prefers.
 pub fn server_config(resolver: Arc<dyn rustls::server::ResolvesServerCert>) -> ServerConfig {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .expect("the ring provider supports TLS 1.2 and 1.3")
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config
 }
 

@@ -158,14 +158,22 @@ impl Relaying {
 
 /// A connection both sides of which have switched to WebSocket.
 pub(super) struct Upgraded {
-    route: Arc<Route>,
-    client: ClientInfo,
-    client_io: Prefixed<Stream>,
-    upstream_io: Prefixed<Stream>,
+    pub(super) route: Arc<Route>,
+    pub(super) client: ClientInfo,
+    pub(super) client_io: Prefixed<Stream>,
+    pub(super) upstream_io: Prefixed<Stream>,
     /// The upstream accepted `permessage-deflate`.
-    deflate: bool,
-    registration: registry::Registration,
-    admission: Option<Box<Slot>>,
+    pub(super) deflate: bool,
+    pub(super) registration: registry::Registration,
+    pub(super) admission: Option<Box<Slot>>,
+}
+
+/// Relays a connection upgraded elsewhere (a WebSocket stream of an HTTP/2 connection)
+/// until it ends, counted and logged as every relayed connection is.
+pub(super) async fn relay_upgraded(gateway: Arc<Gateway>, upgraded: Upgraded) {
+    let mut relaying = Relaying::start(gateway, upgraded);
+    let stats = (&mut relaying.relay).await;
+    relaying.finish(&stats);
 }
 
 /// Serves the HTTP phase of a connection: answers it, or returns it upgraded.
@@ -207,10 +215,14 @@ async fn handshake(
             }
         };
         let stream = opened.insert(stream);
+        // An HTTP/2 client's requests are streams: hyper reads them.
+        if stream.is_h2() {
+            return Ok((source, None));
+        }
         let head_len = http1::read_head(stream, &mut buf, config.max_header_bytes)
             .await
             .map_err(Unread::Head)?;
-        Ok((source, head_len))
+        Ok((source, Some(head_len)))
     };
     // One deadline covers the PROXY header, the TLS handshake and the request head: a slow
     // client cannot hold its socket longer by sending any of them a byte at a time.
@@ -251,6 +263,11 @@ async fn handshake(
         }
     };
     let stream = opened?;
+    let Some(head_len) = head_len else {
+        let sni = stream.sni().map(str::to_owned);
+        super::h2::serve(stream, sni, client, phase, stop).await;
+        return None;
+    };
     let plan = plan(&buf[..head_len], &gateway, client, stream.sni());
     let mut asker = Asker {
         stream,
@@ -386,7 +403,7 @@ async fn handshake(
 
 /// Resolves with the close code once a snapshot revokes a handshake waiting for its
 /// upstream. A drain (1012) does not: that handshake completes and its relay closes.
-async fn revoked_in_flight(control: &ConnControl) -> u16 {
+pub(super) async fn revoked_in_flight(control: &ConnControl) -> u16 {
     match control.requested_close().await {
         (CLOSE_RESTART, _) => std::future::pending().await,
         (code, _) => code,
@@ -394,7 +411,7 @@ async fn revoked_in_flight(control: &ConnControl) -> u16 {
 }
 
 /// The refusal for a handshake whose route a newer snapshot no longer admits it to.
-fn revocation(code: u16) -> Reject {
+pub(super) fn revocation(code: u16) -> Reject {
     match code {
         CLOSE_POLICY => Reject::OriginDenied,
         _ => Reject::NoRoute,

@@ -24,7 +24,8 @@ use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use self::body::{Limited, Progress, Reply, Streamed};
+pub(super) use self::body::Reply;
+use self::body::{Limited, Progress, Streamed};
 use self::pool::Failed;
 pub(super) use self::pool::Pool;
 use self::stall::WriteStall;
@@ -44,11 +45,11 @@ use crate::route::{Route, RouteAuth};
 const PREFLIGHT_MAX_AGE: &str = "600";
 
 /// One connection's requests: who sent them and on which listener.
-struct Peer {
-    gateway: Arc<Gateway>,
+pub(super) struct Peer {
+    pub(super) gateway: Arc<Gateway>,
     /// The connection's client, before any request's `X-Forwarded-For`.
-    client: ClientInfo,
-    sni: Option<String>,
+    pub(super) client: ClientInfo,
+    pub(super) sni: Option<String>,
 }
 
 /// Serves a connection whose first request (still unread in `io`) is a plain request,
@@ -97,7 +98,7 @@ pub(super) async fn serve(
 }
 
 /// Answers one request, and counts and logs it.
-async fn answer(request: Request<Incoming>, peer: &Peer) -> Response<Reply> {
+pub(super) async fn answer(request: Request<Incoming>, peer: &Peer) -> Response<Reply> {
     let gateway = &peer.gateway;
     let started = Instant::now();
     let (parts, incoming) = request.into_parts();

@@ -20,6 +20,8 @@ pub enum Stream {
     /// plain. The TCP socket may carry bytes read before the TLS handshake (after a PROXY
     /// protocol header).
     Tls(Box<tokio_rustls::TlsStream<Prefixed<TcpStream>>>),
+    /// One WebSocket of an HTTP/2 connection (an extended CONNECT stream, RFC 8441).
+    Tunnel(Box<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>),
 }
 
 impl Stream {
@@ -30,7 +32,15 @@ impl Stream {
                 tokio_rustls::TlsStream::Server(s) => s.get_ref().1.server_name(),
                 tokio_rustls::TlsStream::Client(_) => None,
             },
-            Stream::Plain(_) => None,
+            Stream::Plain(_) | Stream::Tunnel(_) => None,
+        }
+    }
+
+    /// Whether the TLS client chose HTTP/2 (ALPN `h2`).
+    pub fn is_h2(&self) -> bool {
+        match self {
+            Stream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+            _ => false,
         }
     }
 }
@@ -44,6 +54,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::Tunnel(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
 }
@@ -57,6 +68,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::Tunnel(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
 
@@ -68,6 +80,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            Stream::Tunnel(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -75,6 +88,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::Tunnel(s) => s.is_write_vectored(),
         }
     }
 
@@ -82,6 +96,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::Tunnel(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
 
@@ -89,6 +104,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Stream::Tunnel(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }

@@ -135,7 +135,7 @@ impl Body for Limited {
 }
 
 /// A response body sent to the client: a refusal's fixed text, or the upstream's body.
-pub(super) enum Reply {
+pub(in crate::proxy) enum Reply {
     /// A fixed body (empty for a preflight answer).
     Fixed(Option<Bytes>),
     /// The upstream's body, as it comes.
@@ -145,7 +145,7 @@ pub(super) enum Reply {
 /// The upstream's response body: cut when the upstream stays silent for `silence` while
 /// the client waits for more, and the upstream connection returned to the pool once the
 /// body has been read to its end.
-pub(super) struct Streamed {
+pub(in crate::proxy) struct Streamed {
     inner: Incoming,
     silence: Duration,
     deadline: Pin<Box<Sleep>>,

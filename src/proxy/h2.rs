@@ -1,0 +1,344 @@
+//! HTTP/2 on the TLS listener: WebSockets as extended CONNECT streams (RFC 8441), many on
+//! one connection, each decided as an HTTP/1.1 upgrade is (`decide::decision`: route, TLS,
+//! origin, token, limits, subprotocols) and relayed to the upstream over HTTP/1.1, as
+//! today; other requests go to `proxy::http` as on an HTTP/1.1 connection.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::ext::Protocol;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::watch;
+
+use super::connection::{self, Upgraded};
+use super::decide::{self, Decision, Forward};
+use super::extensions;
+use super::handshake::{self, Reject};
+use super::http::{self as plain, Peer, Reply};
+use super::http1::{Headers, Prefixed};
+use super::registry::CLOSE_POLICY;
+use super::reply::{self, outcome};
+use super::state::{Gateway, HttpPhase};
+use super::stream::Stream;
+use super::upstream::{self, ClientInfo, Forwarding};
+use crate::accept::stopped;
+use crate::request::HeaderLookup;
+use crate::route::RouteAuth;
+
+/// Streams one client may have open at once.
+const MAX_STREAMS: u32 = 128;
+
+/// Serves an HTTP/2 connection until the client closes it or the gateway drains (then
+/// GOAWAY: the streams under way continue, and the drain closes their sockets with 1012).
+pub(super) async fn serve(
+    io: Stream,
+    sni: Option<String>,
+    client: ClientInfo,
+    phase: HttpPhase,
+    mut stop: watch::Receiver<bool>,
+) {
+    let gateway = phase.0.clone();
+    let config = &gateway.config;
+    let peer = Arc::new(Peer {
+        gateway: gateway.clone(),
+        client,
+        sni,
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(stream(request, &peer).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .enable_connect_protocol()
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        () = stopped(&mut stop) => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = served {
+        tracing::debug!(client = %client.ip, error = %e, "HTTP/2 connection ended");
+    }
+    drop(phase);
+}
+
+/// One stream: a WebSocket, or a plain request.
+async fn stream(request: Request<Incoming>, peer: &Peer) -> Response<Reply> {
+    let websocket = request.method() == Method::CONNECT
+        && request
+            .extensions()
+            .get::<Protocol>()
+            .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
+    match websocket {
+        true => websocket_stream(request, peer).await,
+        false => plain::answer(request, peer).await,
+    }
+}
+
+/// A fixed answer: `status`, and `body` as plain text.
+fn text(status: StatusCode, body: &'static str) -> Response<Reply> {
+    let mut response = Response::new(Reply::Fixed(Some(Bytes::from_static(body.as_bytes()))));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The gateway's refusal of a WebSocket stream, counted and logged as a handshake's.
+fn refused(
+    gateway: &Gateway,
+    route: Option<&Arc<str>>,
+    client: ClientInfo,
+    origin: Option<&str>,
+    reject: Reject,
+) -> Response<Reply> {
+    outcome(
+        gateway,
+        route,
+        client,
+        origin,
+        reject.result(),
+        reject.reason(),
+    );
+    let mut response = text(reject.status(), reject.body());
+    let headers = response.headers_mut();
+    reject.put_headers(|name, value| {
+        if let Ok(value) = HeaderValue::from_bytes(value) {
+            headers.insert(name, value);
+        }
+    });
+    response
+}
+
+/// An extended CONNECT for `websocket`: decided, exchanged with the upstream over
+/// HTTP/1.1, answered 200, then relayed.
+async fn websocket_stream(mut request: Request<Incoming>, peer: &Peer) -> Response<Reply> {
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    let gateway = peer.gateway.clone();
+    let (parts, _) = request.into_parts();
+    let headers = &parts.headers;
+    let client = peer.client.of_request(
+        &gateway.config.trusted_proxies,
+        HeaderLookup::values(headers, "x-forwarded-for"),
+    );
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let authority = parts.uri.authority().map_or("", |a| a.as_str());
+    let target = parts.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    // RFC 8441 §5: the version as for HTTP/1.1; there is no key, so the gateway makes one
+    // for the HTTP/1.1 handshake with the upstream.
+    let mut versions = HeaderLookup::values(headers, "sec-websocket-version");
+    let version_13 = matches!((versions.next(), versions.next()), (Some(b"13"), None));
+    let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
+    let accept = handshake::accept_key(key.as_bytes());
+    let decided = decide::Request {
+        host: Ok(decide::request_host(Some(authority.as_bytes()), "")),
+        target,
+        headers,
+        upgrade: match version_13 {
+            true => Ok(accept),
+            false => Err(Reject::BadVersion),
+        },
+        sni: peer.sni.as_deref(),
+        client,
+    };
+    let forward = match decide::decision(&decided, &gateway) {
+        Decision::Refuse(route, reject) => {
+            return refused(
+                &gateway,
+                route.as_ref().map(|r| &r.label),
+                client,
+                origin,
+                reject,
+            );
+        }
+        Decision::Plain(route) => {
+            return refused(
+                &gateway,
+                Some(&route.label),
+                client,
+                origin,
+                Reject::NotWebSocket,
+            );
+        }
+        Decision::CloseAfterUpgrade(route, _) => {
+            outcome(
+                &gateway,
+                Some(&route.label),
+                client,
+                origin,
+                "rejected",
+                Reject::OriginDenied.reason(),
+            );
+            let linger = gateway.config.close_linger;
+            tokio::spawn(async move {
+                if let Ok(upgraded) = on_upgrade.await {
+                    crate::proxy::relay::reject_after_upgrade(
+                        TokioIo::new(upgraded),
+                        CLOSE_POLICY,
+                        "origin not allowed",
+                        linger,
+                    )
+                    .await;
+                }
+            });
+            return Response::new(Reply::Fixed(None));
+        }
+        Decision::Forward(forward) => forward,
+    };
+    let Forward {
+        route,
+        target,
+        origin: request_origin,
+        accept,
+        claims,
+        subprotocols,
+        admission,
+    } = forward;
+    // The HTTP/1.1 handshake the upstream gets: the stream's headers, with the Host the
+    // authority names and the gateway's key.
+    let mut pairs: Vec<httparse::Header<'_>> = headers
+        .iter()
+        .map(|(name, value)| httparse::Header {
+            name: name.as_str(),
+            value: value.as_bytes(),
+        })
+        .collect();
+    pairs.push(httparse::Header {
+        name: "host",
+        value: authority.as_bytes(),
+    });
+    pairs.push(httparse::Header {
+        name: "sec-websocket-key",
+        value: key.as_bytes(),
+    });
+    let view = Headers::new(&pairs);
+    let offered = extensions::offers(view, route.limits.max_message_bytes.is_none());
+    let dropped = match &route.auth {
+        Some(RouteAuth::Jwt(jwt)) => jwt.forwarded_headers(),
+        _ => &[],
+    };
+    let upstream_request = upstream::forward_request(
+        &target,
+        view,
+        &route.upstream,
+        Forwarding {
+            client,
+            trusted_peer: gateway.config.trusted_proxies.contains(client.addr.ip()),
+            subprotocols: subprotocols.as_deref(),
+            extensions: offered.as_deref(),
+            claims: upstream::Claims {
+                dropped,
+                added: &claims,
+            },
+        },
+    );
+    let label = Some(&route.label);
+    let mut registration = gateway.connections.register(route.clone(), request_origin);
+    let control = registration.control();
+    let sent = upstream::send(
+        &route.upstream,
+        client.ip,
+        &upstream_request,
+        gateway.config.upstream,
+        &gateway.metrics.upstream_connect_seconds,
+    );
+    let answer = tokio::select! {
+        answer = sent => answer,
+        code = connection::revoked_in_flight(&control) => Err(connection::revocation(code)),
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(reject) => return refused(&gateway, label, client, origin, reject),
+    };
+    if let Some((code, _)) = gateway
+        .published()
+        .current()
+        .and_then(|newest| registration.verdict(&newest.table))
+    {
+        return refused(
+            &gateway,
+            label,
+            client,
+            origin,
+            connection::revocation(code),
+        );
+    }
+    let deflate = match reply::answer_client(&answer, accept, offered.as_deref()) {
+        Ok(reply::Reply::Upgrade(_, deflate)) => deflate,
+        Ok(reply::Reply::Refusal(head, _)) => {
+            outcome(
+                &gateway,
+                label,
+                client,
+                origin,
+                "rejected",
+                "upstream_refused",
+            );
+            let status = head
+                .get(9..12)
+                .and_then(|s| std::str::from_utf8(s).ok())
+                .and_then(|s| s.parse::<u16>().ok())
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut response = Response::new(Reply::Fixed(None));
+            *response.status_mut() = status;
+            return response;
+        }
+        Err(reject) => return refused(&gateway, label, client, origin, reject),
+    };
+    // What the upstream chose goes to the client as the 200's headers.
+    let mut response = Response::new(Reply::Fixed(None));
+    {
+        let mut slots = [httparse::EMPTY_HEADER; super::http1::MAX_HEADERS];
+        let mut head = httparse::Response::new(&mut slots);
+        if head.parse(&answer.buf[..answer.head_len]).is_ok() {
+            for h in head.headers.iter() {
+                let chosen = h.name.eq_ignore_ascii_case("sec-websocket-protocol")
+                    || h.name.eq_ignore_ascii_case("sec-websocket-extensions");
+                if let (true, Ok(value)) = (chosen, HeaderValue::from_bytes(h.value)) {
+                    response.headers_mut().append(
+                        http::HeaderName::from_bytes(h.name.as_bytes()).expect("a known name"),
+                        value,
+                    );
+                }
+            }
+        }
+    }
+    registration.relaying();
+    outcome(&gateway, label, client, origin, "accepted", "ok");
+    let upstream_io = Prefixed::new(answer.stream, &answer.buf[answer.head_len..]);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let client_io = Prefixed::new(Stream::Tunnel(Box::new(TokioIo::new(upgraded))), &[]);
+        connection::relay_upgraded(
+            gateway,
+            Upgraded {
+                route,
+                client,
+                client_io,
+                upstream_io,
+                deflate,
+                registration,
+                admission,
+            },
+        )
+        .await;
+    });
+    response
+}
