@@ -73,21 +73,24 @@ impl AccessLog {
         }
     }
 
+    /// Whether a line with this `result` is written: access lines are on, and a refused one
+    /// still fits this second's cap.
+    fn writes(&self, result: &str) -> bool {
+        // Nothing to count when access lines are filtered out anyway.
+        tracing::enabled!(target: "wsgate::access", tracing::Level::INFO)
+            && (result == "accepted" || self.admit_refused())
+    }
+
     /// Logs a handshake; a refused one only while this second's cap is not reached.
     pub fn handshake(&self, h: Handshake<'_>) {
-        // Nothing to count or cut when access lines are filtered out anyway.
-        if !tracing::enabled!(target: "wsgate::access", tracing::Level::INFO) {
+        if !self.writes(h.result) {
             return;
         }
-        if h.result != "accepted" && !self.admit_refused() {
-            return;
-        }
-        let origin = h.origin.map(|o| &o[..floor_char_boundary(o, 256)]);
         tracing::info!(
             target: "wsgate::access",
             route = h.route.unwrap_or("-"),
             client = %h.client,
-            origin = origin.unwrap_or("-"),
+            origin = shown(h.origin),
             result = h.result,
             reason = h.reason,
             "handshake"
@@ -96,18 +99,14 @@ impl AccessLog {
 
     /// Logs a plain request; a refused one only while this second's cap is not reached.
     pub fn request(&self, r: Request<'_>) {
-        if !tracing::enabled!(target: "wsgate::access", tracing::Level::INFO) {
+        if !self.writes(r.result) {
             return;
         }
-        if r.result != "accepted" && !self.admit_refused() {
-            return;
-        }
-        let origin = r.origin.map(|o| &o[..floor_char_boundary(o, 256)]);
         tracing::info!(
             target: "wsgate::access",
             route = r.route.unwrap_or("-"),
             client = %r.client,
-            origin = origin.unwrap_or("-"),
+            origin = shown(r.origin),
             method = r.method,
             status = r.status,
             result = r.result,
@@ -162,6 +161,11 @@ impl AccessLog {
         }
         self.refused.fetch_add(1, Ordering::Relaxed) < REFUSED_LINES_PER_SECOND
     }
+}
+
+/// An `Origin` as a line shows it: cut to 256 bytes, `-` when there was none.
+fn shown(origin: Option<&str>) -> &str {
+    origin.map_or("-", |o| &o[..floor_char_boundary(o, 256)])
 }
 
 /// The largest index ≤ `at` that is a char boundary of `s`.

@@ -286,18 +286,23 @@ impl Metrics {
         result: &'static str,
         reason: &'static str,
     ) {
-        self.http_requests
-            .get_or_create(&OutcomeLabels {
-                route: route.unwrap_or(&self.no_route).clone(),
-                result,
-                reason,
-            })
-            .inc();
+        self.outcome(&self.http_requests, route, result, reason);
     }
 
     /// Counts one handshake outcome.
     pub fn handshake(&self, route: Option<&Arc<str>>, result: &'static str, reason: &'static str) {
-        self.handshakes
+        self.outcome(&self.handshakes, route, result, reason);
+    }
+
+    /// Counts one outcome in `family`; no route is the empty label.
+    fn outcome(
+        &self,
+        family: &Family<OutcomeLabels, Counter>,
+        route: Option<&Arc<str>>,
+        result: &'static str,
+        reason: &'static str,
+    ) {
+        family
             .get_or_create(&OutcomeLabels {
                 route: route.unwrap_or(&self.no_route).clone(),
                 result,

@@ -428,6 +428,36 @@ async fn cors_names_only_the_allowed_origin_whatever_the_upstream_answers() {
     assert_eq!(answer.status, 200);
     assert!(header(&answer, "access-control-allow-origin").is_empty());
     assert!(header(&answer, "access-control-allow-credentials").is_empty());
+
+    // The gateway's own refusals vary on the Origin too.
+    let refused = once(
+        &gate,
+        "GET",
+        "/socket.io/",
+        &[("origin", "https://evil.example")],
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+    assert!(header(&refused, "vary").iter().any(|v| v == "Origin"));
+
+    // An allowed `null` (allowNull) is named as such.
+    let nulls = Gate::start(
+        &[(
+            "chat.yaml",
+            route(
+                "chat",
+                HOST,
+                "/socket.io",
+                "{allow: [], allowNull: true}",
+                &backend.url(),
+            ) + "  http: {}\n",
+        )],
+        &[],
+    )
+    .await;
+    let answer = once(&nulls, "POST", "/socket.io/", &[("origin", "null")]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(header(&answer, "access-control-allow-origin"), ["null"]);
 }
 
 #[tokio::test]

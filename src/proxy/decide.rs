@@ -74,12 +74,10 @@ pub(super) fn plan(
         return refuse(None, Reject::Malformed);
     };
     let headers = Headers::new(req.headers);
-    if !gateway.config.trusted_proxies.is_empty() {
-        client.ip = gateway
-            .config
-            .trusted_proxies
-            .client(client.ip, headers.get_all("x-forwarded-for"));
-    }
+    client = client.of_request(
+        &gateway.config.trusted_proxies,
+        headers.get_all("x-forwarded-for"),
+    );
     let origin_span = headers.get("origin").map(|v| {
         // A value httparse returned lies inside `head`.
         let start = v.as_ptr() as usize - head.as_ptr() as usize;

@@ -225,6 +225,17 @@ impl Reject {
         }
     }
 
+    /// Logs this refusal of a `what` (`handshake`, `request`): at debug level when the
+    /// client is to blame (clients cannot flood the logs), else as a warning.
+    pub fn log(self, what: &str, client: std::net::IpAddr, route: &str) {
+        match self.blame() {
+            Blame::Downstream => {
+                tracing::debug!(%client, route, reason = self.reason(), "{what} rejected")
+            }
+            _ => tracing::warn!(%client, route, reason = self.reason(), "{what} failed"),
+        }
+    }
+
     /// The metric `result` label: `rejected` for policy, `failed` for upstream trouble.
     pub fn result(self) -> &'static str {
         match self.blame() {

@@ -30,7 +30,7 @@ use self::pool::Failed;
 pub(super) use self::pool::Pool;
 use self::stall::WriteStall;
 use super::decide::{Refusal, Selected, authenticate, request_host, select};
-use super::handshake::{Blame, Reject};
+use super::handshake::Reject;
 use super::http1::{self, HOP_BY_HOP, Headers, Prefixed};
 use super::state::{Gateway, HttpPhase};
 use super::stream::Stream;
@@ -106,30 +106,17 @@ pub(super) async fn answer(request: Request<Incoming>, peer: &Peer) -> Response<
         &gateway.config.trusted_proxies,
         HeaderLookup::values(&parts.headers, "x-forwarded-for"),
     );
-    let (route, response) = match forward(&parts, incoming, peer, client).await {
-        Ok((route, response)) => (Some(route), response),
+    let (route, response, result, reason) = match forward(&parts, incoming, peer, client).await {
+        Ok((route, response, reason)) => (Some(route), response, "accepted", reason),
         Err((route, reject)) => {
-            let label = route.as_ref().map_or("", |r| &*r.label);
-            match reject.blame() {
-                Blame::Downstream => {
-                    tracing::debug!(client = %client.ip, route = label, reason = reject.reason(), "request refused")
-                }
-                _ => {
-                    tracing::warn!(client = %client.ip, route = label, reason = reject.reason(), "request failed")
-                }
-            }
-            (route, refusal(reject))
+            reject.log(
+                "request",
+                client.ip,
+                route.as_ref().map_or("", |r| &*r.label),
+            );
+            (route, refusal(reject), reject.result(), reject.reason())
         }
     };
-    let Outcome { result, reason } =
-        response
-            .extensions()
-            .get::<Outcome>()
-            .copied()
-            .unwrap_or(Outcome {
-                result: "accepted",
-                reason: "ok",
-            });
     let label = route.as_ref().map(|r| &r.label);
     gateway.metrics.http_request(label, result, reason);
     gateway.access.request(crate::access::Request {
@@ -146,14 +133,6 @@ pub(super) async fn answer(request: Request<Incoming>, peer: &Peer) -> Response<
         duration: started.elapsed(),
     });
     response
-}
-
-/// What the gateway made of a request it answered itself, kept on the response for the
-/// metrics and the access log; a response without one is the upstream's.
-#[derive(Clone, Copy)]
-struct Outcome {
-    result: &'static str,
-    reason: &'static str,
 }
 
 /// The gateway's refusal: its status, fixed text and headers; the connection closes after.
@@ -176,21 +155,17 @@ fn refusal(reject: Reject) -> Response<Reply> {
             headers.insert(name, value);
         }
     });
-    response.extensions_mut().insert(Outcome {
-        result: reject.result(),
-        reason: reject.reason(),
-    });
     response
 }
 
 /// Decides a request and, when it passes, sends it upstream and returns the response to
-/// stream back.
+/// stream back, with its reason label (`ok`, or `preflight` when the gateway answered).
 async fn forward(
     parts: &Parts,
     incoming: Incoming,
     peer: &Peer,
     client: ClientInfo,
-) -> Result<(Arc<Route>, Response<Reply>), Refusal> {
+) -> Result<(Arc<Route>, Response<Reply>, &'static str), Refusal> {
     let gateway = &peer.gateway;
     let headers = &parts.headers;
     // Its target is a host, not a path on any route.
@@ -223,7 +198,7 @@ async fn forward(
         && !matches!(origin, RequestOrigin::Missing)
     {
         return match route.origins.allows(&origin) {
-            true => Ok((route.clone(), preflight(headers))),
+            true => Ok((route.clone(), preflight(headers), "preflight")),
             false => refuse(Reject::OriginDenied),
         };
     }
@@ -295,7 +270,7 @@ async fn forward(
         limits.response_timeout,
         lease,
     )));
-    Ok((route.clone(), Response::from_parts(head, body)))
+    Ok((route.clone(), Response::from_parts(head, body), "ok"))
 }
 
 /// Why no response came.
@@ -480,9 +455,5 @@ fn preflight(headers: &HeaderMap) -> Response<Reply> {
             "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
         ),
     );
-    response.extensions_mut().insert(Outcome {
-        result: "accepted",
-        reason: "preflight",
-    });
     response
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use super::extensions;
-use super::handshake::{self, AcceptKey, Reject};
+use super::handshake::{AcceptKey, Reject};
 use super::http1::{self, Headers};
 use super::state::Gateway;
 use super::stream::Stream;
@@ -185,15 +185,7 @@ pub(super) async fn refuse(
 ) {
     let name = route.map(|r| &r.label);
     outcome(gateway, name, client, origin, r.result(), r.reason());
-    let name = name.map(|n| &**n);
-    match r.blame() {
-        handshake::Blame::Downstream => {
-            tracing::debug!(client = %client.ip, route = name.unwrap_or(""), reason = r.reason(), "handshake rejected")
-        }
-        _ => {
-            tracing::warn!(client = %client.ip, route = name.unwrap_or(""), reason = r.reason(), "handshake failed")
-        }
-    }
+    r.log("handshake", client.ip, name.map_or("", |n| &**n));
     let mut response = Vec::with_capacity(256);
     r.write_response(&mut response);
     // Dropping the socket then closes it with a FIN after the response.
