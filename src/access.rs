@@ -40,6 +40,8 @@ pub struct Handshake<'a> {
     pub result: &'static str,
     /// `ok` or why not.
     pub reason: &'static str,
+    /// The HTTP version the handshake came in: `1.1`, or `2` for an HTTP/2 stream.
+    pub http: &'static str,
 }
 
 /// One plain request's outcome, as logged.
@@ -93,6 +95,7 @@ impl AccessLog {
             origin = shown(h.origin),
             result = h.result,
             reason = h.reason,
+            http = h.http,
             "handshake"
         );
     }

@@ -150,6 +150,20 @@ pub struct WebSocketRouteSpec {
     /// Terminate TLS (`wss://`) for this route's hostnames on the TLS listener. A route with `tls` makes its hostnames TLS-only: on the plain listener handshakes for any path of them get 403. Default: plain only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
+
+    /// Whether browsers may open this route's sockets as streams of an HTTP/2 connection (RFC 8441) on the TLS listener, many sockets sharing one TCP and TLS connection: `Allow`, or `Refuse` to keep each socket on its own HTTP/1.1 connection. Browsers learn this per connection, before they name a path: the gateway does not offer WebSockets over HTTP/2 on a connection whose SNI names a hostname of a route that refuses, so `Refuse` holds for every route on that hostname; a stream that asks anyway gets 421. Default: `Allow`.
+    #[serde(default)]
+    pub web_sockets_over_http2: Http2Sockets,
+}
+
+/// Whether a route's sockets may be HTTP/2 streams.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Http2Sockets {
+    /// Sockets over HTTP/2 when the browser holds an HTTP/2 connection, over HTTP/1.1 otherwise.
+    #[default]
+    Allow,
+    /// Sockets over HTTP/1.1 only, each on its own connection.
+    Refuse,
 }
 
 /// A namespace allowed to serve routes on the granting route's hostnames.

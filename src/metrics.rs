@@ -130,6 +130,9 @@ pub struct Metrics {
     pub upstream_connect_seconds: Histogram,
     /// Finished relays by how they ended.
     pub connections_ended: Family<EndLabels, Counter>,
+    /// Client connections that chose HTTP/2 (ALPN `h2`), each carrying any number of
+    /// requests and sockets.
+    pub http2_connections: Counter,
     /// Version of the active snapshot (increments on every applied change).
     pub snapshot_version: Gauge,
     /// Routes in the active snapshot.
@@ -177,6 +180,7 @@ impl Metrics {
                 prometheus_client::metrics::histogram::exponential_buckets(0.000_1, 2.0, 16),
             ),
             connections_ended: Family::default(),
+            http2_connections: Counter::default(),
             snapshot_version: Gauge::default(),
             snapshot_routes: Gauge::default(),
             source_errors: Gauge::default(),
@@ -263,6 +267,11 @@ impl Metrics {
             "status_writes",
             "Route status writes to the API server, by result",
             m.status_writes.clone(),
+        );
+        registry.register(
+            "http2_connections",
+            "Client connections that chose HTTP/2 on the TLS listener (each carries many requests and sockets)",
+            m.http2_connections.clone(),
         );
         registry.register_collector(Box::new(m.watch_staleness.clone()));
         Metrics {

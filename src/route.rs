@@ -137,6 +137,8 @@ pub struct Route {
     pub admission: Admission,
     /// Served only on the TLS listener (the route has `tls`).
     pub tls_only: bool,
+    /// Its sockets may be streams of an HTTP/2 connection (`webSocketsOverHttp2: Allow`).
+    pub http2_sockets: bool,
     /// How handshakes are authenticated, if they are.
     pub auth: Option<RouteAuth>,
     /// Plain HTTP requests are passed too (`http`), with these limits.
@@ -199,6 +201,9 @@ struct HostRoutes {
     /// A route on this hostname has `tls`: every path on it is served on the TLS listener
     /// only, so a newer plain route cannot serve part of a TLS hostname in clear text.
     tls_only: bool,
+    /// A route on this hostname refuses its sockets over HTTP/2: connections for it offer
+    /// none, since a browser learns that per connection, before it names a path.
+    http2_refused: bool,
     exact: HashMap<String, Arc<Route>>,
     /// Longest prefix first.
     prefixes: Vec<(PathRule, Arc<Route>)>,
@@ -252,6 +257,7 @@ impl RouteTable {
                 None => self.exact_hosts.entry(hostname.clone()).or_default(),
             };
             entry.tls_only |= route.tls_only;
+            entry.http2_refused |= !route.http2_sockets;
             match path {
                 PathRule::Exact(value) => {
                     entry
@@ -293,6 +299,24 @@ impl RouteTable {
             rest = suffix;
         }
         None
+    }
+
+    /// Whether an HTTP/2 connection for `host` (its SNI name, lowercase) may carry
+    /// WebSockets: not when a route on that hostname, or under a wildcard covering it,
+    /// refuses them.
+    pub fn http2_sockets(&self, host: &str) -> bool {
+        let refused = |routes: Option<&HostRoutes>| routes.is_some_and(|h| h.http2_refused);
+        if refused(self.exact_hosts.get(host)) {
+            return false;
+        }
+        let mut rest = host;
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if refused(self.wildcard_hosts.get(suffix)) {
+                return false;
+            }
+            rest = suffix;
+        }
+        true
     }
 
     /// Serves `key` for `hostnames` on the TLS listener, where no older route already set
@@ -363,6 +387,7 @@ impl Route {
             limits: Limits::default(),
             admission: Admission::default(),
             tls_only: false,
+            http2_sockets: true,
             auth: None,
             http: None,
         }

@@ -12,8 +12,8 @@ use super::{
 };
 use crate::api::JwtSpec;
 use crate::api::{
-    MAX_IDLE_TIMEOUT_SECONDS, MAX_REQUEST_BODY_BYTES, OriginsSpec, PathMatchType, Rejection,
-    SessionAffinity, WebSocketRoute, WebSocketRouteSpec,
+    Http2Sockets, MAX_IDLE_TIMEOUT_SECONDS, MAX_REQUEST_BODY_BYTES, OriginsSpec, PathMatchType,
+    Rejection, SessionAffinity, WebSocketRoute, WebSocketRouteSpec,
 };
 use crate::auth::{JwtAuth, JwtSettings, KeyError, TokenPlace};
 use crate::policy::OriginPolicy;
@@ -278,6 +278,7 @@ fn build_route(
 ) -> Route {
     Route {
         tls_only: spec.tls.is_some(),
+        http2_sockets: spec.web_sockets_over_http2 == Http2Sockets::Allow,
         auth,
         key: key.clone(),
         label: key.to_string().into(),

@@ -20,12 +20,15 @@ use super::handshake::{AcceptKey, Reject};
 use super::http1::{self, HeadError, Prefixed};
 use super::registry::{self, CLOSE_POLICY, CLOSE_RESTART};
 use super::relay::{self, ConnControl, Ended, Side};
-use super::reply::{Reply, answer_client, outcome, pass_refusal, refuse, switching_protocols};
+use super::reply::{
+    RefusalBody, Reply, answer_client, outcome, pass_refusal, refuse, switching_protocols,
+};
 use super::state::{Gateway, HttpPhase};
 use super::stream::Stream;
 use super::upstream::{self, ClientInfo};
 use crate::accept::stopped;
 use crate::metrics::{CloseLabels, EndLabels, RouteLabels, TrafficLabels};
+use crate::policy::RequestOrigin;
 use crate::route::{OriginRejection, Route};
 
 /// Bytes reserved for a request head before its first read.
@@ -189,6 +192,7 @@ async fn handshake(
         addr: peer,
         ip: peer.ip(),
         proto: if tls.is_some() { "https" } else { "http" },
+        version: "1.1",
     };
     let mut buf = Vec::with_capacity(HEAD_CAPACITY);
     let config = &gateway.config;
@@ -309,78 +313,35 @@ async fn handshake(
             accept,
             admission,
         } => {
-            // Registered before the upstream is asked, so that a snapshot published while it
-            // answers applies to this connection as to the relayed ones.
-            let mut registration = gateway.connections.register(route.clone(), request_origin);
-            let control = registration.control();
-            let sent = upstream::send(
-                &route.upstream,
-                client.ip,
+            let exchanged = exchange(
+                &gateway,
+                &route,
+                (client, origin),
+                request_origin,
                 &request,
-                gateway.config.upstream,
-                &gateway.metrics.upstream_connect_seconds,
-            );
-            let answer = tokio::select! {
-                answer = sent => answer,
-                code = revoked_in_flight(&control) => Err(revocation(code)),
-            };
-            let answer = match answer {
-                Ok(answer) => answer,
-                Err(reject) => {
-                    refuse_decided(asker, &route, reject, accept).await;
-                    return None;
-                }
-            };
+                accept,
+                extensions.as_deref(),
+            )
+            .await;
             drop(request);
-            // The newest snapshot decides, also one published between this handshake's
-            // decision and its registration, and whatever the route's revokeOnPolicyChange:
-            // nothing relays yet.
-            if let Some((code, _)) = gateway
-                .published
-                .current()
-                .and_then(|newest| registration.verdict(&newest.table))
-            {
-                refuse_decided(asker, &route, revocation(code), accept).await;
-                return None;
-            }
-            let (reply, deflate) = match answer_client(&answer, accept, extensions.as_deref()) {
-                Ok(Reply::Upgrade(reply, deflate)) => (reply, deflate),
-                Ok(Reply::Refusal(head, body)) => {
+            let (answer, reply, deflate, registration) = match exchanged {
+                Exchange::Upgrade {
+                    answer,
+                    reply,
+                    deflate,
+                    registration,
+                } => (answer, reply, deflate, registration),
+                Exchange::Refusal { answer, head, body } => {
                     // The upstream refused: its status and body go back to the client.
-                    outcome(
-                        &gateway,
-                        Some(&route.label),
-                        client,
-                        origin,
-                        "rejected",
-                        "upstream_refused",
-                    );
                     let patience = gateway.config.upstream.response;
                     pass_refusal(asker.stream, answer, &head, body, patience).await;
                     return None;
                 }
-                Err(reject) => {
-                    refuse(
-                        &mut asker.stream,
-                        &gateway,
-                        Some(&route),
-                        reject,
-                        client,
-                        origin,
-                    )
-                    .await;
+                Exchange::Refused(reject) => {
+                    refuse_decided(asker, &route, reject, accept).await;
                     return None;
                 }
             };
-            registration.relaying();
-            outcome(
-                &gateway,
-                Some(&route.label),
-                client,
-                origin,
-                "accepted",
-                "ok",
-            );
             if let Err(e) = asker.stream.write_all(&reply).await {
                 tracing::debug!(%peer, error = %e, "client went away before its 101");
                 return None;
@@ -399,6 +360,103 @@ async fn handshake(
         }
     }
     None
+}
+
+/// What the upstream made of a handshake the gateway admitted.
+pub(super) enum Exchange {
+    /// It switched protocols: the client's 101 head (its headers but hop-by-hop ones),
+    /// whether `permessage-deflate` was negotiated, and the connection, registered for
+    /// revocation and drain and counted as accepted.
+    Upgrade {
+        answer: upstream::Answer,
+        reply: Vec<u8>,
+        deflate: bool,
+        registration: registry::Registration,
+    },
+    /// It refused (counted): the head to pass on, and how much body follows it.
+    Refusal {
+        answer: upstream::Answer,
+        head: Vec<u8>,
+        body: RefusalBody,
+    },
+    /// The gateway refuses after all (not yet counted): the upstream failed or answered
+    /// wrongly, or a newer snapshot revoked the handshake while it waited.
+    Refused(Reject),
+}
+
+/// Sends an admitted handshake's `request` to its route's upstream and judges the answer,
+/// whichever protocol the client spoke. `asker` is the client and its Origin, for the
+/// metrics and the access log.
+pub(super) async fn exchange(
+    gateway: &Gateway,
+    route: &Arc<Route>,
+    asker: (ClientInfo, Option<&str>),
+    request_origin: RequestOrigin,
+    request: &[u8],
+    accept: AcceptKey,
+    extensions: Option<&str>,
+) -> Exchange {
+    let (client, origin) = asker;
+    // Registered before the upstream is asked, so that a snapshot published while it
+    // answers applies to this connection as to the relayed ones.
+    let mut registration = gateway.connections.register(route.clone(), request_origin);
+    let control = registration.control();
+    let sent = upstream::send(
+        &route.upstream,
+        client.ip,
+        request,
+        gateway.config.upstream,
+        &gateway.metrics.upstream_connect_seconds,
+    );
+    let answer = tokio::select! {
+        answer = sent => answer,
+        code = revoked_in_flight(&control) => Err(revocation(code)),
+    };
+    let answer = match answer {
+        Ok(answer) => answer,
+        Err(reject) => return Exchange::Refused(reject),
+    };
+    // The newest snapshot decides, also one published between this handshake's decision
+    // and its registration, and whatever the route's revokeOnPolicyChange: nothing relays
+    // yet.
+    if let Some((code, _)) = gateway
+        .published
+        .current()
+        .and_then(|newest| registration.verdict(&newest.table))
+    {
+        return Exchange::Refused(revocation(code));
+    }
+    match answer_client(&answer, accept, extensions) {
+        Ok(Reply::Upgrade(reply, deflate)) => {
+            registration.relaying();
+            outcome(
+                gateway,
+                Some(&route.label),
+                client,
+                origin,
+                "accepted",
+                "ok",
+            );
+            Exchange::Upgrade {
+                answer,
+                reply,
+                deflate,
+                registration,
+            }
+        }
+        Ok(Reply::Refusal(head, body)) => {
+            outcome(
+                gateway,
+                Some(&route.label),
+                client,
+                origin,
+                "rejected",
+                "upstream_refused",
+            );
+            Exchange::Refusal { answer, head, body }
+        }
+        Err(reject) => Exchange::Refused(reject),
+    }
 }
 
 /// Resolves with the close code once a snapshot revokes a handshake waiting for its

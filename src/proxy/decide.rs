@@ -123,6 +123,7 @@ fn decide(
         upgrade,
         sni,
         client,
+        http2: false,
     };
     let forward = match decision(&request, gateway) {
         Decision::Refuse(route, reject) => return Step::Refuse(route, reject),
@@ -197,6 +198,8 @@ pub(super) struct Request<'a, H> {
     pub(super) sni: Option<&'a str>,
     /// Who asks.
     pub(super) client: ClientInfo,
+    /// The request is a stream of an HTTP/2 connection.
+    pub(super) http2: bool,
 }
 
 /// What the decision leaves to the protocol: where to forward, and what to add.
@@ -354,6 +357,9 @@ pub(super) fn decision<'a, 'h, H: HeaderLookup<'h>>(
         Ok(authenticated) => authenticated,
         Err(reject) => return Decision::Refuse(Some(route), reject),
     };
+    if request.http2 && !route.http2_sockets {
+        return Decision::Refuse(Some(route), Reject::Http2Refused);
+    }
     let admission = match gateway.admissions.admit(
         &route.label,
         route.admission,

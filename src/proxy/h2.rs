@@ -12,23 +12,25 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::ext::Protocol;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::watch;
 
-use super::connection::{self, Upgraded};
+use super::connection::{self, Exchange, Upgraded};
 use super::decide::{self, Decision, Forward};
 use super::extensions;
 use super::handshake::{self, Reject};
 use super::http::{self as plain, Peer, Reply};
 use super::http1::{Headers, Prefixed};
 use super::registry::CLOSE_POLICY;
+use super::relay;
 use super::reply::{self, outcome};
 use super::state::{Gateway, HttpPhase};
 use super::stream::Stream;
 use super::upstream::{self, ClientInfo, Forwarding};
 use crate::accept::stopped;
 use crate::request::HeaderLookup;
-use crate::route::RouteAuth;
+use crate::route::{OriginRejection, Route, RouteAuth};
 
 /// Streams one client may have open at once.
 const MAX_STREAMS: u32 = 128;
@@ -44,6 +46,19 @@ pub(super) async fn serve(
 ) {
     let gateway = phase.0.clone();
     let config = &gateway.config;
+    let client = ClientInfo {
+        version: "2",
+        ..client
+    };
+    // SETTINGS_ENABLE_CONNECT_PROTOCOL goes out before the client names a path: a
+    // hostname with a route that refuses sockets over HTTP/2 gets none on its connections,
+    // and browsers open them over HTTP/1.1 instead.
+    let sockets = match (&sni, gateway.published.current()) {
+        (Some(name), Some(snapshot)) => snapshot
+            .table
+            .http2_sockets(&name.trim_end_matches('.').to_ascii_lowercase()),
+        _ => true,
+    };
     let peer = Arc::new(Peer {
         gateway: gateway.clone(),
         client,
@@ -53,12 +68,15 @@ pub(super) async fn serve(
         let peer = peer.clone();
         async move { Ok::<_, Infallible>(stream(request, &peer).await) }
     });
+    gateway.metrics.http2_connections.inc();
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .enable_connect_protocol()
         .max_concurrent_streams(MAX_STREAMS)
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
+    if sockets {
+        builder.enable_connect_protocol();
+    }
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
     let served = tokio::select! {
@@ -124,6 +142,77 @@ fn refused(
     response
 }
 
+/// `rejection: Close` on a stream: 200, then Close 1008 `origin not allowed`.
+fn close_after_upgrade(
+    gateway: &Arc<Gateway>,
+    route: &Route,
+    client: ClientInfo,
+    origin: Option<&str>,
+    on_upgrade: OnUpgrade,
+) -> Response<Reply> {
+    outcome(
+        gateway,
+        Some(&route.label),
+        client,
+        origin,
+        "rejected",
+        Reject::OriginDenied.reason(),
+    );
+    let linger = gateway.config.close_linger;
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            relay::reject_after_upgrade(
+                TokioIo::new(upgraded),
+                CLOSE_POLICY,
+                "origin not allowed",
+                linger,
+            )
+            .await;
+        }
+    });
+    Response::new(Reply::Fixed(None))
+}
+
+/// A response from an HTTP/1.1 head the gateway made for a client (a 101, or an
+/// upstream's refusal): its status (`switched` for a 101) and its headers but those
+/// HTTP/2 forbids or that framed the HTTP/1.1 exchange.
+fn from_head(head: &[u8], switched: StatusCode, body: Reply) -> Response<Reply> {
+    let mut response = Response::new(body);
+    let mut slots = [httparse::EMPTY_HEADER; super::http1::MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut slots);
+    if !matches!(parsed.parse(head), Ok(httparse::Status::Complete(_))) {
+        *response.status_mut() = StatusCode::BAD_GATEWAY;
+        return response;
+    }
+    *response.status_mut() = match parsed.code {
+        Some(101) => switched,
+        code => code
+            .and_then(|c| StatusCode::from_u16(c).ok())
+            .unwrap_or(StatusCode::BAD_GATEWAY),
+    };
+    for h in parsed.headers.iter() {
+        let name = h.name.to_ascii_lowercase();
+        let dropped = matches!(
+            name.as_str(),
+            "connection"
+                | "upgrade"
+                | "keep-alive"
+                | "proxy-connection"
+                | "transfer-encoding"
+                | "content-length"
+                | "sec-websocket-accept"
+        );
+        if let (false, Ok(name), Ok(value)) = (
+            dropped,
+            http::HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
 /// An extended CONNECT for `websocket`: decided, exchanged with the upstream over
 /// HTTP/1.1, answered 200, then relayed.
 async fn websocket_stream(mut request: Request<Incoming>, peer: &Peer) -> Response<Reply> {
@@ -154,7 +243,12 @@ async fn websocket_stream(mut request: Request<Incoming>, peer: &Peer) -> Respon
         },
         sni: peer.sni.as_deref(),
         client,
+        http2: true,
     };
+    // Each socket counts under --max-connections, whichever connection carries it.
+    if !gateway.has_room() {
+        return refused(&gateway, None, client, origin, Reject::Overloaded);
+    }
     let forward = match decide::decision(&decided, &gateway) {
         Decision::Refuse(route, reject) => {
             return refused(
@@ -175,27 +269,7 @@ async fn websocket_stream(mut request: Request<Incoming>, peer: &Peer) -> Respon
             );
         }
         Decision::CloseAfterUpgrade(route, _) => {
-            outcome(
-                &gateway,
-                Some(&route.label),
-                client,
-                origin,
-                "rejected",
-                Reject::OriginDenied.reason(),
-            );
-            let linger = gateway.config.close_linger;
-            tokio::spawn(async move {
-                if let Ok(upgraded) = on_upgrade.await {
-                    crate::proxy::relay::reject_after_upgrade(
-                        TokioIo::new(upgraded),
-                        CLOSE_POLICY,
-                        "origin not allowed",
-                        linger,
-                    )
-                    .await;
-                }
-            });
-            return Response::new(Reply::Fixed(None));
+            return close_after_upgrade(&gateway, &route, client, origin, on_upgrade);
         }
         Decision::Forward(forward) => forward,
     };
@@ -246,80 +320,41 @@ async fn websocket_stream(mut request: Request<Incoming>, peer: &Peer) -> Respon
             },
         },
     );
-    let label = Some(&route.label);
-    let mut registration = gateway.connections.register(route.clone(), request_origin);
-    let control = registration.control();
-    let sent = upstream::send(
-        &route.upstream,
-        client.ip,
+    let exchanged = connection::exchange(
+        &gateway,
+        &route,
+        (client, origin),
+        request_origin,
         &upstream_request,
-        gateway.config.upstream,
-        &gateway.metrics.upstream_connect_seconds,
-    );
-    let answer = tokio::select! {
-        answer = sent => answer,
-        code = connection::revoked_in_flight(&control) => Err(connection::revocation(code)),
-    };
-    let answer = match answer {
-        Ok(answer) => answer,
-        Err(reject) => return refused(&gateway, label, client, origin, reject),
-    };
-    if let Some((code, _)) = gateway
-        .published()
-        .current()
-        .and_then(|newest| registration.verdict(&newest.table))
-    {
-        return refused(
-            &gateway,
-            label,
-            client,
-            origin,
-            connection::revocation(code),
-        );
-    }
-    let deflate = match reply::answer_client(&answer, accept, offered.as_deref()) {
-        Ok(reply::Reply::Upgrade(_, deflate)) => deflate,
-        Ok(reply::Reply::Refusal(head, _)) => {
-            outcome(
-                &gateway,
-                label,
-                client,
-                origin,
-                "rejected",
-                "upstream_refused",
-            );
-            let status = head
-                .get(9..12)
-                .and_then(|s| std::str::from_utf8(s).ok())
-                .and_then(|s| s.parse::<u16>().ok())
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .unwrap_or(StatusCode::BAD_GATEWAY);
-            let mut response = Response::new(Reply::Fixed(None));
-            *response.status_mut() = status;
-            return response;
+        accept,
+        offered.as_deref(),
+    )
+    .await;
+    drop(upstream_request);
+    let (answer, reply, deflate, registration) = match exchanged {
+        Exchange::Upgrade {
+            answer,
+            reply,
+            deflate,
+            registration,
+        } => (answer, reply, deflate, registration),
+        Exchange::Refusal { answer, head, body } => {
+            // The upstream refused: its status, headers and body go back on the stream.
+            let patience = gateway.config.upstream.response;
+            let body = reply::refusal_body(answer, body, patience).await;
+            return from_head(&head, StatusCode::BAD_GATEWAY, Reply::Fixed(Some(body)));
         }
-        Err(reject) => return refused(&gateway, label, client, origin, reject),
-    };
-    // What the upstream chose goes to the client as the 200's headers.
-    let mut response = Response::new(Reply::Fixed(None));
-    {
-        let mut slots = [httparse::EMPTY_HEADER; super::http1::MAX_HEADERS];
-        let mut head = httparse::Response::new(&mut slots);
-        if head.parse(&answer.buf[..answer.head_len]).is_ok() {
-            for h in head.headers.iter() {
-                let chosen = h.name.eq_ignore_ascii_case("sec-websocket-protocol")
-                    || h.name.eq_ignore_ascii_case("sec-websocket-extensions");
-                if let (true, Ok(value)) = (chosen, HeaderValue::from_bytes(h.value)) {
-                    response.headers_mut().append(
-                        http::HeaderName::from_bytes(h.name.as_bytes()).expect("a known name"),
-                        value,
-                    );
-                }
-            }
+        Exchange::Refused(reject)
+            if reject == Reject::OriginDenied && route.rejection == OriginRejection::Close =>
+        {
+            return close_after_upgrade(&gateway, &route, client, origin, on_upgrade);
         }
-    }
-    registration.relaying();
-    outcome(&gateway, label, client, origin, "accepted", "ok");
+        Exchange::Refused(reject) => {
+            return refused(&gateway, Some(&route.label), client, origin, reject);
+        }
+    };
+    // RFC 8441 §5: a 2xx, with the upstream's headers but those of the HTTP/1.1 upgrade.
+    let response = from_head(&reply, StatusCode::OK, Reply::Fixed(None));
     let upstream_io = Prefixed::new(answer.stream, &answer.buf[answer.head_len..]);
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {

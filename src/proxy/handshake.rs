@@ -55,6 +55,8 @@ pub enum Reject {
     AuthUnavailable,
     /// A TLS client's `Host` is not the name it asked for in SNI.
     Misdirected,
+    /// An HTTP/2 stream asks for a socket on a route with `webSocketsOverHttp2: Refuse`.
+    Http2Refused,
     /// The route is served only over TLS, and this request came in plain.
     TlsRequired,
     /// The TLS handshake with the upstream failed (its certificate did not verify, or it
@@ -121,7 +123,7 @@ impl Reject {
             Reject::OriginDenied | Reject::SubprotocolDenied | Reject::TlsRequired => {
                 StatusCode::FORBIDDEN
             }
-            Reject::Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            Reject::Misdirected | Reject::Http2Refused => StatusCode::MISDIRECTED_REQUEST,
             Reject::NoUpstream
             | Reject::UpstreamUnreachable
             | Reject::UpstreamInvalid
@@ -153,6 +155,7 @@ impl Reject {
             Reject::TokenRepeated => "token_repeated",
             Reject::AuthUnavailable => "auth_unavailable",
             Reject::Misdirected => "misdirected_request",
+            Reject::Http2Refused => "http2_refused",
             Reject::TlsRequired => "tls_required",
             Reject::UpstreamTls => "upstream_tls",
             Reject::NoUpstream => "no_upstream",
@@ -195,6 +198,7 @@ impl Reject {
             Reject::TokenRepeated => "token given more than once: send it in one place\n",
             Reject::AuthUnavailable => "authentication is not available: retry later\n",
             Reject::Misdirected => "Host does not match the TLS server name\n",
+            Reject::Http2Refused => "this route takes WebSockets over HTTP/1.1 only\n",
             Reject::TlsRequired => "this route is served over TLS only: use wss://\n",
             Reject::UpstreamTls => "upstream TLS handshake failed\n",
             Reject::NoUpstream => "no upstream available\n",

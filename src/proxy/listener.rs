@@ -100,6 +100,7 @@ async fn turn_away(mut stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway
             addr: peer,
             ip: peer.ip(),
             proto: "http",
+            version: "1.1",
         },
         None,
         r.result(),

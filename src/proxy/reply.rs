@@ -155,6 +155,29 @@ pub(super) async fn pass_refusal(
     }
 }
 
+/// An upstream refusal's body, read whole (up to the same cap) within `patience`: an
+/// HTTP/2 stream answers with it, where an HTTP/1.1 client gets it as it comes.
+pub(super) async fn refusal_body(
+    answer: upstream::Answer,
+    body: RefusalBody,
+    patience: Duration,
+) -> bytes::Bytes {
+    let upstream::Answer {
+        stream: upstream,
+        buf,
+        head_len,
+    } = answer;
+    let limit = body.limit(MAX_REFUSAL_BODY);
+    let first = &buf[head_len..];
+    let mut out = first[..first.len().min(limit as usize)].to_vec();
+    let mut rest = tokio::io::AsyncReadExt::take(upstream, limit - out.len() as u64);
+    let read = tokio::io::AsyncReadExt::read_to_end(&mut rest, &mut out);
+    if let Ok(Err(e)) = tokio::time::timeout(patience, read).await {
+        tracing::debug!(error = %e, "reading the upstream's refusal failed");
+    }
+    out.into()
+}
+
 /// Counts a handshake's outcome and writes its access-log line.
 pub(super) fn outcome(
     gateway: &Gateway,
@@ -171,6 +194,7 @@ pub(super) fn outcome(
         origin,
         result,
         reason,
+        http: client.version,
     });
 }
 

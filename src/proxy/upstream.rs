@@ -50,6 +50,8 @@ pub struct ClientInfo {
     pub ip: IpAddr,
     /// `http` or `https`: the listener the client used.
     pub proto: &'static str,
+    /// `1.1`, or `2` for a stream of an HTTP/2 connection: the HTTP version it spoke.
+    pub version: &'static str,
 }
 
 impl ClientInfo {

@@ -76,3 +76,32 @@ fn longer_wildcard_suffix_wins() {
     );
     assert_eq!(name_of(&t, "eu.example.com", "/").as_deref(), Some("outer"));
 }
+
+#[test]
+fn a_route_refusing_http2_sockets_turns_them_off_for_its_hostname_and_the_names_under_its_wildcard()
+{
+    let mut t = RouteTable::default();
+    insert(&mut t, "chat.example.com", "/", "chat");
+    let refusing = Route {
+        http2_sockets: false,
+        ..route("legacy")
+    };
+    t.insert(
+        &["*.legacy.example.com".to_owned()],
+        &PathRule::prefix("/old"),
+        refusing.clone(),
+    );
+    t.insert(
+        &["h1.example.com".to_owned()],
+        &PathRule::prefix("/"),
+        refusing,
+    );
+    assert!(t.http2_sockets("chat.example.com"));
+    assert!(!t.http2_sockets("h1.example.com"));
+    assert!(!t.http2_sockets("a.b.legacy.example.com"));
+    assert!(
+        t.http2_sockets("legacy.example.com"),
+        "a wildcard covers one label or more"
+    );
+    assert!(t.http2_sockets("unknown.example.com"));
+}

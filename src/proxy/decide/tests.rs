@@ -14,6 +14,7 @@ fn gateway(published: bool) -> Arc<Gateway> {
     let routes = [
         "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: ws, namespace: apps}\nspec:\n  hostnames: [chat.example.test]\n  path: {value: /ws}\n  origins: {allow: [\"https://a.example.test\"]}\n  upstream: {url: \"ws://127.0.0.1:9\"}\n",
         "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: root, namespace: apps}\nspec:\n  hostnames: [chat.example.test]\n  upstream: {url: \"ws://127.0.0.1:9\"}\n",
+        "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: h1, namespace: apps}\nspec:\n  hostnames: [chat.example.test]\n  path: {value: /h1}\n  origins: {allow: [\"https://a.example.test\"]}\n  upstream: {url: \"ws://127.0.0.1:9\"}\n  webSocketsOverHttp2: Refuse\n",
     ]
     .map(|yaml| serde_saphyr::from_str(yaml).expect("route"));
     let snapshots = Published::new(Metrics::new());
@@ -43,6 +44,18 @@ fn ask<'a>(
     upgrade: Result<AcceptKey, Reject>,
     sni: Option<&'a str>,
 ) -> Result<String, Reject> {
+    ask_over(false, gateway, target, headers, upgrade, sni)
+}
+
+/// [`ask`], as an HTTP/2 stream when `http2`.
+fn ask_over<'a>(
+    http2: bool,
+    gateway: &Gateway,
+    target: &'a str,
+    headers: &'a [(&'a str, &'a str)],
+    upgrade: Result<AcceptKey, Reject>,
+    sni: Option<&'a str>,
+) -> Result<String, Reject> {
     let request = Request {
         host: Ok(Cow::Borrowed("chat.example.test")),
         target,
@@ -53,7 +66,9 @@ fn ask<'a>(
             addr: "192.0.2.7:5555".parse().expect("addr"),
             ip: "192.0.2.7".parse().expect("ip"),
             proto: "http",
+            version: "1.1",
         },
+        http2,
     };
     match decision(&request, gateway) {
         Decision::Refuse(_, reject) => Err(reject),
@@ -141,4 +156,17 @@ fn nothing_is_decided_before_the_first_snapshot() {
         ask(&starting, "/ws", &[("Origin", A)], Ok(accept()), None),
         Err(Reject::NotReady)
     );
+}
+
+#[test]
+fn a_route_that_refuses_http2_sockets_refuses_its_streams_after_the_origin_check() {
+    let served = gateway(true);
+    let origin_a = [("Origin", A)];
+    let other = [("Origin", "https://evil.example.test")];
+    let over =
+        |http2, target, headers| ask_over(http2, &served, target, headers, Ok(accept()), None);
+    assert_eq!(over(true, "/h1", &origin_a), Err(Reject::Http2Refused));
+    assert_eq!(over(true, "/h1", &other), Err(Reject::OriginDenied));
+    assert_eq!(over(false, "/h1", &origin_a), Ok("apps/h1 /h1".into()));
+    assert_eq!(over(true, "/ws", &origin_a), Ok("apps/ws /ws".into()));
 }

@@ -5,6 +5,7 @@ fn client() -> ClientInfo {
         addr: "192.0.2.7:5555".parse().expect("addr"),
         ip: "192.0.2.7".parse().expect("ip"),
         proto: "http",
+        version: "1.1",
     }
 }
 
@@ -225,6 +226,7 @@ fn an_ipv6_client_is_quoted_in_forwarded() {
                 addr: "[2001:db8::7]:5555".parse().expect("addr"),
                 ip: "2001:db8::7".parse().expect("ip"),
                 proto: "https",
+                version: "1.1",
             },
             trusted_peer: false,
             subprotocols: None,
