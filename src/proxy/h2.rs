@@ -4,7 +4,11 @@
 //! today; other requests go to `proxy::http` as on an HTTP/1.1 connection.
 
 use std::convert::Infallible;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::Bytes;
@@ -14,7 +18,7 @@ use hyper::body::Incoming;
 use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 
 use super::connection::{self, Exchange, Upgraded};
 use super::decide::{self, Decision, Forward};
@@ -64,9 +68,12 @@ pub(super) async fn serve(
         client,
         sni,
     });
+    let in_use = InUse::default();
+    let streams = in_use.clone();
     let service = hyper::service::service_fn(move |request| {
         let peer = peer.clone();
-        async move { Ok::<_, Infallible>(stream(request, &peer).await) }
+        let busy = streams.busy();
+        async move { Ok::<_, Infallible>(stream(request, &peer, busy).await) }
     });
     gateway.metrics.http2_connections.inc();
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -79,11 +86,24 @@ pub(super) async fn serve(
     }
     let connection = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(connection);
-    let served = tokio::select! {
-        served = connection.as_mut() => served,
-        () = stopped(&mut stop) => {
+    // A connection without streams is closed (GOAWAY) after --handshake-timeout, as an
+    // HTTP/1.1 connection idle between requests is: it would hold a descriptor and count
+    // under --max-connections for nothing.
+    let ended = tokio::select! {
+        served = connection.as_mut() => Some(served),
+        () = stopped(&mut stop) => None,
+        () = in_use.idle_for(config.header_read_timeout) => None,
+    };
+    // GOAWAY; the streams under way finish. A client that then neither closes nor answers
+    // the shutdown's PING is dropped once no stream is left for the same time.
+    let served = match ended {
+        Some(served) => served,
+        None => {
             connection.as_mut().graceful_shutdown();
-            connection.await
+            tokio::select! {
+                served = connection.as_mut() => served,
+                () = in_use.idle_for(config.header_read_timeout) => Ok(()),
+            }
         }
     };
     if let Err(e) = served {
@@ -92,16 +112,91 @@ pub(super) async fn serve(
     drop(phase);
 }
 
-/// One stream: a WebSocket, or a plain request.
-async fn stream(request: Request<Incoming>, peer: &Peer) -> Response<Reply> {
+/// One stream: a WebSocket, or a plain request. `busy` keeps the connection in use until
+/// the response is sent (and a socket's relay holds one of its own).
+async fn stream(request: Request<Incoming>, peer: &Peer, busy: Busy) -> Response<Tracked> {
     let websocket = request.method() == Method::CONNECT
         && request
             .extensions()
             .get::<Protocol>()
             .is_some_and(|p| p.as_str().eq_ignore_ascii_case("websocket"));
-    match websocket {
-        true => websocket_stream(request, peer).await,
+    let response = match websocket {
+        true => websocket_stream(request, peer, busy.0.busy()).await,
         false => plain::answer(request, peer).await,
+    };
+    response.map(|body| Tracked { body, _busy: busy })
+}
+
+/// The streams of one connection in use: requests being answered, responses being sent,
+/// sockets being relayed.
+#[derive(Clone, Default)]
+struct InUse(Arc<(AtomicUsize, Notify)>);
+
+/// One use of a connection, until dropped.
+struct Busy(InUse);
+
+impl InUse {
+    /// Counts one more use until the guard drops.
+    fn busy(&self) -> Busy {
+        if self.0.0.fetch_add(1, Ordering::AcqRel) == 0 {
+            self.0.1.notify_waiters();
+        }
+        Busy(self.clone())
+    }
+
+    /// Resolves once the connection has had no use for `limit`.
+    async fn idle_for(&self, limit: Duration) {
+        loop {
+            let changed = self.0.1.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.0.0.load(Ordering::Acquire) > 0 {
+                changed.await;
+                continue;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(limit) => {
+                    if self.0.0.load(Ordering::Acquire) == 0 {
+                        return;
+                    }
+                }
+                () = changed => {}
+            }
+        }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        if self.0.0.0.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.0.1.notify_waiters();
+        }
+    }
+}
+
+/// A response body that keeps its connection in use until it is sent or dropped.
+struct Tracked {
+    body: Reply,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = <Reply as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -215,7 +310,11 @@ fn from_head(head: &[u8], switched: StatusCode, body: Reply) -> Response<Reply> 
 
 /// An extended CONNECT for `websocket`: decided, exchanged with the upstream over
 /// HTTP/1.1, answered 200, then relayed.
-async fn websocket_stream(mut request: Request<Incoming>, peer: &Peer) -> Response<Reply> {
+async fn websocket_stream(
+    mut request: Request<Incoming>,
+    peer: &Peer,
+    busy: Busy,
+) -> Response<Reply> {
     let on_upgrade = hyper::upgrade::on(&mut request);
     let gateway = peer.gateway.clone();
     let (parts, _) = request.into_parts();
@@ -357,6 +456,7 @@ async fn websocket_stream(mut request: Request<Incoming>, peer: &Peer) -> Respon
     let response = from_head(&reply, StatusCode::OK, Reply::Fixed(None));
     let upstream_io = Prefixed::new(answer.stream, &answer.buf[answer.head_len..]);
     tokio::spawn(async move {
+        let _busy = busy;
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
