@@ -36,8 +36,19 @@ use crate::accept::stopped;
 use crate::request::HeaderLookup;
 use crate::route::{OriginRejection, Route, RouteAuth};
 
-/// Streams one client may have open at once.
+/// Streams one client may have open at once (sockets and requests); the next is refused
+/// (RST_STREAM REFUSED_STREAM), as nginx's and Envoy's defaults do at 128 and 100.
 const MAX_STREAMS: u32 = 128;
+
+/// Bytes a client may send on one stream, and on all of them, before the gateway has read
+/// them: what the gateway may hold of an HTTP/2 client's data at once.
+const STREAM_WINDOW: u32 = 256 << 10;
+const CONNECTION_WINDOW: u32 = 1 << 20;
+
+/// Bytes queued towards a client on one stream before the relay waits for the client to
+/// read: the gateway holds no more for a client that stops reading (with HTTP/1.1 the
+/// socket's send buffer does this).
+const STREAM_SEND_BUFFER: usize = 64 << 10;
 
 /// Serves an HTTP/2 connection until the client closes it or the gateway drains (then
 /// GOAWAY: the streams under way continue, and the drain closes their sockets with 1012).
@@ -80,6 +91,9 @@ pub(super) async fn serve(
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_send_buf_size(STREAM_SEND_BUFFER)
         .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX));
     if sockets {
         builder.enable_connect_protocol();
