@@ -853,3 +853,25 @@ async fn a_stream_on_a_connection_opened_before_its_route_turned_to_refuse_http2
     let fresh = RawH2::connect(&tls, HOST).await;
     assert_eq!(fresh.setting(ENABLE_CONNECT_PROTOCOL), None);
 }
+
+#[tokio::test]
+async fn each_socket_of_an_http2_connection_counts_under_max_connections() {
+    let up = Upstream::start().await;
+    let tls = Tls::start(
+        &[HOST],
+        &[chat_route("chat", "/", &up.url(), "")],
+        &["--max-connections", "3"],
+    )
+    .await;
+    let (mut sender, _driver) = tls.h2(HOST).await;
+    // The connection itself, and two sockets on it, make three.
+    let _one = open(&mut sender, "/ws", APP).await.expect("one");
+    let _two = open(&mut sender, "/ws", APP).await.expect("two");
+    assert_eq!(
+        open(&mut sender, "/ws", APP)
+            .await
+            .err()
+            .map(|(status, _)| status),
+        Some(StatusCode::SERVICE_UNAVAILABLE)
+    );
+}
