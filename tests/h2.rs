@@ -875,3 +875,50 @@ async fn each_socket_of_an_http2_connection_counts_under_max_connections() {
         Some(StatusCode::SERVICE_UNAVAILABLE)
     );
 }
+
+#[tokio::test]
+async fn a_stream_whose_host_header_differs_from_its_authority_is_refused_before_the_upstream() {
+    let mut up = Upstream::start().await;
+    let tls = Tls::start(&[HOST], &[chat_route("chat", "/", &up.url(), "")], &[]).await;
+    let mut raw = RawH2::connect(&tls, HOST).await;
+    let mut block = frames::websocket(HOST, APP);
+    block.extend(frames::block(&[("host", "admin.example.test")]));
+    raw.send(&frames::frame(
+        frames::HEADERS,
+        frames::END_HEADERS,
+        1,
+        &block,
+    ))
+    .await
+    .expect("send");
+    let (kind, stream, payload) = tokio::time::timeout(PATIENCE, async {
+        loop {
+            let frame = raw.frames.recv().await.expect("frame");
+            if frame.1 == 1 {
+                return frame;
+            }
+        }
+    })
+    .await
+    .expect("answered");
+    assert_eq!((kind, stream), (frames::HEADERS, 1));
+    // `:status: 400` is entry 12 of HPACK's static table: one indexed byte.
+    assert_eq!(payload.first(), Some(&0x8c), "400");
+    assert_eq!(up.handshakes(), 0, "the upstream saw nothing");
+    // The same Host as the authority is no ambiguity.
+    let mut block = frames::websocket(HOST, APP);
+    block.extend(frames::block(&[("host", HOST)]));
+    raw.send(&frames::frame(
+        frames::HEADERS,
+        frames::END_HEADERS,
+        3,
+        &block,
+    ))
+    .await
+    .expect("send");
+    let seen = tokio::time::timeout(PATIENCE, up.seen.recv())
+        .await
+        .expect("forwarded")
+        .expect("seen");
+    assert_eq!(seen.headers.get_all("host").iter().count(), 1);
+}

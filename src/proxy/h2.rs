@@ -346,8 +346,16 @@ async fn websocket_stream(
     let version_13 = matches!((versions.next(), versions.next()), (Some(b"13"), None));
     let key = base64::engine::general_purpose::STANDARD.encode(fastrand::u128(..).to_le_bytes());
     let accept = handshake::accept_key(key.as_bytes());
+    // RFC 9113 §8.3.1: a Host beside `:authority` must name the same; the upstream reads
+    // Host, so one that differs from what the decision used is refused, as two Hosts are.
+    let host = match headers.get(header::HOST) {
+        Some(host) if !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) => {
+            Err(Reject::AmbiguousHost)
+        }
+        _ => Ok(decide::request_host(Some(authority.as_bytes()), "")),
+    };
     let decided = decide::Request {
-        host: Ok(decide::request_host(Some(authority.as_bytes()), "")),
+        host,
         target,
         headers,
         upgrade: match version_13 {
@@ -396,9 +404,10 @@ async fn websocket_stream(
         admission,
     } = forward;
     // The HTTP/1.1 handshake the upstream gets: the stream's headers, with the Host the
-    // authority names and the gateway's key.
+    // authority names and the gateway's key in place of any the client sent.
     let mut pairs: Vec<httparse::Header<'_>> = headers
         .iter()
+        .filter(|(name, _)| *name != header::HOST && *name != header::SEC_WEBSOCKET_KEY)
         .map(|(name, value)| httparse::Header {
             name: name.as_str(),
             value: value.as_bytes(),
