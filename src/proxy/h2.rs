@@ -33,7 +33,7 @@ use super::state::{Gateway, HttpPhase};
 use super::stream::Stream;
 use super::upstream::{self, ClientInfo, Forwarding};
 use crate::accept::stopped;
-use crate::request::HeaderLookup;
+use crate::request::{HeaderLookup, ambiguous_host};
 use crate::route::{OriginRejection, Route, RouteAuth};
 
 /// Streams one client may have open at once (sockets and requests); the next is refused
@@ -348,11 +348,9 @@ async fn websocket_stream(
     let accept = handshake::accept_key(key.as_bytes());
     // RFC 9113 §8.3.1: a Host beside `:authority` must name the same; the upstream reads
     // Host, so one that differs from what the decision used is refused, as two Hosts are.
-    let host = match headers.get(header::HOST) {
-        Some(host) if !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) => {
-            Err(Reject::AmbiguousHost)
-        }
-        _ => Ok(decide::request_host(Some(authority.as_bytes()), "")),
+    let host = match ambiguous_host(HeaderLookup::values(headers, "host"), Some(authority)) {
+        true => Err(Reject::AmbiguousHost),
+        false => Ok(decide::request_host(Some(authority.as_bytes()), "")),
     };
     let decided = decide::Request {
         host,
