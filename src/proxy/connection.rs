@@ -324,13 +324,8 @@ async fn handshake(
             )
             .await;
             drop(request);
-            let (answer, reply, deflate, registration) = match exchanged {
-                Exchange::Upgrade {
-                    answer,
-                    reply,
-                    deflate,
-                    registration,
-                } => (answer, reply, deflate, registration),
+            let switched = match exchanged {
+                Exchange::Upgrade(switched) => switched,
                 Exchange::Refusal { answer, head, body } => {
                     // The upstream refused: its status and body go back to the client.
                     let patience = gateway.config.upstream.response;
@@ -342,21 +337,12 @@ async fn handshake(
                     return None;
                 }
             };
-            if let Err(e) = asker.stream.write_all(&reply).await {
+            if let Err(e) = asker.stream.write_all(&switched.reply).await {
                 tracing::debug!(%peer, error = %e, "client went away before its 101");
                 return None;
             }
-            let upstream_io = Prefixed::new(answer.stream, &answer.buf[answer.head_len..]);
             let client_io = Prefixed::new(asker.stream, asker.leftover);
-            return Some(Upgraded {
-                route,
-                client,
-                client_io,
-                upstream_io,
-                deflate,
-                registration,
-                admission,
-            });
+            return Some(switched.upgraded(route, client, client_io, admission));
         }
     }
     None
@@ -364,15 +350,8 @@ async fn handshake(
 
 /// What the upstream made of a handshake the gateway admitted.
 pub(super) enum Exchange {
-    /// It switched protocols: the client's 101 head (its headers but hop-by-hop ones),
-    /// whether `permessage-deflate` was negotiated, and the connection, registered for
-    /// revocation and drain and counted as accepted.
-    Upgrade {
-        answer: upstream::Answer,
-        reply: Vec<u8>,
-        deflate: bool,
-        registration: registry::Registration,
-    },
+    /// It switched protocols (counted as accepted).
+    Upgrade(Switched),
     /// It refused (counted): the head to pass on, and how much body follows it.
     Refusal {
         answer: upstream::Answer,
@@ -382,6 +361,39 @@ pub(super) enum Exchange {
     /// The gateway refuses after all (not yet counted): the upstream failed or answered
     /// wrongly, or a newer snapshot revoked the handshake while it waited.
     Refused(Reject),
+}
+
+/// An upstream that switched protocols, waiting for the client's side to be answered.
+pub(super) struct Switched {
+    /// The client's 101 head: the upstream's headers but hop-by-hop ones.
+    pub(super) reply: Vec<u8>,
+    /// The upstream, with the frames it sent right behind its 101.
+    upstream_io: Prefixed<Stream>,
+    /// The upstream accepted `permessage-deflate`.
+    deflate: bool,
+    /// The connection, registered for revocation and drain.
+    registration: registry::Registration,
+}
+
+impl Switched {
+    /// Both sides upgraded, ready to relay.
+    pub(super) fn upgraded(
+        self,
+        route: Arc<Route>,
+        client: ClientInfo,
+        client_io: Prefixed<Stream>,
+        admission: Option<Box<Slot>>,
+    ) -> Upgraded {
+        Upgraded {
+            route,
+            client,
+            client_io,
+            upstream_io: self.upstream_io,
+            deflate: self.deflate,
+            registration: self.registration,
+            admission,
+        }
+    }
 }
 
 /// Sends an admitted handshake's `request` to its route's upstream and judges the answer,
@@ -437,12 +449,12 @@ pub(super) async fn exchange(
                 "accepted",
                 "ok",
             );
-            Exchange::Upgrade {
-                answer,
+            Exchange::Upgrade(Switched {
                 reply,
+                upstream_io: Prefixed::new(answer.stream, &answer.buf[answer.head_len..]),
                 deflate,
                 registration,
-            }
+            })
         }
         Ok(Reply::Refusal(head, body)) => {
             outcome(

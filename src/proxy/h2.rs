@@ -20,7 +20,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{Notify, watch};
 
-use super::connection::{self, Exchange, Upgraded};
+use super::connection::{self, Exchange};
 use super::decide::{self, Decision, Forward};
 use super::extensions;
 use super::handshake::{self, Reject};
@@ -451,13 +451,8 @@ async fn websocket_stream(
     )
     .await;
     drop(upstream_request);
-    let (answer, reply, deflate, registration) = match exchanged {
-        Exchange::Upgrade {
-            answer,
-            reply,
-            deflate,
-            registration,
-        } => (answer, reply, deflate, registration),
+    let switched = match exchanged {
+        Exchange::Upgrade(switched) => switched,
         Exchange::Refusal { answer, head, body } => {
             // The upstream refused: its status, headers and body go back on the stream.
             let patience = gateway.config.upstream.response;
@@ -474,27 +469,15 @@ async fn websocket_stream(
         }
     };
     // RFC 8441 §5: a 2xx, with the upstream's headers but those of the HTTP/1.1 upgrade.
-    let response = from_head(&reply, StatusCode::OK, Reply::Fixed(None));
-    let upstream_io = Prefixed::new(answer.stream, &answer.buf[answer.head_len..]);
+    let response = from_head(&switched.reply, StatusCode::OK, Reply::Fixed(None));
     tokio::spawn(async move {
         let _busy = busy;
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         let client_io = Prefixed::new(Stream::Tunnel(Box::new(TokioIo::new(upgraded))), &[]);
-        connection::relay_upgraded(
-            gateway,
-            Upgraded {
-                route,
-                client,
-                client_io,
-                upstream_io,
-                deflate,
-                registration,
-                admission,
-            },
-        )
-        .await;
+        let upgraded = switched.upgraded(route, client, client_io, admission);
+        connection::relay_upgraded(gateway, upgraded).await;
     });
     response
 }
