@@ -214,17 +214,6 @@ impl hyper::body::Body for Tracked {
     }
 }
 
-/// A fixed answer: `status`, and `body` as plain text.
-fn text(status: StatusCode, body: &'static str) -> Response<Reply> {
-    let mut response = Response::new(Reply::Fixed(Some(Bytes::from_static(body.as_bytes()))));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
 /// The gateway's refusal of a WebSocket stream, counted and logged as a handshake's.
 fn refused(
     gateway: &Gateway,
@@ -241,14 +230,9 @@ fn refused(
         reject.result(),
         reject.reason(),
     );
-    let mut response = text(reject.status(), reject.body());
-    let headers = response.headers_mut();
-    reject.put_headers(|name, value| {
-        if let Ok(value) = HeaderValue::from_bytes(value) {
-            headers.insert(name, value);
-        }
-    });
-    response
+    reject.log("handshake", client.ip, route.map_or("", |r| &**r));
+    // The same answer as a plain request's refusal (hyper drops its `Connection: close`).
+    plain::refusal(reject)
 }
 
 /// `rejection: Close` on a stream: 200, then Close 1008 `origin not allowed`.

@@ -136,7 +136,7 @@ pub(super) async fn answer(request: Request<Incoming>, peer: &Peer) -> Response<
 }
 
 /// The gateway's refusal: its status, fixed text and headers; the connection closes after.
-fn refusal(reject: Reject) -> Response<Reply> {
+pub(super) fn refusal(reject: Reject) -> Response<Reply> {
     let mut response = Response::new(Reply::Fixed(Some(Bytes::from_static(
         reject.body().as_bytes(),
     ))));
