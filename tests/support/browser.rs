@@ -57,6 +57,17 @@ impl Chromium {
         let profile = tempfile::tempdir().expect("profile dir");
         let home = profile.path().join("home");
         trust(&home, trusted_ca_pems);
+        // No speculative connections ("Preload pages: No preloading"): for a navigation,
+        // Chromium otherwise preconnects two sockets to the page's server before it knows the
+        // server speaks HTTP/2, and keeps or closes the spare one as timing goes; a test that
+        // counts connections wants only those its pages make.
+        let default_profile = profile.path().join("data/Default");
+        std::fs::create_dir_all(&default_profile).expect("Chromium profile dir");
+        std::fs::write(
+            default_profile.join("Preferences"),
+            r#"{"net": {"network_prediction_options": 2}}"#,
+        )
+        .expect("Chromium preferences");
         let child = Command::new(executable())
             .args([
                 "--headless",

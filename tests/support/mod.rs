@@ -22,6 +22,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub mod browser;
 pub mod control_plane;
+pub mod firefox;
 pub mod helm;
 pub mod node;
 
