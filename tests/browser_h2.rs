@@ -26,7 +26,8 @@ const PAGE_ORIGINS: &str = "https://localhost:*";
 const OTHER_ORIGINS: &str = "http://127.0.0.1:*";
 
 /// The page the gateway serves (and the other page too): `open(url)` starts a socket whose handler events accumulate
-/// in `sockets[i]` (like `["open", "message:hi", "close:1008:origin not allowed"]`).
+/// in `sockets[i]` (like `["open", "message:hi", "close:1008:origin not allowed:clean"]`;
+/// `:clean` when the browser saw the closing handshake complete).
 const PAGE: &str = r#"<!doctype html><title>h2 probe</title><body><script>
 window.sockets = [];
 window.handles = [];
@@ -36,7 +37,7 @@ function open(url) {
   ws.onopen = () => events.push("open");
   ws.onmessage = (e) => events.push("message:" + e.data);
   ws.onerror = () => events.push("error");
-  ws.onclose = (e) => events.push("close:" + e.code + ":" + e.reason);
+  ws.onclose = (e) => events.push("close:" + e.code + ":" + e.reason + (e.wasClean ? ":clean" : ""));
   sockets.push(events);
   handles.push(ws);
   return sockets.length - 1;
@@ -360,8 +361,12 @@ async fn allowed_talks_denied_fails_revoked_reads_1008(site: &mut Site, tab: &im
     site.revoke().await;
     assert_eq!(
         closed(tab, talking).await,
-        ["open", "message:allowed", "close:1008:origin not allowed"],
-        "revocation closes the page's socket with 1008"
+        [
+            "open",
+            "message:allowed",
+            "close:1008:origin not allowed:clean"
+        ],
+        "revocation closes the page's socket with 1008, cleanly"
     );
     assert_eq!(site.handshake_versions("chat", "accepted", 1).await, ["2"]);
 }

@@ -433,6 +433,7 @@ impl Half {
         src: &mut S,
         dst: &mut D,
         injection: Option<Injection>,
+        dst_closing: bool,
     ) -> Poll<()>
     where
         S: AsyncRead + Unpin,
@@ -514,8 +515,13 @@ impl Half {
             }
 
             // 4. The source ended: pass that on by shutting down the destination's write
-            //    half (best effort: it may be gone already).
+            //    half (best effort: it may be gone already). After a Close of the gateway's
+            //    own, not before the destination has answered it (or the linger runs out):
+            //    a browser that sees its stream end first reports an unclean close.
             if self.read_done {
+                if self.inject == Inject::Sent && dst_closing {
+                    return Poll::Pending;
+                }
                 if Pin::new(&mut *dst).poll_shutdown(cx).is_pending() {
                     return Poll::Pending;
                 }
@@ -867,17 +873,23 @@ where
             }
         }
         let closing = this.closing;
+        // Each direction is told whether its destination still owes its Close, from what
+        // the other direction has read (the second from this very poll).
+        let upstream_closing = this.u2c.ended().is_none();
         let c2u = this.c2u.poll_dir(
             cx,
             &mut this.client,
             &mut this.upstream,
             closing.map(|c| c.injection(Side::Client)),
+            upstream_closing,
         );
+        let client_closing = this.c2u.ended().is_none();
         let u2c = this.u2c.poll_dir(
             cx,
             &mut this.upstream,
             &mut this.client,
             closing.map(|c| c.injection(Side::Upstream)),
+            client_closing,
         );
         if this.c2u.data_seen || this.u2c.data_seen {
             this.c2u.data_seen = false;

@@ -860,3 +860,34 @@ async fn a_header_split_across_reads_is_withheld_until_it_is_checked() {
     assert_eq!(read_close(&mut client).await, 1002);
     assert_eq!(relay.first, Some(Ended::ProtocolError(Side::Client)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn after_an_injected_close_the_client_stream_stays_open_until_the_client_answers() {
+    let (mut client, gw_client) = duplex(64 * 1024);
+    let (gw_upstream, upstream_io) = duplex(64 * 1024);
+    let (control, relay) = spawn_relay(gw_client, gw_upstream, Limits::default());
+    let mut upstream = WebSocketStream::from_raw_socket(upstream_io, Role::Server, None).await;
+    control.close(1008, "origin not allowed");
+    assert_eq!(read_close(&mut client).await, 1008);
+    // The upstream answers the Close and is gone at once, as a quick server is.
+    assert_eq!(drain(&mut upstream).await.map(|(code, _)| code), Some(1008));
+    drop(upstream);
+    // Time stands still until every task is idle: by then the relay has seen the upstream
+    // end. The client's stream must not end before the client has sent its Close.
+    let mut byte = [0u8; 1];
+    let early = tokio::time::timeout(Duration::from_millis(500), client.read(&mut byte)).await;
+    assert!(early.is_err(), "the client's stream ended first: {early:?}");
+    let mut reply = vec![0x88, 0x80 | 2];
+    reply.extend_from_slice(&CLIENT_KEY);
+    let mut code = 1008u16.to_be_bytes().to_vec();
+    apply_mask(&mut code, Some(CLIENT_KEY));
+    reply.extend(code);
+    client.write_all(&reply).await.expect("the client's Close");
+    assert_eq!(
+        client.read(&mut byte).await.expect("read"),
+        0,
+        "then it ends"
+    );
+    let stats = relay.await.expect("relay");
+    assert!(!stats.timed_out, "both Close frames went by");
+}
