@@ -922,3 +922,24 @@ async fn a_stream_whose_host_header_differs_from_its_authority_is_refused_before
         .expect("seen");
     assert_eq!(seen.headers.get_all("host").iter().count(), 1);
 }
+
+#[tokio::test]
+async fn an_idle_stream_is_closed_with_1001_and_its_connection_carries_on() {
+    let up = Upstream::start().await;
+    let tls = Tls::start(
+        &[HOST],
+        &[chat_route(
+            "chat",
+            "/",
+            &up.url(),
+            "  limits: {idleTimeoutSeconds: 1}\n",
+        )],
+        &[],
+    )
+    .await;
+    let (mut sender, _driver) = tls.h2(HOST).await;
+    let mut idle = open(&mut sender, "/ws", APP).await.expect("socket");
+    assert_eq!(closed_with(&mut idle).await, 1001);
+    let mut next = open(&mut sender, "/ws", APP).await.expect("a new stream");
+    echoes(&mut next, "after the idle one").await;
+}
