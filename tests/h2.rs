@@ -701,6 +701,7 @@ async fn a_header_list_over_max_header_bytes_is_refused_and_the_connection_serve
     assert_eq!(answered, frames::HEADERS, "answered, not reset");
     // Had it been forwarded, the answer would have waited for the upstream's.
     assert_eq!(up.handshakes(), 0, "the upstream saw nothing");
+    still_serves(&tls).await;
 }
 
 #[tokio::test]
@@ -739,6 +740,7 @@ async fn streams_beyond_128_at_once_are_refused_and_the_first_128_are_served() {
     assert_eq!(answered, 128);
     assert_eq!(refused, vec![(257, frames::REFUSED_STREAM)]);
     assert_eq!(up.handshakes(), 128);
+    still_serves(&tls).await;
 }
 
 #[tokio::test]
