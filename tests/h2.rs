@@ -945,3 +945,22 @@ async fn an_idle_stream_is_closed_with_1001_and_its_connection_carries_on() {
     let mut next = open(&mut sender, "/ws", APP).await.expect("a new stream");
     echoes(&mut next, "after the idle one").await;
 }
+
+#[tokio::test]
+async fn with_rejection_close_a_denied_stream_gets_200_then_close_1008_and_never_the_upstream() {
+    let mut up = Upstream::start().await;
+    let route = route(
+        "chat",
+        HOST,
+        "/",
+        &format!("{{allow: [\"{APP}\"], rejection: Close}}"),
+        &up.url(),
+    );
+    let tls = Tls::start(&[HOST], &[route], &[]).await;
+    let (mut sender, _driver) = tls.h2(HOST).await;
+    let mut denied = open(&mut sender, "/ws", "https://evil.example")
+        .await
+        .expect("200 first");
+    assert_eq!(closed_with(&mut denied).await, 1008);
+    assert_eq!(up.handshakes(), 0, "the upstream never saw it");
+}
