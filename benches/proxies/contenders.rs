@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
+use crate::h2::Certificate;
 use crate::plain;
 use crate::{ALLOWED, HOST};
 
@@ -131,7 +132,8 @@ fn http_route_yaml(upstream: SocketAddr) -> String {
 
 /// The wsgate `program` with the benchmark's route, its plain-HTTP route to `http_upstream`
 /// and `others` more routes on other hostnames (so that a reader can see whether route
-/// lookup grows with the route count).
+/// lookup grows with the route count). With `tls`, clients connect to its TLS listener,
+/// where the benchmark's route serves that certificate.
 pub(crate) async fn start_wsgate(
     name: &'static str,
     program: &str,
@@ -139,13 +141,20 @@ pub(crate) async fn start_wsgate(
     upstream: SocketAddr,
     http_upstream: SocketAddr,
     others: usize,
+    tls: Option<&Certificate>,
 ) -> Proxy {
     // The plain-HTTP route in a file of its own: a baseline build from before `http` refuses
     // that file and serves the other, so it can still be measured on WebSockets.
-    let routes = dir.join(format!("{}-routes-{others}", name.replace(' ', "-")));
+    let routes = dir.join(format!(
+        "{}-routes-{others}",
+        name.replace(|c: char| !c.is_ascii_alphanumeric(), "-")
+    ));
     std::fs::create_dir_all(&routes).expect("routes directory");
     std::fs::write(routes.join("poll.yaml"), http_route_yaml(http_upstream)).expect("poll route");
     let mut text = route_yaml("chat", HOST, upstream);
+    if tls.is_some() {
+        text.push_str(&format!("  tls: {{secretName: {}}}\n", Certificate::SECRET));
+    }
     for i in 0..others {
         text.push_str("---\n");
         text.push_str(&route_yaml(
@@ -155,41 +164,53 @@ pub(crate) async fn start_wsgate(
         ));
     }
     std::fs::write(routes.join("routes.yaml"), text).expect("routes file");
-    let port = free_port();
-    let (listen, admin) = (
-        format!("127.0.0.1:{port}"),
-        format!("127.0.0.1:{}", free_port()),
-    );
-    let child = pinned(
-        program,
-        &[
-            "standalone",
-            "--routes",
-            routes.to_str().expect("utf-8 path"),
-            "--listen",
-            &listen,
-            "--admin",
-            &admin,
-            // The TLS listener is not measured; a free port keeps runs from colliding.
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--log",
-            "warn",
-        ],
-    );
-    Proxy::started(name, listen.parse().expect("addr"), child).await
+    let [listen, admin, listen_tls] =
+        [free_port(), free_port(), free_port()].map(|port| format!("127.0.0.1:{port}"));
+    let mut args = vec![
+        "standalone",
+        "--routes",
+        routes.to_str().expect("utf-8 path"),
+        "--listen",
+        &listen,
+        "--admin",
+        &admin,
+        "--listen-tls",
+        &listen_tls,
+        "--log",
+        "warn",
+    ];
+    if let Some(certificate) = tls {
+        args.extend(["--secret-dir", certificate.secret_dir()]);
+    }
+    let child = pinned(program, &args);
+    let measured = if tls.is_some() { &listen_tls } else { &listen };
+    Proxy::started(name, measured.parse().expect("addr"), child).await
 }
 
 /// nginx with the WebSocket location and, under [`plain::PREFIX`], plain HTTP to
-/// `http_upstream` over kept-alive upstream connections.
+/// `http_upstream` over kept-alive upstream connections. With `tls`, it listens with that
+/// certificate, TLS 1.3 only, HTTP/1.1 only (nginx has no WebSockets over HTTP/2).
 pub(crate) async fn start_nginx(
+    name: &'static str,
     dir: &Path,
     upstream: SocketAddr,
     http_upstream: SocketAddr,
+    tls: Option<&Certificate>,
 ) -> Proxy {
     let port = free_port();
     let prefix = plain::PREFIX;
     let d = dir.display();
+    let (ssl, ssl_config) = match tls {
+        Some(certificate) => (
+            " ssl",
+            format!(
+                "ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;",
+                certificate.cert().display(),
+                certificate.key().display()
+            ),
+        ),
+        None => ("", String::new()),
+    };
     let conf = dir.join("nginx.conf");
     std::fs::write(
         &conf,
@@ -217,7 +238,8 @@ http {{
   upstream poll {{ server {http_upstream}; keepalive 32; keepalive_requests 1000000; }}
   keepalive_requests 1000000;
   server {{
-    listen 127.0.0.1:{port};
+    listen 127.0.0.1:{port}{ssl};
+    {ssl_config}
     location {prefix} {{
       if ($origin_allowed = 0) {{ return 403; }}
       proxy_pass http://poll;
@@ -245,19 +267,32 @@ http {{
         "nginx",
         &["-p", &d.to_string(), "-c", conf.to_str().expect("path")],
     );
-    Proxy::started("nginx", SocketAddr::from(([127, 0, 0, 1], port)), child).await
+    Proxy::started(name, SocketAddr::from(([127, 0, 0, 1], port)), child).await
 }
 
 /// HAProxy with the WebSocket backend and, under [`plain::PREFIX`], a backend for plain HTTP
-/// to `http_upstream`, whose connections are reused (`http-reuse safe`, the default).
+/// to `http_upstream`, whose connections are reused (`http-reuse safe`, the default). With
+/// `tls`, it listens with that certificate, TLS 1.3 only, offering h2 and http/1.1: HAProxy
+/// (2.4 and later) announces WebSockets over HTTP/2 (RFC 8441) on an h2 listener unless told
+/// not to (`h2-workaround-bogus-websocket-clients`), and relays them over HTTP/1.1 here.
 pub(crate) async fn start_haproxy(
+    name: &'static str,
     dir: &Path,
     upstream: SocketAddr,
     http_upstream: SocketAddr,
+    tls: Option<&Certificate>,
 ) -> Proxy {
     let prefix = plain::PREFIX;
     let port = free_port();
-    let conf = dir.join("haproxy.cfg");
+    let ssl = match tls {
+        Some(certificate) => format!(
+            " ssl crt {} alpn h2,http/1.1 ssl-min-ver TLSv1.3",
+            certificate.combined().display()
+        ),
+        None => String::new(),
+    };
+    // One file per instance: the scenario with TLS runs two.
+    let conf = dir.join(format!("haproxy-{port}.cfg"));
     std::fs::write(
         &conf,
         format!(
@@ -272,7 +307,7 @@ defaults
   timeout server 1h
   timeout tunnel 1h
 frontend fe
-  bind 127.0.0.1:{port}
+  bind 127.0.0.1:{port}{ssl}
   acl allowed_origin req.hdr(origin) -m str {ALLOWED}
   http-request deny deny_status 403 unless allowed_origin
   use_backend poll if {{ path_beg {prefix} }}
@@ -287,7 +322,7 @@ backend poll
     )
     .expect("haproxy.cfg");
     let child = pinned("haproxy", &["-db", "-f", conf.to_str().expect("path")]);
-    Proxy::started("haproxy", SocketAddr::from(([127, 0, 0, 1], port)), child).await
+    Proxy::started(name, SocketAddr::from(([127, 0, 0, 1], port)), child).await
 }
 
 /// The floor relay: this benchmark's own binary in its `floor-relay` role.

@@ -17,8 +17,8 @@ use crate::{ALLOWED, HOST};
 /// Concurrent clients in the handshake scenarios and connections in the throughput ones.
 pub(crate) const CLIENTS: usize = 32;
 
-/// Runs `CLIENTS` copies of `work` for `run`; returns units done.
-pub(crate) async fn run_for<F, Fut>(run: Duration, work: F) -> u64
+/// Runs `clients` copies of `work` for `run`; returns units done.
+pub(crate) async fn run_for<F, Fut>(run: Duration, clients: usize, work: F) -> u64
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = u64> + Send,
@@ -26,7 +26,7 @@ where
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let work = Arc::new(work);
-    let tasks: Vec<_> = (0..CLIENTS)
+    let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let (stop, done, work) = (stop.clone(), done.clone(), work.clone());
             tokio::spawn(async move {

@@ -8,14 +8,16 @@
 //! proxy's own CPU time per unit of work, which a saturated client cannot hide.
 //!
 //! Run: `bash bench/proxies [scenario ...]`, scenarios `handshakes`, `denied`, `latency`,
-//! `throughput-1k`, `throughput-64k`, `idle`, `http-keepalive`, `http-longpoll` and
-//! `snapshot`. Prints a markdown table and writes it to `target/bench-proxies.md`; asserts
+//! `throughput-1k`, `throughput-64k`, `idle`, `http-keepalive`, `http-longpoll`,
+//! `h2-sockets` (WebSockets over HTTP/2 beside HTTP/1.1 on TLS, with contenders of its own:
+//! see `h2.rs`) and `snapshot`. Prints a markdown table and writes it to `target/bench-proxies.md`; asserts
 //! nothing about the figures.
 
 #![allow(missing_docs)]
 
 mod contenders;
 mod floor;
+mod h2;
 mod load;
 mod plain;
 mod wire;
@@ -47,6 +49,8 @@ const KEEPALIVE_CONNECTIONS: usize = 50;
 const LONGPOLLS: usize = 2_000;
 /// Names another wsgate binary to measure beside this one (`WSGATE_BASELINE=path`).
 const BASELINE: &str = "WSGATE_BASELINE";
+/// Scenarios with contenders of their own, run after those of [`Scenario`].
+const EXTRA_SCENARIOS: [&str; 2] = ["h2-sockets", "snapshot"];
 /// Route counts of the snapshot scenario.
 const SNAPSHOT_ROUTES: [usize; 2] = [10, 10_000];
 
@@ -186,13 +190,19 @@ async fn measure(proxy: &Proxy, scenario: Scenario, http: &plain::Upstream) -> S
     let addr = proxy.addr;
     match scenario {
         Scenario::Handshakes => {
-            let (units, elapsed, cpu) =
-                timed(proxy, load::run_for(RUN, move || load::handshake(addr))).await;
+            let (units, elapsed, cpu) = timed(
+                proxy,
+                load::run_for(RUN, load::CLIENTS, move || load::handshake(addr)),
+            )
+            .await;
             per_unit(units, elapsed, cpu)
         }
         Scenario::Denied => {
-            let (units, elapsed, cpu) =
-                timed(proxy, load::run_for(RUN, move || load::denied(addr))).await;
+            let (units, elapsed, cpu) = timed(
+                proxy,
+                load::run_for(RUN, load::CLIENTS, move || load::denied(addr)),
+            )
+            .await;
             per_unit(units, elapsed, cpu)
         }
         Scenario::Throughput(len) => {
@@ -338,9 +348,9 @@ async fn proxy_scenarios(scenarios: &[Scenario], table: &mut String) {
     let http = plain::Upstream::start().await;
     let ours = env!("CARGO_BIN_EXE_wsgate");
     let mut proxies = vec![
-        contenders::start_wsgate("wsgate", ours, dir.path(), upstream, http.addr, 0).await,
-        contenders::start_nginx(dir.path(), upstream, http.addr).await,
-        contenders::start_haproxy(dir.path(), upstream, http.addr).await,
+        contenders::start_wsgate("wsgate", ours, dir.path(), upstream, http.addr, 0, None).await,
+        contenders::start_nginx("nginx", dir.path(), upstream, http.addr, None).await,
+        contenders::start_haproxy("haproxy", dir.path(), upstream, http.addr, None).await,
         contenders::start_floor(upstream).await,
         Proxy::direct(upstream, http.addr),
         // Measured in the allowed-handshake scenario only.
@@ -351,6 +361,7 @@ async fn proxy_scenarios(scenarios: &[Scenario], table: &mut String) {
             upstream,
             http.addr,
             9_999,
+            None,
         )
         .await,
     ];
@@ -366,6 +377,7 @@ async fn proxy_scenarios(scenarios: &[Scenario], table: &mut String) {
                 upstream,
                 http.addr,
                 0,
+                None,
             )
             .await,
         );
@@ -438,6 +450,10 @@ async fn bench(chosen: &[String]) {
     if !scenarios.is_empty() {
         proxy_scenarios(&scenarios, &mut table).await;
     }
+    let h2_sockets = wanted("h2-sockets");
+    if h2_sockets {
+        h2::bench(&mut table).await;
+    }
     if wanted("snapshot") {
         for routes in SNAPSHOT_ROUTES {
             eprintln!("snapshot: {routes} routes");
@@ -451,6 +467,9 @@ async fn bench(chosen: &[String]) {
         "\nwsgate/this: wsgate's figure divided by this proxy's, in each round (CPU per unit; for \
          the round trip, the p50; for memory, bytes per connection); below 1, wsgate used less.\n",
     );
+    if h2_sockets {
+        table.push_str(h2::NOTE);
+    }
     println!("{table}");
     let out = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-proxies.md");
     std::fs::write(out, &table).expect("write the table");
@@ -474,14 +493,15 @@ fn main() {
         return;
     }
     let chosen: Vec<String> = args.into_iter().filter(|a| !a.starts_with('-')).collect();
-    if let Some(unknown) = chosen
-        .iter()
-        .find(|c| c.as_str() != "snapshot" && !Scenario::ALL.iter().any(|s| s.name() == c.as_str()))
-    {
+    if let Some(unknown) = chosen.iter().find(|c| {
+        !EXTRA_SCENARIOS.contains(&c.as_str())
+            && !Scenario::ALL.iter().any(|s| s.name() == c.as_str())
+    }) {
         let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
         eprintln!(
-            "proxies: no scenario {unknown:?}; choose from {} and snapshot",
-            names.join(", ")
+            "proxies: no scenario {unknown:?}; choose from {}, {}",
+            names.join(", "),
+            EXTRA_SCENARIOS.join(", ")
         );
         std::process::exit(2);
     }
