@@ -81,8 +81,7 @@ impl Future for Connection {
                     }
                 },
                 Connection::Relaying(relaying) => {
-                    let stats = std::task::ready!(Pin::new(&mut relaying.relay).poll(cx));
-                    relaying.finish(&stats);
+                    std::task::ready!(Pin::new(relaying).poll(cx));
                     *this = Connection::Done;
                 }
                 Connection::Done => return Poll::Ready(()),
@@ -108,7 +107,7 @@ pub(super) struct Relaying {
 
 impl Relaying {
     /// Starts relaying an upgraded connection, counted as active on its route.
-    fn start(gateway: Arc<Gateway>, upgraded: Upgraded) -> Relaying {
+    pub(super) fn start(gateway: Arc<Gateway>, upgraded: Upgraded) -> Relaying {
         let Upgraded {
             route,
             client,
@@ -171,12 +170,15 @@ pub(super) struct Upgraded {
     pub(super) admission: Option<Box<Slot>>,
 }
 
-/// Relays a connection upgraded elsewhere (a WebSocket stream of an HTTP/2 connection)
-/// until it ends, counted and logged as every relayed connection is.
-pub(super) async fn relay_upgraded(gateway: Arc<Gateway>, upgraded: Upgraded) {
-    let mut relaying = Relaying::start(gateway, upgraded);
-    let stats = (&mut relaying.relay).await;
-    relaying.finish(&stats);
+impl Future for Relaying {
+    type Output = ();
+
+    /// Relays until the connection ends, then counts it and writes its access-log line.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let stats = std::task::ready!(Pin::new(&mut self.relay).poll(cx));
+        self.finish(&stats);
+        Poll::Ready(())
+    }
 }
 
 /// Serves the HTTP phase of a connection: answers it, or returns it upgraded.

@@ -4,6 +4,7 @@
 //! today; other requests go to `proxy::http` as on an HTTP/1.1 connection.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -20,7 +21,8 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::{Notify, watch};
 
-use super::connection::{self, Exchange};
+use super::admission::Slot;
+use super::connection::{self, Exchange, Relaying, Switched};
 use super::decide::{self, Decision, Forward};
 use super::extensions;
 use super::handshake::{self, Reject};
@@ -454,14 +456,77 @@ async fn websocket_stream(
     };
     // RFC 8441 §5: a 2xx, with the upstream's headers but those of the HTTP/1.1 upgrade.
     let response = from_head(&switched.reply, StatusCode::OK, Reply::Fixed(None));
-    tokio::spawn(async move {
-        let _busy = busy;
-        let Ok(upgraded) = on_upgrade.await else {
-            return;
-        };
-        let client_io = Prefixed::new(Stream::Tunnel(Box::new(TokioIo::new(upgraded))), &[]);
-        let upgraded = switched.upgraded(route, client, client_io, admission);
-        connection::relay_upgraded(gateway, upgraded).await;
-    });
+    let handover = Handover {
+        gateway,
+        switched,
+        route,
+        client,
+        admission,
+        busy,
+    };
+    tokio::spawn(Tunnel::Upgrading(on_upgrade, Some(Box::new(handover))));
     response
+}
+
+/// A socket's stream: handed over by hyper once the 200 is out, then relayed. Written by
+/// hand, as `connection::Connection` is, so that an idle socket's task holds the relay's
+/// state once, not beside the handover's.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the relay is the state an idle socket holds; boxing it saves nothing"
+)]
+enum Tunnel {
+    Upgrading(OnUpgrade, Option<Box<Handover>>),
+    Relaying {
+        relaying: Relaying,
+        /// Keeps the connection in use while the socket lives.
+        _busy: Busy,
+    },
+    Done,
+}
+
+/// What relaying a socket's stream needs besides the stream.
+struct Handover {
+    gateway: Arc<Gateway>,
+    switched: Switched,
+    route: Arc<Route>,
+    client: ClientInfo,
+    admission: Option<Box<Slot>>,
+    busy: Busy,
+}
+
+impl Future for Tunnel {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        loop {
+            match this {
+                Tunnel::Upgrading(on_upgrade, handover) => {
+                    let upgraded = std::task::ready!(Pin::new(on_upgrade).poll(cx));
+                    // The client went away before its 200: dropping the handover ends the
+                    // registration and the admission slot.
+                    *this = match (upgraded, handover.take()) {
+                        (Ok(upgraded), Some(h)) => {
+                            let io = Stream::Tunnel(Box::new(TokioIo::new(upgraded)));
+                            let client_io = Prefixed::new(io, &[]);
+                            let upgraded =
+                                h.switched
+                                    .upgraded(h.route, h.client, client_io, h.admission);
+                            Tunnel::Relaying {
+                                relaying: Relaying::start(h.gateway, upgraded),
+                                _busy: h.busy,
+                            }
+                        }
+                        _ => Tunnel::Done,
+                    };
+                }
+                Tunnel::Relaying { relaying, .. } => {
+                    std::task::ready!(Pin::new(relaying).poll(cx));
+                    *this = Tunnel::Done;
+                }
+                Tunnel::Done => return Poll::Ready(()),
+            }
+        }
+    }
 }
