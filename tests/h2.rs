@@ -36,6 +36,12 @@ struct Tls {
 }
 
 impl Tls {
+    /// A gateway whose one route, `chat`, serves every path of `HOST` from `upstream`, with
+    /// `extra` spec lines, started with `args`.
+    async fn chat(upstream: &str, extra: &str, args: &[&str]) -> Tls {
+        Tls::start(&[HOST], &[chat_route("chat", "/", upstream, extra)], args).await
+    }
+
     async fn start(hosts: &[&str], routes: &[String], extra: &[&str]) -> Tls {
         let ca = TestCa::new();
         let secrets = tempfile::tempdir().expect("tempdir");
@@ -215,7 +221,7 @@ async fn several_websockets_share_one_http2_connection_and_a_refused_origin_gets
 #[tokio::test]
 async fn an_upstream_refusal_reaches_the_stream_with_its_status_and_body() {
     let up = Upstream::start().await;
-    let tls = Tls::start(&[HOST], &[chat_route("chat", "/", &up.url(), "")], &[]).await;
+    let tls = Tls::chat(&up.url(), "", &[]).await;
     let (mut sender, _driver) = tls.h2(HOST).await;
     assert_eq!(
         open(&mut sender, "/refuse", APP).await.err(),
@@ -296,17 +302,7 @@ async fn revoking_one_route_closes_its_streams_with_1008_and_leaves_the_other_st
 #[tokio::test]
 async fn a_message_over_the_route_limit_closes_only_its_stream_with_1009() {
     let up = Upstream::start().await;
-    let tls = Tls::start(
-        &[HOST],
-        &[chat_route(
-            "chat",
-            "/",
-            &up.url(),
-            "  limits: {maxMessageBytes: 1024}\n",
-        )],
-        &[],
-    )
-    .await;
+    let tls = Tls::chat(&up.url(), "  limits: {maxMessageBytes: 1024}\n", &[]).await;
     let (mut sender, _driver) = tls.h2(HOST).await;
     let mut big = open(&mut sender, "/ws", APP).await.expect("big");
     let mut small = open(&mut sender, "/ws", APP).await.expect("small");
@@ -320,9 +316,9 @@ async fn a_message_over_the_route_limit_closes_only_its_stream_with_1009() {
 #[tokio::test]
 async fn sigterm_closes_every_stream_with_1012_and_ends_the_connection_with_goaway() {
     let up = Upstream::start().await;
-    let mut tls = Tls::start(
-        &[HOST],
-        &[chat_route("chat", "/", &up.url(), "")],
+    let mut tls = Tls::chat(
+        &up.url(),
+        "",
         &["--shutdown-delay", "0", "--shutdown-grace", "30"],
     )
     .await;
@@ -584,7 +580,7 @@ async fn still_serves(tls: &Tls) {
 #[tokio::test]
 async fn rapid_reset_ends_the_attacking_connection_and_other_clients_are_served() {
     let mut up = Upstream::start().await;
-    let tls = Tls::start(&[HOST], &[chat_route("chat", "/", &up.url(), "")], &[]).await;
+    let tls = Tls::chat(&up.url(), "", &[]).await;
     let mut raw = RawH2::connect(&tls, HOST).await;
     // CVE-2023-44487: open a stream and cancel it at once, over and over; each costs the
     // client two frames and the server a decision (and an upstream connection) if it lets it.
@@ -630,7 +626,7 @@ async fn rapid_reset_ends_the_attacking_connection_and_other_clients_are_served(
 #[tokio::test]
 async fn a_continuation_flood_ends_the_attacking_connection_and_other_clients_are_served() {
     let up = Upstream::start().await;
-    let tls = Tls::start(&[HOST], &[chat_route("chat", "/", &up.url(), "")], &[]).await;
+    let tls = Tls::chat(&up.url(), "", &[]).await;
     let mut raw = RawH2::connect(&tls, HOST).await;
     // A header block that never ends: HEADERS without END_HEADERS, then CONTINUATION frames
     // (CVE-2024-27316 and kin). Up to 64 MiB, unless the gateway stops it first.
@@ -666,7 +662,7 @@ async fn a_continuation_flood_ends_the_attacking_connection_and_other_clients_ar
 #[tokio::test]
 async fn a_header_list_over_max_header_bytes_is_refused_and_the_connection_serves_on() {
     let mut up = Upstream::start().await;
-    let tls = Tls::start(&[HOST], &[chat_route("chat", "/", &up.url(), "")], &[]).await;
+    let tls = Tls::chat(&up.url(), "", &[]).await;
     let mut raw = RawH2::connect(&tls, HOST).await;
     let mut block = frames::websocket(HOST, APP);
     block.extend(frames::block(&[("x-big", &"b".repeat(60_000))]));
@@ -707,7 +703,7 @@ async fn a_header_list_over_max_header_bytes_is_refused_and_the_connection_serve
 #[tokio::test]
 async fn streams_beyond_128_at_once_are_refused_and_the_first_128_are_served() {
     let mut up = Upstream::start().await;
-    let tls = Tls::start(&[HOST], &[chat_route("chat", "/", &up.url(), "")], &[]).await;
+    let tls = Tls::chat(&up.url(), "", &[]).await;
     let mut raw = RawH2::connect(&tls, HOST).await;
     let block = frames::websocket(HOST, APP);
     let mut bytes = Vec::new();
@@ -747,12 +743,7 @@ async fn streams_beyond_128_at_once_are_refused_and_the_first_128_are_served() {
 async fn a_connection_without_streams_gets_goaway_after_the_handshake_timeout_and_one_with_a_socket_stays()
  {
     let up = Upstream::start().await;
-    let tls = Tls::start(
-        &[HOST],
-        &[chat_route("chat", "/", &up.url(), "")],
-        &["--handshake-timeout", "1"],
-    )
-    .await;
+    let tls = Tls::chat(&up.url(), "", &["--handshake-timeout", "1"]).await;
     let (mut sender, _driver) = tls.h2(HOST).await;
     let mut ws = open(&mut sender, "/ws", APP).await.expect("socket");
     let mut idle = RawH2::connect(&tls, HOST).await;
@@ -833,7 +824,7 @@ async fn a_page_and_its_socket_share_one_http2_connection_on_a_route_with_http()
 #[tokio::test]
 async fn a_stream_on_a_connection_opened_before_its_route_turned_to_refuse_http2_gets_421() {
     let up = Upstream::start().await;
-    let tls = Tls::start(&[HOST], &[chat_route("chat", "/", &up.url(), "")], &[]).await;
+    let tls = Tls::chat(&up.url(), "", &[]).await;
     let (mut sender, _driver) = tls.h2(HOST).await;
     let mut before = open(&mut sender, "/ws", APP).await.expect("socket");
     let refusing = chat_route(
@@ -859,12 +850,7 @@ async fn a_stream_on_a_connection_opened_before_its_route_turned_to_refuse_http2
 #[tokio::test]
 async fn each_socket_of_an_http2_connection_counts_under_max_connections() {
     let up = Upstream::start().await;
-    let tls = Tls::start(
-        &[HOST],
-        &[chat_route("chat", "/", &up.url(), "")],
-        &["--max-connections", "3"],
-    )
-    .await;
+    let tls = Tls::chat(&up.url(), "", &["--max-connections", "3"]).await;
     let (mut sender, _driver) = tls.h2(HOST).await;
     // The connection itself, and two sockets on it, make three.
     let _one = open(&mut sender, "/ws", APP).await.expect("one");
@@ -881,7 +867,7 @@ async fn each_socket_of_an_http2_connection_counts_under_max_connections() {
 #[tokio::test]
 async fn a_stream_whose_host_header_differs_from_its_authority_is_refused_before_the_upstream() {
     let mut up = Upstream::start().await;
-    let tls = Tls::start(&[HOST], &[chat_route("chat", "/", &up.url(), "")], &[]).await;
+    let tls = Tls::chat(&up.url(), "", &[]).await;
     let mut raw = RawH2::connect(&tls, HOST).await;
     let mut block = frames::websocket(HOST, APP);
     block.extend(frames::block(&[("host", "admin.example.test")]));
@@ -928,17 +914,7 @@ async fn a_stream_whose_host_header_differs_from_its_authority_is_refused_before
 #[tokio::test]
 async fn an_idle_stream_is_closed_with_1001_and_its_connection_carries_on() {
     let up = Upstream::start().await;
-    let tls = Tls::start(
-        &[HOST],
-        &[chat_route(
-            "chat",
-            "/",
-            &up.url(),
-            "  limits: {idleTimeoutSeconds: 1}\n",
-        )],
-        &[],
-    )
-    .await;
+    let tls = Tls::chat(&up.url(), "  limits: {idleTimeoutSeconds: 1}\n", &[]).await;
     let (mut sender, _driver) = tls.h2(HOST).await;
     let mut idle = open(&mut sender, "/ws", APP).await.expect("socket");
     assert_eq!(closed_with(&mut idle).await, 1001);

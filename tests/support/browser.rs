@@ -281,11 +281,16 @@ pub async fn serve_page(html: String) -> std::net::SocketAddr {
     addr
 }
 
-/// Makes the NSS database Chromium reads under `home` trust each CA in `pems` for TLS
-/// servers (`certutil` from Debian's `libnss3-tools`).
+/// Makes the NSS database Chromium reads under `home` trust each CA in `pems`.
 fn trust(home: &Path, pems: &[&str]) {
     let db = home.join(".pki/nssdb");
     std::fs::create_dir_all(&db).expect("nssdb dir");
+    trust_nss(&db, pems);
+}
+
+/// Creates an NSS database in `db` that trusts each CA in `pems` for TLS servers
+/// (`certutil` from Debian's `libnss3-tools`): what Chromium and Firefox read.
+pub fn trust_nss(db: &Path, pems: &[&str]) {
     let db_arg = format!("sql:{}", db.display());
     let certutil = |args: &[&str]| {
         let out = Command::new("certutil")
@@ -304,7 +309,7 @@ fn trust(home: &Path, pems: &[&str]) {
     };
     certutil(&["-N", "--empty-password"]);
     for (i, pem) in pems.iter().enumerate() {
-        let file = home.join(format!("ca-{i}.pem"));
+        let file = db.join(format!("ca-{i}.pem"));
         std::fs::write(&file, pem).expect("write CA");
         let file = file.to_str().expect("utf-8 path").to_owned();
         certutil(&[

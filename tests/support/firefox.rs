@@ -3,8 +3,8 @@
 //! certificate checks.
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -92,7 +92,8 @@ impl Firefox {
         let home = dir.path().join("home");
         std::fs::create_dir_all(&profile).expect("profile dir");
         std::fs::create_dir_all(&home).expect("home dir");
-        trust(&profile, trusted_ca_pems);
+        // Firefox creates its own NSS database only when the profile has none.
+        super::browser::trust_nss(&profile, trusted_ca_pems);
         let user_js: String = PREFS
             .iter()
             .map(|(name, value)| format!("user_pref({}, {value});\n", json!(name)))
@@ -221,42 +222,6 @@ impl Tab<'_> {
             );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-    }
-}
-
-/// Makes the profile's NSS database trust each CA in `pems` for TLS servers (`certutil`
-/// from Debian's `libnss3-tools`); Firefox creates its own database only when there is none.
-fn trust(profile: &Path, pems: &[&str]) {
-    let db_arg = format!("sql:{}", profile.display());
-    let certutil = |args: &[&str]| {
-        let out = Command::new("certutil")
-            .arg("-d")
-            .arg(&db_arg)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("certutil: {e}: install it (Debian: apt-get install libnss3-tools)")
-            });
-        assert!(
-            out.status.success(),
-            "certutil {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    certutil(&["-N", "--empty-password"]);
-    for (i, pem) in pems.iter().enumerate() {
-        let file = profile.join(format!("ca-{i}.pem"));
-        std::fs::write(&file, pem).expect("write CA");
-        let file = file.to_str().expect("utf-8 path").to_owned();
-        certutil(&[
-            "-A",
-            "-n",
-            &format!("wsgate-test-ca-{i}"),
-            "-t",
-            "C,,",
-            "-i",
-            &file,
-        ]);
     }
 }
 
