@@ -34,7 +34,7 @@ fn route_yaml(name: &str, host: &str, origin: &str, upstream: &str) -> String {
     )
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     // `cargo test --all-targets` runs bench binaries without `--bench`: only build then.
     if !std::env::args().any(|a| a == "--bench") {
@@ -148,4 +148,177 @@ async fn main() {
             compile_ms
         );
     }
+    for routes in bulk_sizes() {
+        bulk(&plane, &gate, &up, routes).await;
+    }
+}
+
+/// Route counts for the bulk scenario: `WSGATE_BULK_ROUTES` (comma-separated), else 2,000.
+fn bulk_sizes() -> Vec<usize> {
+    std::env::var("WSGATE_BULK_ROUTES")
+        .unwrap_or_else(|_| "2000".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+/// The gateway's CPU seconds (user + system) and resident memory in MiB, from /proc.
+fn usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("comm")
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15; after the comm, 12 and 13 from 0.
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let rss_kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS");
+    // USER_HZ is 100 on Linux.
+    (ticks / 100.0, rss_kb / 1024.0)
+}
+
+/// `routes` routes in namespace `bulk` created by 10 `kubectl apply` at once, then deleted
+/// by 10 `kubectl delete` at once: when the API server had them all, when the data plane
+/// served (or stopped serving) the last, when every one was Ready, and what the controller
+/// spent on it.
+async fn bulk(plane: &ControlPlane, gate: &Gate, up: &Upstream, routes: usize) {
+    const APPLIERS: usize = 10;
+    let kubectl = |args: &[&str], file: &std::path::Path| {
+        Command::new(plane.bin.join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(&plane.kubeconfig)
+            .args(args)
+            .arg(file)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("run kubectl")
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let namespace = dir.path().join("namespace.yaml");
+    std::fs::write(
+        &namespace,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: bulk}\n",
+    )
+    .expect("write");
+    assert!(
+        kubectl(&["apply", "-f"], &namespace)
+            .wait()
+            .expect("kubectl")
+            .success()
+    );
+    let files: Vec<std::path::PathBuf> = (0..APPLIERS)
+        .map(|f| {
+            let file = dir.path().join(format!("bulk-{f}.yaml"));
+            let docs: Vec<String> = (f..routes)
+                .step_by(APPLIERS)
+                .map(|i| {
+                    let yaml = route_yaml(
+                        &format!("bulk-{i}"),
+                        &format!("b{i}.bulk.example.test"),
+                        "https://app.example.test",
+                        &up.url(),
+                    );
+                    yaml.replace("metadata: {name: ", "metadata: {namespace: bulk, name: ")
+                })
+                .collect();
+            std::fs::write(&file, docs.join("---\n")).expect("write");
+            file
+        })
+        .collect();
+    let served = || async { gate.metric("wsgate_snapshot_routes").await.unwrap_or(0.0) };
+    let writes = || async {
+        gate.metric(r#"wsgate_status_writes_total{result="ok"}"#)
+            .await
+            .unwrap_or(0.0)
+    };
+    let versions = || async { gate.metric("wsgate_snapshot_version").await.unwrap_or(0.0) };
+    let before = served().await;
+    let (cpu0, _) = usage(gate.pid());
+    let (writes0, versions0) = (writes().await, versions().await);
+    let started = Instant::now();
+    let mut appliers: Vec<_> = files
+        .iter()
+        .map(|f| kubectl(&["apply", "--server-side", "-f"], f))
+        .collect();
+    let wait_all = |appliers: &mut Vec<std::process::Child>| {
+        for a in appliers.iter_mut() {
+            assert!(a.wait().expect("kubectl").success(), "kubectl failed");
+        }
+    };
+    let api_done = tokio::task::block_in_place(|| {
+        wait_all(&mut appliers);
+        started.elapsed()
+    });
+    let target = before + routes as f64;
+    while served().await < target {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let serving = started.elapsed();
+    let bulk_api: Api<WebSocketRoute> = Api::namespaced(plane.client().await, "bulk");
+    loop {
+        let list = bulk_api.list(&Default::default()).await.expect("list");
+        let ready = list
+            .items
+            .iter()
+            .filter(|r| {
+                r.status.as_ref().is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+            })
+            .count();
+        if ready == routes {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let all_ready = started.elapsed();
+    let (cpu1, rss) = usage(gate.pid());
+    let (writes1, versions1) = (writes().await, versions().await);
+
+    let deleting = Instant::now();
+    let mut deleters: Vec<_> = files
+        .iter()
+        .map(|f| kubectl(&["delete", "-f"], f))
+        .collect();
+    let delete_api = tokio::task::block_in_place(|| {
+        wait_all(&mut deleters);
+        deleting.elapsed()
+    });
+    while served().await > before {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let unserved = deleting.elapsed();
+    let (cpu2, rss_after) = usage(gate.pid());
+    let versions2 = versions().await;
+    println!(
+        "bulk create of {routes} routes by {APPLIERS} kubectl apply: API accepted all {:.1?}, \
+         data plane serves the last {:.1?}, all Ready {:.1?}; controller CPU {:.1} s, RSS \
+         {:.0} MiB, status writes {}, snapshots {}",
+        api_done,
+        serving,
+        all_ready,
+        cpu1 - cpu0,
+        rss,
+        writes1 - writes0,
+        versions1 - versions0,
+    );
+    println!(
+        "bulk delete: API removed all {:.1?}, data plane stopped serving the last {:.1?}; \
+         controller CPU {:.1} s, RSS after {:.0} MiB, snapshots {}",
+        delete_api,
+        unserved,
+        cpu2 - cpu1,
+        rss_after,
+        versions2 - versions1,
+    );
 }

@@ -1596,3 +1596,41 @@ async fn a_lease_deleted_once_the_deployment_is_gone_is_not_recreated() {
     assert!(leases.get_opt("wsgate").await.expect("get lease").is_none());
     assert_eq!(a.metric("wsgate_leader").await, Some(0.0));
 }
+
+#[tokio::test]
+async fn a_burst_of_new_routes_gets_one_status_write_each() {
+    const ROUTES: usize = 60;
+    let (plane, client) = ControlPlane::with_crd().await;
+    let up = Upstream::start().await;
+    let gate = controller(&plane, "burst").await;
+    let api: Api<WebSocketRoute> = Api::namespaced(client, "default");
+    let writes = gate.metric(STATUS_WRITES).await.unwrap_or(0.0);
+    futures_util::stream::iter(0..ROUTES)
+        .for_each_concurrent(10, |i| {
+            let api = api.clone();
+            let yaml = support::route(
+                &format!("burst-{i}"),
+                &format!("b{i}.example.test"),
+                "/",
+                "{allow: [\"https://app.example.test\"]}",
+                &up.url(),
+            );
+            async move {
+                let route: WebSocketRoute = serde_saphyr::from_str(&yaml).expect("route");
+                api.create(&PostParams::default(), &route)
+                    .await
+                    .expect("create");
+            }
+        })
+        .await;
+    for i in 0..ROUTES {
+        wait_ready(&api, &format!("burst-{i}"), "True").await;
+    }
+    // Each route's status is written once: a write the watch has not shown yet is not
+    // repeated for every snapshot published meanwhile.
+    let written = gate.metric(STATUS_WRITES).await.unwrap_or(0.0) - writes;
+    assert_eq!(
+        written, ROUTES as f64,
+        "status writes for {ROUTES} new routes"
+    );
+}

@@ -39,10 +39,33 @@ pub struct StatusReporter {
     routes: Stores<WebSocketRoute>,
     published: Arc<Published>,
     recorder: Recorder,
-    /// What this replica last wrote per route (and for which object uid, as a route may be
-    /// deleted and recreated under its name), so a second write in a row compares against
-    /// it even before the watch has shown the first one.
-    written: HashMap<RouteKey, (Option<String>, Shown)>,
+    /// What this replica last wrote per route, so that the next report compares against
+    /// it while the watch has not shown that write yet.
+    written: HashMap<RouteKey, Written>,
+}
+
+/// A status this replica wrote (or found already shown).
+#[derive(Debug, Clone)]
+struct Written {
+    /// The object's uid: a route may be deleted and recreated under its name.
+    uid: Option<String>,
+    /// The object's resourceVersion in the watch store when it was written: while the store
+    /// still has it, the store has not seen the write.
+    seen: Option<String>,
+    shown: Shown,
+}
+
+/// What the route shows now: what this replica wrote, while the watch store is older than
+/// that write; else what the store has (the write, or someone else's since).
+fn current<'a>(
+    ours: Option<&'a Written>,
+    resource_version: &Option<String>,
+    stored: Option<&'a Shown>,
+) -> Option<&'a Shown> {
+    match ours {
+        Some(w) if w.seen == *resource_version => Some(&w.shown),
+        _ => stored,
+    }
 }
 
 /// A route's status as written.
@@ -55,6 +78,8 @@ struct Shown {
 
 /// One route's pending write.
 struct Write {
+    /// The route's resourceVersion the write was decided on.
+    seen: Option<String>,
     route: Arc<WebSocketRoute>,
     key: RouteKey,
     shown: Shown,
@@ -150,12 +175,9 @@ impl StatusReporter {
                 },
             });
             let uid = route.metadata.uid.clone();
-            let previous = self
-                .written
-                .get(&verdict.key)
-                .filter(|(written_uid, _)| *written_uid == uid)
-                .map(|(_, shown)| shown)
-                .or(stored.as_ref());
+            let seen = route.metadata.resource_version.clone();
+            let ours = self.written.get(&verdict.key).filter(|w| w.uid == uid);
+            let previous = ours.map(|w| &w.shown).or(stored.as_ref());
             let shown = Shown {
                 generation: verdict.generation,
                 conditions: crate::status::conditions(
@@ -168,12 +190,17 @@ impl StatusReporter {
                 columns: columns(&route.spec),
             };
             let events = events_for(verdict, previous);
-            let patch = stored.as_ref() != Some(&shown);
+            // Compared with what the object shows now, not with the watch store alone: a
+            // store that has not caught up with the last write would call for it again with
+            // every snapshot published meanwhile.
+            let patch = current(ours, &seen, stored.as_ref()) != Some(&shown);
             if !patch && events.is_empty() {
-                self.written.insert(verdict.key.clone(), (uid, shown));
+                let written = Written { uid, seen, shown };
+                self.written.insert(verdict.key.clone(), written);
                 continue;
             }
             writes.push(Write {
+                seen,
                 route,
                 key: verdict.key.clone(),
                 shown,
@@ -186,8 +213,12 @@ impl StatusReporter {
         let mut all_ok = true;
         for (w, ok) in self.send(writes).await {
             if ok {
-                self.written
-                    .insert(w.key, (w.route.metadata.uid.clone(), w.shown));
+                let written = Written {
+                    uid: w.route.metadata.uid.clone(),
+                    seen: w.seen,
+                    shown: w.shown,
+                };
+                self.written.insert(w.key, written);
             } else {
                 all_ok = false;
             }
@@ -221,6 +252,7 @@ impl StatusReporter {
                     columns: columns(&route.spec),
                 };
                 Some(Write {
+                    seen: route.metadata.resource_version.clone(),
                     route,
                     key: verdict.key.clone(),
                     shown,
@@ -435,5 +467,25 @@ mod tests {
         let cut = truncate(&long);
         assert!(cut.len() <= 1003, "{}", cut.len());
         assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn a_write_the_watch_has_not_shown_yet_counts_as_shown_until_the_object_moves_on() {
+        let ready = shown_for(&verdict(true, reason::ACCEPTED, "", &[]));
+        let refused = shown_for(&verdict(false, reason::INVALID, "bad", &[]));
+        let ours = Written {
+            uid: Some("u".into()),
+            seen: Some("7".into()),
+            shown: ready.clone(),
+        };
+        let rv = |v: &str| Some(v.to_owned());
+        // The store still has the object as it was when written: the write stands.
+        assert_eq!(current(Some(&ours), &rv("7"), Some(&refused)), Some(&ready));
+        // The store moved on (the write, or someone else's): the store is what is shown.
+        assert_eq!(
+            current(Some(&ours), &rv("8"), Some(&refused)),
+            Some(&refused)
+        );
+        assert_eq!(current(None, &rv("7"), Some(&refused)), Some(&refused));
     }
 }

@@ -225,6 +225,8 @@ impl KubeRoutes {
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
         let mut fetched = SecretCache::default();
         let mut version = 0;
+        let mut compiled_in = Duration::ZERO;
+        let mut compiled_at = tokio::time::Instant::now();
         loop {
             // A Secret that could not be fetched is tried again after a pause, without waiting
             // for another change.
@@ -237,26 +239,31 @@ impl KubeRoutes {
             };
             let Some(first) = first else { break };
             let started = Instant::now();
-            let (mut relevant, mut route_event) = (false, false);
+            let mut batch = Batch::default();
             // Take every event already waiting too, so a burst of changes compiles once.
             let mut next = Some(first);
             while let Some(change) = next.take() {
                 next = events.next().now_or_never().flatten();
-                match change {
-                    Change::Listed(i) => {
-                        listed[i] = true;
-                        relevant = true;
-                    }
-                    Change::Route => route_event = true,
-                    Change::Backend(service) => relevant |= referenced.contains(&service),
-                    Change::Retry => relevant = true,
-                    Change::Nothing => {}
+                batch.absorb(change, &mut listed, &referenced);
+            }
+            if !listed.iter().all(|l| *l) {
+                continue;
+            }
+            // A burst (a thousand `kubectl apply`s) arrives as a stream of events, not at
+            // once: a change soon after the last compile gathers what follows it until a
+            // pause in proportion to that compile's cost has passed, so that compiling takes
+            // at most a fifth of the time however fast changes come; a change after a quiet
+            // spell compiles at once.
+            if batch.maybe_relevant() {
+                let deadline = compiled_at + (compiled_in * GATHER_FACTOR).min(GATHER_MAX);
+                while let Ok(Some(change)) = tokio::time::timeout_at(deadline, events.next()).await
+                {
+                    batch.absorb(change, &mut listed, &referenced);
                 }
             }
-            if route_event {
-                relevant |= routes_changed(&route_stores, &mut generations);
-            }
-            if !relevant || !listed.iter().all(|l| *l) {
+            let relevant = batch.relevant
+                || (batch.route_event && routes_changed(&route_stores, &mut generations));
+            if !relevant {
                 continue;
             }
             let routes = route_stores.owned_if(|_| true);
@@ -270,11 +277,11 @@ impl KubeRoutes {
             let present = secrets.owned_if(|s| named(s));
             backends.insert_cluster_secrets(&fetched.refresh(&client, &present).await);
             version += 1;
-            published.publish(Snapshot::new(
-                version,
-                compile(&routes, &backends),
-                Vec::new(),
-            ));
+            let compiling = Instant::now();
+            let compiled = compile(&routes, &backends);
+            compiled_in = compiling.elapsed();
+            compiled_at = tokio::time::Instant::now();
+            published.publish(Snapshot::new(version, compiled, Vec::new()));
             published
                 .metrics()
                 .snapshot_apply_seconds
@@ -282,6 +289,42 @@ impl KubeRoutes {
             tracing::debug!(version, routes = routes.len(), "snapshot published");
             versions.send_replace(version);
         }
+    }
+}
+
+/// The pause after a compile before the next, as a multiple of that compile's time, and at
+/// most: changes that arrive within it are gathered into one compile.
+const GATHER_FACTOR: u32 = 4;
+const GATHER_MAX: Duration = Duration::from_millis(250);
+
+/// What a batch of watch events calls for.
+#[derive(Default)]
+struct Batch {
+    /// A change the routes depend on for sure: a first list completed, a referenced
+    /// backend changed, a Secret fetch to retry.
+    relevant: bool,
+    /// A route changed; whether its spec did is known once the batch is whole.
+    route_event: bool,
+}
+
+impl Batch {
+    /// Takes `change` into the batch.
+    fn absorb(&mut self, change: Change, listed: &mut [bool], referenced: &HashSet<ServiceKey>) {
+        match change {
+            Change::Listed(i) => {
+                listed[i] = true;
+                self.relevant = true;
+            }
+            Change::Route => self.route_event = true,
+            Change::Backend(service) => self.relevant |= referenced.contains(&service),
+            Change::Retry => self.relevant = true,
+            Change::Nothing => {}
+        }
+    }
+
+    /// Whether the batch may call for a compile.
+    fn maybe_relevant(&self) -> bool {
+        self.relevant || self.route_event
     }
 }
 
