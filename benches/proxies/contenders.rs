@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 
 use crate::h2::Certificate;
 use crate::plain;
+use crate::wss::{TLS_GROUP, TLS13_SUITE};
 use crate::{ALLOWED, HOST};
 
 /// One proxy under test.
@@ -189,7 +190,8 @@ pub(crate) async fn start_wsgate(
 
 /// nginx with the WebSocket location and, under [`plain::PREFIX`], plain HTTP to
 /// `http_upstream` over kept-alive upstream connections. With `tls`, it listens with that
-/// certificate, TLS 1.3 only, HTTP/1.1 only (nginx has no WebSockets over HTTP/2).
+/// certificate, TLS 1.3 only with the one suite and group every contender uses, HTTP/1.1
+/// only (nginx has no WebSockets over HTTP/2).
 pub(crate) async fn start_nginx(
     name: &'static str,
     dir: &Path,
@@ -204,7 +206,7 @@ pub(crate) async fn start_nginx(
         Some(certificate) => (
             " ssl",
             format!(
-                "ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;",
+                "ssl_certificate {};\n    ssl_certificate_key {};\n    ssl_protocols TLSv1.3;\n    ssl_conf_command Ciphersuites {TLS13_SUITE};\n    ssl_ecdh_curve {TLS_GROUP};",
                 certificate.cert().display(),
                 certificate.key().display()
             ),
@@ -272,7 +274,8 @@ http {{
 
 /// HAProxy with the WebSocket backend and, under [`plain::PREFIX`], a backend for plain HTTP
 /// to `http_upstream`, whose connections are reused (`http-reuse safe`, the default). With
-/// `tls`, it listens with that certificate, TLS 1.3 only, offering h2 and http/1.1: HAProxy
+/// `tls`, it listens with that certificate, TLS 1.3 only with the one suite and group every
+/// contender uses, offering h2 and http/1.1: HAProxy
 /// (2.4 and later) announces WebSockets over HTTP/2 (RFC 8441) on an h2 listener unless told
 /// not to (`h2-workaround-bogus-websocket-clients`), and relays them over HTTP/1.1 here.
 pub(crate) async fn start_haproxy(
@@ -286,7 +289,7 @@ pub(crate) async fn start_haproxy(
     let port = free_port();
     let ssl = match tls {
         Some(certificate) => format!(
-            " ssl crt {} alpn h2,http/1.1 ssl-min-ver TLSv1.3",
+            " ssl crt {} alpn h2,http/1.1 ssl-min-ver TLSv1.3 ciphersuites {TLS13_SUITE} curves {TLS_GROUP}",
             certificate.combined().display()
         ),
         None => String::new(),
@@ -327,11 +330,30 @@ backend poll
 
 /// The floor relay: this benchmark's own binary in its `floor-relay` role.
 pub(crate) async fn start_floor(upstream: SocketAddr) -> Proxy {
+    start_floor_relay("floor (bare tokio relay)", upstream, None).await
+}
+
+/// The TLS floor: the floor relay behind a tokio-rustls handshake with that certificate.
+pub(crate) async fn start_tls_floor(upstream: SocketAddr, tls: &Certificate) -> Proxy {
+    start_floor_relay("TLS floor (bare tokio-rustls relay)", upstream, Some(tls)).await
+}
+
+async fn start_floor_relay(
+    name: &'static str,
+    upstream: SocketAddr,
+    tls: Option<&Certificate>,
+) -> Proxy {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let exe = std::env::current_exe().expect("own path");
-    let child = pinned(
-        exe.to_str().expect("utf-8 path"),
-        &["floor-relay", &listen.to_string(), &upstream.to_string()],
-    );
-    Proxy::started("floor (bare tokio relay)", listen, child).await
+    let (listen_arg, upstream_arg) = (listen.to_string(), upstream.to_string());
+    let mut args = vec!["floor-relay", &listen_arg, &upstream_arg];
+    let files = tls.map(|c| [c.cert(), c.key()]);
+    if let Some([cert, key]) = &files {
+        args.extend([
+            cert.to_str().expect("utf-8 path"),
+            key.to_str().expect("utf-8 path"),
+        ]);
+    }
+    let child = pinned(exe.to_str().expect("utf-8 path"), &args);
+    Proxy::started(name, listen, child).await
 }

@@ -31,7 +31,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::contenders::{self, Proxy, rss_bytes};
-use crate::{ALLOWED, HOST, RUN, Sample, load, median, micros, per_unit, timed, wire};
+use crate::{ALLOWED, HOST, RUN, Sample, load, median, micros, per_unit, timed, wire, wss};
 
 /// Sockets opened together: on one HTTP/2 connection, or each on its own TLS connection.
 const BATCH: usize = 100;
@@ -46,8 +46,8 @@ const ROUNDS: usize = 3;
 /// Bytes of the message each socket echoes.
 const MESSAGE: usize = 1024;
 
-/// The certificate every TLS contender serves for [`HOST`], issued by a CA of the
-/// benchmark's own, as files each proxy reads, and the trust a client needs.
+/// The certificate every TLS contender serves for [`HOST`] (ECDSA P-256), issued by a CA of
+/// the benchmark's own, as files each proxy reads, and the trust a client needs.
 pub(crate) struct Certificate {
     /// Holds Secret [`Certificate::SECRET`] (`tls.crt`, `tls.key`) for wsgate, and
     /// `combined.pem` for HAProxy.
@@ -61,13 +61,13 @@ impl Certificate {
     pub(crate) const SECRET: &str = "bench-tls";
 
     /// Issues the certificate and writes its files under `dir`.
-    fn issue(dir: &Path) -> Certificate {
+    pub(crate) fn issue(dir: &Path) -> Certificate {
         let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
         ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         let ca_key = rcgen::KeyPair::generate().expect("CA key");
         let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
         let issuer = rcgen::Issuer::from_params(&ca_params, &ca_key);
-        let key = rcgen::KeyPair::generate().expect("key");
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
         let cert = rcgen::CertificateParams::new(vec![HOST.to_owned()])
             .expect("params")
             .signed_by(&key, &issuer)
@@ -104,17 +104,22 @@ impl Certificate {
         self.dir.join("combined.pem")
     }
 
-    /// A client configuration trusting the CA, TLS 1.3 only, offering `transport`'s ALPN.
-    fn client(&self, transport: Transport) -> Arc<rustls::ClientConfig> {
+    /// Trust in the CA alone.
+    pub(crate) fn roots(&self) -> rustls::RootCertStore {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(self.ca.clone()).expect("trust anchor");
-        let mut config = rustls::ClientConfig::builder_with_provider(wsgate::tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .expect("TLS 1.3")
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![transport.alpn().to_vec()];
-        Arc::new(config)
+        roots
+    }
+
+    /// A client configuration trusting the CA, offering TLS 1.3 with the benchmark's one
+    /// suite and group and `transport`'s ALPN, and resuming sessions as rustls does by
+    /// default.
+    fn client(&self, transport: Transport) -> Arc<rustls::ClientConfig> {
+        wss::client_config(
+            self,
+            transport.alpn(),
+            rustls::client::Resumption::default(),
+        )
     }
 }
 
@@ -139,10 +144,13 @@ impl Transport {
     fn checked(self) -> &'static str {
         match self {
             Transport::Http2 => {
-                "TLS 1.3, ALPN h2, SETTINGS_ENABLE_CONNECT_PROTOCOL announced, 100 extended \
+                "TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, ALPN h2, SETTINGS_ENABLE_CONNECT_PROTOCOL announced, 100 extended \
                  CONNECT streams answered 200, each echoed"
             }
-            Transport::Http1 => "TLS 1.3, ALPN http/1.1 on each connection, 101, each echoed",
+            Transport::Http1 => {
+                "TLS 1.3, TLS_AES_128_GCM_SHA256, X25519, ALPN http/1.1 on each connection, 101, \
+                 each echoed"
+            }
         }
     }
 }
@@ -167,7 +175,8 @@ struct Batch {
     connection: Option<JoinHandle<()>>,
 }
 
-/// A TLS 1.3 connection to `addr` for [`HOST`] that negotiated `transport`'s ALPN.
+/// A TLS 1.3 connection to `addr` for [`HOST`] that negotiated the benchmark's suite and
+/// group and `transport`'s ALPN.
 async fn tls(
     addr: SocketAddr,
     client: &Arc<rustls::ClientConfig>,
@@ -180,17 +189,7 @@ async fn tls(
         .connect(name, tcp)
         .await
         .unwrap_or_else(|e| panic!("TLS with {addr}: {e}"));
-    let session = tls.get_ref().1;
-    assert_eq!(
-        session.protocol_version(),
-        Some(rustls::ProtocolVersion::TLSv1_3),
-        "TLS version with {addr}"
-    );
-    assert_eq!(
-        session.alpn_protocol(),
-        Some(transport.alpn()),
-        "ALPN with {addr}"
-    );
+    wss::negotiated(tls.get_ref().1, addr, transport.alpn());
     tls
 }
 
@@ -345,7 +344,7 @@ async fn memory(contender: &Contender) -> Sample {
 async fn cpu(contender: &Arc<Contender>) -> Sample {
     let work = {
         let contender = contender.clone();
-        move || {
+        move |_| {
             let contender = contender.clone();
             async move {
                 contender.open().await.close().await;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 use tokio::time::MissedTickBehavior;
@@ -17,21 +17,22 @@ use crate::{ALLOWED, HOST};
 /// Concurrent clients in the handshake scenarios and connections in the throughput ones.
 pub(crate) const CLIENTS: usize = 32;
 
-/// Runs `clients` copies of `work` for `run`; returns units done.
+/// Runs `clients` copies of `work` for `run`, each given its client's index; returns units
+/// done. A panic in `work` (a failed check) fails the benchmark.
 pub(crate) async fn run_for<F, Fut>(run: Duration, clients: usize, work: F) -> u64
 where
-    F: Fn() -> Fut + Send + Sync + 'static,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = u64> + Send,
 {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let work = Arc::new(work);
     let tasks: Vec<_> = (0..clients)
-        .map(|_| {
+        .map(|client| {
             let (stop, done, work) = (stop.clone(), done.clone(), work.clone());
             tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    done.fetch_add(work().await, Ordering::Relaxed);
+                    done.fetch_add(work(client).await, Ordering::Relaxed);
                 }
             })
         })
@@ -39,7 +40,7 @@ where
     tokio::time::sleep(run).await;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
-        let _ = t.await;
+        t.await.expect("client task");
     }
     done.load(Ordering::Relaxed)
 }
@@ -124,12 +125,14 @@ pub(crate) fn loopback_sources() -> Vec<IpAddr> {
 
 /// Has each connection echo one `len`-byte message, so every buffer a relay uses has been
 /// used once.
-pub(crate) async fn echo_once(conns: &mut [TcpStream], len: usize) {
+pub(crate) async fn echo_once<S: AsyncRead + AsyncWrite + Unpin>(conns: &mut [S], len: usize) {
     let frame = wire::client_frames(len, 1);
     let mut buf = vec![0u8; 64 * 1024];
     for chunk in conns.chunks_mut(250) {
         for stream in chunk.iter_mut() {
             stream.write_all(&frame).await.expect("send");
+            // Over TLS, the last bytes may still wait in the TLS layer's buffer.
+            stream.flush().await.expect("send");
         }
         for stream in chunk.iter_mut() {
             wire::read_exactly(stream, &mut buf, wire::echo_len(len))
@@ -139,14 +142,24 @@ pub(crate) async fn echo_once(conns: &mut [TcpStream], len: usize) {
     }
 }
 
-/// Streams `len`-byte messages on every connection for `run`, each with at most `window`
-/// messages in flight, written a quarter of the window at a time; returns messages echoed.
-pub(crate) async fn stream(conns: Vec<TcpStream>, len: usize, window: usize, run: Duration) -> u64 {
+/// Streams `len`-byte messages on every connection (its read and write halves) for `run`,
+/// each with at most `window` messages in flight, written a quarter of the window at a
+/// time; returns messages echoed.
+pub(crate) async fn stream<R, W>(
+    conns: Vec<(R, W)>,
+    len: usize,
+    window: usize,
+    run: Duration,
+) -> u64
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let stop_at = tokio::time::Instant::now() + run;
     let batch = window.div_ceil(4);
     let tasks: Vec<_> = conns
         .into_iter()
-        .map(|c| tokio::spawn(stream_one(c, len, window, batch, stop_at)))
+        .map(|(rd, wr)| tokio::spawn(stream_one(rd, wr, len, window, batch, stop_at)))
         .collect();
     let mut total = 0;
     for t in tasks {
@@ -155,14 +168,18 @@ pub(crate) async fn stream(conns: Vec<TcpStream>, len: usize, window: usize, run
     total
 }
 
-async fn stream_one(
-    conn: TcpStream,
+async fn stream_one<R, W>(
+    mut rd: R,
+    mut wr: W,
     len: usize,
     window: usize,
     batch: usize,
     stop_at: tokio::time::Instant,
-) -> u64 {
-    let (mut rd, mut wr) = conn.into_split();
+) -> u64
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     // One permit per message the upstream has not echoed yet.
     let credit = Arc::new(Semaphore::new(window));
     let frames = wire::client_frames(len, batch);
@@ -173,7 +190,9 @@ async fn stream_one(
                 tokio::time::timeout_at(stop_at, credit.acquire_many(batch as u32)).await
             {
                 permits.forget();
-                if wr.write_all(&frames).await.is_err() {
+                // Over TLS, what the socket did not take waits in the TLS layer until
+                // flushed.
+                if wr.write_all(&frames).await.is_err() || wr.flush().await.is_err() {
                     break;
                 }
             }

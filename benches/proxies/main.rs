@@ -10,7 +10,9 @@
 //! Run: `bash bench/proxies [scenario ...]`, scenarios `handshakes`, `denied`, `latency`,
 //! `throughput-1k`, `throughput-64k`, `idle`, `http-keepalive`, `http-longpoll`,
 //! `h2-sockets` (WebSockets over HTTP/2 beside HTTP/1.1 on TLS, with contenders of its own:
-//! see `h2.rs`) and `snapshot`. Prints a markdown table and writes it to `target/bench-proxies.md`; asserts
+//! see `h2.rs`), `wss-idle`, `wss-handshakes`, `wss-resumed`, `wss-throughput-1k`,
+//! `wss-throughput-64k` (WebSockets on TLS 1.3 beside a TLS floor: see `wss.rs`) and
+//! `snapshot`. Prints a markdown table and writes it to `target/bench-proxies.md`; asserts
 //! nothing about the figures.
 
 #![allow(missing_docs)]
@@ -21,10 +23,12 @@ mod h2;
 mod load;
 mod plain;
 mod wire;
+mod wss;
 
 use std::time::{Duration, Instant};
 
 use contenders::{Proxy, cpu_seconds, rss_bytes};
+use tokio::net::TcpStream;
 use wsgate::api::WebSocketRoute;
 use wsgate::compile::{Backends, compile};
 use wsgate::metrics::Metrics;
@@ -192,7 +196,7 @@ async fn measure(proxy: &Proxy, scenario: Scenario, http: &plain::Upstream) -> S
         Scenario::Handshakes => {
             let (units, elapsed, cpu) = timed(
                 proxy,
-                load::run_for(RUN, load::CLIENTS, move || load::handshake(addr)),
+                load::run_for(RUN, load::CLIENTS, move |_| load::handshake(addr)),
             )
             .await;
             per_unit(units, elapsed, cpu)
@@ -200,7 +204,7 @@ async fn measure(proxy: &Proxy, scenario: Scenario, http: &plain::Upstream) -> S
         Scenario::Denied => {
             let (units, elapsed, cpu) = timed(
                 proxy,
-                load::run_for(RUN, load::CLIENTS, move || load::denied(addr)),
+                load::run_for(RUN, load::CLIENTS, move |_| load::denied(addr)),
             )
             .await;
             per_unit(units, elapsed, cpu)
@@ -209,7 +213,8 @@ async fn measure(proxy: &Proxy, scenario: Scenario, http: &plain::Upstream) -> S
             let conns = load::open_many(addr, load::CLIENTS, &[]).await;
             // Up to 64 KiB in flight per connection, at least 4 messages.
             let window = (64 * 1024 / len).max(4);
-            let (units, elapsed, cpu) = timed(proxy, load::stream(conns, len, window, RUN)).await;
+            let halves = conns.into_iter().map(TcpStream::into_split).collect();
+            let (units, elapsed, cpu) = timed(proxy, load::stream(halves, len, window, RUN)).await;
             per_unit(units, elapsed, cpu)
         }
         Scenario::Latency => {
@@ -454,6 +459,13 @@ async fn bench(chosen: &[String]) {
     if h2_sockets {
         h2::bench(&mut table).await;
     }
+    let wss: Vec<wss::Wss> = wss::Wss::ALL
+        .into_iter()
+        .filter(|s| wanted(s.name()))
+        .collect();
+    if !wss.is_empty() {
+        wss::bench(&wss, &mut table).await;
+    }
     if wanted("snapshot") {
         for routes in SNAPSHOT_ROUTES {
             eprintln!("snapshot: {routes} routes");
@@ -470,6 +482,9 @@ async fn bench(chosen: &[String]) {
     if h2_sockets {
         table.push_str(h2::NOTE);
     }
+    if !wss.is_empty() {
+        table.push_str(wss::NOTE);
+    }
     println!("{table}");
     let out = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench-proxies.md");
     std::fs::write(out, &table).expect("write the table");
@@ -478,12 +493,17 @@ async fn bench(chosen: &[String]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [role, listen, upstream] = args.as_slice()
+    if let [role, listen, upstream, tls @ ..] = args.as_slice()
         && role == "floor-relay"
     {
+        let tls = match tls {
+            [cert, key] => Some(floor::acceptor(cert.as_ref(), key.as_ref())),
+            _ => None,
+        };
         floor::run(
             listen.parse().expect("listen address"),
             upstream.parse().expect("upstream address"),
+            tls,
         );
         return;
     }
@@ -496,8 +516,13 @@ fn main() {
     if let Some(unknown) = chosen.iter().find(|c| {
         !EXTRA_SCENARIOS.contains(&c.as_str())
             && !Scenario::ALL.iter().any(|s| s.name() == c.as_str())
+            && !wss::Wss::ALL.iter().any(|s| s.name() == c.as_str())
     }) {
-        let names: Vec<&str> = Scenario::ALL.iter().map(|s| s.name()).collect();
+        let names: Vec<&str> = Scenario::ALL
+            .iter()
+            .map(|s| s.name())
+            .chain(wss::Wss::ALL.iter().map(|s| s.name()))
+            .collect();
         eprintln!(
             "proxies: no scenario {unknown:?}; choose from {}, {}",
             names.join(", "),

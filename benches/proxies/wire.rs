@@ -6,7 +6,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use wsgate::proxy::frame;
@@ -56,10 +56,9 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Connects to `addr` (from `source` when given) and completes an allowed-origin handshake;
-/// the socket is then the caller's, with nothing read beyond the 101 response.
-pub(crate) async fn open(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let mut stream = match source {
+/// Connects to `addr` (from `source` when given), with Nagle's algorithm off.
+pub(crate) async fn connect(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let stream = match source {
         Some(ip) => {
             let socket = TcpSocket::new_v4()?;
             socket.bind(SocketAddr::new(ip, 0))?;
@@ -68,7 +67,23 @@ pub(crate) async fn open(addr: SocketAddr, source: Option<IpAddr>) -> io::Result
         None => TcpStream::connect(addr).await?,
     };
     stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Connects to `addr` (from `source` when given) and completes an allowed-origin handshake;
+/// the socket is then the caller's, with nothing read beyond the 101 response.
+pub(crate) async fn open(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+    let mut stream = connect(addr, source).await?;
+    upgrade(&mut stream).await?;
+    Ok(stream)
+}
+
+/// Completes an allowed-origin handshake on `stream` (plain or TLS), reading nothing beyond
+/// the 101 response.
+pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -> io::Result<()> {
     stream.write_all(&upgrade_request(ALLOWED)).await?;
+    // Over TLS, the request may still wait in the TLS layer's buffer.
+    stream.flush().await?;
     let mut head = [0u8; 1024];
     let mut got = 0;
     loop {
@@ -84,14 +99,14 @@ pub(crate) async fn open(addr: SocketAddr, source: Option<IpAddr>) -> io::Result
             if end + 4 != got {
                 return Err(io::Error::other("bytes behind the 101 response"));
             }
-            return Ok(stream);
+            return Ok(());
         }
     }
 }
 
 /// Reads until `want` more bytes arrived.
-pub(crate) async fn read_exactly(
-    stream: &mut TcpStream,
+pub(crate) async fn read_exactly<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut [u8],
     want: usize,
 ) -> io::Result<()> {
