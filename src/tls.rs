@@ -133,6 +133,12 @@ pub fn server_config(resolver: Arc<dyn rustls::server::ResolvesServerCert>) -> S
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless session tickets, under keys that rotate every 6 hours (each valid for 12):
+    // any client this process served can resume, not only the last 128 as with rustls'
+    // default in-memory cache of 256 sessions. Each replica has keys of its own (see the
+    // README's TLS section for why they are not shared).
+    config.ticketer = rustls::crypto::ring::Ticketer::new()
+        .expect("the system's random source gives ticket keys");
     config
 }
 

@@ -272,3 +272,51 @@ async fn a_wss_upstream_is_verified_against_the_routes_ca_and_a_stranger_gets_50
         .await;
     assert_eq!(failed, Some(1.0));
 }
+
+#[tokio::test]
+async fn a_client_resumes_its_session_after_hundreds_of_other_clients_came_and_went() {
+    const HOST: &str = "a.example.test";
+    let ca = TestCa::new();
+    let secrets = tempfile::tempdir().expect("tempdir");
+    tls_secret(secrets.path(), &ca, "a-tls", HOST);
+    let up = Upstream::start().await;
+    let gate = Gate::start(
+        &[("a.yaml", tls_route("a", HOST, &up, "a-tls"))],
+        &["--secret-dir", secrets.path().to_str().expect("utf-8")],
+    )
+    .await;
+    // One client, whose configuration keeps the tickets it gets.
+    let connector = tokio_rustls::TlsConnector::from(ca.client_config());
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(gate.tls)
+            .await
+            .expect("connect");
+        let name = rustls::pki_types::ServerName::try_from(HOST).expect("name");
+        connector.connect(name, tcp).await.expect("TLS handshake")
+    };
+    let first = connect().await;
+    assert_eq!(
+        first.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full)
+    );
+    // Reading the 101 reads the tickets sent after the handshake too.
+    let mut ws = ws_over(first, HOST, "/ws", APP).await.expect("upgrade");
+    echo_over(&mut ws).await;
+    drop(ws);
+    // 300 other clients, each given two tickets: more than an in-memory cache of 256
+    // sessions would keep.
+    for _ in 0..300 {
+        let mut other = tls_connect(gate.tls, HOST, &ca)
+            .await
+            .expect("TLS handshake");
+        tokio::io::AsyncWriteExt::shutdown(&mut other)
+            .await
+            .expect("close");
+    }
+    let again = connect().await;
+    assert_eq!(
+        again.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed),
+        "the first client's ticket still resumes"
+    );
+}
