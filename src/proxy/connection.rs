@@ -160,14 +160,14 @@ impl Relaying {
 
 /// A connection both sides of which have switched to WebSocket.
 pub(super) struct Upgraded {
-    pub(super) route: Arc<Route>,
-    pub(super) client: ClientInfo,
-    pub(super) client_io: Prefixed<Stream>,
-    pub(super) upstream_io: Prefixed<Stream>,
+    route: Arc<Route>,
+    client: ClientInfo,
+    client_io: Prefixed<Stream>,
+    upstream_io: Prefixed<Stream>,
     /// The upstream accepted `permessage-deflate`.
-    pub(super) deflate: bool,
-    pub(super) registration: registry::Registration,
-    pub(super) admission: Option<Box<Slot>>,
+    deflate: bool,
+    registration: registry::Registration,
+    admission: Option<Box<Slot>>,
 }
 
 impl Future for Relaying {
@@ -475,7 +475,7 @@ pub(super) async fn exchange(
 
 /// Resolves with the close code once a snapshot revokes a handshake waiting for its
 /// upstream. A drain (1012) does not: that handshake completes and its relay closes.
-pub(super) async fn revoked_in_flight(control: &ConnControl) -> u16 {
+async fn revoked_in_flight(control: &ConnControl) -> u16 {
     match control.requested_close().await {
         (CLOSE_RESTART, _) => std::future::pending().await,
         (code, _) => code,
@@ -483,7 +483,7 @@ pub(super) async fn revoked_in_flight(control: &ConnControl) -> u16 {
 }
 
 /// The refusal for a handshake whose route a newer snapshot no longer admits it to.
-pub(super) fn revocation(code: u16) -> Reject {
+fn revocation(code: u16) -> Reject {
     match code {
         CLOSE_POLICY => Reject::OriginDenied,
         _ => Reject::NoRoute,

@@ -143,43 +143,14 @@ fn decide(
         }
         Decision::Forward(forward) => forward,
     };
-    let Forward {
-        route,
-        target,
-        origin,
-        accept,
-        claims,
-        subprotocols,
-        admission,
-    } = forward;
-    let dropped = match &route.auth {
-        Some(RouteAuth::Jwt(jwt)) => jwt.forwarded_headers(),
-        _ => &[],
-    };
-    // No compression under a message limit: the limit counts what the upstream receives.
-    let extensions = extensions::offers(headers, route.limits.max_message_bytes.is_none());
-    let request = upstream::forward_request(
-        &target,
-        headers,
-        &route.upstream,
-        upstream::Forwarding {
-            client,
-            trusted_peer: gateway.config.trusted_proxies.contains(client.addr.ip()),
-            subprotocols: subprotocols.as_deref(),
-            extensions: extensions.as_deref(),
-            claims: upstream::Claims {
-                dropped,
-                added: &claims,
-            },
-        },
-    );
+    let (request, extensions) = forward.upstream_request(headers, client, gateway);
     Step::Forward {
-        route,
+        route: forward.route,
         request,
         extensions,
-        origin,
-        accept,
-        admission,
+        origin: forward.origin,
+        accept: forward.accept,
+        admission: forward.admission,
     }
 }
 
@@ -218,6 +189,42 @@ pub(super) struct Forward<'a> {
     pub(super) subprotocols: Option<String>,
     /// The connection's place under its route's limits.
     pub(super) admission: Option<Box<Slot>>,
+}
+
+impl Forward<'_> {
+    /// The HTTP/1.1 handshake the upstream gets, made of the client's `headers`, and the
+    /// `Sec-WebSocket-Extensions` offers it carries: the same for either protocol the
+    /// client spoke.
+    pub(super) fn upstream_request(
+        &self,
+        headers: Headers<'_>,
+        client: ClientInfo,
+        gateway: &Gateway,
+    ) -> (Vec<u8>, Option<String>) {
+        let route = &self.route;
+        let dropped = match &route.auth {
+            Some(RouteAuth::Jwt(jwt)) => jwt.forwarded_headers(),
+            _ => &[],
+        };
+        // No compression under a message limit: the limit counts what the upstream receives.
+        let extensions = extensions::offers(headers, route.limits.max_message_bytes.is_none());
+        let request = upstream::forward_request(
+            &self.target,
+            headers,
+            &route.upstream,
+            upstream::Forwarding {
+                client,
+                trusted_peer: gateway.config.trusted_proxies.contains(client.addr.ip()),
+                subprotocols: self.subprotocols.as_deref(),
+                extensions: extensions.as_deref(),
+                claims: upstream::Claims {
+                    dropped,
+                    added: &self.claims,
+                },
+            },
+        );
+        (request, extensions)
+    }
 }
 
 /// What the decision says.

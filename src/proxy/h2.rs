@@ -24,7 +24,6 @@ use tokio::sync::{Notify, watch};
 use super::admission::Slot;
 use super::connection::{self, Exchange, Relaying, Switched};
 use super::decide::{self, Decision, Forward};
-use super::extensions;
 use super::handshake::{self, Reject};
 use super::http::{self as plain, Peer, Reply};
 use super::http1::{Headers, Prefixed};
@@ -33,10 +32,10 @@ use super::relay;
 use super::reply::{self, outcome};
 use super::state::{Gateway, HttpPhase};
 use super::stream::Stream;
-use super::upstream::{self, ClientInfo, Forwarding};
+use super::upstream::ClientInfo;
 use crate::accept::stopped;
 use crate::request::{HeaderLookup, ambiguous_host};
-use crate::route::{OriginRejection, Route, RouteAuth};
+use crate::route::{OriginRejection, Route};
 
 /// Streams one client may have open at once (sockets and requests); the next is refused
 /// (RST_STREAM REFUSED_STREAM), as nginx's and Envoy's defaults do at 128 and 100.
@@ -378,15 +377,6 @@ async fn websocket_stream(
         }
         Decision::Forward(forward) => forward,
     };
-    let Forward {
-        route,
-        target,
-        origin: request_origin,
-        accept,
-        claims,
-        subprotocols,
-        admission,
-    } = forward;
     // The HTTP/1.1 handshake the upstream gets: the stream's headers, with the Host the
     // authority names and the gateway's key in place of any the client sent.
     let mut pairs: Vec<httparse::Header<'_>> = headers
@@ -405,27 +395,15 @@ async fn websocket_stream(
         name: "sec-websocket-key",
         value: key.as_bytes(),
     });
-    let view = Headers::new(&pairs);
-    let offered = extensions::offers(view, route.limits.max_message_bytes.is_none());
-    let dropped = match &route.auth {
-        Some(RouteAuth::Jwt(jwt)) => jwt.forwarded_headers(),
-        _ => &[],
-    };
-    let upstream_request = upstream::forward_request(
-        &target,
-        view,
-        &route.upstream,
-        Forwarding {
-            client,
-            trusted_peer: gateway.config.trusted_proxies.contains(client.addr.ip()),
-            subprotocols: subprotocols.as_deref(),
-            extensions: offered.as_deref(),
-            claims: upstream::Claims {
-                dropped,
-                added: &claims,
-            },
-        },
-    );
+    let (upstream_request, offered) =
+        forward.upstream_request(Headers::new(&pairs), client, &gateway);
+    let Forward {
+        route,
+        origin: request_origin,
+        accept,
+        admission,
+        ..
+    } = forward;
     let exchanged = connection::exchange(
         &gateway,
         &route,

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::extensions;
 use super::handshake::{AcceptKey, Reject};
@@ -125,6 +125,21 @@ pub(super) fn switching_protocols(upstream: Option<Headers<'_>>, accept: AcceptK
 /// Largest refusal body passed on from an upstream.
 const MAX_REFUSAL_BODY: u64 = 1 << 20;
 
+/// An upstream refusal's body as it comes, cut at [`MAX_REFUSAL_BODY`]: what followed the
+/// head in the same reads, then the rest from its connection.
+fn refusal_reader(answer: upstream::Answer, body: RefusalBody) -> impl AsyncRead + Unpin {
+    let upstream::Answer {
+        stream,
+        mut buf,
+        head_len,
+    } = answer;
+    let limit = body.limit(MAX_REFUSAL_BODY);
+    buf.drain(..head_len);
+    buf.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    let rest = limit - buf.len() as u64;
+    std::io::Cursor::new(buf).chain(stream.take(rest))
+}
+
 /// Sends an upstream's refusal head, then its body as it comes (`Content-Length` bytes, or
 /// chunks unchanged until the upstream closes), within `patience`; then closes both. An
 /// upstream that keeps its connection open after a sized body does not hold the client.
@@ -135,43 +150,27 @@ pub(super) async fn pass_refusal(
     body: RefusalBody,
     patience: Duration,
 ) {
-    let upstream::Answer {
-        stream: upstream,
-        buf,
-        head_len,
-    } = answer;
-    let body = async {
+    let mut body = refusal_reader(answer, body);
+    let sent = async {
         client.write_all(head).await?;
-        let limit = body.limit(MAX_REFUSAL_BODY);
-        let first = &buf[head_len..];
-        let first = &first[..first.len().min(limit as usize)];
-        client.write_all(first).await?;
-        let mut rest = tokio::io::AsyncReadExt::take(upstream, limit - first.len() as u64);
-        tokio::io::copy(&mut rest, &mut client).await?;
+        tokio::io::copy(&mut body, &mut client).await?;
         client.shutdown().await
     };
-    if let Ok(Err(e)) = tokio::time::timeout(patience, body).await {
+    if let Ok(Err(e)) = tokio::time::timeout(patience, sent).await {
         tracing::debug!(error = %e, "passing the upstream's refusal on failed");
     }
 }
 
-/// An upstream refusal's body, read whole (up to the same cap) within `patience`: an
-/// HTTP/2 stream answers with it, where an HTTP/1.1 client gets it as it comes.
+/// An upstream refusal's body, read whole within `patience`: an HTTP/2 stream answers
+/// with it, where an HTTP/1.1 client gets it as it comes.
 pub(super) async fn refusal_body(
     answer: upstream::Answer,
     body: RefusalBody,
     patience: Duration,
 ) -> bytes::Bytes {
-    let upstream::Answer {
-        stream: upstream,
-        buf,
-        head_len,
-    } = answer;
-    let limit = body.limit(MAX_REFUSAL_BODY);
-    let first = &buf[head_len..];
-    let mut out = first[..first.len().min(limit as usize)].to_vec();
-    let mut rest = tokio::io::AsyncReadExt::take(upstream, limit - out.len() as u64);
-    let read = tokio::io::AsyncReadExt::read_to_end(&mut rest, &mut out);
+    let mut out = Vec::new();
+    let mut body = refusal_reader(answer, body);
+    let read = body.read_to_end(&mut out);
     if let Ok(Err(e)) = tokio::time::timeout(patience, read).await {
         tracing::debug!(error = %e, "reading the upstream's refusal failed");
     }
