@@ -153,6 +153,15 @@ async fn main() {
     }
 }
 
+/// Fails the benchmark when `what` has not happened 10 minutes after `since`, rather than
+/// wait for ever on a route that was refused.
+fn give_up_after(since: Instant, what: &str) {
+    assert!(
+        since.elapsed() < Duration::from_secs(600),
+        "gave up waiting for {what}"
+    );
+}
+
 /// Route counts for the bulk scenario: `WSGATE_BULK_ROUTES` (comma-separated), else 2,000.
 fn bulk_sizes() -> Vec<usize> {
     std::env::var("WSGATE_BULK_ROUTES")
@@ -259,6 +268,7 @@ async fn bulk(plane: &ControlPlane, gate: &Gate, up: &Upstream, routes: usize) {
     });
     let target = before + routes as f64;
     while served().await < target {
+        give_up_after(started, "the data plane to serve every route");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let serving = started.elapsed();
@@ -279,6 +289,7 @@ async fn bulk(plane: &ControlPlane, gate: &Gate, up: &Upstream, routes: usize) {
         if ready == routes {
             break;
         }
+        give_up_after(started, "every route to be Ready");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let all_ready = started.elapsed();
@@ -295,6 +306,7 @@ async fn bulk(plane: &ControlPlane, gate: &Gate, up: &Upstream, routes: usize) {
         deleting.elapsed()
     });
     while served().await > before {
+        give_up_after(deleting, "the data plane to stop serving the routes");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let unserved = deleting.elapsed();

@@ -822,7 +822,7 @@ async fn a_client_that_ignores_1012_is_left_behind_when_the_shutdown_grace_ends(
     let mut head = [0u8; 12];
     silent.read_exact(&mut head).await.expect("response");
     assert_eq!(&head, b"HTTP/1.1 101");
-    // The client reads its 1012 but never answers it.
+    // The client never reads its 1012, nor answers it.
     gate.terminate();
     assert_eq!(gate.wait_exit().await, Some(0));
     assert!(

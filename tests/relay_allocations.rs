@@ -59,16 +59,18 @@ fn relaying_frames_allocates_nothing_after_warm_up() {
         // frame, or every few frames, shows in each run; the few that a busy machine's
         // scheduling can cause outside the relay (seen at 4, under CPU contention, before
         // and after the relay's last changes) do not repeat in all three.
-        let mut fewest = (usize::MAX, usize::MAX);
-        let mut runs = 0;
-        while runs < 3 && fewest != (0, 0) {
+        let mut counted = Vec::new();
+        while counted.len() < 3 && !counted.contains(&(0, 0)) {
             let region = Region::new(GLOBAL);
             round(5_000).await;
             let change = region.change();
-            fewest = fewest.min((change.allocations, change.reallocations));
-            runs += 1;
+            counted.push((change.allocations, change.reallocations));
         }
-        assert_eq!(fewest, (0, 0), "allocations while relaying 10,000 frames");
+        assert!(
+            counted.contains(&(0, 0)),
+            "allocations and reallocations while relaying 10,000 frames, per run: {counted:?}"
+        );
+        let runs = counted.len() as u64;
 
         drop(client);
         drop(upstream);

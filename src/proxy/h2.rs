@@ -41,6 +41,11 @@ use crate::route::{OriginRejection, Route};
 /// (RST_STREAM REFUSED_STREAM), as nginx's and Envoy's defaults do at 128 and 100.
 const MAX_STREAMS: u32 = 128;
 
+/// Streams a client may reset before the gateway has taken them up: past it, GOAWAY
+/// ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487). h2's default, set here so the README's
+/// figure cannot move with a dependency.
+const MAX_EARLY_RESETS: usize = 20;
+
 /// Bytes a client may send on one stream, and on all of them, before the gateway has read
 /// them: what the gateway may hold of an HTTP/2 client's data at once.
 const STREAM_WINDOW: u32 = 256 << 10;
@@ -92,6 +97,7 @@ pub(super) async fn serve(
     builder
         .timer(TokioTimer::new())
         .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(MAX_EARLY_RESETS)
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_send_buf_size(STREAM_SEND_BUFFER)

@@ -52,6 +52,8 @@ const PREFS: &[(&str, &str)] = &[
     ("network.prefetch-next", "false"),
     ("network.dns.disablePrefetch", "true"),
     ("network.predictor.enabled", "false"),
+    // No speculative connections, which the browser tests would count.
+    ("network.http.speculative-parallel-limit", "0"),
     ("network.trr.mode", "5"),
     ("network.http.http3.enable", "false"),
     (
