@@ -20,6 +20,7 @@
 mod contenders;
 mod floor;
 mod h2;
+mod heap;
 mod load;
 mod plain;
 mod wire;
@@ -56,7 +57,7 @@ const BASELINE: &str = "WSGATE_BASELINE";
 /// Scenarios with contenders of their own, run after those of [`Scenario`].
 const EXTRA_SCENARIOS: [&str; 2] = ["h2-sockets", "snapshot"];
 /// Route counts of the snapshot scenario.
-const SNAPSHOT_ROUTES: [usize; 2] = [10, 10_000];
+const SNAPSHOT_ROUTES: [usize; 3] = [10, 10_000, 100_000];
 
 #[derive(Clone, Copy, PartialEq)]
 enum Scenario {
@@ -314,10 +315,22 @@ fn result(scenario: Scenario, samples: &[Sample]) -> String {
     }
 }
 
-/// Compiles and swaps in snapshots of `routes` routes, as a route change does; milliseconds
-/// per change: the median and the fastest of eleven (wall time on a shared VM varies).
-fn snapshot_ms(routes: usize) -> (f64, f64) {
+/// What compiling and swapping in a snapshot of some routes cost.
+struct SnapshotCost {
+    /// Milliseconds per change: the median and the fastest of eleven (wall time on a shared
+    /// VM varies).
+    median_ms: f64,
+    fastest_ms: f64,
+    /// Heap bytes per route held by the declared routes (what a source keeps) and by the
+    /// active snapshot (what the data plane keeps).
+    declared_bytes: f64,
+    snapshot_bytes: f64,
+}
+
+/// Compiles and swaps in snapshots of `routes` routes, as a route change does.
+fn snapshot_cost(routes: usize) -> SnapshotCost {
     let upstream = "127.0.0.1:9".parse().expect("addr");
+    let before = heap::live_bytes();
     let declared: Vec<WebSocketRoute> = (0..routes)
         .map(|i| {
             let yaml =
@@ -325,25 +338,38 @@ fn snapshot_ms(routes: usize) -> (f64, f64) {
             serde_saphyr::from_str(&yaml).expect("route")
         })
         .collect();
+    let declared_bytes = heap::live_bytes().saturating_sub(before) as f64 / routes as f64;
     let published = Published::new(Metrics::new());
     // The proxy's revocation runs on every publish, as in the gateway.
     let _gateway = Gateway::new(ProxyConfig::default(), published.clone());
     let backends = Backends::standalone();
+    let mut snapshot_bytes = 0.0;
     let times: Vec<f64> = (1..=11)
         .map(|version| {
             // Changes are apart, as in a cluster: the previous table is freed in between.
             std::thread::sleep(Duration::from_millis(200));
             let started = Instant::now();
+            let unpublished = heap::live_bytes();
             published.publish(Snapshot::new(
                 version,
                 compile(&declared, &backends),
                 Vec::new(),
             ));
-            started.elapsed().as_secs_f64() * 1000.0
+            let elapsed = started.elapsed().as_secs_f64() * 1000.0;
+            if version == 1 {
+                snapshot_bytes =
+                    heap::live_bytes().saturating_sub(unpublished) as f64 / routes as f64;
+            }
+            elapsed
         })
         .collect();
-    let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
-    (median(times), fastest)
+    let fastest_ms = times.iter().copied().fold(f64::INFINITY, f64::min);
+    SnapshotCost {
+        median_ms: median(times),
+        fastest_ms,
+        declared_bytes,
+        snapshot_bytes,
+    }
 }
 
 /// Starts every contender and runs `scenarios` on them, adding rows to `table`.
@@ -469,9 +495,10 @@ async fn bench(chosen: &[String]) {
     if wanted("snapshot") {
         for routes in SNAPSHOT_ROUTES {
             eprintln!("snapshot: {routes} routes");
-            let (median, fastest) = snapshot_ms(routes);
+            let cost = snapshot_cost(routes);
             table.push_str(&format!(
-                "| snapshot compiled and swapped in, {routes} routes | wsgate | {median:.2} ms (fastest {fastest:.2} ms) | - | - |\n",
+                "| snapshot compiled and swapped in, {routes} routes | wsgate | {:.2} ms (fastest {:.2} ms); heap per route: {:.0} B declared, {:.0} B in the snapshot | - | - |\n",
+                cost.median_ms, cost.fastest_ms, cost.declared_bytes, cost.snapshot_bytes,
             ));
         }
     }
