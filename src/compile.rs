@@ -8,6 +8,7 @@
 //! fields on their own), `backends` (Services, EndpointSlices and Secrets, resolved),
 //! `upstream_url` ([`parse_url`]) and `ownership` (which namespace owns a hostname).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -46,7 +47,11 @@ pub struct Compiled {
 /// A route on a hostname another namespace owns, without its grant, conflicts too
 /// (the `ownership` module).
 pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
-    let mut checked: Vec<Checked> = routes.iter().map(|r| check_route(r, backends)).collect();
+    let mut policies = checks::Policies::default();
+    let mut checked: Vec<Checked> = routes
+        .iter()
+        .map(|r| check_route(r, backends, &mut policies))
+        .collect();
 
     // Conflict resolution in age order, so the verdict does not depend on input order.
     let mut order: Vec<usize> = (0..checked.len()).collect();
@@ -186,7 +191,8 @@ struct Checked {
     warnings: Vec<Warning>,
     conflict: Option<String>,
     programmed: bool,
-    summary: String,
+    /// `route serves HOSTNAMES PATH`, when the spec is valid: the Accepted message.
+    serves: String,
 }
 
 struct ValidRoute {
@@ -205,16 +211,21 @@ impl Checked {
                 condition::ACCEPTED,
                 false,
                 reason::INVALID,
-                self.problems.join("; "),
+                self.problems.join("; ").into(),
             ),
-            (Some(msg), true) => cond(condition::ACCEPTED, false, reason::CONFLICTED, msg.clone()),
+            (Some(msg), true) => cond(
+                condition::ACCEPTED,
+                false,
+                reason::CONFLICTED,
+                msg.clone().into(),
+            ),
             (None, true) => {
-                let mut msg = format!("route serves {}", self.summary);
+                let mut msg = self.serves;
                 for w in &self.warnings {
                     msg.push_str("; warning: ");
                     msg.push_str(&w.message);
                 }
-                cond(condition::ACCEPTED, true, reason::ACCEPTED, msg)
+                cond(condition::ACCEPTED, true, reason::ACCEPTED, msg.into())
             }
         };
         let resolved = match &self.refs {
@@ -222,23 +233,23 @@ impl Checked {
                 condition::RESOLVED_REFS,
                 true,
                 reason::RESOLVED_REFS,
-                "upstream resolved".to_owned(),
+                "upstream resolved".into(),
             ),
-            Err((r, msg)) => cond(condition::RESOLVED_REFS, false, r, msg.clone()),
+            Err((r, msg)) => cond(condition::RESOLVED_REFS, false, r, msg.clone().into()),
         };
         let programmed = if self.programmed {
             cond(
                 condition::PROGRAMMED,
                 true,
                 reason::PROGRAMMED,
-                "route is in the active snapshot".to_owned(),
+                "route is in the active snapshot".into(),
             )
         } else {
             cond(
                 condition::PROGRAMMED,
                 false,
                 reason::NOT_PROGRAMMED,
-                "route is not accepted, so it is not served".to_owned(),
+                "route is not accepted, so it is not served".into(),
             )
         };
         let ready = match [&accepted, &resolved, &programmed]
@@ -255,7 +266,7 @@ impl Checked {
                 condition::READY,
                 true,
                 reason::READY,
-                "route is accepted, resolved and programmed".to_owned(),
+                "route is accepted, resolved and programmed".into(),
             ),
         };
         Verdict {
@@ -271,7 +282,7 @@ fn cond(
     type_: &'static str,
     status: bool,
     reason: &'static str,
-    message: String,
+    message: Cow<'static, str>,
 ) -> ConditionState {
     ConditionState {
         type_,

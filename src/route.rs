@@ -120,8 +120,8 @@ pub struct Route {
     pub key: RouteKey,
     /// `namespace/name`, made once: the metric label and log field of every handshake.
     pub label: Arc<str>,
-    /// Which origins may connect.
-    pub origins: OriginPolicy,
+    /// Which origins may connect; shared by the routes of a snapshot that list the same.
+    pub origins: Arc<OriginPolicy>,
     /// What a denied origin gets.
     pub rejection: OriginRejection,
     /// Where accepted handshakes go.
@@ -374,7 +374,9 @@ impl Route {
                 name: name.into(),
             },
             label: format!("{namespace}/{name}").into(),
-            origins: OriginPolicy::new(origins, false, false).expect("test origins are valid"),
+            origins: Arc::new(
+                OriginPolicy::new(origins, false, false).expect("test origins are valid"),
+            ),
             rejection: OriginRejection::Forbidden,
             upstream: Upstream {
                 targets: vec![],

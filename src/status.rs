@@ -62,7 +62,7 @@ pub fn conditions(verdict: &Verdict, previous: &[Condition], now: Timestamp) -> 
                 type_: c.type_.to_owned(),
                 status: status.to_owned(),
                 reason: c.reason.to_owned(),
-                message: c.message.clone(),
+                message: c.message.to_string(),
                 observed_generation: verdict.generation,
                 last_transition_time,
             }
@@ -79,7 +79,7 @@ pub fn stopped(verdict: &Verdict, message: &str) -> Verdict {
         if c.type_ == condition::PROGRAMMED || c.type_ == condition::READY {
             c.status = false;
             c.reason = reason::GATEWAY_STOPPED;
-            c.message = message.to_owned();
+            c.message = message.to_owned().into();
         }
     }
     stopped
@@ -146,7 +146,7 @@ mod tests {
         assert_eq!(gone.conditions[..2], served.conditions[..2]);
         for c in &gone.conditions[2..] {
             assert_eq!(
-                (c.status, c.reason, c.message.as_str()),
+                (c.status, c.reason, c.message.as_ref()),
                 (false, reason::GATEWAY_STOPPED, "no replica")
             );
         }

@@ -1,7 +1,7 @@
 //! The per-field checks of one route, on its own: what makes it Invalid (Accepted=False)
 //! or unresolved (ResolvedRefs=False), and its compiled form when it is neither.
 
-use std::collections::HashSet;
+use std::fmt::Write;
 use std::sync::Arc;
 
 use rustls::sign::CertifiedKey;
@@ -16,7 +16,7 @@ use crate::api::{
     Rejection, SessionAffinity, WebSocketRoute, WebSocketRouteSpec,
 };
 use crate::auth::{JwtAuth, JwtSettings, KeyError, TokenPlace};
-use crate::policy::OriginPolicy;
+use crate::policy::{InvalidPattern, OriginPolicy};
 use crate::route::path;
 use crate::route::{
     Admission, HttpLimits, Limits, OriginRejection, PathRule, Route, RouteAuth, RouteKey, Upstream,
@@ -26,8 +26,17 @@ use crate::tls::{self, UpstreamTls};
 /// The most hostnames a route may claim (docs/design.md §3).
 const MAX_HOSTNAMES: usize = 16;
 
+/// The origin policies of one compile by what they were compiled from: routes that list the
+/// same origins (a team's app on many routes) share one policy, compiled once.
+pub(super) type Policies<'a> =
+    foldhash::HashMap<(&'a [String], bool, bool), Result<Arc<OriginPolicy>, InvalidPattern>>;
+
 /// Validates one route on its own and builds its compiled form.
-pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checked {
+pub(super) fn check_route<'a>(
+    route: &'a WebSocketRoute,
+    backends: &Backends,
+    policies: &mut Policies<'a>,
+) -> Checked {
     let key = key_of(route);
     let spec = &route.spec;
     // Each check appends in field order, the order the Accepted message lists them in.
@@ -42,7 +51,7 @@ pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checke
             None
         }
     };
-    let origins = check_origins(&spec.origins, &mut problems, &mut warnings);
+    let origins = check_origins(&spec.origins, policies, &mut problems, &mut warnings);
     check_subprotocols(spec.subprotocols.as_deref(), &mut problems);
     check_limits(spec, &mut problems);
     let References {
@@ -52,8 +61,20 @@ pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checke
         refs,
     } = check_references(route, &key, backends, &mut problems);
 
-    let summary = match (&path, hostnames.is_empty()) {
-        (Some(p), false) => format!("{} {p}", hostnames.join(", ")),
+    // The Accepted message, built in one allocation: every route of a large cluster has one.
+    let serves = match (&path, problems.is_empty()) {
+        (Some(p), true) => {
+            let mut message = String::with_capacity(64);
+            message.push_str("route serves ");
+            for (i, h) in hostnames.iter().enumerate() {
+                if i > 0 {
+                    message.push_str(", ");
+                }
+                message.push_str(h);
+            }
+            let _ = write!(message, " {p}");
+            message
+        }
         _ => String::new(),
     };
     let valid = match (problems.is_empty(), path, origins, upstream) {
@@ -75,7 +96,7 @@ pub(super) fn check_route(route: &WebSocketRoute, backends: &Backends) -> Checke
         warnings,
         conflict: None,
         programmed: false,
-        summary,
+        serves,
     }
 }
 
@@ -101,12 +122,19 @@ fn check_names(
 }
 
 /// The origin policy, with warnings for the settings that are valid but rarely meant.
-fn check_origins(
-    origins: &OriginsSpec,
+fn check_origins<'a>(
+    origins: &'a OriginsSpec,
+    policies: &mut Policies<'a>,
     problems: &mut Vec<String>,
     warnings: &mut Vec<Warning>,
-) -> Option<OriginPolicy> {
-    match OriginPolicy::new(&origins.allow, origins.allow_null, origins.allow_missing) {
+) -> Option<Arc<OriginPolicy>> {
+    let compiled = policies
+        .entry((&origins.allow, origins.allow_null, origins.allow_missing))
+        .or_insert_with(|| {
+            OriginPolicy::new(&origins.allow, origins.allow_null, origins.allow_missing)
+                .map(Arc::new)
+        });
+    match compiled {
         Ok(policy) => {
             if policy.allows_any_origin() {
                 warnings.push(Warning {
@@ -122,7 +150,7 @@ fn check_origins(
                     message: "origins.allow is empty, so every handshake is refused with 403: list the origins that may connect, like `origins: {allow: [\"https://app.example.com\"]}`".to_owned(),
                 });
             }
-            Some(policy)
+            Some(policy.clone())
         }
         Err(e) => {
             problems.push(e.to_string());
@@ -272,7 +300,7 @@ fn check_references(
 fn build_route(
     spec: &WebSocketRouteSpec,
     key: &RouteKey,
-    origins: OriginPolicy,
+    origins: Arc<OriginPolicy>,
     upstream: Upstream,
     auth: Option<RouteAuth>,
 ) -> Route {
@@ -331,11 +359,11 @@ fn check_hostnames(hostnames: &[String], problems: &mut Vec<String>) -> Vec<Stri
             hostnames.len()
         ));
     }
-    let mut seen = HashSet::new();
-    for h in hostnames {
+    for (i, h) in hostnames.iter().enumerate() {
         if let Err(e) = check_hostname(h) {
             problems.push(e);
-        } else if !seen.insert(h.as_str()) {
+        } else if hostnames[..i].contains(h) {
+            // At most 16 (else refused above), so a scan costs less than a set.
             problems.push(format!("hostname {h} is listed twice"));
         }
     }

@@ -44,6 +44,10 @@ fn valid_route_is_accepted_resolved_programmed_and_ready() {
         assert!(cond(v, t).status, "{t}: {}", cond(v, t));
     }
     assert_eq!(cond(v, condition::READY).reason, reason::READY);
+    assert_eq!(
+        cond(v, condition::ACCEPTED).message,
+        "route serves chat.example.com PathPrefix /ws"
+    );
     assert_eq!(v.generation, Some(2));
     let r = c.table.lookup("chat.example.com", "/ws/x").expect("routed");
     assert_eq!(r.key.name, "chat");
@@ -838,4 +842,35 @@ fn a_second_compile_of_the_same_secrets_parses_nothing_again() {
             .expect("CA roots")
     };
     assert!(Arc::ptr_eq(&roots(&a), &roots(&b)));
+}
+
+#[test]
+fn routes_that_list_the_same_origins_share_one_compiled_policy() {
+    let c = compile(
+        &[
+            simple("a", "2026-01-01T00:00:00Z", "a.example.com", "/"),
+            simple("b", "2026-01-01T00:00:00Z", "b.example.com", "/"),
+        ],
+        &Backends::standalone(),
+    );
+    let a = c.table.lookup("a.example.com", "/").expect("routed");
+    let b = c.table.lookup("b.example.com", "/").expect("routed");
+    assert!(Arc::ptr_eq(&a.origins, &b.origins));
+    let other = route(
+        "metadata: {name: c}\nspec:\n  hostnames: [c.example.com]\n  origins: {allow: [\"https://app.example.com\"], allowNull: true}\n  upstream: {url: \"ws://127.0.0.1:9\"}\n",
+    );
+    let c = compile(
+        &[
+            simple("a", "2026-01-01T00:00:00Z", "a.example.com", "/"),
+            other,
+        ],
+        &Backends::standalone(),
+    );
+    let a = c.table.lookup("a.example.com", "/").expect("routed");
+    let other = c.table.lookup("c.example.com", "/").expect("routed");
+    assert!(
+        !Arc::ptr_eq(&a.origins, &other.origins),
+        "allowNull differs"
+    );
+    assert!(other.origins.allows_null() && !a.origins.allows_null());
 }

@@ -1,6 +1,7 @@
 //! The vocabulary of a route's outcome: the condition types and reasons status is written
 //! with (docs/design.md §4), warnings, and the [`Verdict`] compile gives each route.
 
+use std::borrow::Cow;
 use std::fmt;
 
 use crate::route::RouteKey;
@@ -55,8 +56,8 @@ pub struct ConditionState {
     pub status: bool,
     /// One of [`reason`].
     pub reason: &'static str,
-    /// What a person can act on.
-    pub message: String,
+    /// What a person can act on; most are fixed texts, not copied per route.
+    pub message: Cow<'static, str>,
 }
 
 /// The outcome of compiling one route.

@@ -401,7 +401,7 @@ mod tests {
                 type_: condition::ACCEPTED,
                 status: accepted,
                 reason,
-                message: message.into(),
+                message: message.to_owned().into(),
             }],
             warnings: warnings
                 .iter()
