@@ -8,7 +8,7 @@
 //! fields on their own), `backends` (Services, EndpointSlices and Secrets, resolved),
 //! `upstream_url` ([`parse_url`]) and `ownership` (which namespace owns a hostname).
 
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -46,16 +46,19 @@ pub struct Compiled {
 /// older `creationTimestamp` wins, then namespace/name order; the loser is not served at all.
 /// A route on a hostname another namespace owns, without its grant, conflicts too
 /// (the `ownership` module).
-pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
+///
+/// `routes` may be owned or shared (`Arc`, as a watch store holds them), so a caller need
+/// not copy every route to compile.
+pub fn compile<R: Borrow<WebSocketRoute>>(routes: &[R], backends: &Backends) -> Compiled {
     let mut policies = checks::Policies::default();
     let mut checked: Vec<Checked> = routes
         .iter()
-        .map(|r| check_route(r, backends, &mut policies))
+        .map(|r| check_route(r.borrow(), backends, &mut policies))
         .collect();
 
     // Conflict resolution in age order, so the verdict does not depend on input order.
     let mut order: Vec<usize> = (0..checked.len()).collect();
-    order.sort_by(|&a, &b| age_order(&routes[a], &routes[b]));
+    order.sort_by(|&a, &b| age_order(routes[a].borrow(), routes[b].borrow()));
     // Decided on borrowed keys first (nothing is copied per hostname), applied after.
     let mut conflicts: Vec<Option<String>> = vec![None; checked.len()];
     let mut served = vec![false; checked.len()];
@@ -65,7 +68,7 @@ pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
         let mut seen_keys: foldhash::HashSet<&RouteKey> =
             foldhash::HashSet::with_capacity_and_hasher(checked.len(), Default::default());
         let mut owners = ownership::Owners::default();
-        for (c, route) in checked.iter().zip(routes) {
+        for (c, route) in checked.iter().zip(routes.iter().map(Borrow::borrow)) {
             if let Some(valid) = &c.valid {
                 let granted = route.spec.hostname_grants.iter();
                 owners.grant(

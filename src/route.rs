@@ -6,7 +6,7 @@ pub mod path;
 use std::fmt;
 use std::sync::Arc;
 
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 
 use crate::auth::JwtAuth;
 use crate::policy::OriginPolicy;
@@ -231,7 +231,7 @@ pub struct RouteTable {
     exact_hosts: HashMap<String, HostRoutes>,
     /// Keyed by the suffix after `*.`.
     wildcard_hosts: HashMap<String, HostRoutes>,
-    by_key: HashMap<RouteKey, Arc<Route>>,
+    by_key: HashSet<ByKey>,
     /// The certificates served on the TLS listener, by hostname.
     certificates: Certificates,
 }
@@ -242,7 +242,7 @@ impl RouteTable {
         RouteTable {
             exact_hosts: HashMap::with_capacity_and_hasher(routes, Default::default()),
             wildcard_hosts: HashMap::default(),
-            by_key: HashMap::with_capacity_and_hasher(routes, Default::default()),
+            by_key: HashSet::with_capacity_and_hasher(routes, Default::default()),
             certificates: Certificates::default(),
         }
     }
@@ -274,7 +274,7 @@ impl RouteTable {
                 }
             }
         }
-        self.by_key.insert(route.key.clone(), route);
+        self.by_key.insert(ByKey(route));
     }
 
     /// Selects the route for a request: exact hostname before wildcard (the longest
@@ -338,12 +338,12 @@ impl RouteTable {
 
     /// The route with this key, if it is in the table.
     pub fn get(&self, key: &RouteKey) -> Option<&Arc<Route>> {
-        self.by_key.get(key)
+        self.by_key.get(key).map(|r| &r.0)
     }
 
     /// All routes in the table.
     pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
-        self.by_key.values()
+        self.by_key.iter().map(|r| &r.0)
     }
 
     /// How many routes the table holds.
@@ -354,6 +354,30 @@ impl RouteTable {
     /// Whether the table holds no route.
     pub fn is_empty(&self) -> bool {
         self.by_key.is_empty()
+    }
+}
+
+/// A route in the table's set by key: found by its own `key`, so the set holds no copy of it.
+#[derive(Debug, Clone)]
+struct ByKey(Arc<Route>);
+
+impl PartialEq for ByKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for ByKey {}
+
+impl std::hash::Hash for ByKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.key.hash(state);
+    }
+}
+
+impl std::borrow::Borrow<RouteKey> for ByKey {
+    fn borrow(&self) -> &RouteKey {
+        &self.0.key
     }
 }
 

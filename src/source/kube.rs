@@ -8,6 +8,7 @@
 
 mod resync;
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -121,6 +122,11 @@ impl<K: reflector::Lookup<DynamicType = ()> + Clone + 'static> Stores<K> {
     /// The object `reference` names, if a watch has it.
     pub fn get(&self, reference: &ObjectRef<K>) -> Option<Arc<K>> {
         self.0.iter().find_map(|s| s.get(reference))
+    }
+
+    /// Every object, shared with the store rather than copied.
+    fn shared(&self) -> Vec<Arc<K>> {
+        self.0.iter().flat_map(|s| s.state()).collect()
     }
 
     /// Copies of the objects `keep` selects.
@@ -266,7 +272,7 @@ impl KubeRoutes {
             if !relevant {
                 continue;
             }
-            let routes = route_stores.owned_if(|_| true);
+            let routes = route_stores.shared();
             referenced = references_of(&routes);
             // Only what routes name goes into the compile step.
             let named = |o: &dyn Watched| matches!(o.change(), Change::Backend(service) if referenced.contains(&service));
@@ -617,9 +623,9 @@ fn routes_changed(
 
 /// The Services and Secrets routes name, each in its route's namespace: a route can only
 /// reference its own namespace's objects.
-fn references_of(routes: &[WebSocketRoute]) -> HashSet<ServiceKey> {
+fn references_of<R: Borrow<WebSocketRoute>>(routes: &[R]) -> HashSet<ServiceKey> {
     let mut names = HashSet::new();
-    for r in routes {
+    for r in routes.iter().map(Borrow::borrow) {
         let namespace = r.namespace().unwrap_or_default();
         let spec = &r.spec;
         let referenced = [

@@ -1,6 +1,7 @@
 //! The decision without sockets or HTTP/1.1: a request as any protocol would hand it over.
 
 use super::*;
+use crate::api::WebSocketRoute;
 use crate::compile::{Backends, compile};
 use crate::metrics::Metrics;
 use crate::proxy::ProxyConfig;
@@ -16,7 +17,7 @@ fn gateway(published: bool) -> Arc<Gateway> {
         "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: root, namespace: apps}\nspec:\n  hostnames: [chat.example.test]\n  upstream: {url: \"ws://127.0.0.1:9\"}\n",
         "apiVersion: wsgate.dev/v1alpha1\nkind: WebSocketRoute\nmetadata: {name: h1, namespace: apps}\nspec:\n  hostnames: [chat.example.test]\n  path: {value: /h1}\n  origins: {allow: [\"https://a.example.test\"]}\n  upstream: {url: \"ws://127.0.0.1:9\"}\n  webSocketsOverHttp2: Refuse\n",
     ]
-    .map(|yaml| serde_saphyr::from_str(yaml).expect("route"));
+    .map(|yaml| serde_saphyr::from_str::<WebSocketRoute>(yaml).expect("route"));
     let snapshots = Published::new(Metrics::new());
     let gateway = Gateway::new(ProxyConfig::default(), snapshots.clone());
     if published {
