@@ -386,12 +386,12 @@ async fn proxy_scenarios(scenarios: &[Scenario], table: &mut String) {
         Proxy::direct(upstream, http.addr),
         // Measured in the allowed-handshake scenario only.
         contenders::start_wsgate(
-            "wsgate, 10,000 routes",
+            "wsgate, 100,000 routes",
             ours,
             dir.path(),
             upstream,
             http.addr,
-            9_999,
+            99_999,
             None,
         )
         .await,
