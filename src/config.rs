@@ -14,6 +14,7 @@ use crate::proxy::ProxyConfig;
 use crate::proxy::client::TrustedProxies;
 use crate::proxy::upstream::UpstreamTimeouts;
 use crate::route::Target;
+use crate::server::Shutdown;
 use crate::source::local::ServiceMapping;
 
 /// wsgate: a WebSocket gateway that enforces which web origins may connect to which backend.
@@ -188,6 +189,11 @@ pub struct ServeArgs {
     /// Seconds to wait for connections to close after sending them Close 1012.
     #[arg(long, env = "WSGATE_SHUTDOWN_GRACE", default_value = "30", value_parser = parse_seconds)]
     pub shutdown_grace: Duration,
+    /// Seconds over which a shutdown spreads its Close 1012 frames, in random order, so that
+    /// the clients of a replica do not all reconnect at once; 0 closes all at once. Must be
+    /// shorter than --shutdown-grace.
+    #[arg(long, env = "WSGATE_SHUTDOWN_JITTER", default_value = "0", value_parser = parse_seconds)]
+    pub shutdown_jitter: Duration,
     /// Seconds to wait for a TCP connection to an upstream.
     #[arg(long, env = "WSGATE_UPSTREAM_CONNECT_TIMEOUT", default_value = "5", value_parser = parse_seconds)]
     pub upstream_connect_timeout: Duration,
@@ -232,6 +238,22 @@ impl ServeArgs {
             http_send_timeout: self.http_send_timeout,
             ..ProxyConfig::default()
         }
+    }
+
+    /// The shutdown these flags describe. The jitter must end before the grace does, or the
+    /// last connections to be told would be cut before they could answer.
+    pub fn shutdown(&self) -> Result<Shutdown, ShutdownFlagsError> {
+        if !self.shutdown_jitter.is_zero() && self.shutdown_jitter >= self.shutdown_grace {
+            return Err(ShutdownFlagsError {
+                jitter: self.shutdown_jitter,
+                grace: self.shutdown_grace,
+            });
+        }
+        Ok(Shutdown {
+            delay: self.shutdown_delay,
+            grace: self.shutdown_grace,
+            jitter: self.shutdown_jitter,
+        })
     }
 
     /// The admin listener's limits these flags describe.
@@ -297,6 +319,18 @@ fn parse_admin_host(s: &str) -> Result<String, String> {
         ));
     }
     Ok(name)
+}
+
+/// `--shutdown-jitter` does not end before `--shutdown-grace`.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "--shutdown-jitter ({}s) must be shorter than --shutdown-grace ({}s): the connections told last need time to close; lower the jitter or raise the grace, e.g. --shutdown-jitter 10 --shutdown-grace 30",
+    .jitter.as_secs_f64(),
+    .grace.as_secs_f64()
+)]
+pub struct ShutdownFlagsError {
+    jitter: Duration,
+    grace: Duration,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::config::ControllerArgs;
+use crate::config::{ControllerArgs, ShutdownFlagsError};
 use crate::metrics::Metrics;
 use crate::server::{BindError, Server, termination};
 use crate::snapshot::Published;
@@ -47,11 +47,15 @@ pub enum ControllerError {
     /// The signal handlers cannot be installed.
     #[error("cannot install the SIGTERM/SIGINT handlers: {0}")]
     Signals(std::io::Error),
+    /// The shutdown flags contradict each other.
+    #[error(transparent)]
+    Flags(#[from] ShutdownFlagsError),
 }
 
 /// Runs controller mode until SIGTERM/SIGINT, then gives up the Lease and shuts down
 /// gracefully.
 pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
+    let plan = args.serve.shutdown()?;
     let stop = termination().map_err(ControllerError::Signals)?;
     let client = kube::Client::try_default()
         .await
@@ -113,10 +117,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), ControllerError> {
         }
         leadership.resign(RESIGN_WITHIN).await;
     };
-    tokio::join!(
-        leave,
-        server.shutdown(args.serve.shutdown_delay, args.serve.shutdown_grace),
-    );
+    tokio::join!(leave, server.shutdown(plan),);
     Ok(())
 }
 

@@ -105,8 +105,14 @@ impl Server {
     }
 
     /// docs/design.md §7: readyz turns 503 at once; after `delay` the listener stops accepting and
-    /// every connection gets Close 1012; returns once they are gone or `grace` ends.
-    pub async fn shutdown(self, delay: Duration, grace: Duration) {
+    /// every connection gets Close 1012 (spread over `jitter`); returns once they are gone or
+    /// `grace` ends.
+    pub async fn shutdown(self, plan: Shutdown) {
+        let Shutdown {
+            delay,
+            grace,
+            jitter,
+        } = plan;
         self.gateway.published().start_draining();
         tracing::info!(
             delay_seconds = delay.as_secs_f64(),
@@ -115,7 +121,7 @@ impl Server {
         tokio::time::sleep(delay).await;
         // Stops both accept loops; HTTP connections finish their current request.
         let _ = self.stop.send(true);
-        match tokio::time::timeout(grace, self.gateway.drain()).await {
+        match tokio::time::timeout(grace, self.gateway.drain(jitter)).await {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!(
                 remaining = self.gateway.live_connections(),
@@ -128,6 +134,17 @@ impl Server {
             task.abort();
         }
     }
+}
+
+/// How a gateway shuts down (`--shutdown-delay`, `--shutdown-grace`, `--shutdown-jitter`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shutdown {
+    /// From SIGTERM (readyz 503) to closing the listeners.
+    pub delay: Duration,
+    /// How long connections have to close after that.
+    pub grace: Duration,
+    /// The window the Close 1012 frames are spread over; shorter than `grace`.
+    pub jitter: Duration,
 }
 
 /// Installs the SIGTERM and SIGINT handlers now, and returns a future that resolves on

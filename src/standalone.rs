@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::StandaloneArgs;
+use crate::config::{ShutdownFlagsError, StandaloneArgs};
 use crate::metrics::Metrics;
 use crate::server::{BindError, Server, termination};
 use crate::snapshot::Published;
@@ -31,10 +31,14 @@ pub enum StandaloneError {
     /// The file watcher cannot start.
     #[error(transparent)]
     Watch(#[from] WatchError),
+    /// The shutdown flags contradict each other.
+    #[error(transparent)]
+    Flags(#[from] ShutdownFlagsError),
 }
 
 /// Runs standalone mode until SIGTERM/SIGINT, then shuts down gracefully.
 pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
+    let plan = args.serve.shutdown()?;
     let stop = termination().map_err(StandaloneError::Signals)?;
     let published = Published::new(Metrics::new());
     let mut routes = FileRoutes::load(
@@ -71,8 +75,6 @@ pub async fn run(args: StandaloneArgs) -> Result<(), StandaloneError> {
             }
         }
     }
-    server
-        .shutdown(args.serve.shutdown_delay, args.serve.shutdown_grace)
-        .await;
+    server.shutdown(plan).await;
     Ok(())
 }

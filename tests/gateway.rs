@@ -808,6 +808,53 @@ async fn sigterm_closes_connections_with_1012_and_exits() {
 }
 
 #[tokio::test]
+async fn with_shutdown_jitter_every_connection_gets_1012_and_the_process_exits_once_all_closed() {
+    let up = Upstream::start().await;
+    let mut gate = chat_gate(
+        &up,
+        app_only(),
+        &["--shutdown-delay", "0", "--shutdown-jitter", "1"],
+    )
+    .await;
+    let mut sockets = Vec::new();
+    for _ in 0..8 {
+        let (ws, _) = connect(gate.proxy, HOST, "/ws", Some(APP), &[])
+            .await
+            .expect("allowed");
+        sockets.push(ws);
+    }
+    gate.terminate();
+    for ws in &mut sockets {
+        assert_eq!(close_code(ws).await.0, 1012);
+    }
+    drop(sockets);
+    assert_eq!(gate.wait_exit().await, Some(0));
+    let log = gate.log();
+    assert!(log.contains("jitter_seconds=1"), "{log}");
+    assert!(log.contains("all connections closed"), "{log}");
+}
+
+#[test]
+fn a_shutdown_jitter_not_shorter_than_the_grace_is_refused_at_start() {
+    let routes = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(bin())
+        .arg("standalone")
+        .arg("--routes")
+        .arg(routes.path())
+        .args(["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
+        .args(["--admin", "127.0.0.1:0"])
+        .args(["--shutdown-jitter", "30", "--shutdown-grace", "30"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--shutdown-jitter (30s) must be shorter than --shutdown-grace (30s)"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_ignores_1012_is_left_behind_when_the_shutdown_grace_ends() {
     let up = Upstream::start().await;
     // The grace is shorter than the linger a Close waits for its answer (2 s).

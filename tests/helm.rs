@@ -211,6 +211,10 @@ async fn the_chart_lints_renders_and_every_manifest_is_accepted_by_the_api_serve
         ("replicaCont=3", "'replicaCont' not allowed"),
         ("resources.requets.cpu=1", "'requets' not allowed"),
         ("resources.requests.cpu=lots", "resources/requests/cpu"),
+        (
+            "shutdown.jitterSeconds=30",
+            "shutdown.jitterSeconds (30) must be shorter than shutdown.graceSeconds (30)",
+        ),
     ] {
         let out = run(helm(None).args(["template", "wsgate", CHART, "--set", set]));
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -148,14 +149,13 @@ impl Registry {
         revoked
     }
 
-    /// Tells every connection, and every one registered from now on, to close with 1012.
-    pub fn close_all(&self) -> usize {
+    /// Tells every connection registered from now on to close with 1012 at once, and returns
+    /// the controls of those already registered, in random order, for the caller to tell.
+    pub fn start_draining(&self) -> Vec<Arc<ConnControl>> {
         self.draining.store(true, Ordering::Release);
-        let entries = self.lock();
-        for entry in entries.values() {
-            entry.control.close(CLOSE_RESTART, "service restart");
-        }
-        entries.len()
+        let mut live: Vec<_> = self.lock().values().map(|e| e.control.clone()).collect();
+        fastrand::shuffle(&mut live);
+        live
     }
 
     /// How many connections are relaying (handshakes waiting for their upstream are not
@@ -177,6 +177,32 @@ impl Registry {
                 return;
             }
             emptied.await;
+        }
+    }
+}
+
+/// How often a spread drain wakes to tell the connections whose turn has come: one timer for
+/// all of them, not one per connection.
+const SPREAD_TICK: Duration = Duration::from_millis(10);
+
+/// Tells each of `live` to close with 1012, in their order, evenly over `window` (all at
+/// once if it is zero): the first at once, the last just before `window` ends.
+pub async fn close_spread(live: Vec<Arc<ConnControl>>, window: Duration) {
+    let started = tokio::time::Instant::now();
+    let mut told = 0;
+    while told < live.len() {
+        let due = if window.is_zero() {
+            live.len()
+        } else {
+            let share = started.elapsed().as_secs_f64() / window.as_secs_f64();
+            ((share * live.len() as f64) as usize + 1).min(live.len())
+        };
+        for control in &live[told..due] {
+            control.close(CLOSE_RESTART, "service restart");
+        }
+        told = due;
+        if told < live.len() {
+            tokio::time::sleep(SPREAD_TICK).await;
         }
     }
 }

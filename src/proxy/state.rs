@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use super::admission::Admissions;
 use super::client::TrustedProxies;
-use super::registry::Registry;
+use super::registry::{Registry, close_spread};
 use super::upstream::UpstreamTimeouts;
 use crate::access::AccessLog;
 use crate::metrics::Metrics;
@@ -126,13 +126,22 @@ impl Gateway {
         &self.metrics
     }
 
-    /// Sends Close 1012 to every relayed connection (and every one that completes its
-    /// handshake from now on) and resolves once all are gone.
-    pub async fn drain(&self) {
+    /// Sends Close 1012 to every relayed connection, spread in random order over `jitter`
+    /// (every one that completes its handshake from now on gets it at once), and resolves
+    /// once all are gone.
+    pub async fn drain(&self, jitter: Duration) {
         self.published.start_draining();
-        let n = self.connections.close_all();
-        tracing::info!(connections = n, "closing live connections with 1012");
-        tokio::join!(self.connections.wait_empty(), self.wait_http_idle());
+        let live = self.connections.start_draining();
+        tracing::info!(
+            connections = live.len(),
+            jitter_seconds = jitter.as_secs_f64(),
+            "closing live connections with 1012"
+        );
+        tokio::join!(
+            close_spread(live, jitter),
+            self.connections.wait_empty(),
+            self.wait_http_idle()
+        );
     }
 
     /// Resolves once no connection is in its HTTP phase.

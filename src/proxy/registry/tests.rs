@@ -96,11 +96,45 @@ fn a_handshake_in_flight_is_judged_by_the_newest_table_whatever_its_setting() {
     assert!(registry.is_empty());
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_spread_drain_tells_connections_in_turn_over_the_window() {
+    let registry = Arc::new(Registry::default());
+    let live: Vec<_> = (0..100)
+        .map(|_| registry.register(Arc::new(route("chat", &[], true)), RequestOrigin::Missing))
+        .collect();
+    let told = |live: &[Registration]| {
+        live.iter()
+            .filter(|r| r.control().requested() == Some(CLOSE_RESTART))
+            .count()
+    };
+    let window = Duration::from_secs(10);
+    let start = tokio::time::Instant::now();
+    let spread = tokio::spawn(close_spread(registry.start_draining(), window));
+    tokio::task::yield_now().await;
+    assert_eq!(told(&live), 1, "the first at once");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let halfway = told(&live);
+    assert!(
+        (45..=55).contains(&halfway),
+        "{halfway} of 100 told halfway"
+    );
+    spread.await.expect("spread");
+    assert_eq!(told(&live), 100);
+    // The paused clock moves only by the spread's own sleeps.
+    assert!(
+        start.elapsed() <= window + SPREAD_TICK,
+        "every connection told within the window, after {:?}",
+        start.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn draining_closes_live_and_late_connections_with_1012_and_waits_for_them() {
     let registry = Arc::new(Registry::default());
     let live = registry.register(Arc::new(route("chat", &[], true)), RequestOrigin::Missing);
-    assert_eq!(registry.close_all(), 1);
+    let told = registry.start_draining();
+    assert_eq!(told.len(), 1);
+    close_spread(told, Duration::ZERO).await;
     assert_eq!(live.control().requested(), Some(CLOSE_RESTART));
     let late = registry.register(Arc::new(route("chat", &[], true)), RequestOrigin::Missing);
     assert_eq!(late.control().requested(), Some(CLOSE_RESTART));
