@@ -165,6 +165,22 @@ pub(crate) async fn start_wsgate(
         ));
     }
     std::fs::write(routes.join("routes.yaml"), text).expect("routes file");
+    let mut extra = Vec::new();
+    if let Some(certificate) = tls {
+        extra.extend(["--secret-dir", certificate.secret_dir()]);
+    }
+    start_wsgate_on(name, program, &routes, tls.is_some(), &extra).await
+}
+
+/// The wsgate `program` serving the route files in `routes`, with `extra` flags; clients
+/// connect to its TLS listener if `tls`, else to its plain one.
+pub(crate) async fn start_wsgate_on(
+    name: &'static str,
+    program: &str,
+    routes: &Path,
+    tls: bool,
+    extra: &[&str],
+) -> Proxy {
     let [listen, admin, listen_tls] =
         [free_port(), free_port(), free_port()].map(|port| format!("127.0.0.1:{port}"));
     let mut args = vec![
@@ -180,11 +196,9 @@ pub(crate) async fn start_wsgate(
         "--log",
         "warn",
     ];
-    if let Some(certificate) = tls {
-        args.extend(["--secret-dir", certificate.secret_dir()]);
-    }
+    args.extend(extra);
     let child = pinned(program, &args);
-    let measured = if tls.is_some() { &listen_tls } else { &listen };
+    let measured = if tls { &listen_tls } else { &listen };
     Proxy::started(name, measured.parse().expect("addr"), child).await
 }
 

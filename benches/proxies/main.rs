@@ -11,13 +11,14 @@
 //! `throughput-1k`, `throughput-64k`, `idle`, `http-keepalive`, `http-longpoll`,
 //! `h2-sockets` (WebSockets over HTTP/2 beside HTTP/1.1 on TLS, with contenders of its own:
 //! see `h2.rs`), `wss-idle`, `wss-handshakes`, `wss-resumed`, `wss-throughput-1k`,
-//! `wss-throughput-64k` (WebSockets on TLS 1.3 beside a TLS floor: see `wss.rs`) and
-//! `snapshot`. Prints a markdown table and writes it to `target/bench-proxies.md`; asserts
+//! `wss-throughput-64k` (WebSockets on TLS 1.3 beside a TLS floor: see `wss.rs`), `drain`
+//! (revocation and shutdown of 9,000 sockets: see `drain.rs`) and `snapshot`. Prints a markdown table and writes it to `target/bench-proxies.md`; asserts
 //! nothing about the figures.
 
 #![allow(missing_docs)]
 
 mod contenders;
+mod drain;
 mod floor;
 mod h2;
 mod heap;
@@ -55,7 +56,7 @@ const LONGPOLLS: usize = 2_000;
 /// Names another wsgate binary to measure beside this one (`WSGATE_BASELINE=path`).
 const BASELINE: &str = "WSGATE_BASELINE";
 /// Scenarios with contenders of their own, run after those of [`Scenario`].
-const EXTRA_SCENARIOS: [&str; 2] = ["h2-sockets", "snapshot"];
+const EXTRA_SCENARIOS: [&str; 3] = ["h2-sockets", "snapshot", "drain"];
 /// Route counts of the snapshot scenario.
 const SNAPSHOT_ROUTES: [usize; 3] = [10, 10_000, 100_000];
 
@@ -491,6 +492,9 @@ async fn bench(chosen: &[String]) {
         .collect();
     if !wss.is_empty() {
         wss::bench(&wss, &mut table).await;
+    }
+    if wanted("drain") {
+        drain::bench(&mut table).await;
     }
     if wanted("snapshot") {
         for routes in SNAPSHOT_ROUTES {
