@@ -48,7 +48,7 @@ pub mod reason {
 }
 
 /// One condition as compile decides it; timestamps are added where status is written.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConditionState {
     /// One of [`condition`].
     pub type_: &'static str,
@@ -61,7 +61,7 @@ pub struct ConditionState {
 }
 
 /// The outcome of compiling one route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Verdict {
     /// The route's identity.
     pub key: RouteKey,
@@ -74,7 +74,7 @@ pub struct Verdict {
 }
 
 /// Something that does not stop a route but that its author should know.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Warning {
     /// A CamelCase reason, used as the Event reason (`warning::ANY_ORIGIN`, ...).
     pub reason: &'static str,

@@ -4,6 +4,7 @@
 //! every origin (`*`).
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +54,9 @@ struct Written {
     /// still has it, the store has not seen the write.
     seen: Option<String>,
     shown: Shown,
+    /// A digest of the verdict it was decided on: while neither the verdict nor the object
+    /// has changed since, there is nothing to decide again.
+    verdict: u64,
 }
 
 /// What the route shows now: what this replica wrote, while the watch store is older than
@@ -80,6 +84,8 @@ struct Shown {
 struct Write {
     /// The route's resourceVersion the write was decided on.
     seen: Option<String>,
+    /// A digest of the verdict it was decided on.
+    verdict: u64,
     route: Arc<WebSocketRoute>,
     key: RouteKey,
     shown: Shown,
@@ -165,6 +171,17 @@ impl StatusReporter {
             if route.metadata.generation != verdict.generation {
                 continue;
             }
+            // Settled for this verdict and this version of the object: a snapshot that changed
+            // other routes costs this one no more than the lookup.
+            let digest = digest(verdict);
+            let settled = self.written.get(&verdict.key).is_some_and(|w| {
+                w.verdict == digest
+                    && w.uid == route.metadata.uid
+                    && w.seen == route.metadata.resource_version
+            });
+            if settled {
+                continue;
+            }
             let stored = route.status.as_ref().map(|s| Shown {
                 generation: s.observed_generation,
                 conditions: s.conditions.clone(),
@@ -195,12 +212,18 @@ impl StatusReporter {
             // every snapshot published meanwhile.
             let patch = current(ours, &seen, stored.as_ref()) != Some(&shown);
             if !patch && events.is_empty() {
-                let written = Written { uid, seen, shown };
+                let written = Written {
+                    uid,
+                    seen,
+                    shown,
+                    verdict: digest,
+                };
                 self.written.insert(verdict.key.clone(), written);
                 continue;
             }
             writes.push(Write {
                 seen,
+                verdict: digest,
                 route,
                 key: verdict.key.clone(),
                 shown,
@@ -217,6 +240,7 @@ impl StatusReporter {
                     uid: w.route.metadata.uid.clone(),
                     seen: w.seen,
                     shown: w.shown,
+                    verdict: w.verdict,
                 };
                 self.written.insert(w.key, written);
             } else {
@@ -253,6 +277,7 @@ impl StatusReporter {
                 };
                 Some(Write {
                     seen: route.metadata.resource_version.clone(),
+                    verdict: digest(&stopped),
                     route,
                     key: verdict.key.clone(),
                     shown,
@@ -274,6 +299,14 @@ impl StatusReporter {
             .collect()
             .await
     }
+}
+
+/// A digest of everything in `verdict`, to tell whether a route's verdict changed without
+/// keeping a copy of it.
+fn digest(verdict: &Verdict) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    verdict.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// Patches one route's status and publishes its Events; returns the write and whether all
@@ -477,6 +510,7 @@ mod tests {
             uid: Some("u".into()),
             seen: Some("7".into()),
             shown: ready.clone(),
+            verdict: 0,
         };
         let rv = |v: &str| Some(v.to_owned());
         // The store still has the object as it was when written: the write stands.
