@@ -151,8 +151,9 @@ type RouteVersion = (Option<String>, Option<i64>);
 enum Change {
     /// The initial list of watch `0..3` is complete.
     Listed(usize),
-    /// A route's spec (generation) changed, it appeared, or it went.
-    Route,
+    /// A route was written (with its uid and generation) or deleted (`None`); whether a
+    /// compile needs it depends on what the routes were before.
+    Route(RouteKey, Option<RouteVersion>),
     /// A Service or EndpointSlice of this Service changed, or the Secret of this name.
     Backend(ServiceKey),
     /// Secrets that could not be fetched are due to be tried again.
@@ -250,7 +251,10 @@ impl KubeRoutes {
             let mut next = Some(first);
             while let Some(change) = next.take() {
                 next = events.next().now_or_never().flatten();
-                batch.absorb(change, &mut listed, &referenced);
+                batch.absorb(change, &mut listed, &referenced, &mut generations);
+            }
+            if batch.relisted {
+                generations = versions_of(&route_stores);
             }
             if !listed.iter().all(|l| *l) {
                 continue;
@@ -260,16 +264,16 @@ impl KubeRoutes {
             // pause in proportion to that compile's cost has passed, so that compiling takes
             // at most a fifth of the time however fast changes come; a change after a quiet
             // spell compiles at once.
-            if batch.maybe_relevant() {
+            if batch.relevant {
                 let deadline = compiled_at + (compiled_in * GATHER_FACTOR).min(GATHER_MAX);
                 while let Ok(Some(change)) = tokio::time::timeout_at(deadline, events.next()).await
                 {
-                    batch.absorb(change, &mut listed, &referenced);
+                    batch.absorb(change, &mut listed, &referenced, &mut generations);
                 }
-            }
-            let relevant = batch.relevant
-                || (batch.route_event && routes_changed(&route_stores, &mut generations));
-            if !relevant {
+                if batch.relisted {
+                    generations = versions_of(&route_stores);
+                }
+            } else {
                 continue;
             }
             let routes = route_stores.shared();
@@ -306,31 +310,41 @@ const GATHER_MAX: Duration = Duration::from_millis(250);
 /// What a batch of watch events calls for.
 #[derive(Default)]
 struct Batch {
-    /// A change the routes depend on for sure: a first list completed, a referenced
-    /// backend changed, a Secret fetch to retry.
+    /// A change the routes depend on: a list completed, a route appeared, went or has a new
+    /// spec, a referenced backend changed, a Secret fetch to retry.
     relevant: bool,
-    /// A route changed; whether its spec did is known once the batch is whole.
-    route_event: bool,
+    /// A watch listed again: the route versions are read from the store afresh.
+    relisted: bool,
 }
 
 impl Batch {
-    /// Takes `change` into the batch.
-    fn absorb(&mut self, change: Change, listed: &mut [bool], referenced: &HashSet<ServiceKey>) {
+    /// Takes `change` into the batch; a route's change is weighed against `generations`,
+    /// which it updates, so that a status write (neither uid nor generation moves) costs one
+    /// lookup, not a pass over every route.
+    fn absorb(
+        &mut self,
+        change: Change,
+        listed: &mut [bool],
+        referenced: &HashSet<ServiceKey>,
+        generations: &mut HashMap<RouteKey, RouteVersion>,
+    ) {
         match change {
             Change::Listed(i) => {
                 listed[i] = true;
                 self.relevant = true;
+                self.relisted = true;
             }
-            Change::Route => self.route_event = true,
+            Change::Route(key, Some(version)) => {
+                if generations.get(&key) != Some(&version) {
+                    generations.insert(key, version);
+                    self.relevant = true;
+                }
+            }
+            Change::Route(key, None) => self.relevant |= generations.remove(&key).is_some(),
             Change::Backend(service) => self.relevant |= referenced.contains(&service),
             Change::Retry => self.relevant = true,
             Change::Nothing => {}
         }
-    }
-
-    /// Whether the batch may call for a compile.
-    fn maybe_relevant(&self) -> bool {
-        self.relevant || self.route_event
     }
 }
 
@@ -480,7 +494,8 @@ where
             fresh.synced(index);
             Change::Listed(index)
         }
-        Ok(Event::Apply(o) | Event::Delete(o)) => o.change(),
+        Ok(Event::Apply(o)) => o.change(),
+        Ok(Event::Delete(o)) => o.gone(),
         Ok(Event::Init | Event::InitApply(_)) => Change::Nothing,
         Err(e) => {
             fresh.failed(index, &e);
@@ -498,6 +513,10 @@ trait Watched {
 
     /// What a change to this object can affect.
     fn change(&self) -> Change;
+    /// What this object's deletion can affect.
+    fn gone(&self) -> Change {
+        self.change()
+    }
     /// Drops every field the compile step and the status writer never read (managed
     /// fields and `last-applied-configuration` are most of an object's size).
     fn trim(&mut self);
@@ -509,7 +528,11 @@ impl Watched for WebSocketRoute {
     }
 
     fn change(&self) -> Change {
-        Change::Route
+        Change::Route(key_of(self), Some(version_of(self)))
+    }
+
+    fn gone(&self) -> Change {
+        Change::Route(key_of(self), None)
     }
 
     fn trim(&mut self) {
@@ -604,21 +627,20 @@ fn trim_secret(secret: &mut Secret) {
     secret.string_data = None;
 }
 
-/// Whether the set of routes or any route's spec differs from `generations`, which it then
-/// records. Status writes change neither, so they do not recompile.
-fn routes_changed(
-    stores: &Stores<WebSocketRoute>,
-    generations: &mut HashMap<RouteKey, RouteVersion>,
-) -> bool {
-    let now: HashMap<RouteKey, RouteVersion> = stores
+/// Every route's uid and generation, as the watch stores have them.
+fn versions_of(stores: &Stores<WebSocketRoute>) -> HashMap<RouteKey, RouteVersion> {
+    stores
         .0
         .iter()
         .flat_map(|s| s.state())
-        .map(|r| (key_of(&r), (r.metadata.uid.clone(), r.metadata.generation)))
-        .collect();
-    let changed = now != *generations;
-    *generations = now;
-    changed
+        .map(|r| (key_of(&r), version_of(&r)))
+        .collect()
+}
+
+/// What a compile depends on of a route's version: a new uid (recreated) or generation
+/// (spec changed); status writes move neither.
+fn version_of(route: &WebSocketRoute) -> RouteVersion {
+    (route.metadata.uid.clone(), route.metadata.generation)
 }
 
 /// The Services and Secrets routes name, each in its route's namespace: a route can only
@@ -647,6 +669,53 @@ fn references_of<R: Borrow<WebSocketRoute>>(routes: &[R]) -> HashSet<ServiceKey>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_route_that_appears_goes_or_changes_spec_calls_for_a_compile() {
+        let key = RouteKey {
+            namespace: "apps".into(),
+            name: "chat".into(),
+        };
+        let version = |generation| (Some("uid-1".to_owned()), Some(generation));
+        let mut generations = HashMap::new();
+        let mut listed = [true];
+        let mut relevant = |change: Change, generations: &mut HashMap<_, _>| {
+            let mut batch = Batch::default();
+            batch.absorb(change, &mut listed, &HashSet::new(), generations);
+            batch.relevant
+        };
+        assert!(relevant(
+            Change::Route(key.clone(), Some(version(1))),
+            &mut generations
+        ));
+        // A status write moves neither uid nor generation.
+        assert!(!relevant(
+            Change::Route(key.clone(), Some(version(1))),
+            &mut generations
+        ));
+        assert!(relevant(
+            Change::Route(key.clone(), Some(version(2))),
+            &mut generations
+        ));
+        let recreated = (Some("uid-2".to_owned()), Some(2));
+        assert!(relevant(
+            Change::Route(key.clone(), Some(recreated)),
+            &mut generations
+        ));
+        assert!(relevant(Change::Route(key.clone(), None), &mut generations));
+        assert!(
+            !relevant(Change::Route(key, None), &mut generations),
+            "already gone"
+        );
+        let mut batch = Batch::default();
+        batch.absorb(
+            Change::Listed(0),
+            &mut listed,
+            &HashSet::new(),
+            &mut generations,
+        );
+        assert!(batch.relevant && batch.relisted);
+    }
 
     #[test]
     fn trimmed_backends_keep_what_compile_reads() {
