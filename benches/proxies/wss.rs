@@ -358,12 +358,21 @@ pub(crate) async fn bench(scenarios: &[Wss], table: &mut String) {
     let ours = env!("CARGO_BIN_EXE_wsgate");
     let tls = Some(&certificate);
     let path = dir.path();
-    let proxies = [
+    let mut proxies = vec![
         contenders::start_wsgate("wsgate", ours, path, upstream, unused, 0, tls).await,
         contenders::start_nginx("nginx", path, upstream, unused, tls).await,
         contenders::start_haproxy("haproxy", path, upstream, unused, tls).await,
         contenders::start_tls_floor(upstream, &certificate).await,
     ];
+    // Another build measured in the same rounds, as in the plaintext scenarios (a crypto
+    // provider, say, compared under the same noise).
+    if let Ok(baseline) = std::env::var(crate::BASELINE) {
+        eprintln!("{}: also measuring {baseline}", crate::BASELINE);
+        proxies.push(
+            contenders::start_wsgate("wsgate baseline", &baseline, path, upstream, unused, 0, tls)
+                .await,
+        );
+    }
     // One WebSocket through each, echoed once, so a broken setup fails loudly.
     let fresh = client_config(&certificate, b"http/1.1", Resumption::disabled());
     for proxy in &proxies {
