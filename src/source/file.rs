@@ -19,6 +19,14 @@ use crate::snapshot::SourceProblem;
 const API_VERSION: &str = "wsgate.dev/v1alpha1";
 const KIND: &str = "WebSocketRoute";
 
+/// A digest of a file's text, to tell whether it changed since it was parsed.
+fn text_digest(text: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    text.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Why the route path itself cannot be read (as opposed to one file's content).
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -48,6 +56,8 @@ struct FileState {
     /// What the file declared the last time it parsed.
     routes: Vec<WebSocketRoute>,
     problem: Option<SourceProblem>,
+    /// A digest of the text last read, so that an unchanged file is not parsed again.
+    text: Option<u64>,
 }
 
 /// The routes declared under one path, as of the last [`FileSource::reload`].
@@ -75,39 +85,56 @@ impl FileSource {
         &self.root
     }
 
-    /// Re-reads every file. Files that fail to parse keep their last good routes; files
-    /// that are gone drop theirs.
-    pub fn reload(&mut self, now: Timestamp) -> Result<(), SourceError> {
+    /// Re-reads every file and parses those whose text changed. Files that fail to parse
+    /// keep their last good routes; files that are gone drop theirs. Returns whether what
+    /// the files declare (routes or problems) may have changed.
+    pub fn reload(&mut self, now: Timestamp) -> Result<bool, SourceError> {
         let paths = list_files(&self.root)?;
+        let known = self.files.len();
         self.files.retain(|p, _| paths.contains(p));
+        let mut changed = self.files.len() != known;
         for path in paths {
             let state = self.files.entry(path.clone()).or_default();
-            let parsed = std::fs::read_to_string(&path)
+            let text = std::fs::read_to_string(&path);
+            let digest = text.as_deref().ok().map(text_digest);
+            if digest.is_some() && digest == state.text {
+                continue;
+            }
+            state.text = digest;
+            let parsed = text
                 .map_err(|e| SourceProblem {
                     source: path.display().to_string(),
                     line: None,
                     message: format!("cannot read file: {e}"),
                 })
                 .and_then(|text| parse_routes(&path, &text));
-            match parsed {
+            // What a file declares counts as changed only if its routes or its problem
+            // did: an edited comment, or a file that stays unreadable, is no news.
+            let problem = match parsed {
                 // Writers truncate a file before filling it: an empty read is far more
                 // often a write in progress than a request to drop every route in it.
                 Ok(routes) if routes.is_empty() && !state.routes.is_empty() => {
-                    state.problem = Some(SourceProblem {
+                    Some(SourceProblem {
                         source: path.display().to_string(),
                         line: None,
                         message: format!(
                             "file declares no routes now; the {} it declared before keep serving: delete the file to remove them",
                             state.routes.len()
                         ),
-                    });
+                    })
                 }
                 Ok(routes) => {
+                    changed |= state.routes != routes;
                     state.routes = routes;
-                    state.problem = None;
+                    None
                 }
-                Err(problem) => state.problem = Some(problem),
-            }
+                Err(problem) => Some(problem),
+            };
+            changed |= state.problem != problem;
+            state.problem = problem;
+        }
+        if !changed {
+            return Ok(false);
         }
         let present: HashSet<RouteKey> = self
             .files
@@ -119,7 +146,7 @@ impl FileSource {
         for key in present {
             self.first_seen.entry(key).or_insert(now);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Every route currently declared, in file order.

@@ -103,8 +103,9 @@ pub struct FileRoutes {
     secret_dir: Option<PathBuf>,
     published: Arc<Published>,
     version: u64,
-    /// What the last published snapshot was built from, to skip no-op reloads.
-    fingerprint: String,
+    /// A digest of the Secrets the last published snapshot was built with, to skip reloads
+    /// that changed nothing (the route files tell for themselves).
+    secrets: u64,
     last_verdicts: HashMap<RouteKey, Verdict>,
 }
 
@@ -122,11 +123,11 @@ impl FileRoutes {
             secret_dir,
             published,
             version: 0,
-            fingerprint: String::new(),
+            secrets: 0,
             last_verdicts: HashMap::new(),
         };
         routes.source.reload(Timestamp::now())?;
-        routes.publish();
+        routes.publish(true);
         Ok(routes)
     }
 
@@ -134,8 +135,8 @@ impl FileRoutes {
     pub fn reload(&mut self) {
         let started = std::time::Instant::now();
         match self.source.reload(Timestamp::now()) {
-            Ok(()) => {
-                if self.publish() {
+            Ok(changed) => {
+                if self.publish(changed) {
                     self.published
                         .metrics()
                         .snapshot_apply_seconds
@@ -146,26 +147,22 @@ impl FileRoutes {
         }
     }
 
-    /// Compiles and publishes what the files declare, unless it is what already serves.
-    /// Returns whether a snapshot was published.
-    fn publish(&mut self) -> bool {
-        let declared = self.source.routes();
-        let problems = self.source.problems();
-        let routes: Vec<_> = declared.into_iter().map(|r| r.route).collect();
+    /// Compiles and publishes what the files declare, unless neither they (`routes_changed`)
+    /// nor the Secrets changed since the last snapshot. Returns whether one was published.
+    fn publish(&mut self, routes_changed: bool) -> bool {
         let secrets = self
             .secret_dir
             .as_deref()
             .map(read_secrets)
             .unwrap_or_default();
-        let fingerprint = format!(
-            "{}{:x}",
-            serde_json::to_string(&(&routes, &problems)).unwrap_or_default(),
-            digest(&secrets)
-        );
-        if self.version > 0 && fingerprint == self.fingerprint {
+        let secrets_digest = digest(&secrets);
+        if self.version > 0 && !routes_changed && secrets_digest == self.secrets {
             return false;
         }
-        self.fingerprint = fingerprint;
+        self.secrets = secrets_digest;
+        let declared = self.source.routes();
+        let problems = self.source.problems();
+        let routes: Vec<_> = declared.into_iter().map(|r| r.route).collect();
         for p in &problems {
             tracing::warn!(
                 file = %p.source,

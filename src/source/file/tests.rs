@@ -109,6 +109,29 @@ fn directory_reads_yaml_files_only_and_a_broken_file_keeps_its_last_routes() {
 }
 
 #[test]
+fn a_reload_says_whether_what_the_files_declare_changed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let a = dir.path().join("a.yaml");
+    std::fs::write(&a, route("a")).expect("write");
+    let mut source = FileSource::new(dir.path());
+    let mut reload = || source.reload(Timestamp::now()).expect("reload");
+    assert!(reload(), "the first read");
+    assert!(!reload(), "nothing written");
+    std::fs::write(&a, format!("# a comment\n{}", route("a"))).expect("write");
+    assert!(!reload(), "a comment changes no route");
+    std::fs::write(&a, route("a2")).expect("write");
+    assert!(reload(), "a route renamed");
+    std::fs::write(&a, "spec: [").expect("write");
+    assert!(reload(), "a problem appeared");
+    std::fs::write(&a, "spec: [ ").expect("write");
+    assert!(!reload(), "the same problem again");
+    std::fs::write(dir.path().join("b.yaml"), route("b")).expect("write");
+    assert!(reload(), "a file added");
+    std::fs::remove_file(dir.path().join("b.yaml")).expect("rm");
+    assert!(reload(), "a file removed");
+}
+
+#[test]
 fn first_seen_time_stands_in_for_creation_timestamp() {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("a.yaml"), route("a")).expect("write");
