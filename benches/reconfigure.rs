@@ -1,6 +1,8 @@
 //! How long a policy change takes to reach the data plane in controller mode: the time from
 //! `kubectl apply` returning to the first handshake that sees the new allowlist, with 1 and
-//! with 1,000 routes in the cluster. Real kube-apiserver, etcd, kubectl and wsgate binary.
+//! with 1,000 routes in the cluster. Real kube-apiserver, etcd, kubectl, Helm and wsgate
+//! binary; the controller runs out of cluster as the Helm chart's ServiceAccount, with the
+//! chart's RBAC.
 //!
 //! Run: `bash bench/reconfigure` (or `cargo bench --bench reconfigure`). Prints figures;
 //! asserts nothing about them.
@@ -46,10 +48,13 @@ async fn main() {
     let client = plane.client().await;
     plane.install_crd(&client).await;
     let up = Upstream::start().await;
+    let as_chart = chart_service_account(&plane);
     let gate = Gate::launch(
         &["controller".into()],
         &[
-            ("KUBECONFIG", plane.kubeconfig.as_os_str()),
+            ("KUBECONFIG", as_chart.as_os_str()),
+            ("WSGATE_LEASE_NAMESPACE", RELEASE_NS.as_ref()),
+            ("WSGATE_DEPLOYMENT", "wsgate".as_ref()),
             ("WSGATE_LOG", "info".as_ref()),
         ],
     )
@@ -151,6 +156,41 @@ async fn main() {
     for routes in bulk_sizes() {
         bulk(&plane, &gate, &up, routes).await;
     }
+}
+
+/// The namespace the chart is installed in.
+const RELEASE_NS: &str = "wsgate-system";
+
+/// Installs the Helm chart (its CRD is already there) and returns a kubeconfig that acts as
+/// the chart's ServiceAccount, so that the controller has what a pod of the chart has.
+fn chart_service_account(plane: &ControlPlane) -> std::path::PathBuf {
+    let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/wsgate");
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("run");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    eprintln!("installing the Helm chart (builds helm on first use) ...");
+    run(support::helm::helm(Some(&plane.kubeconfig)).args([
+        "install",
+        "wsgate",
+        chart,
+        "--namespace",
+        RELEASE_NS,
+        "--create-namespace",
+    ]));
+    let token = run(Command::new(plane.bin.join("kubectl"))
+        .arg("--kubeconfig")
+        .arg(&plane.kubeconfig)
+        .args(["create", "token", "wsgate", "--namespace", RELEASE_NS]));
+    let admin = std::fs::read_to_string(&plane.kubeconfig).expect("kubeconfig");
+    let path = plane.kubeconfig.with_file_name("kubeconfig-chart-sa");
+    std::fs::write(&path, admin.replace("admin-token", token.trim())).expect("write kubeconfig");
+    path
 }
 
 /// Fails the benchmark when `what` has not happened 10 minutes after `since`, rather than
