@@ -177,7 +177,8 @@ fn chat_route(name: &str, path: &str, upstream: &str, extra: &str) -> String {
 }
 
 #[tokio::test]
-async fn several_websockets_share_one_http2_connection_and_a_refused_origin_gets_403() {
+async fn websockets_share_one_http2_connection_reach_the_upstream_with_forwarding_headers_and_refusals_get_403_and_404()
+ {
     let mut up = Upstream::start().await;
     let tls = Tls::start(&[HOST], &[chat_route("chat", "/ws", &up.url(), "")], &[]).await;
     let (mut sender, _driver) = tls.h2(HOST).await;
@@ -187,11 +188,23 @@ async fn several_websockets_share_one_http2_connection_and_a_refused_origin_gets
         echoes(&mut ws, &format!("hi {i}")).await;
         sockets.push(ws);
     }
-    // The upstream got HTTP/1.1 handshakes with the stream's authority as Host.
+    // The upstream got HTTP/1.1 handshakes with the stream's authority as Host, and the
+    // forwarding headers of a TLS client.
     let seen = up.seen.recv().await.expect("handshake");
-    assert_eq!(seen.headers["host"], HOST);
-    assert_eq!(seen.headers["origin"], APP);
+    let h = &seen.headers;
+    assert_eq!(h["host"], HOST);
+    assert_eq!(h["origin"], APP);
+    assert_eq!(h["x-forwarded-proto"], "https");
+    assert_eq!(h["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(h["x-real-ip"], "127.0.0.1");
+    assert_eq!(seen.path, "/ws");
     assert_eq!(up.handshakes(), 2, "and two more");
+    // A path no route serves gets 404 on its stream, and the connection serves on.
+    let refused = open(&mut sender, "/elsewhere", APP).await.err();
+    assert_eq!(
+        refused.map(|(status, _)| status),
+        Some(StatusCode::NOT_FOUND)
+    );
     assert_eq!(
         open(&mut sender, "/ws", "https://evil.example").await.err(),
         Some((StatusCode::FORBIDDEN, "origin not allowed\n".into()))
@@ -212,8 +225,8 @@ async fn several_websockets_share_one_http2_connection_and_a_refused_origin_gets
         Some(1.0)
     );
     gate.wait_for(
-        || async { gate.log().matches(r#"http="2""#).count() == 4 },
-        "four handshake lines marked http=\"2\"",
+        || async { gate.log().matches(r#"http="2""#).count() == 5 },
+        "five handshake lines marked http=\"2\"",
     )
     .await;
 }
@@ -955,4 +968,14 @@ async fn with_rejection_close_a_denied_stream_gets_200_then_close_1008_and_never
         .expect("200 first");
     assert_eq!(closed_with(&mut denied).await, 1008);
     assert_eq!(up.handshakes(), 0, "the upstream never saw it");
+}
+
+#[tokio::test]
+async fn the_plain_listener_does_not_speak_http2_with_prior_knowledge() {
+    let mut up = Upstream::start().await;
+    let tls = Tls::chat(&up.url(), "", &[]).await;
+    // The HTTP/2 connection preface, as an h2c client with prior knowledge sends it.
+    let answer = raw_request(tls.gate.proxy, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await;
+    assert!(answer.head.starts_with("HTTP/1.1 400"), "{}", answer.head);
+    assert_eq!(up.handshakes(), 0);
 }
