@@ -8,9 +8,22 @@
 //! caller (standalone, controller, `wsgate check`, benches) gains without carrying a cache.
 //! The key is the content itself, not a digest of it, so two different Secrets can never
 //! share an entry; the bound keeps the memory fixed however many Secrets come and go.
+//!
+//! [`digest`] is its small sibling, for telling whether something changed without keeping
+//! it (route files, verdicts, Secrets' contents); a collision (about one in 2^64) would
+//! hide that one change until the next.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
+
+/// A digest of `value`, to tell whether something changed without keeping a copy of it
+/// (a file's text, a verdict, Secrets' contents). Stable within a process.
+pub(crate) fn digest(value: &impl Hash) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    value.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// Parsed values by the bytes they were parsed from, at most `capacity` of them; the least
 /// recently used goes first.

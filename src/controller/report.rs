@@ -4,7 +4,6 @@
 //! every origin (`*`).
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use tokio::sync::watch;
 
 use crate::api::WebSocketRoute;
 use crate::compile::{Verdict, condition, reason};
+use crate::memo::digest;
 use crate::metrics::{Metrics, WriteLabels};
 use crate::route::RouteKey;
 use crate::snapshot::Published;
@@ -174,12 +174,13 @@ impl StatusReporter {
             // Settled for this verdict and this version of the object: a snapshot that changed
             // other routes costs this one no more than the lookup.
             let digest = digest(verdict);
-            let settled = self.written.get(&verdict.key).is_some_and(|w| {
-                w.verdict == digest
-                    && w.uid == route.metadata.uid
-                    && w.seen == route.metadata.resource_version
-            });
-            if settled {
+            let ours = self
+                .written
+                .get(&verdict.key)
+                .filter(|w| w.uid == route.metadata.uid);
+            if ours
+                .is_some_and(|w| w.verdict == digest && w.seen == route.metadata.resource_version)
+            {
                 continue;
             }
             let stored = route.status.as_ref().map(|s| Shown {
@@ -193,7 +194,6 @@ impl StatusReporter {
             });
             let uid = route.metadata.uid.clone();
             let seen = route.metadata.resource_version.clone();
-            let ours = self.written.get(&verdict.key).filter(|w| w.uid == uid);
             let previous = ours.map(|w| &w.shown).or(stored.as_ref());
             let shown = Shown {
                 generation: verdict.generation,
@@ -299,14 +299,6 @@ impl StatusReporter {
             .collect()
             .await
     }
-}
-
-/// A digest of everything in `verdict`, to tell whether a route's verdict changed without
-/// keeping a copy of it.
-fn digest(verdict: &Verdict) -> u64 {
-    let mut hasher = std::hash::DefaultHasher::new();
-    verdict.hash(&mut hasher);
-    hasher.finish()
 }
 
 /// Patches one route's status and publishes its Events; returns the write and whether all

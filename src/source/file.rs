@@ -13,19 +13,12 @@ use kube::core::TypeMeta;
 
 use crate::api::WebSocketRoute;
 use crate::compile::key_of;
+use crate::memo::digest;
 use crate::route::RouteKey;
 use crate::snapshot::SourceProblem;
 
 const API_VERSION: &str = "wsgate.dev/v1alpha1";
 const KIND: &str = "WebSocketRoute";
-
-/// A digest of a file's text, to tell whether it changed since it was parsed.
-fn text_digest(text: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::hash::DefaultHasher::new();
-    text.hash(&mut hasher);
-    hasher.finish()
-}
 
 /// Why the route path itself cannot be read (as opposed to one file's content).
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +89,11 @@ impl FileSource {
         for path in paths {
             let state = self.files.entry(path.clone()).or_default();
             let text = std::fs::read_to_string(&path);
-            let digest = text.as_deref().ok().map(text_digest);
-            if digest.is_some() && digest == state.text {
+            let read = text.as_ref().ok().map(digest);
+            if read.is_some() && read == state.text {
                 continue;
             }
-            state.text = digest;
+            state.text = read;
             let parsed = text
                 .map_err(|e| SourceProblem {
                     source: path.display().to_string(),

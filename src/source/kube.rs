@@ -253,10 +253,7 @@ impl KubeRoutes {
                 next = events.next().now_or_never().flatten();
                 batch.absorb(change, &mut listed, &referenced, &mut generations);
             }
-            if batch.relisted {
-                generations = versions_of(&route_stores);
-            }
-            if !listed.iter().all(|l| *l) {
+            if !batch.relevant || !listed.iter().all(|l| *l) {
                 continue;
             }
             // A burst (a thousand `kubectl apply`s) arrives as a stream of events, not at
@@ -264,17 +261,14 @@ impl KubeRoutes {
             // pause in proportion to that compile's cost has passed, so that compiling takes
             // at most a fifth of the time however fast changes come; a change after a quiet
             // spell compiles at once.
-            if batch.relevant {
-                let deadline = compiled_at + (compiled_in * GATHER_FACTOR).min(GATHER_MAX);
-                while let Ok(Some(change)) = tokio::time::timeout_at(deadline, events.next()).await
-                {
-                    batch.absorb(change, &mut listed, &referenced, &mut generations);
-                }
-                if batch.relisted {
-                    generations = versions_of(&route_stores);
-                }
-            } else {
-                continue;
+            let deadline = compiled_at + (compiled_in * GATHER_FACTOR).min(GATHER_MAX);
+            while let Ok(Some(change)) = tokio::time::timeout_at(deadline, events.next()).await {
+                batch.absorb(change, &mut listed, &referenced, &mut generations);
+            }
+            // A relist replaced a store without a route event per object: read the versions
+            // afresh. The batch that completes the first lists always has one.
+            if batch.relisted {
+                generations = versions_of(&route_stores);
             }
             let routes = route_stores.shared();
             referenced = references_of(&routes);

@@ -12,6 +12,7 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::compile::{Backends, SecretData, Verdict, compile, condition};
+use crate::memo::digest;
 use crate::route::{RouteKey, Target};
 use crate::snapshot::{Published, Snapshot};
 use crate::source::file::{FileSource, SourceError};
@@ -217,14 +218,6 @@ impl FileRoutes {
         }
         self.last_verdicts = next;
     }
-}
-
-/// A digest of Secrets' contents, to tell a changed Secret from an unrelated file event.
-fn digest(secrets: &[(String, SecretData)]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    secrets.hash(&mut hasher);
-    hasher.finish()
 }
 
 /// Watches `path` (a file or a directory) and sends a message on every change. The watcher
