@@ -63,15 +63,15 @@ pub fn run(
     diag: &mut dyn Write,
 ) -> Result<Outcome, CheckError> {
     let now = Timestamp::now();
-    let mut declared = Vec::new();
-    let mut problems = Vec::new();
+    let mut sources = Vec::new();
     for path in paths {
         let mut source = FileSource::new(path.clone());
         source.reload(now)?;
-        declared.extend(source.routes());
-        problems.extend(source.problems());
+        sources.push(source);
     }
-    let routes: Vec<_> = declared.iter().map(|d| d.route.clone()).collect();
+    let declared: Vec<_> = sources.iter().flat_map(FileSource::routes).collect();
+    let problems: Vec<_> = sources.iter().flat_map(FileSource::problems).collect();
+    let routes: Vec<_> = declared.iter().map(|d| (**d.route).clone()).collect();
     let compiled = compile(&routes, &backends(&[]));
 
     let mut outcome = if problems.is_empty() {

@@ -8,9 +8,9 @@
 //! fields on their own), `backends` (Services, EndpointSlices and Secrets, resolved),
 //! `upstream_url` ([`parse_url`]) and `ownership` (which namespace owns a hostname).
 
-use std::borrow::{Borrow, Cow};
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use jiff::Timestamp;
 use rustls::sign::CertifiedKey;
@@ -28,6 +28,7 @@ pub use backends::{BackendProblem, Backends, SecretData};
 pub use upstream_url::{InvalidUrl, parse_url};
 pub use verdict::{ConditionState, Verdict, Warning, condition, reason, warning};
 
+use backends::{Read, still_hold};
 use checks::check_route;
 
 /// The result of [`compile`].
@@ -35,53 +36,164 @@ use checks::check_route;
 pub struct Compiled {
     /// The accepted routes, ready for lookup.
     pub table: RouteTable,
-    /// One verdict per input route, in input order.
-    pub verdicts: Vec<Verdict>,
+    /// One verdict per input route, in input order. A route whose verdict did not change
+    /// since the last compile of the same [`Compiler`] has the same `Arc` as then.
+    pub verdicts: Vec<Arc<Verdict>>,
 }
 
-/// Compiles routes into a route table and a verdict for each route.
-///
-/// Invalid routes are left out of the table and never affect the others. Two valid routes
-/// that claim the same hostname and path (same type and value) conflict: the one with the
-/// older `creationTimestamp` wins, then namespace/name order; the loser is not served at all.
-/// A route on a hostname another namespace owns, without its grant, conflicts too
-/// (the `ownership` module).
-///
-/// `routes` may be owned or shared (`Arc`, as a watch store holds them), so a caller need
-/// not copy every route to compile.
-pub fn compile<R: Borrow<WebSocketRoute>>(routes: &[R], backends: &Backends) -> Compiled {
-    let mut policies = checks::Policies::default();
-    let mut checked: Vec<Checked> = routes
-        .iter()
-        .map(|r| check_route(r.borrow(), backends, &mut policies))
-        .collect();
+/// Compiles routes into a route table and a verdict for each route, once (`wsgate check`,
+/// tests); a source that compiles again on every change keeps a [`Compiler`].
+pub fn compile(routes: &[WebSocketRoute], backends: &Backends) -> Compiled {
+    let shared: Vec<Arc<WebSocketRoute>> = routes.iter().cloned().map(Arc::new).collect();
+    Compiler::default().compile(&shared, backends)
+}
 
-    // Conflict resolution in age order, so the verdict does not depend on input order.
-    let mut order: Vec<usize> = (0..checked.len()).collect();
-    order.sort_by(|&a, &b| age_order(routes[a].borrow(), routes[b].borrow()));
-    // Decided on borrowed keys first (nothing is copied per hostname), applied after.
-    let mut conflicts: Vec<Option<String>> = vec![None; checked.len()];
-    let mut served = vec![false; checked.len()];
+/// Compiles routes again and again, checking again only what changed: a route whose
+/// declaration and whatever it read from the backends are as at the last compile keeps its
+/// checked form (and its compiled [`Route`], so the data plane keeps the same `Arc`), and
+/// its verdict when its conflicts are as then. What the other steps decide across routes
+/// (conflicts, hostname ownership, certificates) is decided afresh every time. The result
+/// is always what a fresh compile of the same input gives.
+///
+/// One compiler serves one source: the hints in its messages come from the backends of
+/// the compile that checked the route (standalone or cluster), which a source never mixes.
+#[derive(Default)]
+pub struct Compiler {
+    /// The last compile's routes by namespace, then name (looked up without copying either).
+    known: foldhash::HashMap<String, foldhash::HashMap<String, Known>>,
+    policies: checks::Policies,
+    /// Counts compiles: a route not seen in the latest is forgotten.
+    compiles: u64,
+}
+
+/// A route as the last compile saw it.
+struct Known {
+    /// The declaration it was checked from: the same `Arc` (a watch store's object that did
+    /// not change) or an equal one means the check still holds.
+    declared: Arc<WebSocketRoute>,
+    checked: Arc<Checked>,
+    seen: u64,
+}
+
+/// One route checked on its own, and the verdict it was last given.
+struct Checked {
+    check: Check,
+    /// The last verdict with what conflict resolution decided for it.
+    last: Mutex<Option<(Outcome, Arc<Verdict>)>>,
+}
+
+impl Compiler {
+    /// Compiles `routes` (as a watch store holds them, shared) against `backends`.
+    ///
+    /// Invalid routes are left out of the table and never affect the others. Two valid
+    /// routes that claim the same hostname and path (same type and value) conflict: the one
+    /// with the older `creationTimestamp` wins, then namespace/name order; the loser is not
+    /// served at all. A route on a hostname another namespace owns, without its grant,
+    /// conflicts too (the `ownership` module).
+    pub fn compile(&mut self, routes: &[Arc<WebSocketRoute>], backends: &Backends) -> Compiled {
+        self.compiles += 1;
+        let mut declared_twice = false;
+        let checked: Vec<Arc<Checked>> = routes
+            .iter()
+            .map(|route| {
+                let (checked, again) = self.checked(route, backends);
+                declared_twice |= again;
+                checked
+            })
+            .collect();
+        self.forget_gone();
+        self.policies.prune();
+        let (table, outcomes) = resolve(&checked, declared_twice);
+        let verdicts = checked
+            .iter()
+            .zip(outcomes)
+            .map(|(checked, outcome)| checked.verdict(outcome))
+            .collect();
+        Compiled { table, verdicts }
+    }
+
+    /// The route checked, by the last compile if it still holds, and whether this compile
+    /// has seen a route of the same namespace and name before.
+    fn checked(
+        &mut self,
+        route: &Arc<WebSocketRoute>,
+        backends: &Backends,
+    ) -> (Arc<Checked>, bool) {
+        let (namespace, name) = borrowed_key(route);
+        let compiles = self.compiles;
+        let mut again = false;
+        if let Some(known) = self.known.get_mut(namespace).and_then(|n| n.get_mut(name)) {
+            again = known.seen == compiles;
+            if (Arc::ptr_eq(&known.declared, route) || same_declaration(&known.declared, route))
+                && still_hold(&known.checked.check.reads, backends, namespace)
+            {
+                // The newest object is kept, so an older copy of an equal one is not.
+                known.declared = route.clone();
+                known.seen = compiles;
+                return (known.checked.clone(), again);
+            }
+        }
+        let checked = Arc::new(Checked {
+            check: check_route(route, backends, &mut self.policies),
+            last: Mutex::new(None),
+        });
+        self.known.entry(namespace.to_owned()).or_default().insert(
+            name.to_owned(),
+            Known {
+                declared: route.clone(),
+                checked: checked.clone(),
+                seen: compiles,
+            },
+        );
+        (checked, again)
+    }
+
+    /// Forgets the routes the latest compile did not see.
+    fn forget_gone(&mut self) {
+        let latest = self.compiles;
+        self.known.retain(|_, names| {
+            names.retain(|_, known| known.seen == latest);
+            !names.is_empty()
+        });
+    }
+}
+
+/// Whether two declarations of a route check the same: what `check_route` reads of them.
+fn same_declaration(a: &WebSocketRoute, b: &WebSocketRoute) -> bool {
+    a.metadata.generation == b.metadata.generation
+        && a.metadata.creation_timestamp == b.metadata.creation_timestamp
+        && borrowed_key(a) == borrowed_key(b)
+        && a.spec == b.spec
+}
+
+/// Conflict resolution in age order (so that the verdict does not depend on input order),
+/// and the table of the routes that are served. Returns the table and, per route, what was
+/// decided for it. Reads only the checks (touching the declarations again would cost a
+/// cache miss per route at 100,000 routes); `declared_twice`: some route is in the input
+/// more than once.
+fn resolve(checked: &[Arc<Checked>], declared_twice: bool) -> (RouteTable, Vec<Outcome>) {
+    let checks: Vec<&Check> = checked.iter().map(|c| &c.check).collect();
+    let mut order: Vec<usize> = (0..checks.len()).collect();
+    // Stable, so that of two declarations of one route the first in the input counts as older.
+    order.sort_by(|&a, &b| age_order(checks[a], checks[b]));
+    let mut outcomes: Vec<Outcome> = (0..checks.len()).map(|_| Outcome::default()).collect();
     {
         let mut claimed: foldhash::HashMap<(&str, &PathRule), &RouteKey> =
-            foldhash::HashMap::with_capacity_and_hasher(checked.len(), Default::default());
-        let mut seen_keys: foldhash::HashSet<&RouteKey> =
-            foldhash::HashSet::with_capacity_and_hasher(checked.len(), Default::default());
-        let mut owners = ownership::Owners::default();
-        for (c, route) in checked.iter().zip(routes.iter().map(Borrow::borrow)) {
-            if let Some(valid) = &c.valid {
-                let granted = route.spec.hostname_grants.iter();
-                owners.grant(
-                    &c.key.namespace,
-                    &valid.hostnames,
-                    granted.map(|g| g.namespace.as_str()),
-                );
+            foldhash::HashMap::with_capacity_and_hasher(checks.len(), Default::default());
+        let mut seen_keys: foldhash::HashSet<&RouteKey> = foldhash::HashSet::default();
+        let mut owners = ownership::Owners::with_capacity(checks.len());
+        for c in &checks {
+            if let Some(valid) = &c.valid
+                && !c.grants.is_empty()
+            {
+                let granted = c.grants.iter().map(String::as_str);
+                owners.grant(&c.key.namespace, &valid.hostnames, granted);
             }
         }
         for &i in &order {
-            let c = &checked[i];
-            if !seen_keys.insert(&c.key) {
-                conflicts[i] = Some(format!(
+            let c = checks[i];
+            if declared_twice && !seen_keys.insert(&c.key) {
+                outcomes[i].conflict = Some(format!(
                     "route {} is declared more than once; the oldest declaration is served",
                     c.key
                 ));
@@ -91,16 +203,15 @@ pub fn compile<R: Borrow<WebSocketRoute>>(routes: &[R], backends: &Backends) -> 
                 continue;
             };
             if let Some(trespass) = owners.trespass(&c.key.namespace, &valid.hostnames) {
-                conflicts[i] = Some(trespass.to_string());
+                outcomes[i].conflict = Some(trespass.to_string());
                 continue;
             }
-            let clash = valid.hostnames.iter().find_map(|h| {
-                claimed
-                    .get(&(h.as_str(), &valid.path))
-                    .map(|winner| (h, winner))
-            });
+            let clash = valid
+                .hostnames
+                .iter()
+                .find_map(|h| claimed.get(&(&**h, &valid.path)).map(|winner| (h, winner)));
             if let Some((host, winner)) = clash {
-                conflicts[i] = Some(format!(
+                outcomes[i].conflict = Some(format!(
                     "hostname {host} with path {} is already served by route {winner}, which is older; change the hostname or path, or delete one of them",
                     valid.path
                 ));
@@ -110,57 +221,51 @@ pub fn compile<R: Borrow<WebSocketRoute>>(routes: &[R], backends: &Backends) -> 
                 claimed.insert((h, &valid.path), &c.key);
             }
             owners.claim(&c.key, &valid.hostnames);
-            served[i] = true;
+            outcomes[i].programmed = true;
         }
     }
-    let mut table = RouteTable::with_capacity(checked.len());
+    let mut table = RouteTable::with_capacity(checks.len());
     // Which route's Secret serves each hostname on the TLS listener: the oldest's.
-    let mut certificate_of: HashMap<String, (RouteKey, String)> = HashMap::new();
+    let mut certificate_of: HashMap<&str, (&RouteKey, &str)> = HashMap::new();
     for i in order {
-        let c = &mut checked[i];
-        c.conflict = conflicts[i].take();
-        if served[i]
-            && let Some(valid) = c.valid.take()
-        {
-            c.programmed = true;
-            if let Some((key, secret)) = &valid.certificate {
-                for h in &valid.hostnames {
-                    match certificate_of.get(h) {
-                        Some((owner, theirs)) if theirs != secret => c.warnings.push(Warning {
+        let c = checks[i];
+        let (true, Some(valid)) = (outcomes[i].programmed, &c.valid) else {
+            continue;
+        };
+        if let Some((key, secret)) = &valid.certificate {
+            for h in &valid.hostnames {
+                match certificate_of.get(&**h) {
+                    Some((owner, theirs)) if theirs != secret => {
+                        outcomes[i].shadowed.push(Warning {
                             reason: warning::CERTIFICATE_SHADOWED,
                             message: format!(
                                 "hostname {h} is served with the certificate of route {owner} (Secret {theirs}), which is older; this route's Secret {secret} is not used for it"
                             ),
-                        }),
-                        Some(_) => {}
-                        None => {
-                            certificate_of.insert(h.clone(), (c.key.clone(), secret.clone()));
-                        }
+                        })
+                    }
+                    Some(_) => {}
+                    None => {
+                        certificate_of.insert(h, (&c.key, secret));
                     }
                 }
-                table.insert_certificate(&valid.hostnames, key);
             }
-            table.insert(&valid.hostnames, &valid.path, valid.route);
+            table.insert_certificate(&valid.hostnames, key);
         }
+        table.insert(&valid.hostnames, &valid.path, valid.route.clone());
     }
-
-    let verdicts = checked.into_iter().map(Checked::into_verdict).collect();
-    Compiled { table, verdicts }
+    (table, outcomes)
 }
 
-/// Older first; a route without a creation timestamp counts as newest.
-fn age_order(a: &WebSocketRoute, b: &WebSocketRoute) -> std::cmp::Ordering {
-    let ts = |r: &WebSocketRoute| -> Option<Timestamp> {
-        r.metadata.creation_timestamp.as_ref().map(|t| t.0)
-    };
-    let (ta, tb) = (ts(a), ts(b));
-    let by_time = match (ta, tb) {
+/// Older first; a route without a creation timestamp counts as newest; then by namespace
+/// and name.
+fn age_order(a: &Check, b: &Check) -> std::cmp::Ordering {
+    let by_time = match (a.created, b.created) {
         (Some(x), Some(y)) => x.cmp(&y),
         (Some(_), None) => std::cmp::Ordering::Less,
         (None, Some(_)) => std::cmp::Ordering::Greater,
         (None, None) => std::cmp::Ordering::Equal,
     };
-    by_time.then_with(|| borrowed_key(a).cmp(&borrowed_key(b)))
+    by_time.then_with(|| a.key.cmp(&b.key))
 }
 
 /// `key_of` without allocating, for comparisons (they run n·log n times per compile).
@@ -183,33 +288,69 @@ pub fn key_of(route: &WebSocketRoute) -> RouteKey {
     }
 }
 
-/// A route after validation, before conflict resolution.
-struct Checked {
+/// A route's fields checked on their own (the `checks` module): what holds until the route
+/// or what it read from the backends changes.
+struct Check {
     key: RouteKey,
     generation: Option<i64>,
+    /// `creationTimestamp`: the older route wins a conflict.
+    created: Option<Timestamp>,
+    /// The namespaces `hostnameGrants` lets serve the route's hostnames.
+    grants: Vec<String>,
     /// Set when the spec is valid.
     valid: Option<ValidRoute>,
     problems: Vec<String>,
     refs: Result<(), (&'static str, String)>,
     warnings: Vec<Warning>,
-    conflict: Option<String>,
-    programmed: bool,
     /// `route serves HOSTNAMES PATH`, when the spec is valid: the Accepted message.
     serves: String,
+    /// The backend lookups the check made, with what they found.
+    reads: Vec<Read>,
+}
+
+/// What conflict resolution decided for one route.
+#[derive(Debug, Default, PartialEq)]
+struct Outcome {
+    conflict: Option<String>,
+    programmed: bool,
+    /// The hostnames whose certificate an older route's Secret serves.
+    shadowed: Vec<Warning>,
 }
 
 struct ValidRoute {
-    hostnames: Vec<String>,
+    /// Shared with the route table, which keys its hostnames by them.
+    hostnames: Vec<Arc<str>>,
     path: PathRule,
-    route: Route,
+    route: Arc<Route>,
     /// The route's TLS certificate and its Secret (`namespace/name`), when it has `tls` and
     /// its Secret is usable.
     certificate: Option<(Arc<CertifiedKey>, String)>,
 }
 
 impl Checked {
-    fn into_verdict(self) -> Verdict {
-        let accepted = match (&self.conflict, self.problems.is_empty()) {
+    /// The verdict for `outcome`: the last one when it was given for the same.
+    fn verdict(&self, outcome: Outcome) -> Arc<Verdict> {
+        let mut last = self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        match &*last {
+            Some((then, verdict)) if *then == outcome => verdict.clone(),
+            _ => {
+                let verdict = Arc::new(self.check.verdict(&outcome));
+                *last = Some((outcome, verdict.clone()));
+                verdict
+            }
+        }
+    }
+}
+
+impl Check {
+    fn verdict(&self, outcome: &Outcome) -> Verdict {
+        let warnings: Vec<Warning> = self
+            .warnings
+            .iter()
+            .chain(&outcome.shadowed)
+            .cloned()
+            .collect();
+        let accepted = match (&outcome.conflict, self.problems.is_empty()) {
             (_, false) => cond(
                 condition::ACCEPTED,
                 false,
@@ -223,8 +364,8 @@ impl Checked {
                 msg.clone().into(),
             ),
             (None, true) => {
-                let mut msg = self.serves;
-                for w in &self.warnings {
+                let mut msg = self.serves.clone();
+                for w in &warnings {
                     msg.push_str("; warning: ");
                     msg.push_str(&w.message);
                 }
@@ -240,7 +381,7 @@ impl Checked {
             ),
             Err((r, msg)) => cond(condition::RESOLVED_REFS, false, r, msg.clone().into()),
         };
-        let programmed = if self.programmed {
+        let programmed = if outcome.programmed {
             cond(
                 condition::PROGRAMMED,
                 true,
@@ -273,10 +414,10 @@ impl Checked {
             ),
         };
         Verdict {
-            key: self.key,
+            key: self.key.clone(),
             generation: self.generation,
             conditions: vec![accepted, resolved, programmed, ready],
-            warnings: self.warnings,
+            warnings,
         }
     }
 }

@@ -228,9 +228,10 @@ impl HostRoutes {
 /// An immutable table of accepted routes, looked up by host and path.
 #[derive(Debug, Default, Clone)]
 pub struct RouteTable {
-    exact_hosts: HashMap<String, HostRoutes>,
+    /// Keyed by the compiled routes' own hostnames (shared, not copied).
+    exact_hosts: HashMap<Arc<str>, HostRoutes>,
     /// Keyed by the suffix after `*.`.
-    wildcard_hosts: HashMap<String, HostRoutes>,
+    wildcard_hosts: HashMap<Arc<str>, HostRoutes>,
     by_key: HashSet<ByKey>,
     /// The certificates served on the TLS listener, by hostname.
     certificates: Certificates,
@@ -249,11 +250,10 @@ impl RouteTable {
 
     /// Adds `route` under each hostname for `path`. The caller (compile) has already
     /// resolved conflicts, so a later insert for the same host and path replaces nothing.
-    pub fn insert(&mut self, hostnames: &[String], path: &PathRule, route: Route) {
-        let route = Arc::new(route);
+    pub fn insert(&mut self, hostnames: &[Arc<str>], path: &PathRule, route: Arc<Route>) {
         for hostname in hostnames {
             let entry = match hostname.strip_prefix("*.") {
-                Some(suffix) => self.wildcard_hosts.entry(suffix.to_owned()).or_default(),
+                Some(suffix) => self.wildcard_hosts.entry(suffix.into()).or_default(),
                 None => self.exact_hosts.entry(hostname.clone()).or_default(),
             };
             entry.tls_only |= route.tls_only;
@@ -323,7 +323,7 @@ impl RouteTable {
     /// one (compile inserts in age order).
     pub fn insert_certificate(
         &mut self,
-        hostnames: &[String],
+        hostnames: &[Arc<str>],
         key: &Arc<rustls::sign::CertifiedKey>,
     ) {
         for hostname in hostnames {

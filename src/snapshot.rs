@@ -34,7 +34,7 @@ pub struct Snapshot {
     /// The routes handshakes are matched against.
     pub table: RouteTable,
     /// One verdict per declared route.
-    pub verdicts: Vec<Verdict>,
+    pub verdicts: Vec<Arc<Verdict>>,
     /// Sources that failed to load; what they last declared is still in `table`.
     pub problems: Vec<SourceProblem>,
 }

@@ -2,11 +2,13 @@
 //! `--service` mappings in standalone mode) and Secrets.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::reason;
+use crate::memo::digest;
 use crate::route::Target;
 
 /// Why a referenced backend cannot be used.
@@ -22,15 +24,18 @@ pub enum BackendProblem {
 /// `--service` mappings in standalone mode, from Services and EndpointSlices in a cluster.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Backends {
-    /// Per (namespace, name): per service port (`None`: any port), the ready addresses.
-    services: HashMap<(String, String), HashMap<Option<u16>, Vec<Target>>>,
+    /// By namespace, then name (so a lookup copies neither).
+    services: HashMap<String, HashMap<String, Ports>>,
     /// Appended to a BackendNotFound message: how to fix it in this mode.
-    pub(super) not_found_hint: String,
-    /// Per (namespace, name): each Secret's data by key.
-    secrets: HashMap<(String, String), SecretData>,
+    not_found_hint: String,
+    /// By namespace, then name: each Secret's data by key.
+    secrets: HashMap<String, HashMap<String, Arc<SecretData>>>,
     /// Appended to a SecretNotFound message: how to fix it in this mode.
     secret_hint: String,
 }
+
+/// A Service's ready addresses per service port (`None`: on any port).
+type Ports = HashMap<Option<u16>, Vec<Target>>;
 
 /// A Secret's data: bytes by key (`tls.crt`, `tls.key`, `ca.crt`, ...).
 pub type SecretData = BTreeMap<String, Vec<u8>>;
@@ -99,7 +104,9 @@ impl Backends {
     /// port). An empty list means the Service exists with no ready endpoint.
     pub fn insert(&mut self, namespace: &str, name: &str, port: Option<u16>, targets: Vec<Target>) {
         self.services
-            .entry((namespace.to_owned(), name.to_owned()))
+            .entry(namespace.to_owned())
+            .or_default()
+            .entry(name.to_owned())
             .or_default()
             .insert(port, targets);
     }
@@ -107,7 +114,9 @@ impl Backends {
     /// Declares Secret `namespace/name` with its data.
     pub fn insert_secret(&mut self, namespace: &str, name: &str, data: SecretData) {
         self.secrets
-            .insert((namespace.to_owned(), name.to_owned()), data);
+            .entry(namespace.to_owned())
+            .or_default()
+            .insert(name.to_owned(), Arc::new(data));
     }
 
     /// Declares the data of cluster Secrets.
@@ -132,9 +141,10 @@ impl Backends {
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<&SecretData, (&'static str, String)> {
+    ) -> Result<&Arc<SecretData>, (&'static str, String)> {
         self.secrets
-            .get(&(namespace.to_owned(), name.to_owned()))
+            .get(namespace)
+            .and_then(|n| n.get(name))
             .ok_or_else(|| {
                 (
                     reason::SECRET_NOT_FOUND,
@@ -143,6 +153,7 @@ impl Backends {
             })
     }
 
+    /// The ready addresses of Service `namespace/name` on `port`.
     pub(super) fn resolve(
         &self,
         namespace: &str,
@@ -151,7 +162,8 @@ impl Backends {
     ) -> Result<&[Target], BackendProblem> {
         let ports = self
             .services
-            .get(&(namespace.to_owned(), name.to_owned()))
+            .get(namespace)
+            .and_then(|n| n.get(name))
             .ok_or(BackendProblem::NotFound)?;
         match ports.get(&Some(port)).or_else(|| ports.get(&None)) {
             None => Err(BackendProblem::NotFound),
@@ -159,6 +171,98 @@ impl Backends {
             Some(t) => Ok(t),
         }
     }
+}
+
+/// The backends as one route's check reads them. Every lookup is recorded with what it
+/// found, so that a later compile can tell whether the check still holds without doing it
+/// again ([`still_hold`]).
+pub(super) struct Lookups<'b> {
+    backends: &'b Backends,
+    reads: Vec<Read>,
+}
+
+/// One lookup of a route's check, in the route's own namespace, and what it found.
+#[derive(Debug)]
+pub(super) enum Read {
+    /// A Service port, and a digest of its ready addresses (or why there are none).
+    Service {
+        name: String,
+        port: u16,
+        found: Result<u64, BackendProblem>,
+    },
+    /// A Secret, and its data if it exists.
+    Secret {
+        name: String,
+        found: Option<Arc<SecretData>>,
+    },
+}
+
+impl<'b> Lookups<'b> {
+    /// Reads from `backends`, recording nothing yet.
+    pub(super) fn new(backends: &'b Backends) -> Lookups<'b> {
+        Lookups {
+            backends,
+            reads: Vec::new(),
+        }
+    }
+
+    /// [`Backends::resolve`], recorded.
+    pub(super) fn resolve(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        port: u16,
+    ) -> Result<&'b [Target], BackendProblem> {
+        let found = self.backends.resolve(namespace, name, port);
+        self.reads.push(Read::Service {
+            name: name.to_owned(),
+            port,
+            found: found.map(|targets| digest(&targets)),
+        });
+        found
+    }
+
+    /// [`Backends::secret`], recorded.
+    pub(super) fn secret(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<&'b Arc<SecretData>, (&'static str, String)> {
+        let found = self.backends.secret(namespace, name);
+        self.reads.push(Read::Secret {
+            name: name.to_owned(),
+            found: found.as_ref().ok().map(|data| Arc::clone(data)),
+        });
+        found
+    }
+
+    /// The hint for a missing Service in this mode.
+    pub(super) fn not_found_hint(&self) -> &'b str {
+        &self.backends.not_found_hint
+    }
+
+    /// What was read.
+    pub(super) fn into_reads(self) -> Vec<Read> {
+        self.reads
+    }
+}
+
+/// Whether every lookup in `reads` (made for a route in `namespace`) finds in `backends`
+/// what it found then.
+pub(super) fn still_hold(reads: &[Read], backends: &Backends, namespace: &str) -> bool {
+    reads.iter().all(|read| match read {
+        Read::Service { name, port, found } => {
+            backends
+                .resolve(namespace, name, *port)
+                .map(|targets| digest(&targets))
+                == *found
+        }
+        Read::Secret { name, found } => match (backends.secret(namespace, name), found) {
+            (Ok(now), Some(then)) => Arc::ptr_eq(now, then) || now == then,
+            (Err(_), None) => true,
+            _ => false,
+        },
+    })
 }
 
 /// The ready addresses of one EndpointSlice for the Service port named `port_name`.

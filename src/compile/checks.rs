@@ -7,8 +7,9 @@ use std::sync::Arc;
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::ServerName;
 
+use super::backends::Lookups;
 use super::{
-    BackendProblem, Backends, Checked, ValidRoute, Warning, key_of, parse_url, reason, warning,
+    BackendProblem, Backends, Check, ValidRoute, Warning, key_of, parse_url, reason, warning,
 };
 use crate::api::JwtSpec;
 use crate::api::{
@@ -26,17 +27,55 @@ use crate::tls::{self, UpstreamTls};
 /// The most hostnames a route may claim (docs/design.md §3).
 const MAX_HOSTNAMES: usize = 16;
 
-/// The origin policies of one compile by what they were compiled from: routes that list the
-/// same origins (a team's app on many routes) share one policy, compiled once.
-pub(super) type Policies<'a> =
-    foldhash::HashMap<(&'a [String], bool, bool), Result<Arc<OriginPolicy>, InvalidPattern>>;
+/// Origin policies by what they were compiled from (`allowNull` and `allowMissing`, then
+/// the list): routes that list the same origins (a team's app on many routes) share one
+/// policy, compiled once.
+#[derive(Default)]
+pub(super) struct Policies {
+    by_spec: foldhash::HashMap<(bool, bool), foldhash::HashMap<Vec<String>, Compiled>>,
+    /// How many there were after the last [`Policies::prune`].
+    kept: usize,
+}
+
+type Compiled = Result<Arc<OriginPolicy>, InvalidPattern>;
+
+impl Policies {
+    /// The policy of `origins`, compiled if no route had it yet.
+    fn get(&mut self, origins: &OriginsSpec) -> &Compiled {
+        let lists = self
+            .by_spec
+            .entry((origins.allow_null, origins.allow_missing))
+            .or_default();
+        // Looked up by the borrowed list first: a hit, the common case, copies nothing.
+        if !lists.contains_key(origins.allow.as_slice()) {
+            let compiled =
+                OriginPolicy::new(&origins.allow, origins.allow_null, origins.allow_missing)
+                    .map(Arc::new);
+            lists.insert(origins.allow.clone(), compiled);
+        }
+        &lists[origins.allow.as_slice()]
+    }
+
+    /// Forgets the policies no route holds any more, once there are twice as many as
+    /// after the last time (so that a compile pays for this only now and then).
+    pub(super) fn prune(&mut self) {
+        let count = |p: &Self| p.by_spec.values().map(|l| l.len()).sum::<usize>();
+        if count(self) <= 2 * self.kept + 64 {
+            return;
+        }
+        for lists in self.by_spec.values_mut() {
+            lists.retain(|_, p| p.as_ref().is_ok_and(|p| Arc::strong_count(p) > 1));
+        }
+        self.kept = count(self);
+    }
+}
 
 /// Validates one route on its own and builds its compiled form.
-pub(super) fn check_route<'a>(
-    route: &'a WebSocketRoute,
+pub(super) fn check_route(
+    route: &WebSocketRoute,
     backends: &Backends,
-    policies: &mut Policies<'a>,
-) -> Checked {
+    policies: &mut Policies,
+) -> Check {
     let key = key_of(route);
     let spec = &route.spec;
     // Each check appends in field order, the order the Accepted message lists them in.
@@ -54,12 +93,13 @@ pub(super) fn check_route<'a>(
     let origins = check_origins(&spec.origins, policies, &mut problems, &mut warnings);
     check_subprotocols(spec.subprotocols.as_deref(), &mut problems);
     check_limits(spec, &mut problems);
+    let mut lookups = Lookups::new(backends);
     let References {
         upstream,
         auth,
         certificate,
         refs,
-    } = check_references(route, &key, backends, &mut problems);
+    } = check_references(route, &key, &mut lookups, &mut problems);
 
     // The Accepted message, built in one allocation: every route of a large cluster has one.
     let serves = match (&path, problems.is_empty()) {
@@ -82,21 +122,26 @@ pub(super) fn check_route<'a>(
             hostnames,
             path,
             certificate,
-            route: build_route(spec, &key, origins, upstream, auth),
+            route: Arc::new(build_route(spec, &key, origins, upstream, auth)),
         }),
         _ => None,
     };
 
-    Checked {
+    Check {
         key,
         generation: route.metadata.generation,
+        created: route.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        grants: spec
+            .hostname_grants
+            .iter()
+            .map(|g| g.namespace.clone())
+            .collect(),
         valid,
         problems,
         refs,
         warnings,
-        conflict: None,
-        programmed: false,
         serves,
+        reads: lookups.into_reads(),
     }
 }
 
@@ -105,7 +150,7 @@ fn check_names(
     key: &RouteKey,
     spec: &WebSocketRouteSpec,
     problems: &mut Vec<String>,
-) -> Vec<String> {
+) -> Vec<Arc<str>> {
     if key.name.is_empty() {
         problems.push("metadata.name is missing: give the route a name".to_owned());
     }
@@ -122,19 +167,13 @@ fn check_names(
 }
 
 /// The origin policy, with warnings for the settings that are valid but rarely meant.
-fn check_origins<'a>(
-    origins: &'a OriginsSpec,
-    policies: &mut Policies<'a>,
+fn check_origins(
+    origins: &OriginsSpec,
+    policies: &mut Policies,
     problems: &mut Vec<String>,
     warnings: &mut Vec<Warning>,
 ) -> Option<Arc<OriginPolicy>> {
-    let compiled = policies
-        .entry((&origins.allow, origins.allow_null, origins.allow_missing))
-        .or_insert_with(|| {
-            OriginPolicy::new(&origins.allow, origins.allow_null, origins.allow_missing)
-                .map(Arc::new)
-        });
-    match compiled {
+    match policies.get(origins) {
         Ok(policy) => {
             if policy.allows_any_origin() {
                 warnings.push(Warning {
@@ -242,7 +281,7 @@ struct References {
 fn check_references(
     route: &WebSocketRoute,
     key: &RouteKey,
-    backends: &Backends,
+    backends: &mut Lookups,
     problems: &mut Vec<String>,
 ) -> References {
     let spec = &route.spec;
@@ -347,7 +386,7 @@ fn build_route(
 }
 
 /// Each hostname on its own, then the list: not empty, not too long, no duplicates.
-fn check_hostnames(hostnames: &[String], problems: &mut Vec<String>) -> Vec<String> {
+fn check_hostnames(hostnames: &[String], problems: &mut Vec<String>) -> Vec<Arc<str>> {
     if hostnames.is_empty() {
         problems.push(
             "hostnames is empty: name at least one hostname, e.g. `chat.example.com`".to_owned(),
@@ -367,7 +406,7 @@ fn check_hostnames(hostnames: &[String], problems: &mut Vec<String>) -> Vec<Stri
             problems.push(format!("hostname {h} is listed twice"));
         }
     }
-    hostnames.to_vec()
+    hostnames.iter().map(|h| Arc::from(h.as_str())).collect()
 }
 
 /// A namespace name is a DNS label (RFC 1123): 1–63 lowercase letters, digits and `-`, not
@@ -454,7 +493,7 @@ fn check_path(kind: PathMatchType, value: &str) -> Result<PathRule, String> {
 
 /// The certificate of a route's `tls.secretName`, or why it cannot be served.
 fn certificate(
-    backends: &Backends,
+    backends: &mut Lookups,
     namespace: &str,
     name: &str,
 ) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
@@ -478,7 +517,11 @@ fn certificate(
 }
 
 /// The JWT check of a route, with its keys from the route's Secret.
-fn check_auth(spec: &JwtSpec, key: &RouteKey, backends: &Backends) -> Result<JwtAuth, RefProblem> {
+fn check_auth(
+    spec: &JwtSpec,
+    key: &RouteKey,
+    backends: &mut Lookups,
+) -> Result<JwtAuth, RefProblem> {
     let one_place = |s: &&crate::api::TokenSource| {
         [s.query.is_some(), s.header.is_some(), s.cookie.is_some()]
             .into_iter()
@@ -559,7 +602,7 @@ enum RefProblem {
 fn check_upstream_tls(
     route: &WebSocketRoute,
     key: &RouteKey,
-    backends: &Backends,
+    backends: &mut Lookups,
 ) -> Result<Option<Arc<UpstreamTls>>, RefProblem> {
     let up = &route.spec.upstream;
     let url = up.url.as_deref().and_then(|u| u.parse::<http::Uri>().ok());
@@ -629,7 +672,7 @@ fn check_upstream_tls(
 fn check_upstream(
     route: &WebSocketRoute,
     key: &RouteKey,
-    backends: &Backends,
+    backends: &mut Lookups,
     problems: &mut Vec<String>,
 ) -> (Option<Upstream>, Result<(), (&'static str, String)>) {
     let up = &route.spec.upstream;
@@ -655,7 +698,7 @@ fn check_upstream(
                     return (None, Err((reason::BACKEND_NOT_FOUND, msg)));
                 }
             };
-            let service = format!("Service {}/{} port {port}", key.namespace, svc.name);
+            let service = || format!("Service {}/{} port {port}", key.namespace, svc.name);
             match backends.resolve(&key.namespace, &svc.name, port) {
                 Ok(targets) => (
                     Some(Upstream {
@@ -676,7 +719,7 @@ fn check_upstream(
                     }),
                     Err((
                         reason::BACKEND_NOT_FOUND,
-                        format!("{service} not found; {}", backends.not_found_hint),
+                        format!("{} not found; {}", service(), backends.not_found_hint()),
                     )),
                 ),
                 Err(BackendProblem::NoReadyEndpoints) => (
@@ -688,7 +731,7 @@ fn check_upstream(
                     }),
                     Err((
                         reason::NO_READY_ENDPOINTS,
-                        format!("{service} has no ready endpoints"),
+                        format!("{} has no ready endpoints", service()),
                     )),
                 ),
             }

@@ -6,6 +6,7 @@
 //! could take over a path (`Exact /ws` beats `PathPrefix /ws`) of a hostname it does not own.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::route::RouteKey;
 
@@ -21,7 +22,6 @@ fn host_key(hostname: &str) -> HostKey<'_> {
 }
 
 /// The hostname owners found so far (compile visits routes oldest first) and every grant.
-#[derive(Default)]
 pub(super) struct Owners<'a> {
     owners: foldhash::HashMap<HostKey<'a>, (&'a str, &'a RouteKey)>,
     /// (hostname, granting namespace, granted namespace).
@@ -40,12 +40,20 @@ pub(super) struct Trespass<'a> {
 }
 
 impl<'a> Owners<'a> {
+    /// Room for the hostnames of `routes` routes, most of which have one.
+    pub(super) fn with_capacity(routes: usize) -> Owners<'a> {
+        Owners {
+            owners: foldhash::HashMap::with_capacity_and_hasher(routes, Default::default()),
+            grants: foldhash::HashSet::default(),
+        }
+    }
+
     /// Records that routes in `namespace` on `hostnames` let `granted` namespaces serve them.
     /// A grant counts only where `namespace` turns out to own the hostname.
     pub(super) fn grant(
         &mut self,
         namespace: &'a str,
-        hostnames: &'a [String],
+        hostnames: &'a [Arc<str>],
         granted: impl Iterator<Item = &'a str> + Clone,
     ) {
         for hostname in hostnames {
@@ -60,9 +68,10 @@ impl<'a> Owners<'a> {
     pub(super) fn trespass(
         &self,
         namespace: &'a str,
-        hostnames: &'a [String],
+        hostnames: &'a [Arc<str>],
     ) -> Option<Trespass<'a>> {
         hostnames.iter().find_map(|hostname| {
+            let hostname: &'a str = hostname;
             let (wildcard, name) = host_key(hostname);
             // The hostname's own key, then the wildcard of every proper suffix.
             let covering = std::iter::successors(Some(name), |rest| {
@@ -88,7 +97,7 @@ impl<'a> Owners<'a> {
     }
 
     /// Gives `hostnames` that have no owner yet to the namespace of `route`, which is served.
-    pub(super) fn claim(&mut self, route: &'a RouteKey, hostnames: &'a [String]) {
+    pub(super) fn claim(&mut self, route: &'a RouteKey, hostnames: &'a [Arc<str>]) {
         for hostname in hostnames {
             self.owners
                 .entry(host_key(hostname))

@@ -1,5 +1,5 @@
 use super::*;
-use crate::policy::RequestOrigin;
+use crate::policy::{OriginPolicy, RequestOrigin};
 use crate::route::{HttpLimits, RouteAuth, Target};
 
 /// A route from YAML: `metadata` and `spec` bodies, indented by the caller.
@@ -20,7 +20,7 @@ fn cond<'a>(v: &'a Verdict, type_: &str) -> &'a ConditionState {
 
 fn one(r: WebSocketRoute) -> Verdict {
     let mut c = compile(&[r], &Backends::standalone());
-    c.verdicts.remove(0)
+    Arc::unwrap_or_clone(c.verdicts.remove(0))
 }
 
 #[test]
@@ -156,7 +156,7 @@ fn different_path_type_or_value_is_no_conflict() {
     let prefix = simple("p", "2026-01-01T00:00:00Z", "chat.example.com", "/ws");
     let other = simple("o", "2026-01-02T00:00:00Z", "chat.example.com", "/other");
     let c = compile(&[prefix, other], &Backends::standalone());
-    assert!(c.verdicts.iter().all(Verdict::accepted));
+    assert!(c.verdicts.iter().all(|v| v.accepted()));
 }
 
 #[test]
@@ -653,7 +653,7 @@ fn a_wildcard_owner_keeps_the_hostnames_under_it_and_the_same_namespace_needs_no
         &[wild, sibling, under, deeper, elsewhere],
         &Backends::standalone(),
     );
-    let accepted: Vec<bool> = c.verdicts.iter().map(Verdict::accepted).collect();
+    let accepted: Vec<bool> = c.verdicts.iter().map(|v| v.accepted()).collect();
     assert_eq!(accepted, [true, true, false, false, true]);
     let msg = &cond(&c.verdicts[2], condition::ACCEPTED).message;
     assert!(
@@ -683,7 +683,7 @@ fn an_older_route_elsewhere_keeps_its_hostname_under_a_newer_wildcard() {
         "/",
     );
     let c = compile(&[exact, wild], &Backends::standalone());
-    assert!(c.verdicts.iter().all(Verdict::accepted));
+    assert!(c.verdicts.iter().all(|v| v.accepted()));
     assert_eq!(
         served(&c, "chat.example.com", "/"),
         Some("team-b/chat".to_owned())
@@ -709,7 +709,7 @@ fn a_tls_route_makes_every_path_of_its_hostname_tls_only() {
         ],
         &backends,
     );
-    assert!(c.verdicts.iter().all(Verdict::accepted));
+    assert!(c.verdicts.iter().all(|v| v.accepted()));
     let (route, tls_only) = c
         .table
         .select("chat.example.com", "/plain")
@@ -873,4 +873,190 @@ fn routes_that_list_the_same_origins_share_one_compiled_policy() {
         "allowNull differs"
     );
     assert!(other.origins.allows_null() && !a.origins.allows_null());
+}
+
+/// What a compile decided, comparable: every verdict, and every served route (its compiled
+/// form) and certificate by hostname.
+fn decided(c: &Compiled, hosts: &[&str]) -> (Vec<Verdict>, Vec<String>, Vec<Option<Vec<u8>>>) {
+    let verdicts = c.verdicts.iter().map(|v| (**v).clone()).collect();
+    // The policy's sets print in no fixed order: it is shown by what it was compiled from.
+    let none = Arc::new(OriginPolicy::new::<&str>(&[], false, false).expect("empty policy"));
+    let shown = |r: &Arc<Route>| {
+        let origins = &r.origins;
+        let rest = Route {
+            origins: none.clone(),
+            ..(**r).clone()
+        };
+        let from: Vec<String> = origins.patterns().collect();
+        let flags = (origins.allows_null(), origins.allows_missing());
+        format!("{rest:?} {from:?} {flags:?}")
+    };
+    let mut routes: Vec<String> = c.table.routes().map(shown).collect();
+    routes.sort();
+    let certificates = hosts
+        .iter()
+        .map(|h| {
+            let served = c.table.certificates().lookup(h);
+            served.map(|k| k.cert[0].as_ref().to_vec())
+        })
+        .collect();
+    (verdicts, routes, certificates)
+}
+
+fn on_service(namespace: &str, name: &str, created: &str, host: &str) -> WebSocketRoute {
+    route(&format!(
+        "metadata: {{name: {name}, namespace: {namespace}, creationTimestamp: \"{created}\", generation: 1}}\nspec:\n  hostnames: [\"{host}\"]\n  path: {{type: PathPrefix, value: /ws}}\n  origins: {{allow: [\"https://app.example.com\"]}}\n  upstream: {{service: {{name: chat, port: 80}}}}\n"
+    ))
+}
+
+fn endpoints(backends: &mut Backends, host: &str) {
+    let target = Target {
+        host: host.into(),
+        port: 8080,
+    };
+    backends.insert("apps", "chat", Some(80), vec![target]);
+}
+
+#[test]
+fn a_compiler_decides_what_a_fresh_compile_decides_through_every_kind_of_change() {
+    let hosts = [
+        "chat.example.com",
+        "secure.example.com",
+        "other.example.com",
+    ];
+    let a = Arc::new(on_service(
+        "apps",
+        "a",
+        "2026-01-01T00:00:00Z",
+        "chat.example.com",
+    ));
+    let secure = Arc::new(route(
+        "metadata: {name: secure, namespace: apps, creationTimestamp: \"2026-01-01T00:00:00Z\"}\nspec:\n  hostnames: [secure.example.com]\n  upstream: {url: \"ws://127.0.0.1:9000\"}\n  tls: {secretName: secure-tls}\n",
+    ));
+    let other = Arc::new(simple(
+        "other",
+        "2026-01-01T00:00:00Z",
+        "other.example.com",
+        "/",
+    ));
+    let mut backends = Backends::standalone();
+    endpoints(&mut backends, "10.0.0.1");
+    tls_secret(&mut backends, "apps", "secure-tls");
+    let mut compiler = Compiler::default();
+    let mut step = |routes: &[Arc<WebSocketRoute>], backends: &Backends| {
+        let kept = compiler.compile(routes, backends);
+        let owned: Vec<WebSocketRoute> = routes.iter().map(|r| (**r).clone()).collect();
+        let fresh = compile(&owned, backends);
+        assert_eq!(decided(&kept, &hosts), decided(&fresh, &hosts));
+        kept
+    };
+
+    let first = step(&[a.clone(), secure.clone(), other.clone()], &backends);
+    // The Service's endpoints move.
+    endpoints(&mut backends, "10.0.0.2");
+    let moved = step(&[a.clone(), secure.clone(), other.clone()], &backends);
+    let target = |c: &Compiled| {
+        c.table
+            .lookup("chat.example.com", "/ws")
+            .expect("served")
+            .upstream
+            .targets
+            .clone()
+    };
+    assert_ne!(target(&first), target(&moved));
+    // A relist: equal objects in new `Arc`s, and the certificate is renewed.
+    tls_secret(&mut backends, "apps", "secure-tls");
+    let relisted: Vec<Arc<WebSocketRoute>> = [&a, &secure, &other]
+        .iter()
+        .map(|r| Arc::new((***r).clone()))
+        .collect();
+    step(&relisted, &backends);
+    // A newer route claims the same hostname and path, then the older one goes.
+    let newer = Arc::new(on_service(
+        "apps",
+        "newer",
+        "2026-02-01T00:00:00Z",
+        "chat.example.com",
+    ));
+    let conflicted = step(
+        &[a.clone(), secure.clone(), other.clone(), newer.clone()],
+        &backends,
+    );
+    assert!(!conflicted.verdicts[3].accepted());
+    let alone = step(&[secure.clone(), other.clone(), newer.clone()], &backends);
+    assert!(alone.verdicts[2].accepted());
+    // A spec changes; the older route comes back; a duplicate declaration appears.
+    let mut widened = (*other).clone();
+    widened
+        .spec
+        .origins
+        .allow
+        .push("https://admin.example.com".into());
+    let widened = Arc::new(widened);
+    step(
+        &[
+            a.clone(),
+            secure.clone(),
+            widened.clone(),
+            newer.clone(),
+            widened.clone(),
+        ],
+        &backends,
+    );
+    // The Service and the Secret go.
+    let mut bare = Backends::standalone();
+    let gone = step(&[a.clone(), secure.clone(), widened, newer], &bare);
+    assert!(!cond(&gone.verdicts[0], condition::READY).status);
+    // And come back.
+    endpoints(&mut bare, "10.0.0.3");
+    tls_secret(&mut bare, "apps", "secure-tls");
+    step(&[a, secure, other], &bare);
+}
+
+#[test]
+fn an_unchanged_route_keeps_its_compiled_route_and_verdict_and_a_changed_one_gets_new_ones() {
+    let mut compiler = Compiler::default();
+    let mut backends = Backends::standalone();
+    endpoints(&mut backends, "10.0.0.1");
+    let plain = Arc::new(simple(
+        "plain",
+        "2026-01-01T00:00:00Z",
+        "plain.example.com",
+        "/",
+    ));
+    let on_chat = Arc::new(on_service(
+        "apps",
+        "chat",
+        "2026-01-01T00:00:00Z",
+        "chat.example.com",
+    ));
+    let routes = [plain.clone(), on_chat.clone()];
+    let first = compiler.compile(&routes, &backends);
+    endpoints(&mut backends, "10.0.0.2");
+    // Equal but not the same object, as after a relist: still unchanged.
+    let relisted = [Arc::new((*plain).clone()), on_chat];
+    let second = compiler.compile(&relisted, &backends);
+    let served = |c: &Compiled, host: &str| c.table.lookup(host, "/ws").expect("served").clone();
+    assert!(Arc::ptr_eq(
+        &served(&first, "plain.example.com"),
+        &served(&second, "plain.example.com")
+    ));
+    assert!(Arc::ptr_eq(&first.verdicts[0], &second.verdicts[0]));
+    assert!(!Arc::ptr_eq(
+        &served(&first, "chat.example.com"),
+        &served(&second, "chat.example.com")
+    ));
+    assert_eq!(
+        first.verdicts[1], second.verdicts[1],
+        "same conditions, new endpoints"
+    );
+
+    let mut edited = (*plain).clone();
+    edited.spec.origins.allow = vec!["https://other.example.com".into()];
+    let third = compiler.compile(&[Arc::new(edited), relisted[1].clone()], &backends);
+    assert!(!Arc::ptr_eq(
+        &served(&second, "plain.example.com"),
+        &served(&third, "plain.example.com")
+    ));
+    assert!(Arc::ptr_eq(&second.verdicts[1], &third.verdicts[1]));
 }

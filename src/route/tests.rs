@@ -1,12 +1,12 @@
 use super::*;
 
-fn route(name: &str) -> Route {
-    Route::named("default", name, &[])
+fn route(name: &str) -> Arc<Route> {
+    Arc::new(Route::named("default", name, &[]))
 }
 
 /// Adds `name` as the route for paths under `prefix` on `host`.
 fn insert(t: &mut RouteTable, host: &str, prefix: &str, name: &str) {
-    t.insert(&[host.to_owned()], &PathRule::prefix(prefix), route(name));
+    t.insert(&[host.into()], &PathRule::prefix(prefix), route(name));
 }
 
 fn name_of(table: &RouteTable, host: &str, path: &str) -> Option<String> {
@@ -27,7 +27,7 @@ fn prefix_is_segment_aware() {
 #[test]
 fn exact_path_wins_over_prefix_and_longest_prefix_wins() {
     let mut t = RouteTable::default();
-    let hosts = vec!["a.example.com".to_owned()];
+    let hosts: Vec<Arc<str>> = vec!["a.example.com".into()];
     t.insert(&hosts, &PathRule::prefix("/"), route("root"));
     t.insert(&hosts, &PathRule::prefix("/ws"), route("ws"));
     t.insert(&hosts, &PathRule::Exact("/ws/admin".into()), route("admin"));
@@ -82,20 +82,16 @@ fn a_route_refusing_http2_sockets_turns_them_off_for_its_hostname_and_the_names_
 {
     let mut t = RouteTable::default();
     insert(&mut t, "chat.example.com", "/", "chat");
-    let refusing = Route {
+    let refusing = Arc::new(Route {
         http2_sockets: false,
-        ..route("legacy")
-    };
+        ..Route::named("default", "legacy", &[])
+    });
     t.insert(
-        &["*.legacy.example.com".to_owned()],
+        &["*.legacy.example.com".into()],
         &PathRule::prefix("/old"),
         refusing.clone(),
     );
-    t.insert(
-        &["h1.example.com".to_owned()],
-        &PathRule::prefix("/"),
-        refusing,
-    );
+    t.insert(&["h1.example.com".into()], &PathRule::prefix("/"), refusing);
     assert!(t.http2_sockets("chat.example.com"));
     assert!(!t.http2_sockets("h1.example.com"));
     assert!(!t.http2_sockets("a.b.legacy.example.com"));

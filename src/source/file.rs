@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -36,18 +36,19 @@ pub enum SourceError {
 }
 
 /// A route and the file that declares it.
-#[derive(Debug, Clone)]
-pub struct FileRoute {
+#[derive(Debug, Clone, Copy)]
+pub struct FileRoute<'a> {
     /// The declaring file.
-    pub path: PathBuf,
-    /// The route as declared (with a creation timestamp filled in when it had none).
-    pub route: WebSocketRoute,
+    pub path: &'a Path,
+    /// The route as declared (with a creation timestamp filled in when it had none), shared
+    /// until its file changes: a compile tells an unchanged route by its `Arc`.
+    pub route: &'a Arc<WebSocketRoute>,
 }
 
 #[derive(Debug, Default)]
 struct FileState {
-    /// What the file declared the last time it parsed.
-    routes: Vec<WebSocketRoute>,
+    /// What the file declared the last time it parsed, with creation timestamps filled in.
+    routes: Vec<Arc<WebSocketRoute>>,
     problem: Option<SourceProblem>,
     /// A digest of the text last read, so that an unchanged file is not parsed again.
     text: Option<u64>,
@@ -100,7 +101,8 @@ impl FileSource {
                     line: None,
                     message: format!("cannot read file: {e}"),
                 })
-                .and_then(|text| parse_routes(&path, &text));
+                .and_then(|text| parse_routes(&path, &text))
+                .map(|routes| created(routes, &self.first_seen, now));
             // What a file declares counts as changed only if its routes or its problem
             // did: an edited comment, or a file that stays unreadable, is no news.
             let problem = match parsed {
@@ -132,7 +134,7 @@ impl FileSource {
         let present: HashSet<RouteKey> = self
             .files
             .values()
-            .flat_map(|s| s.routes.iter().map(key_of))
+            .flat_map(|s| s.routes.iter().map(|r| key_of(r)))
             .collect();
         // A route deleted and declared again counts as new.
         self.first_seen.retain(|k, _| present.contains(k));
@@ -143,21 +145,14 @@ impl FileSource {
     }
 
     /// Every route currently declared, in file order.
-    pub fn routes(&self) -> Vec<FileRoute> {
+    pub fn routes(&self) -> Vec<FileRoute<'_>> {
         self.files
             .iter()
             .flat_map(|(path, state)| {
-                state.routes.iter().map(|route| {
-                    let mut route = route.clone();
-                    if route.metadata.creation_timestamp.is_none() {
-                        route.metadata.creation_timestamp =
-                            self.first_seen.get(&key_of(&route)).map(|t| Time(*t));
-                    }
-                    FileRoute {
-                        path: path.clone(),
-                        route,
-                    }
-                })
+                state
+                    .routes
+                    .iter()
+                    .map(move |route| FileRoute { path, route })
             })
             .collect()
     }
@@ -169,6 +164,25 @@ impl FileSource {
             .filter_map(|s| s.problem.clone())
             .collect()
     }
+}
+
+/// Fills in the creation timestamp of parsed routes that have none: when the route was first
+/// seen (`now` for one not seen before; `reload` records it).
+fn created(
+    routes: Vec<WebSocketRoute>,
+    first_seen: &HashMap<RouteKey, Timestamp>,
+    now: Timestamp,
+) -> Vec<Arc<WebSocketRoute>> {
+    routes
+        .into_iter()
+        .map(|mut route| {
+            if route.metadata.creation_timestamp.is_none() {
+                let first = first_seen.get(&key_of(&route)).copied();
+                route.metadata.creation_timestamp = Some(Time(first.unwrap_or(now)));
+            }
+            Arc::new(route)
+        })
+        .collect()
 }
 
 /// The files under `root`: `root` itself if it is a file, else its `*.yaml` and `*.yml`

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 
 use crate::api::WebSocketRoute;
-use crate::compile::{Backends, compile, key_of};
+use crate::compile::{Backends, Compiler, key_of};
 use crate::route::RouteKey;
 use crate::snapshot::{Published, Snapshot};
 use resync::{Freshness, Trouble};
@@ -232,6 +232,7 @@ impl KubeRoutes {
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
         let mut fetched = SecretCache::default();
         let mut version = 0;
+        let mut compiler = Compiler::default();
         let mut compiled_in = Duration::ZERO;
         let mut compiled_at = tokio::time::Instant::now();
         loop {
@@ -282,7 +283,7 @@ impl KubeRoutes {
             backends.insert_cluster_secrets(&fetched.refresh(&client, &present).await);
             version += 1;
             let compiling = Instant::now();
-            let compiled = compile(&routes, &backends);
+            let compiled = compiler.compile(&routes, &backends);
             compiled_in = compiling.elapsed();
             compiled_at = tokio::time::Instant::now();
             published.publish(Snapshot::new(version, compiled, Vec::new()));

@@ -11,7 +11,7 @@ use jiff::Timestamp;
 use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
-use crate::compile::{Backends, SecretData, Verdict, compile, condition};
+use crate::compile::{Backends, Compiler, SecretData, Verdict, condition};
 use crate::memo::digest;
 use crate::route::{RouteKey, Target};
 use crate::snapshot::{Published, Snapshot};
@@ -107,7 +107,9 @@ pub struct FileRoutes {
     /// A digest of the Secrets the last published snapshot was built with, to skip reloads
     /// that changed nothing (the route files tell for themselves).
     secrets: u64,
-    last_verdicts: HashMap<RouteKey, Verdict>,
+    compiler: Compiler,
+    /// Each route's last verdict, and the version of the snapshot it was last in.
+    last_verdicts: HashMap<RouteKey, (Arc<Verdict>, u64)>,
 }
 
 impl FileRoutes {
@@ -125,6 +127,7 @@ impl FileRoutes {
             published,
             version: 0,
             secrets: 0,
+            compiler: Compiler::default(),
             last_verdicts: HashMap::new(),
         };
         routes.source.reload(Timestamp::now())?;
@@ -161,9 +164,13 @@ impl FileRoutes {
             return false;
         }
         self.secrets = secrets_digest;
-        let declared = self.source.routes();
         let problems = self.source.problems();
-        let routes: Vec<_> = declared.into_iter().map(|r| r.route).collect();
+        let routes: Vec<_> = self
+            .source
+            .routes()
+            .into_iter()
+            .map(|r| r.route.clone())
+            .collect();
         for p in &problems {
             tracing::warn!(
                 file = %p.source,
@@ -183,9 +190,9 @@ impl FileRoutes {
                 backends.insert_secret(namespace, name, data.clone());
             }
         }
-        let compiled = compile(&routes, &backends);
-        self.log_changes(&compiled.verdicts);
+        let compiled = self.compiler.compile(&routes, &backends);
         self.version += 1;
+        self.log_changes(&compiled.verdicts);
         let snapshot = Snapshot::new(self.version, compiled, problems);
         tracing::info!(
             version = snapshot.version,
@@ -196,10 +203,24 @@ impl FileRoutes {
         true
     }
 
-    fn log_changes(&mut self, verdicts: &[Verdict]) {
-        let mut next = HashMap::new();
+    /// Logs the verdicts that changed since the last snapshot, and the routes that went.
+    /// Runs after the version is counted up (it marks which routes are still there).
+    fn log_changes(&mut self, verdicts: &[Arc<Verdict>]) {
+        let version = self.version;
         for v in verdicts {
-            if self.last_verdicts.get(&v.key) != Some(v) {
+            let known = self.last_verdicts.get_mut(&v.key);
+            // The compiler hands back the same verdict when it did not change.
+            let same = known
+                .as_ref()
+                .is_some_and(|(last, _)| Arc::ptr_eq(last, v) || last == v);
+            match known {
+                Some(known) => *known = (v.clone(), version),
+                None => {
+                    self.last_verdicts
+                        .insert(v.key.clone(), (v.clone(), version));
+                }
+            }
+            if !same {
                 for c in v.conditions.iter().filter(|c| c.type_ == condition::READY) {
                     if c.status {
                         tracing::info!(route = %v.key, "route ready");
@@ -211,12 +232,14 @@ impl FileRoutes {
                     tracing::warn!(route = %v.key, "{w}");
                 }
             }
-            next.insert(v.key.clone(), v.clone());
         }
-        for gone in self.last_verdicts.keys().filter(|k| !next.contains_key(*k)) {
-            tracing::info!(route = %gone, "route removed");
-        }
-        self.last_verdicts = next;
+        self.last_verdicts.retain(|key, (_, seen)| {
+            let kept = *seen == version;
+            if !kept {
+                tracing::info!(route = %key, "route removed");
+            }
+            kept
+        });
     }
 }
 

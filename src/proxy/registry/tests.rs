@@ -15,7 +15,11 @@ fn origin(value: &str) -> RequestOrigin {
 fn table(routes: Vec<Route>) -> RouteTable {
     let mut t = RouteTable::default();
     for (i, r) in routes.into_iter().enumerate() {
-        t.insert(&[format!("h{i}.example.com")], &PathRule::prefix("/"), r);
+        t.insert(
+            &[format!("h{i}.example.com").into()],
+            &PathRule::prefix("/"),
+            Arc::new(r),
+        );
     }
     t
 }
