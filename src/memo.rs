@@ -1,6 +1,7 @@
 //! A bounded memo of what was parsed from key material (certificates, private keys, CA
-//! bundles, JWT keys), keyed by the bytes themselves: every compile sees every Secret again,
-//! and an unchanged one is not parsed again.
+//! bundles, JWT keys), keyed by the bytes themselves: a route checked again (its
+//! declaration or a Secret it reads changed; `wsgate check` and a first compile check all)
+//! reads its Secrets again, and an unchanged one, or one many routes share, is parsed once.
 //!
 //! The memos are module-level statics beside the parsers rather than an object threaded
 //! through [`crate::compile::compile`]: a parse depends on nothing but its bytes, so a memo
@@ -10,7 +11,7 @@
 //! share an entry; the bound keeps the memory fixed however many Secrets come and go.
 //!
 //! [`digest`] is its small sibling, for telling whether something changed without keeping
-//! it (route files, verdicts, Secrets' contents); a collision (about one in 2^64) would
+//! it (route files, Secrets' contents, Service endpoints); a collision (about one in 2^64) would
 //! hide that one change until the next.
 
 use std::collections::HashMap;
@@ -18,7 +19,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Mutex;
 
 /// A digest of `value`, to tell whether something changed without keeping a copy of it
-/// (a file's text, a verdict, Secrets' contents). Stable within a process.
+/// (a file's text, Secrets' contents, a Service's endpoints). Stable within a process.
 pub(crate) fn digest(value: &impl Hash) -> u64 {
     let mut hasher = std::hash::DefaultHasher::new();
     value.hash(&mut hasher);

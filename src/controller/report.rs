@@ -18,7 +18,6 @@ use tokio::sync::watch;
 
 use crate::api::WebSocketRoute;
 use crate::compile::{Verdict, condition, reason};
-use crate::memo::digest;
 use crate::metrics::{Metrics, WriteLabels};
 use crate::route::RouteKey;
 use crate::snapshot::Published;
@@ -54,9 +53,10 @@ struct Written {
     /// still has it, the store has not seen the write.
     seen: Option<String>,
     shown: Shown,
-    /// A digest of the verdict it was decided on: while neither the verdict nor the object
-    /// has changed since, there is nothing to decide again.
-    verdict: u64,
+    /// The verdict it was decided on: while neither the verdict nor the object has changed
+    /// since, there is nothing to decide again. The compiler hands out the same `Arc` for a
+    /// verdict that did not change, so that is told without comparing.
+    verdict: Arc<Verdict>,
 }
 
 /// What the route shows now: what this replica wrote, while the watch store is older than
@@ -84,8 +84,8 @@ struct Shown {
 struct Write {
     /// The route's resourceVersion the write was decided on.
     seen: Option<String>,
-    /// A digest of the verdict it was decided on.
-    verdict: u64,
+    /// The verdict it was decided on.
+    verdict: Arc<Verdict>,
     route: Arc<WebSocketRoute>,
     key: RouteKey,
     shown: Shown,
@@ -173,14 +173,15 @@ impl StatusReporter {
             }
             // Settled for this verdict and this version of the object: a snapshot that changed
             // other routes costs this one no more than the lookup.
-            let digest = digest(verdict);
             let ours = self
                 .written
                 .get(&verdict.key)
                 .filter(|w| w.uid == route.metadata.uid);
-            if ours
-                .is_some_and(|w| w.verdict == digest && w.seen == route.metadata.resource_version)
-            {
+            let settled = |w: &&Written| {
+                w.seen == route.metadata.resource_version
+                    && (Arc::ptr_eq(&w.verdict, verdict) || w.verdict == *verdict)
+            };
+            if ours.is_some_and(|w| settled(&w)) {
                 continue;
             }
             let stored = route.status.as_ref().map(|s| Shown {
@@ -216,14 +217,14 @@ impl StatusReporter {
                     uid,
                     seen,
                     shown,
-                    verdict: digest,
+                    verdict: verdict.clone(),
                 };
                 self.written.insert(verdict.key.clone(), written);
                 continue;
             }
             writes.push(Write {
                 seen,
-                verdict: digest,
+                verdict: verdict.clone(),
                 route,
                 key: verdict.key.clone(),
                 shown,
@@ -277,7 +278,7 @@ impl StatusReporter {
                 };
                 Some(Write {
                     seen: route.metadata.resource_version.clone(),
-                    verdict: digest(&stopped),
+                    verdict: Arc::new(stopped),
                     route,
                     key: verdict.key.clone(),
                     shown,
@@ -502,7 +503,7 @@ mod tests {
             uid: Some("u".into()),
             seen: Some("7".into()),
             shown: ready.clone(),
-            verdict: 0,
+            verdict: Arc::new(verdict(true, reason::ACCEPTED, "", &[])),
         };
         let rv = |v: &str| Some(v.to_owned());
         // The store still has the object as it was when written: the write stands.
