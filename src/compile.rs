@@ -268,7 +268,7 @@ fn age_order(a: &Check, b: &Check) -> std::cmp::Ordering {
     by_time.then_with(|| a.key.cmp(&b.key))
 }
 
-/// `key_of` without allocating, for comparisons (they run n·log n times per compile).
+/// `key_of` without allocating: every compile looks each route up by it.
 fn borrowed_key(route: &WebSocketRoute) -> (&str, &str) {
     (
         route.metadata.namespace.as_deref().unwrap_or("default"),

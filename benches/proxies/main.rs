@@ -19,6 +19,7 @@
 
 mod contenders;
 mod drain;
+mod fleet;
 mod floor;
 mod h2;
 mod heap;
@@ -57,7 +58,7 @@ const LONGPOLLS: usize = 2_000;
 /// Names another wsgate binary to measure beside this one (`WSGATE_BASELINE=path`).
 const BASELINE: &str = "WSGATE_BASELINE";
 /// Scenarios with contenders of their own, run after those of [`Scenario`].
-const EXTRA_SCENARIOS: [&str; 3] = ["h2-sockets", "snapshot", "drain"];
+const EXTRA_SCENARIOS: [&str; 4] = ["h2-sockets", "snapshot", "drain", "idle-100k"];
 /// Route counts of the snapshot scenario.
 const SNAPSHOT_ROUTES: [usize; 3] = [10, 10_000, 100_000];
 
@@ -514,6 +515,9 @@ async fn bench(chosen: &[String]) {
     if wanted("drain") {
         drain::bench(&mut table).await;
     }
+    if wanted("idle-100k") {
+        fleet::bench(&mut table).await;
+    }
     if wanted("snapshot") {
         for routes in SNAPSHOT_ROUTES {
             eprintln!("snapshot: {routes} routes");
@@ -542,6 +546,13 @@ async fn bench(chosen: &[String]) {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [role] if role == "fleet-echo" => return fleet::echo(),
+        [role, count, addrs @ ..] if role == "fleet-clients" => {
+            return fleet::clients(count, addrs);
+        }
+        _ => {}
+    }
     if let [role, listen, upstream, tls @ ..] = args.as_slice()
         && role == "floor-relay"
     {

@@ -7,7 +7,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use wsgate::proxy::frame;
 
@@ -94,7 +94,14 @@ pub(crate) async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) -
         got += n;
         if let Some(end) = find(&head[..got], b"\r\n\r\n") {
             if !head.starts_with(b"HTTP/1.1 101") {
-                return Err(io::Error::other("handshake refused"));
+                let status = head[..got]
+                    .split(|&b| b == b'\r')
+                    .next()
+                    .unwrap_or_default();
+                return Err(io::Error::other(format!(
+                    "handshake refused: {}",
+                    String::from_utf8_lossy(status)
+                )));
             }
             if end + 4 != got {
                 return Err(io::Error::other("bytes behind the 101 response"));
@@ -125,9 +132,13 @@ pub(crate) async fn read_exactly<S: AsyncRead + Unpin>(
 /// A WebSocket echo upstream in this process: text and binary frames come back unmasked,
 /// pings as pongs, a Close is answered with a Close and the end of the connection.
 pub(crate) async fn echo_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
+    // A backlog deep enough for several gateways connecting at once (a listener's default
+    // is 128 here).
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
         .expect("bind upstream");
+    let listener = socket.listen(4096).expect("listen");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         loop {
