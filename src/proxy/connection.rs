@@ -286,6 +286,9 @@ async fn handshake(
             .and_then(|r| std::str::from_utf8(&buf[r]).ok()),
     };
     let (client, origin) = (asker.client, asker.origin);
+    if !matches!(plan.step, Step::Refuse(..)) {
+        asker.stream.serve_promptly();
+    }
     match plan.step {
         Step::Plain => {
             let sni = asker.stream.sni().map(str::to_owned);

@@ -67,7 +67,10 @@ pub async fn serve(
             accepted = accept(&listener, &mut errors) => accepted,
             () = stopped(&mut stop) => break,
         };
-        let _ = stream.set_nodelay(true);
+        // Plain connections turn it off once they are served (`Stream::serve_promptly`).
+        if tls.is_some() {
+            let _ = stream.set_nodelay(true);
+        }
         if !gateway.has_room() {
             tokio::spawn(turn_away(stream, peer, gateway.clone()));
             continue;

@@ -36,6 +36,16 @@ impl Stream {
         }
     }
 
+    /// Turns Nagle's algorithm off on a plain connection that is going to be served (TLS
+    /// ones have it off from the start, for the handshake's flights). A refusal is one
+    /// write before the close, which Nagle does not delay, so a refused connection is
+    /// spared the system call.
+    pub fn serve_promptly(&self) {
+        if let Stream::Plain(tcp) = self {
+            let _ = tcp.set_nodelay(true);
+        }
+    }
+
     /// Whether the TLS client chose HTTP/2 (ALPN `h2`).
     pub fn is_h2(&self) -> bool {
         match self {
