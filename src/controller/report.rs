@@ -3,7 +3,7 @@
 //! change), and Warning Events when a route is refused (`Invalid`, `Conflicted`) or admits
 //! every origin (`*`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -57,6 +57,8 @@ struct Written {
     /// since, there is nothing to decide again. The compiler hands out the same `Arc` for a
     /// verdict that did not change, so that is told without comparing.
     verdict: Arc<Verdict>,
+    /// The version of the last snapshot that had the route.
+    present: u64,
 }
 
 /// What the route shows now: what this replica wrote, while the watch store is older than
@@ -158,11 +160,13 @@ impl StatusReporter {
         };
         // Kubernetes keeps times to the second; a finer `now` would never compare equal.
         let now = Timestamp::from_second(Timestamp::now().as_second()).unwrap_or_default();
-        let live: HashSet<&RouteKey> = snapshot.verdicts.iter().map(|v| &v.key).collect();
-        self.written.retain(|k, _| live.contains(k));
-
         let mut writes = Vec::new();
         for verdict in &snapshot.verdicts {
+            // Marked as still declared; what no verdict marks is forgotten below.
+            let ours = self.written.get_mut(&verdict.key).map(|w| {
+                w.present = snapshot.version;
+                &*w
+            });
             let reference = ObjectRef::new(&verdict.key.name).within(&verdict.key.namespace);
             let Some(route) = self.routes.get(&reference) else {
                 continue;
@@ -173,10 +177,7 @@ impl StatusReporter {
             }
             // Settled for this verdict and this version of the object: a snapshot that changed
             // other routes costs this one no more than the lookup.
-            let ours = self
-                .written
-                .get(&verdict.key)
-                .filter(|w| w.uid == route.metadata.uid);
+            let ours = ours.filter(|w| w.uid == route.metadata.uid);
             let settled = |w: &&Written| {
                 w.seen == route.metadata.resource_version
                     && (Arc::ptr_eq(&w.verdict, verdict) || w.verdict == *verdict)
@@ -218,6 +219,7 @@ impl StatusReporter {
                     seen,
                     shown,
                     verdict: verdict.clone(),
+                    present: snapshot.version,
                 };
                 self.written.insert(verdict.key.clone(), written);
                 continue;
@@ -242,12 +244,14 @@ impl StatusReporter {
                     seen: w.seen,
                     shown: w.shown,
                     verdict: w.verdict,
+                    present: snapshot.version,
                 };
                 self.written.insert(w.key, written);
             } else {
                 all_ok = false;
             }
         }
+        self.written.retain(|_, w| w.present == snapshot.version);
         all_ok
     }
 
@@ -504,6 +508,7 @@ mod tests {
             seen: Some("7".into()),
             shown: ready.clone(),
             verdict: Arc::new(verdict(true, reason::ACCEPTED, "", &[])),
+            present: 1,
         };
         let rv = |v: &str| Some(v.to_owned());
         // The store still has the object as it was when written: the write stands.
