@@ -32,16 +32,16 @@ const MAX_HOSTNAMES: usize = 16;
 /// policy, compiled once.
 #[derive(Default)]
 pub(super) struct Policies {
-    by_spec: foldhash::HashMap<(bool, bool), foldhash::HashMap<Vec<String>, Compiled>>,
+    by_spec: foldhash::HashMap<(bool, bool), foldhash::HashMap<Vec<String>, Policy>>,
     /// How many there were after the last [`Policies::prune`].
     kept: usize,
 }
 
-type Compiled = Result<Arc<OriginPolicy>, InvalidPattern>;
+type Policy = Result<Arc<OriginPolicy>, InvalidPattern>;
 
 impl Policies {
     /// The policy of `origins`, compiled if no route had it yet.
-    fn get(&mut self, origins: &OriginsSpec) -> &Compiled {
+    fn get(&mut self, origins: &OriginsSpec) -> &Policy {
         let lists = self
             .by_spec
             .entry((origins.allow_null, origins.allow_missing))
@@ -281,11 +281,11 @@ struct References {
 fn check_references(
     route: &WebSocketRoute,
     key: &RouteKey,
-    backends: &mut Lookups,
+    lookups: &mut Lookups,
     problems: &mut Vec<String>,
 ) -> References {
     let spec = &route.spec;
-    let (mut upstream, mut refs) = check_upstream(route, key, backends, problems);
+    let (mut upstream, mut refs) = check_upstream(route, key, lookups, problems);
     let mut fail_refs = |failure: (&'static str, String)| {
         // The first unresolved reference is the one reported.
         if refs.is_ok() {
@@ -297,7 +297,7 @@ fn check_references(
             .http
             .as_ref()
             .is_some_and(|h| h.session_affinity == SessionAffinity::ClientIp);
-        match check_upstream_tls(route, key, backends) {
+        match check_upstream_tls(route, key, lookups) {
             Ok(tls) => upstream.tls = tls,
             Err(RefProblem::Invalid(p)) => problems.push(p),
             Err(RefProblem::Unresolved(failure)) => fail_refs(failure),
@@ -306,7 +306,7 @@ fn check_references(
     let auth = spec
         .auth
         .as_ref()
-        .map(|a| match check_auth(&a.jwt, key, backends) {
+        .map(|a| match check_auth(&a.jwt, key, lookups) {
             Ok(jwt) => RouteAuth::Jwt(Arc::new(jwt)),
             Err(RefProblem::Invalid(p)) => {
                 problems.push(p);
@@ -318,7 +318,7 @@ fn check_references(
             }
         });
     let certificate = match &spec.tls {
-        Some(tls) => match certificate(backends, &key.namespace, &tls.secret_name) {
+        Some(tls) => match certificate(lookups, &key.namespace, &tls.secret_name) {
             Ok(ck) => Some((ck, format!("{}/{}", key.namespace, tls.secret_name))),
             Err(failure) => {
                 fail_refs(failure);
@@ -493,11 +493,11 @@ fn check_path(kind: PathMatchType, value: &str) -> Result<PathRule, String> {
 
 /// The certificate of a route's `tls.secretName`, or why it cannot be served.
 fn certificate(
-    backends: &mut Lookups,
+    lookups: &mut Lookups,
     namespace: &str,
     name: &str,
 ) -> Result<Arc<CertifiedKey>, (&'static str, String)> {
-    let data = backends.secret(namespace, name)?;
+    let data = lookups.secret(namespace, name)?;
     let (Some(chain), Some(key)) = (data.get(tls::CERT_KEY), data.get(tls::PRIVATE_KEY)) else {
         return Err((
             reason::INVALID_SECRET,
@@ -520,7 +520,7 @@ fn certificate(
 fn check_auth(
     spec: &JwtSpec,
     key: &RouteKey,
-    backends: &mut Lookups,
+    lookups: &mut Lookups,
 ) -> Result<JwtAuth, RefProblem> {
     let one_place = |s: &&crate::api::TokenSource| {
         [s.query.is_some(), s.header.is_some(), s.cookie.is_some()]
@@ -536,7 +536,7 @@ fn check_auth(
     }
     let name = &spec.keys.secret_name;
     let secret = format!("Secret {}/{name}", key.namespace);
-    let data = backends
+    let data = lookups
         .secret(&key.namespace, name)
         .map_err(RefProblem::Unresolved)?;
     let material = match &spec.keys.key {
@@ -602,7 +602,7 @@ enum RefProblem {
 fn check_upstream_tls(
     route: &WebSocketRoute,
     key: &RouteKey,
-    backends: &mut Lookups,
+    lookups: &mut Lookups,
 ) -> Result<Option<Arc<UpstreamTls>>, RefProblem> {
     let up = &route.spec.upstream;
     let url = up.url.as_deref().and_then(|u| u.parse::<http::Uri>().ok());
@@ -638,7 +638,7 @@ fn check_upstream_tls(
     let (roots, anchors) = match &settings.ca_secret_name {
         None => (None, "system".to_owned()),
         Some(secret) => {
-            let data = backends
+            let data = lookups
                 .secret(&key.namespace, secret)
                 .map_err(RefProblem::Unresolved)?;
             let bundle = data.get(tls::CA_KEY).ok_or_else(|| {
@@ -672,7 +672,7 @@ fn check_upstream_tls(
 fn check_upstream(
     route: &WebSocketRoute,
     key: &RouteKey,
-    backends: &mut Lookups,
+    lookups: &mut Lookups,
     problems: &mut Vec<String>,
 ) -> (Option<Upstream>, Result<(), (&'static str, String)>) {
     let up = &route.spec.upstream;
@@ -699,7 +699,7 @@ fn check_upstream(
                 }
             };
             let service = || format!("Service {}/{} port {port}", key.namespace, svc.name);
-            match backends.resolve(&key.namespace, &svc.name, port) {
+            match lookups.resolve(&key.namespace, &svc.name, port) {
                 Ok(targets) => (
                     Some(Upstream {
                         targets: targets.to_vec(),
@@ -719,7 +719,7 @@ fn check_upstream(
                     }),
                     Err((
                         reason::BACKEND_NOT_FOUND,
-                        format!("{} not found; {}", service(), backends.not_found_hint()),
+                        format!("{} not found; {}", service(), lookups.not_found_hint()),
                     )),
                 ),
                 Err(BackendProblem::NoReadyEndpoints) => (
