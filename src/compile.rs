@@ -177,61 +177,50 @@ fn resolve(checked: &[Arc<Checked>], declared_twice: bool) -> (RouteTable, Vec<O
     // Stable, so that of two declarations of one route the first in the input counts as older.
     order.sort_by(|&a, &b| age_order(checks[a], checks[b]));
     let mut outcomes: Vec<Outcome> = (0..checks.len()).map(|_| Outcome::default()).collect();
-    {
-        let mut claimed: foldhash::HashMap<(&str, &PathRule), &RouteKey> =
-            foldhash::HashMap::with_capacity_and_hasher(checks.len(), Default::default());
-        let mut seen_keys: foldhash::HashSet<&RouteKey> = foldhash::HashSet::default();
-        let mut owners = ownership::Owners::with_capacity(checks.len());
-        for c in &checks {
-            if let Some(valid) = &c.valid
-                && !c.grants.is_empty()
-            {
-                let granted = c.grants.iter().map(String::as_str);
-                owners.grant(&c.key.namespace, &valid.hostnames, granted);
-            }
-        }
-        for &i in &order {
-            let c = checks[i];
-            if declared_twice && !seen_keys.insert(&c.key) {
-                outcomes[i].conflict = Some(format!(
-                    "route {} is declared more than once; the oldest declaration is served",
-                    c.key
-                ));
-                continue;
-            }
-            let Some(valid) = &c.valid else {
-                continue;
-            };
-            if let Some(trespass) = owners.trespass(&c.key.namespace, &valid.hostnames) {
-                outcomes[i].conflict = Some(trespass.to_string());
-                continue;
-            }
-            let clash = valid
-                .hostnames
-                .iter()
-                .find_map(|h| claimed.get(&(&**h, &valid.path)).map(|winner| (h, winner)));
-            if let Some((host, winner)) = clash {
-                outcomes[i].conflict = Some(format!(
-                    "hostname {host} with path {} is already served by route {winner}, which is older; change the hostname or path, or delete one of them",
-                    valid.path
-                ));
-                continue;
-            }
-            for h in &valid.hostnames {
-                claimed.insert((h, &valid.path), &c.key);
-            }
-            owners.claim(&c.key, &valid.hostnames);
-            outcomes[i].programmed = true;
+    let mut seen_keys: foldhash::HashSet<&RouteKey> = foldhash::HashSet::default();
+    let mut owners = ownership::Owners::with_capacity(checks.len());
+    for c in &checks {
+        if let Some(valid) = &c.valid
+            && !c.grants.is_empty()
+        {
+            let granted = c.grants.iter().map(String::as_str);
+            owners.grant(&c.key.namespace, &valid.hostnames, granted);
         }
     }
+    // The table is filled in age order as routes win, so it also answers which older route
+    // serves a hostname and path already.
     let mut table = RouteTable::with_capacity(checks.len());
     // Which route's Secret serves each hostname on the TLS listener: the oldest's.
     let mut certificate_of: HashMap<&str, (&RouteKey, &str)> = HashMap::new();
     for i in order {
         let c = checks[i];
-        let (true, Some(valid)) = (outcomes[i].programmed, &c.valid) else {
+        if declared_twice && !seen_keys.insert(&c.key) {
+            outcomes[i].conflict = Some(format!(
+                "route {} is declared more than once; the oldest declaration is served",
+                c.key
+            ));
+            continue;
+        }
+        let Some(valid) = &c.valid else {
             continue;
         };
+        if let Some(trespass) = owners.trespass(&c.key.namespace, &valid.hostnames) {
+            outcomes[i].conflict = Some(trespass.to_string());
+            continue;
+        }
+        let clash = valid
+            .hostnames
+            .iter()
+            .find_map(|h| table.serving(h, &valid.path).map(|winner| (h, &winner.key)));
+        if let Some((host, winner)) = clash {
+            outcomes[i].conflict = Some(format!(
+                "hostname {host} with path {} is already served by route {winner}, which is older; change the hostname or path, or delete one of them",
+                valid.path
+            ));
+            continue;
+        }
+        owners.claim(&c.key, &valid.hostnames);
+        outcomes[i].programmed = true;
         if let Some((key, secret)) = &valid.certificate {
             for h in &valid.hostnames {
                 match certificate_of.get(&**h) {

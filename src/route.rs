@@ -277,6 +277,24 @@ impl RouteTable {
         self.by_key.insert(ByKey(route));
     }
 
+    /// The route serving exactly `path` (same type and value) on `hostname` as a route
+    /// declares it (`*.suffix` for a wildcard), if one does: compile's conflict check, asked
+    /// while it fills the table.
+    pub fn serving(&self, hostname: &str, path: &PathRule) -> Option<&Arc<Route>> {
+        let routes = match hostname.strip_prefix("*.") {
+            Some(suffix) => self.wildcard_hosts.get(suffix),
+            None => self.exact_hosts.get(hostname),
+        }?;
+        match path {
+            PathRule::Exact(value) => routes.exact.get(value.as_str()),
+            PathRule::Prefix(_) => routes
+                .prefixes
+                .iter()
+                .find(|(rule, _)| rule == path)
+                .map(|(_, route)| route),
+        }
+    }
+
     /// Selects the route for a request: exact hostname before wildcard (the longest
     /// wildcard suffix first), then an `Exact` path before the longest `PathPrefix`.
     /// `host` must already be lowercase and without a port.
