@@ -27,14 +27,15 @@ impl fmt::Display for RouteKey {
     }
 }
 
-/// How a request path is matched.
+/// How a request path is matched. The value is shared, not copied, by every table the
+/// route is compiled into.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PathRule {
     /// The whole path equals the value.
-    Exact(String),
+    Exact(Arc<str>),
     /// The path equals the value or continues it with `/` (segment-aware); the value is
     /// stored without a trailing slash, except the root `/`.
-    Prefix(String),
+    Prefix(Arc<str>),
 }
 
 impl PathRule {
@@ -42,18 +43,18 @@ impl PathRule {
     pub fn prefix(value: &str) -> PathRule {
         let trimmed = value.trim_end_matches('/');
         PathRule::Prefix(if trimmed.is_empty() {
-            "/".to_owned()
+            "/".into()
         } else {
-            trimmed.to_owned()
+            trimmed.into()
         })
     }
 
     /// Whether `path` (without query) is selected by this rule.
     pub fn matches(&self, path: &str) -> bool {
         match self {
-            PathRule::Exact(value) => path == value,
-            PathRule::Prefix(value) if value == "/" => true,
-            PathRule::Prefix(value) => match path.strip_prefix(value.as_str()) {
+            PathRule::Exact(value) => path == &**value,
+            PathRule::Prefix(value) if &**value == "/" => true,
+            PathRule::Prefix(value) => match path.strip_prefix(&**value) {
                 Some(rest) => rest.is_empty() || rest.starts_with('/'),
                 None => false,
             },
@@ -204,7 +205,7 @@ struct HostRoutes {
     /// A route on this hostname refuses its sockets over HTTP/2: connections for it offer
     /// none, since a browser learns that per connection, before it names a path.
     http2_refused: bool,
-    exact: HashMap<String, Arc<Route>>,
+    exact: HashMap<Arc<str>, Arc<Route>>,
     /// Longest prefix first.
     prefixes: Vec<(PathRule, Arc<Route>)>,
 }
@@ -286,7 +287,7 @@ impl RouteTable {
             None => self.exact_hosts.get(hostname),
         }?;
         match path {
-            PathRule::Exact(value) => routes.exact.get(value.as_str()),
+            PathRule::Exact(value) => routes.exact.get(value),
             PathRule::Prefix(_) => routes
                 .prefixes
                 .iter()

@@ -486,7 +486,7 @@ fn check_path(kind: PathMatchType, value: &str) -> Result<PathRule, String> {
         ));
     }
     Ok(match kind {
-        PathMatchType::Exact => PathRule::Exact(escaped.into_owned()),
+        PathMatchType::Exact => PathRule::Exact(escaped.into()),
         PathMatchType::PathPrefix => PathRule::prefix(&escaped),
     })
 }
