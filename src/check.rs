@@ -8,7 +8,7 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use serde::Serialize;
 
-use crate::compile::{compile, reason};
+use crate::compile::{Compiler, reason};
 use crate::source::file::{FileSource, SourceError};
 use crate::source::local::backends;
 
@@ -71,8 +71,8 @@ pub fn run(
     }
     let declared: Vec<_> = sources.iter().flat_map(FileSource::routes).collect();
     let problems: Vec<_> = sources.iter().flat_map(FileSource::problems).collect();
-    let routes: Vec<_> = declared.iter().map(|d| (**d.route).clone()).collect();
-    let compiled = compile(&routes, &backends(&[]));
+    let routes: Vec<_> = declared.iter().map(|d| d.route.clone()).collect();
+    let compiled = Compiler::default().compile(&routes, &backends(&[]));
 
     let mut outcome = if problems.is_empty() {
         Outcome::AllAccepted

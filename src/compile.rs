@@ -112,6 +112,12 @@ impl Compiler {
         Compiled { table, verdicts }
     }
 
+    /// The declaration of route `namespace/name` the last compile had, if it had one.
+    pub fn compiled(&self, namespace: &str, name: &str) -> Option<&WebSocketRoute> {
+        let known = self.known.get(namespace)?.get(name)?;
+        Some(&known.declared)
+    }
+
     /// The route checked, by the last compile if it still holds, and whether this compile
     /// has seen a route of the same namespace and name before.
     fn checked(

@@ -178,11 +178,10 @@ impl StatusReporter {
             // Settled for this verdict and this version of the object: a snapshot that changed
             // other routes costs this one no more than the lookup.
             let ours = ours.filter(|w| w.uid == route.metadata.uid);
-            let settled = |w: &&Written| {
+            if ours.is_some_and(|w| {
                 w.seen == route.metadata.resource_version
                     && (Arc::ptr_eq(&w.verdict, verdict) || w.verdict == *verdict)
-            };
-            if ours.is_some_and(|w| settled(&w)) {
+            }) {
                 continue;
             }
             let stored = route.status.as_ref().map(|s| Shown {

@@ -228,7 +228,6 @@ impl KubeRoutes {
             watches,
         } = self;
         let mut listed = vec![false; watches];
-        let mut generations: HashMap<RouteKey, RouteVersion> = HashMap::new();
         let mut referenced: HashSet<ServiceKey> = HashSet::new();
         let mut fetched = SecretCache::default();
         let mut version = 0;
@@ -247,14 +246,14 @@ impl KubeRoutes {
             };
             let Some(first) = first else { break };
             let started = Instant::now();
-            let mut batch = Batch::default();
+            let mut relevant = false;
             // Take every event already waiting too, so a burst of changes compiles once.
             let mut next = Some(first);
             while let Some(change) = next.take() {
                 next = events.next().now_or_never().flatten();
-                batch.absorb(change, &mut listed, &referenced, &mut generations);
+                relevant |= calls_for_compile(change, &mut listed, &referenced, &compiler);
             }
-            if !batch.relevant || !listed.iter().all(|l| *l) {
+            if !relevant || !listed.iter().all(|l| *l) {
                 continue;
             }
             // A burst (a thousand `kubectl apply`s) arrives as a stream of events, not at
@@ -264,12 +263,8 @@ impl KubeRoutes {
             // spell compiles at once.
             let deadline = compiled_at + (compiled_in * GATHER_FACTOR).min(GATHER_MAX);
             while let Ok(Some(change)) = tokio::time::timeout_at(deadline, events.next()).await {
-                batch.absorb(change, &mut listed, &referenced, &mut generations);
-            }
-            // A relist replaced a store without a route event per object: read the versions
-            // afresh. The batch that completes the first lists always has one.
-            if batch.relisted {
-                generations = versions_of(&route_stores);
+                // The batch compiles anyway; a list that completes meanwhile still counts.
+                calls_for_compile(change, &mut listed, &referenced, &compiler);
             }
             let routes = route_stores.shared();
             referenced = references_of(&routes);
@@ -302,44 +297,27 @@ impl KubeRoutes {
 const GATHER_FACTOR: u32 = 4;
 const GATHER_MAX: Duration = Duration::from_millis(250);
 
-/// What a batch of watch events calls for.
-#[derive(Default)]
-struct Batch {
-    /// A change the routes depend on: a list completed, a route appeared, went or has a new
-    /// spec, a referenced backend changed, a Secret fetch to retry.
-    relevant: bool,
-    /// A watch listed again: the route versions are read from the store afresh.
-    relisted: bool,
-}
-
-impl Batch {
-    /// Takes `change` into the batch; a route's change is weighed against `generations`,
-    /// which it updates, so that a status write (neither uid nor generation moves) costs one
-    /// lookup, not a pass over every route.
-    fn absorb(
-        &mut self,
-        change: Change,
-        listed: &mut [bool],
-        referenced: &HashSet<ServiceKey>,
-        generations: &mut HashMap<RouteKey, RouteVersion>,
-    ) {
-        match change {
-            Change::Listed(i) => {
-                listed[i] = true;
-                self.relevant = true;
-                self.relisted = true;
-            }
-            Change::Route(key, Some(version)) => {
-                if generations.get(&key) != Some(&version) {
-                    generations.insert(key, version);
-                    self.relevant = true;
-                }
-            }
-            Change::Route(key, None) => self.relevant |= generations.remove(&key).is_some(),
-            Change::Backend(service) => self.relevant |= referenced.contains(&service),
-            Change::Retry => self.relevant = true,
-            Change::Nothing => {}
+/// Whether `change` calls for a compile (recording a completed list in `listed`): a list
+/// completed, a referenced backend changed, a Secret fetch is due again, or a route is not
+/// as `compiler` last compiled it (it appeared, went, or has a new uid or generation). A
+/// status write moves neither uid nor generation, so it costs one lookup, not a compile.
+fn calls_for_compile(
+    change: Change,
+    listed: &mut [bool],
+    referenced: &HashSet<ServiceKey>,
+    compiler: &Compiler,
+) -> bool {
+    match change {
+        Change::Listed(i) => {
+            listed[i] = true;
+            true
         }
+        Change::Route(key, version) => {
+            compiler.compiled(&key.namespace, &key.name).map(version_of) != version
+        }
+        Change::Backend(service) => referenced.contains(&service),
+        Change::Retry => true,
+        Change::Nothing => false,
     }
 }
 
@@ -622,16 +600,6 @@ fn trim_secret(secret: &mut Secret) {
     secret.string_data = None;
 }
 
-/// Every route's uid and generation, as the watch stores have them.
-fn versions_of(stores: &Stores<WebSocketRoute>) -> HashMap<RouteKey, RouteVersion> {
-    stores
-        .0
-        .iter()
-        .flat_map(|s| s.state())
-        .map(|r| (key_of(&r), version_of(&r)))
-        .collect()
-}
-
 /// What a compile depends on of a route's version: a new uid (recreated) or generation
 /// (spec changed); status writes move neither.
 fn version_of(route: &WebSocketRoute) -> RouteVersion {
@@ -667,49 +635,36 @@ mod tests {
 
     #[test]
     fn only_a_route_that_appears_goes_or_changes_spec_calls_for_a_compile() {
-        let key = RouteKey {
-            namespace: "apps".into(),
-            name: "chat".into(),
+        let route = |uid: &str, generation: i64| -> Arc<WebSocketRoute> {
+            Arc::new(
+                serde_json::from_value(serde_json::json!({
+                    "apiVersion": "wsgate.dev/v1alpha1",
+                    "kind": "WebSocketRoute",
+                    "metadata": {"name": "chat", "namespace": "apps", "uid": uid, "generation": generation},
+                    "spec": {"hostnames": ["chat.example.com"], "upstream": {"url": "ws://127.0.0.1:9"}},
+                }))
+                .expect("route"),
+            )
         };
-        let version = |generation| (Some("uid-1".to_owned()), Some(generation));
-        let mut generations = HashMap::new();
+        let mut compiler = Compiler::default();
         let mut listed = [true];
-        let mut relevant = |change: Change, generations: &mut HashMap<_, _>| {
-            let mut batch = Batch::default();
-            batch.absorb(change, &mut listed, &HashSet::new(), generations);
-            batch.relevant
+        let mut relevant = |change: Change, compiler: &Compiler| {
+            calls_for_compile(change, &mut listed, &HashSet::new(), compiler)
         };
-        assert!(relevant(
-            Change::Route(key.clone(), Some(version(1))),
-            &mut generations
-        ));
+        let first = route("uid-1", 1);
+        assert!(relevant(first.change(), &compiler), "a new route");
+        compiler.compile(std::slice::from_ref(&first), &Backends::standalone());
         // A status write moves neither uid nor generation.
-        assert!(!relevant(
-            Change::Route(key.clone(), Some(version(1))),
-            &mut generations
-        ));
-        assert!(relevant(
-            Change::Route(key.clone(), Some(version(2))),
-            &mut generations
-        ));
-        let recreated = (Some("uid-2".to_owned()), Some(2));
-        assert!(relevant(
-            Change::Route(key.clone(), Some(recreated)),
-            &mut generations
-        ));
-        assert!(relevant(Change::Route(key.clone(), None), &mut generations));
+        assert!(!relevant(first.change(), &compiler));
         assert!(
-            !relevant(Change::Route(key, None), &mut generations),
-            "already gone"
+            relevant(route("uid-1", 2).change(), &compiler),
+            "a new spec"
         );
-        let mut batch = Batch::default();
-        batch.absorb(
-            Change::Listed(0),
-            &mut listed,
-            &HashSet::new(),
-            &mut generations,
-        );
-        assert!(batch.relevant && batch.relisted);
+        assert!(relevant(route("uid-2", 1).change(), &compiler), "recreated");
+        assert!(relevant(first.gone(), &compiler));
+        compiler.compile(&[], &Backends::standalone());
+        assert!(!relevant(first.gone(), &compiler), "already gone");
+        assert!(relevant(Change::Listed(0), &compiler));
     }
 
     #[test]
