@@ -19,7 +19,8 @@
 //! metrics and access-log line) and `http` (a connection whose first request is a plain
 //! request on a route with `http`: hyper serves it, each request decided on its own). The public modules are the parts those phases are built
 //! from: `handshake` (validation and the rejections), `http1`, `client`, `admission`,
-//! `upstream`, `extensions`, `registry`, `relay`, `frame` and `stream`.
+//! `upstream`, `extensions`, `registry`, `relay`, `frame`, `stream` and `tls_server` (TLS
+//! from clients).
 
 pub mod admission;
 pub mod client;
@@ -30,6 +31,7 @@ pub mod http1;
 pub mod registry;
 pub mod relay;
 pub mod stream;
+pub mod tls_server;
 pub mod upstream;
 
 // The phases of one connection; what the rest of the crate uses is re-exported below.

@@ -8,10 +8,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use super::tls_server::TlsAcceptor;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use super::admission::Slot;
 use super::client;
@@ -214,10 +214,9 @@ async fn handshake(
             None => Stream::Plain(tcp),
             Some(acceptor) => {
                 // Bytes after a PROXY header are the start of the TLS handshake.
-                let io = Prefixed::new(tcp, &buf);
+                let tls = acceptor.accept(tcp, &buf).await.map_err(Unread::Tls)?;
                 buf.clear();
-                let tls = acceptor.accept(io).await.map_err(Unread::Tls)?;
-                Stream::Tls(Box::new(tls.into()))
+                Stream::Tls(Box::new(tls))
             }
         };
         let stream = opened.insert(stream);

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::tls_server::TlsAcceptor;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-use tokio_rustls::TlsAcceptor;
 
 use super::connection::Connection;
 use super::handshake::Reject;
@@ -21,9 +21,7 @@ use crate::accept::{AcceptErrors, accept, stopped};
 /// the gateway's active snapshot, so a new snapshot (a rotated Secret) applies to the next
 /// handshake; an unknown name fails the handshake rather than get another's certificate.
 pub fn tls_acceptor(gateway: Arc<Gateway>) -> TlsAcceptor {
-    TlsAcceptor::from(Arc::new(crate::tls::server_config(Arc::new(SniResolver(
-        gateway,
-    )))))
+    TlsAcceptor::new(Arc::new(SniResolver(gateway)))
 }
 
 /// Picks a certificate by SNI from the active snapshot.

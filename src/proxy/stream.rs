@@ -9,17 +9,18 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::http1::Prefixed;
+use super::tls_server::TlsServer;
 
 /// A plain or TLS connection.
 #[derive(Debug)]
 pub enum Stream {
     /// Plain TCP.
     Plain(TcpStream),
-    /// TLS, server or client side; boxed because TLS state is large and most connections are
-    /// plain. The TCP socket may carry bytes read before the TLS handshake (after a PROXY
-    /// protocol header).
-    Tls(Box<tokio_rustls::TlsStream<Prefixed<TcpStream>>>),
+    /// TLS from a client on the TLS listener; boxed because TLS state is large and most
+    /// connections are plain.
+    Tls(Box<TlsServer>),
+    /// TLS to a `wss://` upstream.
+    UpstreamTls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// One WebSocket of an HTTP/2 connection (an extended CONNECT stream, RFC 8441).
     Tunnel(Box<hyper_util::rt::TokioIo<hyper::upgrade::Upgraded>>),
 }
@@ -28,11 +29,8 @@ impl Stream {
     /// The SNI name a TLS client asked for.
     pub fn sni(&self) -> Option<&str> {
         match self {
-            Stream::Tls(tls) => match &**tls {
-                tokio_rustls::TlsStream::Server(s) => s.get_ref().1.server_name(),
-                tokio_rustls::TlsStream::Client(_) => None,
-            },
-            Stream::Plain(_) | Stream::Tunnel(_) => None,
+            Stream::Tls(tls) => tls.server_name(),
+            Stream::Plain(_) | Stream::UpstreamTls(_) | Stream::Tunnel(_) => None,
         }
     }
 
@@ -49,7 +47,7 @@ impl Stream {
     /// Whether the TLS client chose HTTP/2 (ALPN `h2`).
     pub fn is_h2(&self) -> bool {
         match self {
-            Stream::Tls(tls) => tls.get_ref().1.alpn_protocol() == Some(b"h2"),
+            Stream::Tls(tls) => tls.alpn_protocol() == Some(b"h2"),
             _ => false,
         }
     }
@@ -64,6 +62,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            Stream::UpstreamTls(s) => Pin::new(&mut **s).poll_read(cx, buf),
             Stream::Tunnel(s) => Pin::new(&mut **s).poll_read(cx, buf),
         }
     }
@@ -78,6 +77,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            Stream::UpstreamTls(s) => Pin::new(&mut **s).poll_write(cx, buf),
             Stream::Tunnel(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }
@@ -90,6 +90,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
+            Stream::UpstreamTls(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
             Stream::Tunnel(s) => Pin::new(&mut **s).poll_write_vectored(cx, bufs),
         }
     }
@@ -98,6 +99,7 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            Stream::UpstreamTls(s) => s.is_write_vectored(),
             Stream::Tunnel(s) => s.is_write_vectored(),
         }
     }
@@ -106,6 +108,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            Stream::UpstreamTls(s) => Pin::new(&mut **s).poll_flush(cx),
             Stream::Tunnel(s) => Pin::new(&mut **s).poll_flush(cx),
         }
     }
@@ -114,6 +117,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Stream::UpstreamTls(s) => Pin::new(&mut **s).poll_shutdown(cx),
             Stream::Tunnel(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }

@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::handshake::Reject;
-use super::http1::{self, Headers, Prefixed};
+use super::http1::{self, Headers};
 use super::stream::Stream;
 use crate::route::{Target, Upstream};
 
@@ -362,13 +362,13 @@ async fn secure(upstream: &Upstream, tcp: TcpStream, target: &Target) -> Result<
     };
     let connector = tokio_rustls::TlsConnector::from(tls.client_config());
     let secured = connector
-        .connect(tls.server_name.clone(), Prefixed::new(tcp, &[]))
+        .connect(tls.server_name.clone(), tcp)
         .await
         .map_err(|e| {
             tracing::warn!(%target, server_name = ?tls.server_name, error = %e, "upstream TLS handshake failed");
             Reject::UpstreamTls
         })?;
-    Ok(Stream::Tls(Box::new(secured.into())))
+    Ok(Stream::UpstreamTls(Box::new(secured)))
 }
 
 /// A connection to one of the upstream's targets ([`reach`]), TLS done ([`secure`]); the
