@@ -397,6 +397,10 @@ impl AsyncRead for TlsServer {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let start = buf.filled().len();
+        // The room is filled from the records that follow too, not only from the end of one
+        // the last read had no room for: a full record is a little larger than the relay's
+        // buffer, and returning its last bytes alone would cost a write of their own.
         loop {
             let s = &mut this.session;
             if s.plain_at < s.plain.len() {
@@ -407,21 +411,24 @@ impl AsyncRead for TlsServer {
                     s.plain = Vec::new();
                     s.plain_at = 0;
                 }
-                return Poll::Ready(Ok(()));
             }
             if s.peer_closed || buf.remaining() == 0 {
                 return Poll::Ready(Ok(()));
             }
-            let before = buf.filled().len();
-            if !ready!(this.poll_receive(cx, buf))? {
+            let received = this.poll_receive(cx, buf);
+            match received {
+                Poll::Ready(Ok(true)) => {}
+                // What was read comes first; the wait, the end or the error with the next read.
+                _ if buf.filled().len() > start => return Poll::Ready(Ok(())),
                 // Without close_notify the end of the stream may be a truncation.
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the client closed the connection without close_notify",
-                )));
-            }
-            if buf.filled().len() > before {
-                return Poll::Ready(Ok(()));
+                Poll::Ready(Ok(false)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the client closed the connection without close_notify",
+                    )));
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
