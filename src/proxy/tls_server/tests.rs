@@ -290,3 +290,49 @@ async fn a_tls_1_2_client_is_served() {
     client.read_exact(&mut got).await.expect("read");
     assert_eq!(&got, b"pong");
 }
+
+#[tokio::test]
+async fn key_updates_a_client_asks_for_and_never_reads_do_not_pile_up() {
+    let (acceptor, config) = pair();
+    // Small socket buffers, so that the server's answers could not hide in the kernel (the
+    // accepted socket inherits the listener's send buffer).
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_send_buffer_size(4096).expect("sndbuf");
+    socket.bind("127.0.0.1:0".parse().unwrap()).expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let client = tokio::net::TcpSocket::new_v4().expect("socket");
+    client.set_recv_buffer_size(4096).expect("rcvbuf");
+    let client = client
+        .connect(listener.local_addr().expect("addr"))
+        .await
+        .expect("connect");
+    let (server, _) = listener.accept().await.expect("accept");
+    let (mut client, mut server) = handshake(&acceptor, config, client, server).await;
+
+    // Each round asks the server to update its keys; the client never reads the answers.
+    const ROUNDS: usize = 10_000;
+    let sender = tokio::spawn(async move {
+        for _ in 0..ROUNDS {
+            client
+                .get_mut()
+                .1
+                .refresh_traffic_keys()
+                .expect("key update");
+            client.write_all(b"x").await.expect("client write");
+        }
+        client.flush().await.expect("client flush");
+        client
+    });
+    let mut got = vec![0; ROUNDS];
+    server.read_exact(&mut got).await.expect("every round read");
+    // rustls keeps one answer until the server next sends data: none waits in `outgoing`.
+    assert_eq!(server.session.outgoing.len(), server.session.sent);
+    let mut client = sender.await.expect("client task");
+    server.write_all(b"after").await.expect("server write");
+    let mut after = [0; 5];
+    client
+        .read_exact(&mut after)
+        .await
+        .expect("read with the updated keys");
+    assert_eq!(&after, b"after");
+}
