@@ -8,7 +8,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use super::tls_server::TlsAcceptor;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -25,6 +24,7 @@ use super::reply::{
 };
 use super::state::{Gateway, HttpPhase};
 use super::stream::Stream;
+use super::tls_server::TlsAcceptor;
 use super::upstream::{self, ClientInfo};
 use crate::accept::stopped;
 use crate::metrics::{CloseLabels, EndLabels, RouteLabels, TrafficLabels};

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::tls_server::TlsAcceptor;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -14,6 +13,7 @@ use super::connection::Connection;
 use super::handshake::Reject;
 use super::reply::outcome;
 use super::state::{Gateway, HttpPhase};
+use super::tls_server::TlsAcceptor;
 use super::upstream::ClientInfo;
 use crate::accept::{AcceptErrors, accept, stopped};
 

@@ -399,8 +399,8 @@ impl AsyncRead for TlsServer {
         let this = self.get_mut();
         let start = buf.filled().len();
         // The room is filled from the records that follow too, not only from the end of one
-        // the last read had no room for: a full record is a little larger than the relay's
-        // buffer, and returning its last bytes alone would cost a write of their own.
+        // the last read had no room for: returning a record's last bytes alone would cost
+        // the reader a write of their own.
         loop {
             let s = &mut this.session;
             if s.plain_at < s.plain.len() {
