@@ -267,11 +267,12 @@ impl RouteTable {
                         .or_insert_with(|| route.clone());
                 }
                 PathRule::Prefix(_) => {
-                    entry.prefixes.push((path.clone(), route.clone()));
                     // Longest prefix first; ties are impossible after conflict resolution.
-                    entry
+                    let len = prefix_len(path);
+                    let at = entry
                         .prefixes
-                        .sort_by_key(|(rule, _)| std::cmp::Reverse(prefix_len(rule)));
+                        .partition_point(|(rule, _)| prefix_len(rule) >= len);
+                    entry.prefixes.insert(at, (path.clone(), route.clone()));
                 }
             }
         }
@@ -288,11 +289,18 @@ impl RouteTable {
         }?;
         match path {
             PathRule::Exact(value) => routes.exact.get(value),
-            PathRule::Prefix(_) => routes
-                .prefixes
-                .iter()
-                .find(|(rule, _)| rule == path)
-                .map(|(_, route)| route),
+            PathRule::Prefix(_) => {
+                // The prefixes are kept longest first: only those of this length can equal it.
+                let len = prefix_len(path);
+                let from = routes
+                    .prefixes
+                    .partition_point(|(rule, _)| prefix_len(rule) > len);
+                routes.prefixes[from..]
+                    .iter()
+                    .take_while(|(rule, _)| prefix_len(rule) == len)
+                    .find(|(rule, _)| rule == path)
+                    .map(|(_, route)| route)
+            }
         }
     }
 

@@ -101,3 +101,35 @@ fn a_route_refusing_http2_sockets_turns_them_off_for_its_hostname_and_the_names_
     );
     assert!(t.http2_sockets("unknown.example.com"));
 }
+
+#[test]
+fn serving_names_the_route_with_the_same_path_rule_among_prefixes_of_equal_length() {
+    let mut t = RouteTable::default();
+    let hosts: Vec<Arc<str>> = vec!["a.example.com".into()];
+    // Inserted in no particular order of length; two of them the same length.
+    t.insert(&hosts, &PathRule::prefix("/ab"), route("ab"));
+    t.insert(&hosts, &PathRule::prefix("/longer"), route("longer"));
+    t.insert(&hosts, &PathRule::prefix("/cd"), route("cd"));
+    t.insert(&hosts, &PathRule::prefix("/"), route("root"));
+    let serving = |path: &PathRule| t.serving("a.example.com", path).map(|r| r.key.name.clone());
+    assert_eq!(serving(&PathRule::prefix("/ab")).as_deref(), Some("ab"));
+    assert_eq!(serving(&PathRule::prefix("/cd")).as_deref(), Some("cd"));
+    assert_eq!(
+        serving(&PathRule::prefix("/longer")).as_deref(),
+        Some("longer")
+    );
+    assert_eq!(serving(&PathRule::prefix("/")).as_deref(), Some("root"));
+    assert_eq!(serving(&PathRule::prefix("/ef")), None);
+    assert_eq!(serving(&PathRule::Exact("/ab".into())), None);
+    assert!(
+        t.serving("b.example.com", &PathRule::prefix("/ab"))
+            .is_none()
+    );
+    // The longest prefix still wins a request, whatever the order of insertion.
+    assert_eq!(
+        name_of(&t, "a.example.com", "/longer/x").as_deref(),
+        Some("longer")
+    );
+    assert_eq!(name_of(&t, "a.example.com", "/cd/x").as_deref(), Some("cd"));
+    assert_eq!(name_of(&t, "a.example.com", "/zz").as_deref(), Some("root"));
+}
