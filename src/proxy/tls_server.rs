@@ -164,18 +164,41 @@ struct Session {
 impl Session {
     /// Feeds `data` to rustls until it needs more, and returns how many bytes of it were
     /// consumed (the rest is an incomplete record, to be passed again in front of what
-    /// follows). Plaintext goes to `into` as far as it has room, the rest to `plain`;
-    /// records rustls wants sent go to `outgoing`.
-    fn process(
+    /// follows). Plaintext goes to `into` as far as it has room, the rest to `plain`.
+    fn process(&mut self, data: &mut [u8], into: Option<&mut ReadBuf<'_>>) -> io::Result<usize> {
+        self.drive(data, into, |_, _| Ok(()))
+            .map(|(consumed, _)| consumed)
+    }
+
+    /// Runs `f` once rustls may send application data, after queueing whatever it has to
+    /// send first (a key update).
+    fn writing<R>(
+        &mut self,
+        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> io::Result<R>,
+    ) -> io::Result<R> {
+        match self.drive(&mut [], None, f)? {
+            (_, Some(wrote)) => Ok(wrote),
+            (_, None) => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS connection cannot send: closed, or its handshake not done",
+            )),
+        }
+    }
+
+    /// The one loop over rustls' states behind [`Session::process`] and
+    /// [`Session::writing`]: feeds `data`, queues in `outgoing` the records rustls wants
+    /// sent, and stops when rustls needs more bytes or may send application data, which
+    /// `write` is then given (its result is the second value).
+    fn drive<R>(
         &mut self,
         data: &mut [u8],
         mut into: Option<&mut ReadBuf<'_>>,
-    ) -> io::Result<usize> {
+        write: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> io::Result<R>,
+    ) -> io::Result<(usize, Option<R>)> {
         let mut consumed = 0;
         loop {
             let status = self.conn.process_tls_records(&mut data[consumed..]);
-            let discard = status.discard;
-            let mut done = false;
+            consumed += status.discard;
             match status.state.map_err(tls_error)? {
                 ConnectionState::ReadTraffic(mut records) => {
                     while let Some(record) = records.next_record() {
@@ -196,54 +219,19 @@ impl Session {
                 // `outgoing` keeps the records in order until the socket takes them.
                 ConnectionState::TransmitTlsData(transmit) => transmit.done(),
                 ConnectionState::PeerClosed => self.peer_closed = true,
+                ConnectionState::WriteTraffic(mut traffic) => {
+                    let wrote = write(&mut traffic, &mut self.outgoing)?;
+                    return Ok((consumed, Some(wrote)));
+                }
+                ConnectionState::BlockedHandshake => return Ok((consumed, None)),
                 ConnectionState::Closed => {
                     self.peer_closed = true;
-                    done = true;
-                }
-                ConnectionState::BlockedHandshake | ConnectionState::WriteTraffic(_) => {
-                    done = true;
+                    return Ok((consumed, None));
                 }
                 other => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         format!("unexpected TLS state {other:?} (early data is not accepted)"),
-                    ));
-                }
-            }
-            consumed += discard;
-            if done {
-                return Ok(consumed);
-            }
-        }
-    }
-
-    /// Runs `f` once rustls may send application data, after queueing whatever it has to
-    /// send first (a key update).
-    fn writing<R>(
-        &mut self,
-        f: impl FnOnce(&mut WriteTraffic<'_, ServerConnectionData>, &mut Vec<u8>) -> io::Result<R>,
-    ) -> io::Result<R> {
-        loop {
-            let status = self.conn.process_tls_records(&mut []);
-            match status.state.map_err(tls_error)? {
-                ConnectionState::WriteTraffic(mut write) => {
-                    return f(&mut write, &mut self.outgoing);
-                }
-                ConnectionState::EncodeTlsData(mut encode) => {
-                    append(&mut self.outgoing, |out| encode.encode(out), encode_room)?;
-                }
-                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
-                ConnectionState::ReadTraffic(mut records) => {
-                    while let Some(record) = records.next_record() {
-                        self.plain
-                            .extend_from_slice(record.map_err(tls_error)?.payload);
-                    }
-                }
-                ConnectionState::PeerClosed => self.peer_closed = true,
-                other => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        format!("TLS connection cannot send ({other:?})"),
                     ));
                 }
             }
