@@ -319,4 +319,10 @@ async fn a_client_resumes_its_session_after_hundreds_of_other_clients_came_and_w
         Some(rustls::HandshakeKind::Resumed),
         "the first client's ticket still resumes"
     );
+    // A resumed session names its host as a full one does: the TLS-only route serves it
+    // (a gateway that lost the SNI name on resumption would refuse it as plain text).
+    let mut ws = ws_over(again, HOST, "/ws", APP)
+        .await
+        .expect("upgrade on the resumed session");
+    echo_over(&mut ws).await;
 }
