@@ -1,13 +1,18 @@
 //! Accepting connections without spinning: the proxy and admin listeners share one loop step
 //! that backs off after a failed `accept` (at the descriptor limit, `EMFILE`/`ENFILE`, it
 //! fails at once and forever until a descriptor is freed) and logs the failure at most once
-//! a second, with how many failures went unlogged.
+//! a second, with how many failures went unlogged. The proxy's listeners are
+//! [`Unregistered`]: their connections reach the proxy with their first bytes, before tokio
+//! registers them.
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
 
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
@@ -62,6 +67,93 @@ impl AcceptErrors {
 /// Cancel-safe, so it can race a stop signal in `select!`.
 pub async fn accept(listener: &TcpListener, errors: &mut AcceptErrors) -> (TcpStream, SocketAddr) {
     retry(|| listener.accept(), errors).await
+}
+
+/// A listener whose connections come out unregistered with tokio's reactor, so that one
+/// can be read, and a refusal answered, before it costs the registration (an `epoll_ctl` to
+/// add it and one to remove it) and a task: see `proxy::listener`.
+#[derive(Debug)]
+pub struct Unregistered(AsyncFd<mio::net::TcpListener>);
+
+impl Unregistered {
+    /// Takes over `listener`, registered with tokio for readiness only, and has the kernel
+    /// hold each connection until its first bytes arrive (see [`defer_accept`]).
+    #[expect(
+        unsafe_code,
+        reason = "tokio's only constructors of an AsyncFd that are not deprecated are `unsafe`"
+    )]
+    pub fn new(listener: TcpListener) -> io::Result<Unregistered> {
+        let listener = mio::net::TcpListener::from_std(listener.into_std()?);
+        if let Err(e) = defer_accept(&listener) {
+            tracing::warn!(error = %e, "cannot defer accepting connections until they send; accepting them once established");
+        }
+        // SAFETY: the mio listener owns its descriptor and is owned by the AsyncFd, so the
+        // descriptor stays open and the same for as long as the AsyncFd.
+        let registered = unsafe { AsyncFd::register_with_interest(listener, Interest::READABLE) };
+        Ok(Unregistered(registered.map_err(io::Error::from)?))
+    }
+
+    /// Accepts the next connection on `listener`, non-blocking and not yet registered,
+    /// waiting out failures as [`accept`] does. Cancel-safe.
+    pub async fn accept(&self, errors: &mut AcceptErrors) -> (mio::net::TcpStream, SocketAddr) {
+        retry(|| self.accept_once(), errors).await
+    }
+
+    /// Registers a connection this listener accepted, so that it can be awaited.
+    pub fn register(socket: mio::net::TcpStream) -> io::Result<TcpStream> {
+        TcpStream::from_std(socket.into())
+    }
+
+    async fn accept_once(&self) -> io::Result<(mio::net::TcpStream, SocketAddr)> {
+        loop {
+            let mut ready = self.0.readable().await?;
+            if let Ok(accepted) = ready.try_io(|listener| listener.get_ref().accept()) {
+                return accepted;
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+/// How long the kernel may hold a connection that has sent nothing (`TCP_DEFER_ACCEPT`): it
+/// is handed over after this even so, and the request head's own deadline starts then.
+const DEFER_ACCEPT_SECONDS: libc::c_int = 1;
+
+/// Has the kernel hand over a connection once its first bytes arrive rather than once it is
+/// established (`TCP_DEFER_ACCEPT`), so that an accepted connection's request head is there
+/// to read before it is registered: without it the head comes a moment after the accept, and
+/// every connection needs a registration and a wait (measured in the README's refused
+/// handshakes). nginx's `deferred` and HAProxy's `defer-accept` set the same option.
+#[cfg(target_os = "linux")]
+#[expect(
+    unsafe_code,
+    reason = "no safe binding sets TCP_DEFER_ACCEPT: std's is unstable (rust-lang/rust#119639), \
+              and socket2, rustix and nix have none"
+)]
+fn defer_accept(listener: &impl AsFd) -> io::Result<()> {
+    let seconds = DEFER_ACCEPT_SECONDS;
+    // SAFETY: the descriptor is borrowed, so open for the call, and the kernel reads a
+    // `c_int` from a pointer to one, for the length given.
+    let set = unsafe {
+        libc::setsockopt(
+            listener.as_fd().as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&seconds).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Other systems accept connections once they are established.
+#[cfg(not(target_os = "linux"))]
+fn defer_accept(_listener: &impl AsFd) -> io::Result<()> {
+    Ok(())
 }
 
 /// The loop behind [`accept`], over any fallible accept, so it can be tested without

@@ -131,6 +131,65 @@ async fn denied_origin_is_403_with_plain_text_and_never_reaches_the_upstream() {
     );
 }
 
+/// Sends `request` in `parts` writes, `pause` apart (the first once `pause` has passed since
+/// connecting), and reads the response's status line.
+async fn status_of_a_request_sent_in_parts(
+    addr: std::net::SocketAddr,
+    request: &str,
+    parts: usize,
+    pause: std::time::Duration,
+) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    for part in request.as_bytes().chunks(request.len().div_ceil(parts)) {
+        tokio::time::sleep(pause).await;
+        stream.write_all(part).await.expect("write");
+    }
+    let mut response = vec![0u8; 256];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read(&mut response),
+    )
+    .await
+    .expect("an answer in time")
+    .expect("read");
+    let response = String::from_utf8_lossy(&response[..n]).into_owned();
+    response.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_handshake_is_decided_alike_whether_its_head_comes_with_the_connection_or_later() {
+    // Whole in the first packet, the head is decided as the connection is accepted; in
+    // pieces, or after the kernel stopped holding a silent connection (about a second),
+    // the connection waits for the rest as a task.
+    let mut up = Upstream::start().await;
+    let gate = chat_gate(&up, app_only(), &[]).await;
+    let denied = upgrade_request(HOST, "/ws", "Origin: https://evil.example\r\n");
+    let allowed = upgrade_request(HOST, "/ws", &format!("Origin: {APP}\r\n"));
+    let short = std::time::Duration::from_millis(50);
+    let after_the_kernel_gave_up = std::time::Duration::from_millis(1500);
+    for (parts, pause) in [
+        (1, std::time::Duration::ZERO),
+        (3, short),
+        (1, after_the_kernel_gave_up),
+    ] {
+        let status = status_of_a_request_sent_in_parts(gate.proxy, &denied, parts, pause).await;
+        assert_eq!(status, "HTTP/1.1 403 Forbidden", "{parts} parts, {pause:?}");
+        let status = status_of_a_request_sent_in_parts(gate.proxy, &allowed, parts, pause).await;
+        assert_eq!(
+            status, "HTTP/1.1 101 Switching Protocols",
+            "{parts} parts, {pause:?}"
+        );
+    }
+    assert!(up.seen.try_recv().is_ok(), "the upstream was asked");
+    let (_, metrics) = gate.admin_get("/metrics").await;
+    for (result, reason) in [("rejected", "origin_not_allowed"), ("accepted", "ok")] {
+        let counted = format!(
+            r#"wsgate_handshakes_total{{route="default/chat",result="{result}",reason="{reason}"}} 3"#
+        );
+        assert!(metrics.contains(&counted), "{counted} in {metrics}");
+    }
+}
+
 #[tokio::test]
 async fn null_and_missing_origins_need_their_flags() {
     let up = Upstream::start().await;

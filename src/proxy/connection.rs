@@ -3,6 +3,7 @@
 //! the relay that follows (metrics and the access-log line when it ends).
 
 use std::future::Future;
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,19 +15,19 @@ use tokio::sync::watch;
 
 use super::admission::Slot;
 use super::client;
-use super::decide::{Step, plan};
+use super::decide::{Plan, Step, plan};
 use super::handshake::{AcceptKey, Reject};
 use super::http1::{self, HeadError, Prefixed};
 use super::registry::{self, CLOSE_POLICY, CLOSE_RESTART};
 use super::relay::{self, ConnControl, Ended, Side};
 use super::reply::{
-    RefusalBody, Reply, answer_client, outcome, pass_refusal, refuse, switching_protocols,
+    RefusalBody, Reply, answer_client, outcome, pass_refusal, refusal, refuse, switching_protocols,
 };
 use super::state::{Gateway, HttpPhase};
 use super::stream::Stream;
 use super::tls_server::TlsAcceptor;
 use super::upstream::{self, ClientInfo};
-use crate::accept::stopped;
+use crate::accept::{Unregistered, stopped};
 use crate::metrics::{CloseLabels, EndLabels, RouteLabels, TrafficLabels};
 use crate::policy::RequestOrigin;
 use crate::route::{OriginRejection, Route};
@@ -53,17 +54,94 @@ pub(super) enum Connection {
 }
 
 impl Connection {
-    /// The task of a connection just accepted, counted in its HTTP phase: its handshake first.
-    pub(super) fn new(
-        stream: TcpStream,
+    /// The task of a connection just accepted, counted in its HTTP phase, or `None` when it
+    /// needs none. A plain connection is read once before tokio registers it: a client sends
+    /// its request head right after connecting, so the head is usually there already, and is
+    /// decided at once; a refusal is then answered and closed without a registration or a
+    /// task, which is what a flood of hostile pages costs. Anything else becomes a task: TLS,
+    /// a PROXY header, a head still on its way.
+    pub(super) fn accepted(
+        socket: mio::net::TcpStream,
         peer: SocketAddr,
         phase: HttpPhase,
         tls: Option<TlsAcceptor>,
         stop: watch::Receiver<bool>,
-    ) -> Self {
+    ) -> Option<Self> {
         let gateway = phase.0.clone();
-        Connection::Handshake(gateway, Box::pin(handshake(stream, peer, phase, tls, stop)))
+        let client = ClientInfo::direct(peer, tls.is_some());
+        let mut buf = Vec::with_capacity(HEAD_CAPACITY);
+        if tls.is_none() && !gateway.config.proxy_protocol {
+            match read_at_once(&socket, &mut buf) {
+                // Closed before asking anything.
+                Ok(0) => return None,
+                Ok(_) => {
+                    let max = gateway.config.max_header_bytes;
+                    if let Some(head_len) = http1::head_end(&buf, 0).filter(|&end| end <= max) {
+                        let plan = plan(&buf[..head_len], &gateway, client, None);
+                        return decided(socket, buf, head_len, plan, phase, stop);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => return None,
+            }
+        }
+        let tcp = registered(socket)?;
+        let handshake = handshake(tcp, client, phase, tls, stop, buf);
+        Some(Connection::Handshake(gateway, Box::pin(handshake)))
     }
+}
+
+/// Reads what a connection sent before it was accepted into `buf`, up to a head's first
+/// read; `WouldBlock` if nothing yet.
+fn read_at_once(socket: &mio::net::TcpStream, buf: &mut Vec<u8>) -> io::Result<usize> {
+    buf.resize(HEAD_CAPACITY, 0);
+    let read = (&mut &*socket).read(buf);
+    buf.truncate(*read.as_ref().unwrap_or(&0));
+    read
+}
+
+/// A connection accepted with its request head and `plan` decided, before it is registered:
+/// a refusal is answered and the socket closed here, anything else becomes a task.
+fn decided(
+    socket: mio::net::TcpStream,
+    buf: Vec<u8>,
+    head_len: usize,
+    plan: Plan,
+    phase: HttpPhase,
+    stop: watch::Receiver<bool>,
+) -> Option<Connection> {
+    let gateway = phase.0.clone();
+    let Step::Refuse(route, reject) = &plan.step else {
+        let stream = Stream::Plain(registered(socket)?);
+        let answer = answer(stream, buf, head_len, plan, phase, stop);
+        return Some(Connection::Handshake(gateway, Box::pin(answer)));
+    };
+    let origin = plan.origin.and_then(|r| std::str::from_utf8(&buf[r]).ok());
+    let response = refusal(&gateway, route.as_deref(), *reject, plan.client, origin);
+    let sent = match (&mut &socket).write(&response) {
+        Ok(n) if n < response.len() => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        // All sent, or the client is gone: dropping the socket closes it, with a FIN after
+        // the response.
+        _ => return None,
+    };
+    // A fresh socket's send buffer holds a refusal many times over; should it not, the
+    // rest is sent when it has room.
+    let mut tcp = registered(socket)?;
+    let rest = async move {
+        let _ = tcp.write_all(&response[sent..]).await;
+        // Counted in its HTTP phase until answered.
+        drop(phase);
+        None
+    };
+    Some(Connection::Handshake(gateway, Box::pin(rest)))
+}
+
+/// Registers an accepted connection with tokio's reactor; `None` (closed) if it cannot be.
+fn registered(socket: mio::net::TcpStream) -> Option<TcpStream> {
+    Unregistered::register(socket)
+        .inspect_err(|e| tracing::warn!(error = %e, "cannot register a connection; closing"))
+        .ok()
 }
 
 impl Future for Connection {
@@ -181,22 +259,18 @@ impl Future for Relaying {
     }
 }
 
-/// Serves the HTTP phase of a connection: answers it, or returns it upgraded.
+/// Serves the HTTP phase of a connection that sent `buf` so far: answers it, or returns it
+/// upgraded.
 async fn handshake(
     tcp: TcpStream,
-    peer: SocketAddr,
+    mut client: ClientInfo,
     phase: HttpPhase,
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
+    mut buf: Vec<u8>,
 ) -> Option<Upgraded> {
     let gateway = phase.0.clone();
-    let mut client = ClientInfo {
-        addr: peer,
-        ip: peer.ip(),
-        proto: if tls.is_some() { "https" } else { "http" },
-        version: "1.1",
-    };
-    let mut buf = Vec::with_capacity(HEAD_CAPACITY);
+    let peer = client.addr;
     let config = &gateway.config;
     // Where the connection is once it speaks HTTP, kept outside the read so that a head
     // that is too large can still be answered.
@@ -274,6 +348,20 @@ async fn handshake(
         return None;
     };
     let plan = plan(&buf[..head_len], &gateway, client, stream.sni());
+    answer(stream, buf, head_len, plan, phase, stop).await
+}
+
+/// Acts on the `plan` made from the request head that is `buf`'s first `head_len` bytes.
+async fn answer(
+    stream: Stream,
+    buf: Vec<u8>,
+    head_len: usize,
+    plan: Plan,
+    phase: HttpPhase,
+    stop: watch::Receiver<bool>,
+) -> Option<Upgraded> {
+    let gateway = phase.0.clone();
+    let peer = plan.client.addr;
     let mut asker = Asker {
         stream,
         leftover: &buf[head_len..],

@@ -61,7 +61,7 @@ pub async fn read_head<S: AsyncRead + Unpin>(
 
 /// The end of a head in `buf` (just past its blank line, `\r\n\r\n` or a bare `\n\n` as
 /// httparse accepts), looking at line feeds from `from` on.
-fn head_end(buf: &[u8], from: usize) -> Option<usize> {
+pub fn head_end(buf: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     while let Some(p) = buf.get(at..)?.iter().position(|&b| b == b'\n') {
         let nl = at + p;

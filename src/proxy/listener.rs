@@ -1,5 +1,6 @@
-//! The accept loop: [`serve`] hands each connection its own task, or turns it away at
-//! `max_connections`; [`tls_acceptor`] picks each TLS handshake's certificate by SNI.
+//! The accept loop: [`serve`] accepts each connection before tokio registers it, answers a
+//! plain one whose request is refused outright there and then, hands any other its own
+//! task, or turns it away at `max_connections`; [`tls_acceptor`] picks each TLS handshake's certificate by SNI.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,7 +16,7 @@ use super::reply::outcome;
 use super::state::{Gateway, HttpPhase};
 use super::tls_server::TlsAcceptor;
 use super::upstream::ClientInfo;
-use crate::accept::{AcceptErrors, accept, stopped};
+use crate::accept::{AcceptErrors, Unregistered, stopped};
 
 /// A TLS acceptor for the TLS listener: each handshake's certificate is picked by SNI from
 /// the gateway's active snapshot, so a new snapshot (a rotated Secret) applies to the next
@@ -59,28 +60,36 @@ pub async fn serve(
     tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut errors = AcceptErrors::new(if tls.is_some() { "tls" } else { "proxy" });
+    let name = if tls.is_some() { "tls" } else { "proxy" };
+    let listener = match Unregistered::new(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(listener = name, error = %e, "cannot poll the listener; not serving it");
+            return;
+        }
+    };
+    let mut errors = AcceptErrors::new(name);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = accept(&listener, &mut errors) => accepted,
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept(&mut errors) => accepted,
             () = stopped(&mut stop) => break,
         };
         // Plain connections turn it off once they are served (`Stream::serve_promptly`).
         if tls.is_some() {
-            let _ = stream.set_nodelay(true);
+            let _ = socket.set_nodelay(true);
         }
         if !gateway.has_room() {
-            tokio::spawn(turn_away(stream, peer, gateway.clone()));
+            if let Ok(stream) = Unregistered::register(socket) {
+                tokio::spawn(turn_away(stream, peer, gateway.clone()));
+            }
             continue;
         }
         let phase = HttpPhase::enter(gateway.clone());
-        tokio::spawn(Connection::new(
-            stream,
-            peer,
-            phase,
-            tls.clone(),
-            stop.clone(),
-        ));
+        if let Some(connection) =
+            Connection::accepted(socket, peer, phase, tls.clone(), stop.clone())
+        {
+            tokio::spawn(connection);
+        }
     }
 }
 
@@ -97,12 +106,7 @@ async fn turn_away(mut stream: TcpStream, peer: SocketAddr, gateway: Arc<Gateway
     outcome(
         &gateway,
         None,
-        ClientInfo {
-            addr: peer,
-            ip: peer.ip(),
-            proto: "http",
-            version: "1.1",
-        },
+        ClientInfo::direct(peer, false),
         None,
         r.result(),
         r.reason(),

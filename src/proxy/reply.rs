@@ -206,13 +206,25 @@ pub(super) async fn refuse(
     client: ClientInfo,
     origin: Option<&str>,
 ) {
+    let response = refusal(gateway, route, r, client, origin);
+    // Dropping the socket then closes it with a FIN after the response.
+    let _ = stream.write_all(&response).await;
+}
+
+/// Counts a rejection and logs it; returns the response to send before closing.
+pub(super) fn refusal(
+    gateway: &Gateway,
+    route: Option<&Route>,
+    r: Reject,
+    client: ClientInfo,
+    origin: Option<&str>,
+) -> Vec<u8> {
     let name = route.map(|r| &r.label);
     outcome(gateway, name, client, origin, r.result(), r.reason());
     r.log("handshake", client.ip, name.map_or("", |n| &**n));
     let mut response = Vec::with_capacity(256);
     r.write_response(&mut response);
-    // Dropping the socket then closes it with a FIN after the response.
-    let _ = stream.write_all(&response).await;
+    response
 }
 
 #[cfg(test)]

@@ -55,6 +55,16 @@ pub struct ClientInfo {
 }
 
 impl ClientInfo {
+    /// A client that connected from `peer`, over TLS or not, as it first speaks: HTTP/1.1.
+    pub fn direct(peer: SocketAddr, tls: bool) -> ClientInfo {
+        ClientInfo {
+            addr: peer,
+            ip: peer.ip(),
+            proto: if tls { "https" } else { "http" },
+            version: "1.1",
+        }
+    }
+
     /// The client of one request on this connection: the connection's own address, or,
     /// when that is a trusted proxy, the one its `forwarded_for` names. Each request of a
     /// kept-alive connection from a proxy may be another client's.
