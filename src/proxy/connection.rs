@@ -55,11 +55,11 @@ pub(super) enum Connection {
 
 impl Connection {
     /// The task of a connection just accepted, counted in its HTTP phase, or `None` when it
-    /// needs none. A plain connection is read once before tokio registers it: a client sends
-    /// its request head right after connecting, so the head is usually there already, and is
-    /// decided at once; a refusal is then answered and closed without a registration or a
-    /// task, which is what a flood of hostile pages costs. Anything else becomes a task: TLS,
-    /// a PROXY header, a head still on its way.
+    /// needs none. A plain connection is read once before tokio registers it: the listener
+    /// hands it over once its first bytes arrived (`accept::Unregistered`), so its request
+    /// head is usually whole already, and is decided at once; a refusal is then answered and
+    /// closed without a registration or a task, which is what a flood of hostile pages costs.
+    /// Anything else becomes a task: TLS, a PROXY header, a head still on its way.
     pub(super) fn accepted(
         socket: mio::net::TcpStream,
         peer: SocketAddr,
