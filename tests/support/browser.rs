@@ -68,6 +68,10 @@ impl Chromium {
             r#"{"net": {"network_prediction_options": 2}}"#,
         )
         .expect("Chromium preferences");
+        // Chromium keeps its singleton socket in a directory of its own under TMPDIR, which
+        // a killed browser leaves behind: under the profile, it goes with the profile.
+        let tmp = profile.path().join("tmp");
+        std::fs::create_dir_all(&tmp).expect("Chromium temporary dir");
         let child = Command::new(executable())
             .args([
                 "--headless",
@@ -87,6 +91,7 @@ impl Chromium {
             ))
             .arg("about:blank")
             .env("HOME", &home)
+            .env("TMPDIR", &tmp)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
