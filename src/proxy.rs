@@ -13,7 +13,8 @@
 //! The phases live in their own modules, private to this one, which re-exports what the
 //! rest of the crate uses: `state` ([`ProxyConfig`], [`Gateway`] and its connection
 //! counts), `listener` ([`serve`], [`tls_acceptor`] and turning connections away at the
-//! limit), `connection` (one connection's task: the handshake driver, then the relay and
+//! limit), `connection` (a refusal answered as its connection is accepted, or one
+//! connection's task: the handshake driver, then the relay and
 //! the accounting of its end), `decide` (steps 1 to 4 from the request head, and the
 //! request to forward), `reply` (the answers the client gets, and each handshake's
 //! metrics and access-log line) and `http` (a connection whose first request is a plain

@@ -116,7 +116,7 @@ fn decided(
         let answer = answer(stream, buf, head_len, plan, phase, stop);
         return Some(Connection::Handshake(gateway, Box::pin(answer)));
     };
-    let origin = plan.origin.and_then(|r| std::str::from_utf8(&buf[r]).ok());
+    let origin = plan.origin_in(&buf);
     let response = refusal(&gateway, route.as_deref(), *reject, plan.client, origin);
     let sent = match (&mut &socket).write(&response) {
         Ok(n) if n < response.len() => n,
@@ -367,10 +367,7 @@ async fn answer(
         leftover: &buf[head_len..],
         phase,
         client: plan.client,
-        origin: plan
-            .origin
-            .clone()
-            .and_then(|r| std::str::from_utf8(&buf[r]).ok()),
+        origin: plan.origin_in(&buf),
     };
     let (client, origin) = (asker.client, asker.origin);
     if !matches!(plan.step, Step::Refuse(..)) {

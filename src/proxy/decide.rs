@@ -28,6 +28,14 @@ pub(super) struct Plan {
     pub(super) step: Step,
 }
 
+impl Plan {
+    /// The request's `Origin` in `head`, the head this plan was made from, if it is UTF-8.
+    pub(super) fn origin_in<'a>(&self, head: &'a [u8]) -> Option<&'a str> {
+        let span = self.origin.clone()?;
+        std::str::from_utf8(&head[span]).ok()
+    }
+}
+
 /// What the handshake does next.
 pub(super) enum Step {
     /// Answer with this rejection.
